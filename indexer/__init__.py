@@ -1,0 +1,1 @@
+"""How the index gets written: inventory, header probes, Icechunk commits."""

@@ -1,0 +1,1 @@
+"""What the data is: npy headers, tile geometry, the index layout, and reads."""

@@ -1,0 +1,38 @@
+"""The exceptions tessera-vz raises.
+
+Each subclasses the built-in exception a caller would already catch for the
+same kind of failure (``ValueError`` for bad input, ``LookupError`` for a
+missing tile or year, ``OSError`` for a source that cannot be read as
+indexed), following icechunk's habit, so ``except ValueError`` keeps working
+for users who never heard of this package.
+"""
+
+from __future__ import annotations
+
+
+class TesseraError(Exception):
+    """Base class of every error raised on purpose by tessera-vz."""
+
+
+class NpyFormatError(TesseraError, ValueError):
+    """A ``.npy`` header is malformed or describes data we must not map."""
+
+
+class InvalidTileError(TesseraError, ValueError):
+    """A tile's files are readable but do not form a valid TESSERA tile."""
+
+
+class TileNotFoundError(TesseraError, LookupError):
+    """No indexed tile, year or zone matches the request."""
+
+
+class SourceChangedError(TesseraError, OSError):
+    """A source file no longer matches the checksum recorded at indexing time."""
+
+
+class SourceUnavailableError(TesseraError, OSError):
+    """A source file could not be fetched (missing, refused or unreachable)."""
+
+
+class ConfigurationError(TesseraError, ValueError):
+    """Arguments or settings that cannot work together; nothing was written."""

@@ -1,0 +1,92 @@
+"""Names and shapes of the index: where each fact lives in the repositories.
+
+Both the indexer (which writes) and the reader (which finds) use these
+functions, so the layout is defined in exactly one place.
+"""
+
+from __future__ import annotations
+
+import re
+
+#: Bumped when the meaning of what is written changes; recorded on ``main``.
+LAYOUT_VERSION = 1
+#: Default byte budget of one virtual chunk (a run of whole rows).
+CHUNK_BUDGET = 1 << 20
+EMBEDDINGS = "embeddings"
+SCALES = "scales"
+TILES = "tiles"
+BAND_COUNT = 128
+_REPO_RE = re.compile(r"^utm(\d\d)\.icechunk$")
+_TILE_RE = re.compile(r"^grid_(-?\d+\.\d\d)_(-?\d+\.\d\d)$")
+_TAG_RE = re.compile(r"^(\d{4})-v(\d+)$")
+
+
+def repo_name(zone: int) -> str:
+    """Directory (or key prefix) of a zone's repository: ``utm31.icechunk``."""
+    if not 1 <= zone <= 60:
+        raise ValueError(f"UTM zone must be 1-60, got {zone}")
+    return f"utm{zone:02d}.icechunk"
+
+
+def zone_of_repo(name: str) -> int | None:
+    """Zone number of a repository name, or ``None`` if it is not one of ours."""
+    m = _REPO_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
+def tile_name(lon: float, lat: float) -> str:
+    """Upstream tile name of a cell centre: ``grid_0.85_49.95``."""
+    return f"grid_{lon:.2f}_{lat:.2f}"
+
+
+def parse_tile_name(name: str) -> tuple[float, float]:
+    """Cell centre (lon, lat) encoded in a tile name."""
+    m = _TILE_RE.match(name)
+    if not m:
+        raise ValueError(f"not a TESSERA tile name: {name!r}; expected grid_<lon>_<lat>")
+    return float(m.group(1)), float(m.group(2))
+
+
+def branch_name(year: int) -> str:
+    """A year's live branch."""
+    return str(int(year))
+
+
+def tag_name(year: int, version: int) -> str:
+    """Immutable tag of the ``version``-th index of ``year``: ``2024-v3``."""
+    return f"{int(year)}-v{int(version)}"
+
+
+def parse_tag(tag: str) -> tuple[int, int] | None:
+    """(year, version) of a tag name, or ``None`` for tags not made by us."""
+    m = _TAG_RE.match(tag)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def source_paths(year: int, name: str) -> tuple[str, str]:
+    """Embeddings and scales paths of a tile relative to the tree's root."""
+    return f"{year}/{name}/{name}.npy", f"{year}/{name}/{name}_scales.npy"
+
+
+def chunk_rows(height: int, row_nbytes: int, budget: int = CHUNK_BUDGET) -> int:
+    """Rows per chunk: the largest divisor of ``height`` within ``budget`` bytes.
+
+    A divisor makes every chunk a whole, equal run of contiguous file rows, so
+    a regular Zarr chunk grid maps exactly onto the file with no partial last
+    chunk. Rows wider than the budget still get one row per chunk.
+    """
+    if height <= 0:
+        return 1
+    best = 1
+    limit = max(1, budget // max(1, row_nbytes))
+    for k in range(1, int(height**0.5) + 1):
+        if height % k == 0:
+            for d in (k, height // k):
+                if best < d <= limit:
+                    best = d
+    return best
+
+
+def chunk_key(array_path: str, index: tuple[int, ...]) -> str:
+    """Zarr v3 default-encoding key of one chunk."""
+    return f"{array_path}/c/" + "/".join(str(i) for i in index)
