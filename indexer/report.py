@@ -1,0 +1,81 @@
+"""What an index run did, as the CLI prints it with ``--json``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One tile that could not be indexed, and why; the rest of the run goes on."""
+
+    year: int | None
+    tile: str | None
+    path: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Warning_:
+    """A tile indexed despite a disagreement worth a human's look."""
+
+    year: int
+    tile: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Commit:
+    """One commit to a (zone, year) branch and the tag that pins it."""
+
+    zone: int
+    year: int
+    snapshot: str
+    tag: str
+
+
+@dataclass
+class Report:
+    """Totals of an index run. Exit code 0 when nothing failed, else 1."""
+
+    indexed: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    failed: list[Failure] = field(default_factory=list)
+    warnings: list[Warning_] = field(default_factory=list)
+    commits: list[Commit] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    bytes_read: int = 0
+    requests: int = 0
+
+    def merge(self, other: Report) -> None:
+        """Add another (zone, year) unit's report to this one."""
+        self.indexed += other.indexed
+        self.unchanged += other.unchanged
+        self.removed += other.removed
+        self.failed.extend(other.failed)
+        self.warnings.extend(other.warnings)
+        self.commits.extend(other.commits)
+        self.bytes_read += other.bytes_read
+        self.requests += other.requests
+        for key, value in other.timings.items():
+            self.timings[key] = self.timings.get(key, 0.0) + value
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON document of ``tessera-vz index --json``."""
+        return {
+            "indexed": self.indexed,
+            "unchanged": self.unchanged,
+            "removed": self.removed,
+            "failed": [asdict(f) for f in self.failed],
+            "warnings": [asdict(w) for w in self.warnings],
+            "commits": [asdict(c) for c in self.commits],
+            "bytes_read": self.bytes_read,
+            "requests": self.requests,
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+        }

@@ -1,0 +1,296 @@
+"""Open an index and read from it: :func:`open_store` and :class:`TesseraStore`.
+
+A :class:`TesseraStore` holds the zone repositories under one index root,
+opened with only the virtual chunk containers the caller trusts. Tiles open
+lazily through ``xr.open_zarr``; points are read as byte ranges of virtual
+chunks through the Icechunk store, so checksums and container authorisation
+apply to every byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import icechunk as ic
+import numpy as np
+import xarray as xr
+from zarr.abc.store import RangeByteRequest
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
+from .errors import ConfigurationError, SourceChangedError, SourceUnavailableError, TileNotFoundError
+from .geometry import cell_centre, project, utm_zone
+from .layout import EMBEDDINGS, SCALES, branch_name, chunk_key, repo_name, tile_name, zone_of_repo
+from .repos import credentials, quiet_icechunk, read_config, storage_for
+from .table import read_table
+
+log = logging.getLogger(__name__)
+
+
+def valid_scale(scale: np.ndarray) -> np.ndarray:
+    """Where a scale is usable: finite, > 0 and < 1 (else the pixel has no data)."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(scale) & (scale > 0) & (scale < 1.0)
+
+
+def dequantise(emb: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``emb * scale`` as float32, NaN where the scale is invalid.
+
+    ``scale`` is per pixel (broadcast over the band axis) or per band.
+    """
+    s = np.asarray(scale, dtype=np.float32)
+    if s.ndim == emb.ndim - 1:
+        s = s[..., None]
+    ok = valid_scale(s)
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = emb.astype(np.float32) * np.where(ok, s, np.float32(np.nan))
+    return out.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class TileLocation:
+    """Where a tile's pixel is: the tile row facts plus pixel row/col."""
+
+    zone: int
+    year: int
+    name: str
+    row: int
+    col: int
+    facts: dict[str, Any]
+
+
+def translate_error(exc: BaseException, what: str) -> BaseException:
+    """Turn icechunk's storage errors into ours, naming the tile and source."""
+    text = str(exc)
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    if "checksum of the object owning the virtual chunk has changed" in text:
+        return SourceChangedError(
+            f"{what}: {first}. The source file changed after it was indexed; re-run "
+            "`tessera-vz index` for this source to index its new bytes"
+        )
+    if "authoriz" in text.lower():
+        return ConfigurationError(
+            f"{what}: the repository reads this tile from a source you have not authorised. "
+            "Pass allow_local_sources=True (CLI: --allow-local-sources) for file:// sources "
+            "you trust, or list it in allowed_sources"
+        )
+    return SourceUnavailableError(f"{what}: {first}")
+
+
+class TesseraStore:
+    """The zone repositories of one index root.
+
+    Parameters
+    ----------
+    root
+        Local directory or ``s3://`` prefix holding ``utm{zz}.icechunk`` repos.
+    allow_local_sources
+        Authorise ``file://`` containers (local tile trees). Off by default so
+        that opening someone else's repo never reads local files.
+    allowed_sources
+        Explicit allow-list of source URL prefixes; when given, only these
+        containers are authorised.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        zones: dict[int, str],
+        *,
+        allow_local_sources: bool = False,
+        allowed_sources: Iterable[str] | None = None,
+        s3_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.root = root
+        self._locations = zones
+        self._allow_local = allow_local_sources
+        self._allowed = list(allowed_sources) if allowed_sources is not None else None
+        self._s3 = dict(s3_options or {})
+        self._repos: dict[int, Any] = {}
+        self._sessions: dict[tuple[int, int], Any] = {}
+        self._tables: dict[tuple[int, int], xr.Dataset] = {}
+
+    def __repr__(self) -> str:
+        return f"TesseraStore({self.root!r}, zones={self.zones()})"
+
+    # -- discovery ---------------------------------------------------------
+    def zones(self) -> list[int]:
+        """UTM zones that have a repository here."""
+        return sorted(self._locations)
+
+    def repo(self, zone: int) -> Any:
+        """The Icechunk repository of a zone, opened with trusted containers only."""
+        if zone not in self._locations:
+            raise TileNotFoundError(
+                f"no repository for UTM zone {zone} under {self.root}; zones here: {self.zones()}"
+            )
+        if zone not in self._repos:
+            storage = storage_for(self._locations[zone], s3_options=self._s3)
+            cfg = read_config(ic.Repository.fetch_config(storage))
+            wanted = list((cfg.virtual_chunk_containers or {}).keys())
+            creds = credentials(wanted, allow_local_sources=self._allow_local,
+                                allowed=self._allowed)
+            for prefix in wanted:
+                if prefix not in creds:
+                    log.warning("not authorising source %s of zone %d", prefix, zone)
+            self._repos[zone] = ic.Repository.open(
+                storage, config=cfg, authorize_virtual_chunk_access=creds or None
+            )
+        return self._repos[zone]
+
+    def containers(self, zone: int) -> list[str]:
+        """Source URL prefixes a zone's repository wants to read from."""
+        cfg = ic.Repository.fetch_config(storage_for(self._locations[zone], s3_options=self._s3))
+        return sorted((cfg.virtual_chunk_containers or {}).keys()) if cfg else []
+
+    def years(self, zone: int | None = None) -> list[int]:
+        """Years indexed in one zone, or in any zone."""
+        zones = [zone] if zone is not None else self.zones()
+        found: set[int] = set()
+        for z in zones:
+            found |= {int(b) for b in self.repo(z).list_branches() if b.isdigit()}
+        return sorted(found)
+
+    def session(self, zone: int, year: int) -> Any:
+        """Read-only session on a zone's year branch (cached)."""
+        key = (zone, int(year))
+        if key not in self._sessions:
+            repo = self.repo(zone)
+            if branch_name(year) not in repo.list_branches():
+                raise TileNotFoundError(
+                    f"year {year} is not indexed in UTM zone {zone}; indexed years: "
+                    f"{self.years(zone)}"
+                )
+            self._sessions[key] = repo.readonly_session(branch=branch_name(year))
+        return self._sessions[key]
+
+    def tiles(self, year: int, zone: int) -> xr.Dataset:
+        """The year's tiles table of a zone (one row per tile)."""
+        key = (zone, int(year))
+        if key not in self._tables:
+            table = read_table(self.session(zone, year).store)
+            if table is None:
+                raise TileNotFoundError(f"zone {zone} year {year} has no tiles table")
+            self._tables[key] = table
+        return self._tables[key]
+
+    # -- tiles -------------------------------------------------------------
+    def _tile(self, lon: float, lat: float, year: int) -> tuple[int, str, dict[str, Any]]:
+        if not (math.isfinite(lon) and math.isfinite(lat)) or abs(lat) > 90 or abs(lon) > 180:
+            raise ValueError(f"invalid coordinates lon={lon}, lat={lat}")
+        clon, clat = (float(v) for v in cell_centre(lon, lat))
+        zone = int(utm_zone(clon))
+        name = tile_name(clon, clat)
+        table = self.tiles(year, zone)
+        if name not in table.indexes["tile"]:
+            raise TileNotFoundError(
+                f"no tile {name} (covering lon={lon}, lat={lat}) indexed for {year} in zone {zone}"
+            )
+        row = table.sel(tile=name)
+        return zone, name, {k: row[k].item() for k in table.data_vars}
+
+    def open_tile(self, lon: float, lat: float, year: int) -> xr.Dataset:
+        """The tile covering a point, lazily, through ``xr.open_zarr``."""
+        zone, name, _ = self._tile(lon, lat, year)
+        return xr.open_zarr(self.session(zone, year).store, group=name, consolidated=False,
+                            zarr_format=3)
+
+    def locate(self, lon: float, lat: float, year: int) -> TileLocation:
+        """The tile and pixel (row, col) holding a point."""
+        zone, name, facts = self._tile(lon, lat, year)
+        e, n = project(lon, lat, int(facts["epsg"]))
+        col = int(np.floor((float(e) - facts["left"]) / 10.0))
+        row = int(np.floor((facts["top"] - float(n)) / 10.0))
+        if not (0 <= row < facts["height"] and 0 <= col < facts["width"]):
+            raise TileNotFoundError(
+                f"lon={lon}, lat={lat} falls outside the pixels of tile {name} "
+                f"(row {row}, col {col} of {facts['height']}x{facts['width']})"
+            )
+        return TileLocation(zone, int(year), name, row, col, facts)
+
+    def point(self, lon: float, lat: float, year: int) -> np.ndarray:
+        """The dequantised embedding ``(bands,)`` of the pixel holding a point.
+
+        NaN everywhere when the pixel's scale is invalid (no data). Reads only
+        the pixel's bytes: ``bands`` embedding bytes and its scale.
+        """
+        loc = self.locate(lon, lat, year)
+        emb, scale = sync(self._read_pixel(loc))
+        return dequantise(emb[None, :], scale[None, ...])[0]
+
+    async def _read_pixel(self, loc: TileLocation) -> tuple[np.ndarray, np.ndarray]:
+        f = loc.facts
+        width, bands = int(f["width"]), int(f["bands"])
+        k_e, k_s = int(f["emb_chunk_rows"]), int(f["scales_chunk_rows"])
+        per_band = int(f["scales_ndim"]) == 3
+        e_start = ((loc.row % k_e) * width + loc.col) * bands
+        s_item = 4 * (bands if per_band else 1)
+        s_start = ((loc.row % k_s) * width + loc.col) * s_item
+        e_key = chunk_key(f"{loc.name}/{EMBEDDINGS}", (loc.row // k_e, 0, 0))
+        s_idx = (loc.row // k_s, 0, 0) if per_band else (loc.row // k_s, 0)
+        s_key = chunk_key(f"{loc.name}/{SCALES}", s_idx)
+        store = self.session(loc.zone, loc.year).store
+        proto = default_buffer_prototype()
+        try:
+            eb, sb = await asyncio.gather(
+                store.get(e_key, proto, byte_range=RangeByteRequest(e_start, e_start + bands)),
+                store.get(s_key, proto, byte_range=RangeByteRequest(s_start, s_start + s_item)),
+            )
+        except Exception as exc:
+            raise translate_error(exc, f"reading {loc.name} ({loc.year}) from {f['source']}") from None
+        if eb is None or sb is None:
+            raise SourceUnavailableError(f"tile {loc.name} ({loc.year}) has no chunk at row {loc.row}")
+        emb = np.frombuffer(eb.to_bytes(), dtype=np.int8)
+        scale = np.frombuffer(sb.to_bytes(), dtype=np.dtype(str(f["scales_descr"])))
+        return emb, scale.astype(np.float32)
+
+
+def _discover(root: str) -> dict[int, str]:
+    parts = urlsplit(root)
+    if parts.scheme == "s3":
+        import obstore
+        import obstore.store
+
+        store = obstore.store.S3Store.from_url(root.rstrip("/") + "/")
+        listed = obstore.list_with_delimiter(store, None)
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in listed["common_prefixes"]]
+        base = root.rstrip("/")
+    else:
+        path = Path(parts.path if parts.scheme == "file" else root).expanduser()
+        if not path.is_dir():
+            raise ConfigurationError(
+                f"index {root!r} is not a directory; expected the --out of `tessera-vz index`"
+            )
+        names = os.listdir(path)
+        base = str(path.resolve())
+    zones = {z: f"{base}/{n}" for n in names if (z := zone_of_repo(n)) is not None}
+    if not zones:
+        raise ConfigurationError(
+            f"no zone repositories (utm??.icechunk) under {root!r}; run `tessera-vz index` first"
+        )
+    return zones
+
+
+def open_store(
+    path: str,
+    *,
+    allow_local_sources: bool = False,
+    allowed_sources: Iterable[str] | None = None,
+    s3_options: dict[str, Any] | None = None,
+) -> TesseraStore:
+    """Open the index written by ``tessera-vz index --out PATH``."""
+    quiet_icechunk()
+    zones = _discover(path)
+    return TesseraStore(path, zones, allow_local_sources=allow_local_sources,
+                        allowed_sources=allowed_sources, s3_options=s3_options)
+
+
+__all__ = ["TesseraStore", "dequantise", "open_store", "repo_name", "valid_scale"]
