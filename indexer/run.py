@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from tessera_vz.reader.errors import ConfigurationError, InvalidTileError
+from tessera_vz.reader.errors import ConfigurationError, InvalidTileError, NpyFormatError
 from tessera_vz.reader.geometry import tile_grids
 from tessera_vz.reader.layout import CHUNK_BUDGET, branch_name
 from tessera_vz.reader.repos import quiet_icechunk
@@ -119,7 +119,7 @@ def index_unit(
             if isinstance(sca, ProbeError):
                 raise InvalidTileError(f"scales: {sca.reason}")
             rec = build_record(tile, emb, sca, grids, i, root, opts.chunk_budget)
-        except InvalidTileError as exc:
+        except (InvalidTileError, NpyFormatError) as exc:
             failed_names.add(tile.name)
             bad = sca.path if isinstance(sca, ProbeError) and not isinstance(emb, ProbeError) else tile.emb_path
             report.failed.append(Failure(year, tile.name, root.url_of(bad), str(exc)))
