@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 import obstore
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from tessera_vz.reader.errors import ConfigurationError
 from tessera_vz.reader.geometry import utm_zone
 from tessera_vz.reader.layout import parse_tile_name, source_paths, tile_name
@@ -110,18 +109,29 @@ def from_manifest(
             lon = float(lon)
             lat = float(lat)
         except (TypeError, ValueError):
-            failures.append(Failure(None, None, where, f"manifest row has no year/lon/lat: {year!r}, {lon!r}, {lat!r}"))
+            failures.append(
+                Failure(
+                    None,
+                    None,
+                    where,
+                    f"manifest row has no year/lon/lat: {year!r}, {lon!r}, {lat!r}",
+                )
+            )
             continue
         if not (math.isfinite(lon) and math.isfinite(lat)) or abs(lon) > 180 or abs(lat) > 90:
             failures.append(
-                Failure(year, None, where, f"manifest row has invalid coordinates lon={lon}, lat={lat}")
+                Failure(
+                    year, None, where, f"manifest row has invalid coordinates lon={lon}, lat={lat}"
+                )
             )
             continue
         if not _wanted(year, lon, want_years, want_zones):
             continue
         name = tile_name(lon, lat)
         if not isinstance(grid, str) or not isinstance(scales, str):
-            failures.append(Failure(year, name, where, "manifest row lacks grid_path or scales_path"))
+            failures.append(
+                Failure(year, name, where, "manifest row lacks grid_path or scales_path")
+            )
             continue
         try:
             emb = rebase(grid, root)
@@ -142,7 +152,9 @@ def from_manifest(
             )
             continue
         if (year, name) in seen:
-            failures.append(Failure(year, name, grid, "duplicate manifest row for this tile; kept the first"))
+            failures.append(
+                Failure(year, name, grid, "duplicate manifest row for this tile; kept the first")
+            )
             continue
         seen.add((year, name))
         tiles.append(TileSource(year, name, lon, lat, emb, sca))
@@ -160,9 +172,7 @@ def from_listing(
     want_years = set(years) if years is not None else None
     want_zones = set(zones) if zones is not None else None
     top = obstore.list_with_delimiter(store, None)
-    year_dirs = sorted(
-        p.rstrip("/") for p in top["common_prefixes"] if p.rstrip("/").isdigit()
-    )
+    year_dirs = sorted(p.rstrip("/") for p in top["common_prefixes"] if p.rstrip("/").isdigit())
     found: dict[tuple[int, str], set[str]] = {}
     for ydir in year_dirs:
         year = int(ydir)

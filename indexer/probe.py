@@ -10,11 +10,10 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import obstore
 from obstore.exceptions import NotFoundError
-
 from tessera_vz.reader.errors import NpyFormatError
 from tessera_vz.reader.header import PROBE_BYTES, NpyHeader, header_length, parse_header
 
@@ -47,7 +46,7 @@ async def probe_file(store: Any, path: str) -> Probe:
         result = await obstore.get_async(store, path, options={"range": (0, PROBE_BYTES)})
         prefix = (await result.bytes_async()).to_bytes()
         meta = dict(result.meta)
-        size = int(meta["size"])
+        size = int(cast(int, meta["size"]))
         requests, nread = 1, len(prefix)
         need = header_length(prefix)
         if need > len(prefix) and size >= need:
@@ -56,7 +55,9 @@ async def probe_file(store: Any, path: str) -> Probe:
             requests, nread = 2, need
         header = parse_header(prefix)
     except NotFoundError:
-        raise ProbeError(path, "file not found (404): the object is missing from the source") from None
+        raise ProbeError(
+            path, "file not found (404): the object is missing from the source"
+        ) from None
     except NpyFormatError as exc:
         raise ProbeError(path, str(exc)) from None
     except Exception as exc:  # obstore's network errors: report, never abort the run

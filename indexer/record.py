@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
 from tessera_vz.reader.errors import InvalidTileError
 from tessera_vz.reader.geometry import TileGrids
 from tessera_vz.reader.header import NpyHeader, check_size
@@ -76,8 +75,7 @@ def build_record(
     eh, sh = emb.header, scales.header
     if eh.dtype != np.dtype("int8") or len(eh.shape) != 3:
         raise InvalidTileError(
-            f"embeddings must be int8 with shape (H, W, bands); found {eh.dtype.str} "
-            f"{eh.shape}"
+            f"embeddings must be int8 with shape (H, W, bands); found {eh.dtype.str} {eh.shape}"
         )
     if sh.dtype.kind != "f" or sh.dtype.itemsize != 4:
         raise InvalidTileError(f"scales must be float32; found {sh.dtype.str} {sh.shape}")
@@ -93,8 +91,7 @@ def build_record(
     warning = None
     if (gh, gw) != (h, w):
         warning = (
-            f"header shape {h}x{w} differs from the computed geometry {gh}x{gw}; "
-            "the header is used"
+            f"header shape {h}x{w} differs from the computed geometry {gh}x{gw}; the header is used"
         )
     return TileRecord(
         source=tile,

@@ -17,7 +17,7 @@ class Failure:
 
 
 @dataclass(frozen=True)
-class Warning_:
+class TileWarning:
     """A tile indexed despite a disagreement worth a human's look."""
 
     year: int
@@ -43,7 +43,7 @@ class Report:
     unchanged: int = 0
     removed: int = 0
     failed: list[Failure] = field(default_factory=list)
-    warnings: list[Warning_] = field(default_factory=list)
+    warnings: list[TileWarning] = field(default_factory=list)
     commits: list[Commit] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     bytes_read: int = 0

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
 from tessera_vz.reader.errors import ConfigurationError, InvalidTileError, NpyFormatError
 from tessera_vz.reader.geometry import tile_grids
 from tessera_vz.reader.layout import CHUNK_BUDGET, branch_name
@@ -26,7 +25,7 @@ from tessera_vz.reader.table import COLUMNS, read_table
 from . import inventory
 from .probe import Probe, ProbeError, probe_all
 from .record import TileRecord, build_record
-from .report import Failure, Report, Warning_
+from .report import Failure, Report, TileWarning
 from .sources import SourceRoot, object_store, source_root
 from .writer import open_repo, record_row, update_main, write_unit
 
@@ -56,7 +55,9 @@ class IndexOptions:
     s3_options: dict[str, Any] = field(default_factory=dict)
 
 
-def _inventory(opts: IndexOptions, root: SourceRoot, store: Any) -> tuple[list[inventory.TileSource], list[Failure]]:
+def _inventory(
+    opts: IndexOptions, root: SourceRoot, store: Any
+) -> tuple[list[inventory.TileSource], list[Failure]]:
     if opts.manifest:
         table = inventory.read_manifest_table(opts.manifest)
         return inventory.from_manifest(table, root, years=opts.years, zones=opts.zones)
@@ -80,8 +81,12 @@ def _existing_rows(repo: Any, year: int) -> dict[str, dict[str, Any]]:
 
 
 def _fingerprint(row: dict[str, Any]) -> tuple[int, int, str, str]:
-    return (int(row["emb_size"]), int(row["scales_size"]), str(row["emb_checksum"]),
-            str(row["scales_checksum"]))
+    return (
+        int(row["emb_size"]),
+        int(row["scales_size"]),
+        str(row["emb_checksum"]),
+        str(row["scales_checksum"]),
+    )
 
 
 def index_unit(
@@ -121,11 +126,15 @@ def index_unit(
             rec = build_record(tile, emb, sca, grids, i, root, opts.chunk_budget)
         except (InvalidTileError, NpyFormatError) as exc:
             failed_names.add(tile.name)
-            bad = sca.path if isinstance(sca, ProbeError) and not isinstance(emb, ProbeError) else tile.emb_path
+            bad = (
+                sca.path
+                if isinstance(sca, ProbeError) and not isinstance(emb, ProbeError)
+                else tile.emb_path
+            )
             report.failed.append(Failure(year, tile.name, root.url_of(bad), str(exc)))
             continue
         if rec.warning:
-            report.warnings.append(Warning_(year, tile.name, rec.warning))
+            report.warnings.append(TileWarning(year, tile.name, rec.warning))
         records.append(rec)
     t2 = time.perf_counter()
     report.timings.update({"probe": t1 - t0, "validate": t2 - t1})
@@ -136,7 +145,11 @@ def index_unit(
     changed: list[TileRecord] = []
     for rec in records:
         prev = old.get(rec.name)
-        if prev is not None and _fingerprint(prev) == rec.fingerprint and prev.get("source") == root.url:
+        if (
+            prev is not None
+            and _fingerprint(prev) == rec.fingerprint
+            and prev.get("source") == root.url
+        ):
             report.unchanged += 1
             continue
         changed.append(rec)
@@ -150,7 +163,9 @@ def index_unit(
         log.info("zone %d year %d: nothing changed", zone, year)
         return report
     advance_w = progress(f"commit  utm{zone:02d} {year}", 1)
-    commit = write_unit(repo, zone, year, changed, drop, rows, root, opts.chunk_budget, report.timings)
+    commit = write_unit(
+        repo, zone, year, changed, drop, rows, root, opts.chunk_budget, report.timings
+    )
     advance_w(1)
     report.commits.append(commit)
     report.indexed += len(changed)
@@ -200,7 +215,9 @@ def parse_int_list(text: str | None, what: str) -> list[int] | None:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ConfigurationError(f"--{what} expects comma-separated integers, got {text!r}") from None
+        raise ConfigurationError(
+            f"--{what} expects comma-separated integers, got {text!r}"
+        ) from None
 
 
 def units_of(tiles: Iterable[inventory.TileSource]) -> set[tuple[int, int]]:

@@ -14,11 +14,10 @@ import os
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import obstore.store
-
 from tessera_vz.reader.errors import ConfigurationError
 
 _SCHEMES = ("file", "http", "https", "s3")
@@ -86,7 +85,10 @@ def object_store(root: SourceRoot, *, options: dict[str, Any] | None = None) -> 
             client = {"allow_http": True, **client}
         return obstore.store.HTTPStore.from_url(root.url, client_options=client, retry_config=retry)
     return obstore.store.S3Store.from_url(
-        root.url, config=opts or None, client_options=client or None, retry_config=retry
+        root.url,
+        config=cast(Any, opts or None),
+        client_options=client or None,
+        retry_config=retry,
     )
 
 
@@ -149,7 +151,6 @@ def rebase(path_or_url: str, root: SourceRoot) -> str:
     norm = posixpath.normpath(raw)
     if norm.startswith("..") or norm.startswith("/") or norm == ".":
         raise ValueError(
-            f"manifest path {path_or_url!r} resolves outside SOURCE {root.url}; "
-            "refusing to read it"
+            f"manifest path {path_or_url!r} resolves outside SOURCE {root.url}; refusing to read it"
         )
     return norm

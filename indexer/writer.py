@@ -19,8 +19,6 @@ from typing import Any
 import icechunk as ic
 import numpy as np
 import zarr
-from zarr.core.buffer import Buffer, default_buffer_prototype
-
 from tessera_vz.reader.geometry import affine, pixel_centres
 from tessera_vz.reader.header import NpyHeader
 from tessera_vz.reader.layout import (
@@ -34,6 +32,7 @@ from tessera_vz.reader.layout import (
 from tessera_vz.reader.parser import array_metadata, row_chunk_ranges
 from tessera_vz.reader.repos import container_for, container_name, read_config, storage_for
 from tessera_vz.reader.table import COLUMNS, table_dataset
+from zarr.core.buffer import Buffer, default_buffer_prototype
 
 from .record import TileRecord
 from .report import Commit
@@ -42,13 +41,23 @@ from .sources import SourceRoot, checksum_value
 log = logging.getLogger(__name__)
 
 _BATCH = 256
-_Y_ATTRS = {"standard_name": "projection_y_coordinate", "units": "m", "axis": "Y",
-            "long_name": "northing of pixel centre"}
-_X_ATTRS = {"standard_name": "projection_x_coordinate", "units": "m", "axis": "X",
-            "long_name": "easting of pixel centre"}
-_EMB_ATTRS = {"long_name": "quantised TESSERA embedding",
-              "description": "value = embeddings * scales where the scale is valid "
-              "(finite, > 0 and < 1), else no data"}
+_Y_ATTRS = {
+    "standard_name": "projection_y_coordinate",
+    "units": "m",
+    "axis": "Y",
+    "long_name": "northing of pixel centre",
+}
+_X_ATTRS = {
+    "standard_name": "projection_x_coordinate",
+    "units": "m",
+    "axis": "X",
+    "long_name": "easting of pixel centre",
+}
+_EMB_ATTRS = {
+    "long_name": "quantised TESSERA embedding",
+    "description": "value = embeddings * scales where the scale is valid "
+    "(finite, > 0 and < 1), else no data",
+}
 _SCALES_ATTRS = {"long_name": "dequantisation scale of each pixel"}
 
 
@@ -57,8 +66,9 @@ def _buffer(data: bytes) -> Buffer:
 
 
 @lru_cache(maxsize=4096)
-def _array_doc(shape: tuple[int, ...], descr: str, dims: tuple[str, ...], budget: int,
-               kind: str) -> bytes:
+def _array_doc(
+    shape: tuple[int, ...], descr: str, dims: tuple[str, ...], budget: int, kind: str
+) -> bytes:
     header = NpyHeader((1, 0), np.dtype(descr), False, shape, 0)
     attrs = _EMB_ATTRS if kind == EMBEDDINGS else _SCALES_ATTRS
     meta = array_metadata(header, dimension_names=dims, attributes=attrs, budget=budget)
@@ -78,8 +88,15 @@ def _group_doc(attrs: dict[str, Any]) -> bytes:
 
 
 def _header_facts(h: NpyHeader, size: int, checksum: str, url: str) -> dict[str, Any]:
-    return {"url": url, "npy_version": f"{h.version[0]}.{h.version[1]}", "descr": h.dtype.str,
-            "shape": list(h.shape), "offset": h.data_offset, "size": size, "checksum": checksum}
+    return {
+        "url": url,
+        "npy_version": f"{h.version[0]}.{h.version[1]}",
+        "descr": h.dtype.str,
+        "shape": list(h.shape),
+        "offset": h.data_offset,
+        "size": size,
+        "checksum": checksum,
+    }
 
 
 def tile_attributes(r: TileRecord, root: SourceRoot) -> dict[str, Any]:
@@ -93,10 +110,12 @@ def tile_attributes(r: TileRecord, root: SourceRoot) -> dict[str, Any]:
         "tessera:lon": r.source.lon,
         "tessera:lat": r.source.lat,
         "tessera:year": r.source.year,
-        "tessera:embeddings": _header_facts(r.emb, r.emb_size, r.emb_checksum,
-                                            root.url_of(r.source.emb_path)),
-        "tessera:scales": _header_facts(r.scales, r.scales_size, r.scales_checksum,
-                                        root.url_of(r.source.scales_path)),
+        "tessera:embeddings": _header_facts(
+            r.emb, r.emb_size, r.emb_checksum, root.url_of(r.source.emb_path)
+        ),
+        "tessera:scales": _header_facts(
+            r.scales, r.scales_size, r.scales_checksum, root.url_of(r.source.scales_path)
+        ),
     }
 
 
@@ -105,10 +124,14 @@ def _documents(r: TileRecord, root: SourceRoot, budget: int) -> list[tuple[str, 
     sdims = ("y", "x") if len(r.scales.shape) == 2 else ("y", "x", "band")
     return [
         (f"{n}/zarr.json", _group_doc(tile_attributes(r, root))),
-        (f"{n}/{EMBEDDINGS}/zarr.json",
-         _array_doc(r.emb.shape, r.emb.dtype.str, ("y", "x", "band"), budget, EMBEDDINGS)),
-        (f"{n}/{SCALES}/zarr.json",
-         _array_doc(r.scales.shape, r.scales.dtype.str, sdims, budget, SCALES)),
+        (
+            f"{n}/{EMBEDDINGS}/zarr.json",
+            _array_doc(r.emb.shape, r.emb.dtype.str, ("y", "x", "band"), budget, EMBEDDINGS),
+        ),
+        (
+            f"{n}/{SCALES}/zarr.json",
+            _array_doc(r.scales.shape, r.scales.dtype.str, sdims, budget, SCALES),
+        ),
         (f"{n}/y/zarr.json", _coord_doc(r.height, "<f8", "y")),
         (f"{n}/x/zarr.json", _coord_doc(r.width, "<f8", "x")),
         (f"{n}/band/zarr.json", _coord_doc(r.bands, "<i2", "band")),
@@ -124,8 +147,9 @@ def _coordinate_chunks(r: TileRecord) -> list[tuple[str, bytes]]:
     ]
 
 
-async def _write_groups(store: Any, records: Sequence[TileRecord], root: SourceRoot,
-                        budget: int, drop: Iterable[str]) -> None:
+async def _write_groups(
+    store: Any, records: Sequence[TileRecord], root: SourceRoot, budget: int, drop: Iterable[str]
+) -> None:
     for name in drop:
         await store.delete_dir(name)
     for start in range(0, len(records), _BATCH):
@@ -144,8 +168,13 @@ def _set_refs(store: Any, r: TileRecord, root: SourceRoot, budget: int) -> None:
     ):
         grid, offsets, lengths = row_chunk_ranges(header, budget)
         failed = store.set_virtual_refs_arr(
-            f"{r.name}/{array}", grid, [f"vcc://{cname}/{path}"] * len(offsets),
-            offsets, lengths, validate_containers=True, checksum=checksum_value(checksum),
+            f"{r.name}/{array}",
+            grid,
+            [f"vcc://{cname}/{path}"] * len(offsets),
+            offsets,
+            lengths,
+            validate_containers=True,
+            checksum=checksum_value(checksum),
         )
         if failed:
             raise RuntimeError(f"icechunk refused {len(failed)} references of {r.name}/{array}")
@@ -154,20 +183,39 @@ def _set_refs(store: Any, r: TileRecord, root: SourceRoot, budget: int) -> None:
 def record_row(r: TileRecord, root: SourceRoot) -> dict[str, Any]:
     """The tiles-table row of a record."""
     return {
-        "lon": r.source.lon, "lat": r.source.lat, "zone": r.zone, "epsg": r.epsg,
-        "left": r.left, "top": r.top, "height": r.height, "width": r.width, "bands": r.bands,
-        "emb_path": r.source.emb_path, "scales_path": r.source.scales_path,
-        "emb_offset": r.emb.data_offset, "scales_offset": r.scales.data_offset,
-        "emb_size": r.emb_size, "scales_size": r.scales_size,
-        "emb_checksum": r.emb_checksum, "scales_checksum": r.scales_checksum,
-        "emb_chunk_rows": r.emb_chunk_rows, "scales_chunk_rows": r.scales_chunk_rows,
-        "scales_descr": r.scales.dtype.str, "scales_ndim": len(r.scales.shape),
+        "lon": r.source.lon,
+        "lat": r.source.lat,
+        "zone": r.zone,
+        "epsg": r.epsg,
+        "left": r.left,
+        "top": r.top,
+        "height": r.height,
+        "width": r.width,
+        "bands": r.bands,
+        "emb_path": r.source.emb_path,
+        "scales_path": r.source.scales_path,
+        "emb_offset": r.emb.data_offset,
+        "scales_offset": r.scales.data_offset,
+        "emb_size": r.emb_size,
+        "scales_size": r.scales_size,
+        "emb_checksum": r.emb_checksum,
+        "scales_checksum": r.scales_checksum,
+        "emb_chunk_rows": r.emb_chunk_rows,
+        "scales_chunk_rows": r.scales_chunk_rows,
+        "scales_descr": r.scales.dtype.str,
+        "scales_ndim": len(r.scales.shape),
         "source": root.url,
     }
 
 
-def open_repo(out: str, zone: int, root: SourceRoot, *, create: bool = True,
-              s3_options: dict[str, Any] | None = None) -> Any | None:
+def open_repo(
+    out: str,
+    zone: int,
+    root: SourceRoot,
+    *,
+    create: bool = True,
+    s3_options: dict[str, Any] | None = None,
+) -> Any | None:
     """Open (or create) a zone's repository, registering ``root`` as a container."""
     from tessera_vz.reader.layout import repo_name
 
@@ -220,8 +268,11 @@ def write_unit(
     t0 = time.perf_counter()
 
     async def write() -> None:
-        root_attrs = {"tessera:zone": zone, "tessera:year": year,
-                      "tessera:layout_version": LAYOUT_VERSION}
+        root_attrs = {
+            "tessera:zone": zone,
+            "tessera:year": year,
+            "tessera:layout_version": LAYOUT_VERSION,
+        }
         await store.set("zarr.json", _buffer(_group_doc(root_attrs)))
         await _write_groups(store, records, root, budget, drop)
 
@@ -236,9 +287,9 @@ def write_unit(
     table.to_zarr(store, group="tiles", mode="w", consolidated=False, zarr_format=3)
     t3 = time.perf_counter()
     tag = _next_tag(repo, year)
+    n_removed = len(set(drop) - {r.name for r in records})
     snapshot = session.commit(
-        f"index {len(records)} tiles, remove {len(drop) - len(set(drop) & {r.name for r in records})}"
-        f" ({tag})",
+        f"index {len(records)} tiles, remove {n_removed} ({tag})",
         metadata={"tessera:tag": tag, "tessera:tiles": len(rows)},
     )
     t4 = time.perf_counter()
@@ -249,6 +300,10 @@ def write_unit(
     timings["commit"] = timings.get("commit", 0.0) + (t4 - t3)
     log.info("zone %d year %d: committed %s as %s (%d tiles)", zone, year, snapshot, tag, len(rows))
     return Commit(zone=zone, year=year, snapshot=snapshot, tag=tag)
+
+
+def _str_list(value: object) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else []
 
 
 def update_main(repo: Any, zone: int, sources: Iterable[str]) -> None:
@@ -269,7 +324,9 @@ def update_main(repo: Any, zone: int, sources: Iterable[str]) -> None:
             "tessera:zone": zone,
             "tessera:layout_version": LAYOUT_VERSION,
             "tessera:years": dict(sorted(latest.items())),
-            "tessera:sources": sorted(set(sources) | set(group.attrs.get("tessera:sources", []))),
+            "tessera:sources": sorted(
+                set(sources) | set(_str_list(group.attrs.get("tessera:sources")))
+            ),
         }
         if dict(group.attrs) == attrs:
             return

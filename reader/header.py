@@ -93,8 +93,7 @@ def _literal_dict(text: str) -> dict[str, object]:
         tree = ast.parse(text.strip(), mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
         raise NpyFormatError(
-            f"npy header is not a Python literal dict ({type(exc).__name__}); "
-            f"found {text[:80]!r}"
+            f"npy header is not a Python literal dict ({type(exc).__name__}); found {text[:80]!r}"
         ) from None
     if not isinstance(tree.body, ast.Dict):
         raise NpyFormatError(f"npy header must be a literal dict, found {text[:80]!r}")
@@ -102,8 +101,7 @@ def _literal_dict(text: str) -> dict[str, object]:
         value = ast.literal_eval(tree.body)
     except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError) as exc:
         raise NpyFormatError(
-            f"npy header dict holds non-literal values ({type(exc).__name__}); "
-            f"found {text[:80]!r}"
+            f"npy header dict holds non-literal values ({type(exc).__name__}); found {text[:80]!r}"
         ) from None
     if not isinstance(value, dict):  # pragma: no cover - guarded by the ast check
         raise NpyFormatError(f"npy header must be a literal dict, found {text[:80]!r}")
@@ -162,9 +160,7 @@ def parse_header(prefix: bytes) -> NpyHeader:
         isinstance(shape, tuple)
         and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
     ):
-        raise NpyFormatError(
-            f"npy shape must be a tuple of non-negative integers, found {shape!r}"
-        )
+        raise NpyFormatError(f"npy shape must be a tuple of non-negative integers, found {shape!r}")
     fortran = fields["fortran_order"]
     if not isinstance(fortran, bool):
         raise NpyFormatError(f"npy fortran_order must be True or False, found {fortran!r}")

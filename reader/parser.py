@@ -44,8 +44,10 @@ def row_chunk_ranges(
     """
     ndim = len(header.shape)
     if ndim == 0:
-        return (), np.array([header.data_offset], np.uint64), np.array(
-            [header.dtype.itemsize], np.uint64
+        return (
+            (),
+            np.array([header.data_offset], np.uint64),
+            np.array([header.dtype.itemsize], np.uint64),
         )
     if 0 in header.shape:
         zero = np.zeros(0, np.uint64)

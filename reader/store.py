@@ -26,7 +26,12 @@ from zarr.abc.store import RangeByteRequest
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from .errors import ConfigurationError, SourceChangedError, SourceUnavailableError, TileNotFoundError
+from .errors import (
+    ConfigurationError,
+    SourceChangedError,
+    SourceUnavailableError,
+    TileNotFoundError,
+)
 from .geometry import cell_centre, project, utm_zone
 from .layout import EMBEDDINGS, SCALES, branch_name, chunk_key, repo_name, tile_name, zone_of_repo
 from .repos import credentials, quiet_icechunk, read_config, storage_for
@@ -136,8 +141,9 @@ class TesseraStore:
             storage = storage_for(self._locations[zone], s3_options=self._s3)
             cfg = read_config(ic.Repository.fetch_config(storage))
             wanted = list((cfg.virtual_chunk_containers or {}).keys())
-            creds = credentials(wanted, allow_local_sources=self._allow_local,
-                                allowed=self._allowed)
+            creds = credentials(
+                wanted, allow_local_sources=self._allow_local, allowed=self._allowed
+            )
             for prefix in wanted:
                 if prefix not in creds:
                     log.warning("not authorising source %s of zone %d", prefix, zone)
@@ -195,13 +201,14 @@ class TesseraStore:
                 f"no tile {name} (covering lon={lon}, lat={lat}) indexed for {year} in zone {zone}"
             )
         row = table.sel(tile=name)
-        return zone, name, {k: row[k].item() for k in table.data_vars}
+        return zone, name, {str(k): row[k].item() for k in table.data_vars}
 
     def open_tile(self, lon: float, lat: float, year: int) -> xr.Dataset:
         """The tile covering a point, lazily, through ``xr.open_zarr``."""
         zone, name, _ = self._tile(lon, lat, year)
-        return xr.open_zarr(self.session(zone, year).store, group=name, consolidated=False,
-                            zarr_format=3)
+        return xr.open_zarr(
+            self.session(zone, year).store, group=name, consolidated=False, zarr_format=3
+        )
 
     def locate(self, lon: float, lat: float, year: int) -> TileLocation:
         """The tile and pixel (row, col) holding a point."""
@@ -245,9 +252,13 @@ class TesseraStore:
                 store.get(s_key, proto, byte_range=RangeByteRequest(s_start, s_start + s_item)),
             )
         except Exception as exc:
-            raise translate_error(exc, f"reading {loc.name} ({loc.year}) from {f['source']}") from None
+            raise translate_error(
+                exc, f"reading {loc.name} ({loc.year}) from {f['source']}"
+            ) from None
         if eb is None or sb is None:
-            raise SourceUnavailableError(f"tile {loc.name} ({loc.year}) has no chunk at row {loc.row}")
+            raise SourceUnavailableError(
+                f"tile {loc.name} ({loc.year}) has no chunk at row {loc.row}"
+            )
         emb = np.frombuffer(eb.to_bytes(), dtype=np.int8)
         scale = np.frombuffer(sb.to_bytes(), dtype=np.dtype(str(f["scales_descr"])))
         return emb, scale.astype(np.float32)
@@ -289,8 +300,13 @@ def open_store(
     """Open the index written by ``tessera-vz index --out PATH``."""
     quiet_icechunk()
     zones = _discover(path)
-    return TesseraStore(path, zones, allow_local_sources=allow_local_sources,
-                        allowed_sources=allowed_sources, s3_options=s3_options)
+    return TesseraStore(
+        path,
+        zones,
+        allow_local_sources=allow_local_sources,
+        allowed_sources=allowed_sources,
+        s3_options=s3_options,
+    )
 
 
 __all__ = ["TesseraStore", "dequantise", "open_store", "repo_name", "valid_scale"]

@@ -29,10 +29,16 @@ out = Console()
 @contextmanager
 def _progress(enabled: bool) -> Iterator[Callable[[str, int], Callable[[int], None]]]:
     if not enabled:
-        yield lambda _label, _total: (lambda _n: None)
+        yield lambda _label, _total: lambda _n: None
         return
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), console=err, transient=False)
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    )
 
     def start(label: str, total: int) -> Callable[[int], None]:
         task = bar.add_task(label, total=total)
@@ -54,7 +60,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         chunk_budget=args.chunk_budget,
     )
-    with _progress(not args.quiet and err.is_terminal or args.progress) as start:
+    with _progress((not args.quiet and err.is_terminal) or args.progress) as start:
         report = run_index(opts, progress=start)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
@@ -83,13 +89,27 @@ def info(path: str, allow_local: bool) -> dict[str, Any]:
         repo = store.repo(zone)
         years = []
         for year in store.years(zone):
-            tags = sorted((t for t in repo.list_tags() if t.startswith(f"{year}-v")),
-                          key=lambda t: int(t.split("-v")[1]))
-            years.append({"year": year, "tiles": int(store.tiles(year, zone).sizes["tile"]),
-                          "latest_tag": tags[-1] if tags else None, "tags": tags,
-                          "snapshot": repo.lookup_branch(str(year))})
-        zones.append({"zone": zone, "repo": store._locations[zone], "years": years,
-                      "sources": store.containers(zone)})
+            tags = sorted(
+                (t for t in repo.list_tags() if t.startswith(f"{year}-v")),
+                key=lambda t: int(t.split("-v")[1]),
+            )
+            years.append(
+                {
+                    "year": year,
+                    "tiles": int(store.tiles(year, zone).sizes["tile"]),
+                    "latest_tag": tags[-1] if tags else None,
+                    "tags": tags,
+                    "snapshot": repo.lookup_branch(str(year)),
+                }
+            )
+        zones.append(
+            {
+                "zone": zone,
+                "repo": store._locations[zone],
+                "years": years,
+                "sources": store.containers(zone),
+            }
+        )
     return {"path": path, "zones": zones}
 
 
@@ -103,8 +123,13 @@ def cmd_info(args: argparse.Namespace) -> int:
         table.add_column(col)
     for z in doc["zones"]:
         for y in z["years"]:
-            table.add_row(f"{z['zone']:02d}", str(y["year"]), str(y["tiles"]),
-                          str(y["latest_tag"]), ", ".join(z["sources"]))
+            table.add_row(
+                f"{z['zone']:02d}",
+                str(y["year"]),
+                str(y["tiles"]),
+                str(y["latest_tag"]),
+                ", ".join(z["sources"]),
+            )
     out.print(table)
     return 0
 
@@ -119,14 +144,23 @@ def cmd_point(args: argparse.Namespace) -> int:
     loc = store.locate(args.lon, args.lat, args.year)
     values = store.point(args.lon, args.lat, args.year)
     elapsed = time.perf_counter() - t0
-    doc = {"lon": args.lon, "lat": args.lat, "year": args.year, "zone": loc.zone,
-           "tile": loc.name, "row": loc.row, "col": loc.col,
-           "embedding": [None if v != v else float(v) for v in values],
-           "seconds": round(elapsed, 4)}
+    doc = {
+        "lon": args.lon,
+        "lat": args.lat,
+        "year": args.year,
+        "zone": loc.zone,
+        "tile": loc.name,
+        "row": loc.row,
+        "col": loc.col,
+        "embedding": [None if v != v else float(v) for v in values],
+        "seconds": round(elapsed, 4),
+    }
     if args.json:
         print(json.dumps(doc))
     else:
-        out.print(f"{loc.name} row {loc.row} col {loc.col} ({len(values)} bands, {elapsed*1000:.1f} ms)")
+        out.print(
+            f"{loc.name} row {loc.row} col {loc.col} ({len(values)} bands, {elapsed * 1000:.1f} ms)"
+        )
         out.print(values)
     return 0
 
@@ -138,7 +172,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tessera-vz", description=__doc__.split("\n")[0] if __doc__ else None)
+    p = argparse.ArgumentParser(
+        prog="tessera-vz", description=__doc__.split("\n")[0] if __doc__ else None
+    )
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -167,8 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--year", type=int, required=True)
     pt.add_argument("--store", required=True)
     pt.add_argument("--json", action="store_true")
-    pt.add_argument("--allow-local-sources", action="store_true",
-                    help="read tiles from file:// sources recorded in the repo")
+    pt.add_argument(
+        "--allow-local-sources",
+        action="store_true",
+        help="read tiles from file:// sources recorded in the repo",
+    )
     pt.set_defaults(func=cmd_point)
 
     dm = sub.add_parser("demo", help="generate, serve, index and read a small sample tree")
@@ -182,7 +221,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.func(args))
     except ConfigurationError as exc:

@@ -20,17 +20,17 @@ import icechunk as ic
 import numpy as np
 import pytest
 import xarray as xr
-
-from tessera_vz.cli import main as cli_main
 from tessera_vz.indexer.run import IndexOptions, run_index
 from tessera_vz.reader import open_store
 from tessera_vz.reader.errors import SourceChangedError
 from tessera_vz.reader.geometry import tile_grids
 from tessera_vz.reader.layout import repo_name
+
+from tessera_vz.cli import main as cli_main
 from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.tiles import TileSpec, make_tree, write_manifest
 
-from .npyfiles import raw_header, resave, truncate, write_with_header
+from .npyfiles import resave, truncate, write_with_header
 
 YEAR = 2024
 BBOX = (0.6, 49.6, 1.0, 50.0)  # 4 x 4 cells in UTM zone 31 north
@@ -135,13 +135,18 @@ def _open_tile(out: Path, zone: int, year: int, name: str) -> xr.Dataset:
     repo = ic.Repository.open(
         storage,
         authorize_virtual_chunk_access=ic.containers_credentials(
-            {p: ic.credentials.HttpAccess for p in (ic.Repository.fetch_config(storage).virtual_chunk_containers or {})}
+            {
+                p: ic.credentials.HttpAccess
+                for p in (ic.Repository.fetch_config(storage).virtual_chunk_containers or {})
+            }
         ),
     )
     return xr.open_zarr(repo.readonly_session(branch=str(year)).store, group=name)
 
 
-def test_index_over_nginx_roundtrip(tree: dict[str, Any], served: NginxServer, tmp_path: Path) -> None:
+def test_index_over_nginx_roundtrip(
+    tree: dict[str, Any], served: NginxServer, tmp_path: Path
+) -> None:
     out = tmp_path / "index"
     root, specs, bad = tree["root"], tree["specs"], tree["bad"]
     opts = IndexOptions(source=served.url, out=str(out), manifest=str(root / "manifest.parquet"))
@@ -191,7 +196,9 @@ def test_changed_source_fails_loudly_then_reindexes(tree: dict[str, Any], tmp_pa
     shutil.copytree(tree["root"], root)
     out = tmp_path / "index"
     with NginxServer(root) as server:
-        opts = IndexOptions(source=server.url, out=str(out), manifest=str(root / "manifest.parquet"))
+        opts = IndexOptions(
+            source=server.url, out=str(out), manifest=str(root / "manifest.parquet")
+        )
         run_index(opts)
         spec = next(s for s in tree["specs"] if s.name not in tree["bad"] and s.name != tree["odd"])
         path = root / spec.emb_path
@@ -231,14 +238,25 @@ def test_removed_tile_is_dropped(tree: dict[str, Any], tmp_path: Path) -> None:
         store.open_tile(gone.lon, gone.lat, YEAR)
 
 
-def test_cli_json_and_exit_codes(tree: dict[str, Any], served: NginxServer, tmp_path: Path,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_json_and_exit_codes(
+    tree: dict[str, Any], served: NginxServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "index"
     # Over HTTP without a manifest: a usage error, nothing written.
     assert cli_main(["index", served.url, "--out", str(out), "--json"]) == 2
     assert not out.exists()
-    code = cli_main(["index", served.url, "--out", str(out), "--manifest",
-                     str(tree["root"] / "manifest.parquet"), "--json", "--quiet"])
+    code = cli_main(
+        [
+            "index",
+            served.url,
+            "--out",
+            str(out),
+            "--manifest",
+            str(tree["root"] / "manifest.parquet"),
+            "--json",
+            "--quiet",
+        ]
+    )
     doc = json.loads(capsys.readouterr().out)
     assert code == 1  # some tiles failed, the rest committed
     assert set(doc) >= {"indexed", "unchanged", "removed", "failed", "commits"}
@@ -252,8 +270,21 @@ def test_cli_json_and_exit_codes(tree: dict[str, Any], served: NginxServer, tmp_
 
     spec = next(s for s in tree["specs"] if s.name not in tree["bad"])
     t0 = time.perf_counter()
-    assert cli_main(["point", str(spec.lon), str(spec.lat), "--year", str(YEAR),
-                     "--store", str(out), "--json"]) == 0
+    assert (
+        cli_main(
+            [
+                "point",
+                str(spec.lon),
+                str(spec.lat),
+                "--year",
+                str(YEAR),
+                "--store",
+                str(out),
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert time.perf_counter() - t0 < 60
     pt = json.loads(capsys.readouterr().out)
     assert pt["tile"] == spec.name and len(pt["embedding"]) == 4
