@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import obstore
 import pyarrow as pa
@@ -59,7 +59,8 @@ def read_manifest_table(manifest: str, *, store_for_url: Any = None) -> pa.Table
     parts = urlsplit(manifest)
     try:
         if parts.scheme in ("", "file"):
-            return pq.read_table(parts.path if parts.scheme else Path(manifest).expanduser())
+            local = unquote(parts.path) if parts.scheme else manifest
+            return pq.read_table(Path(local).expanduser())
         if store_for_url is None:
             from .sources import object_store, source_root
 

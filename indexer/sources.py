@@ -15,7 +15,7 @@ import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import obstore.store
 from tessera_vz.reader.errors import ConfigurationError
@@ -39,8 +39,8 @@ class SourceRoot:
 
     @property
     def local_path(self) -> str:
-        """Filesystem path of a ``file://`` root."""
-        return urlsplit(self.url).path
+        """Filesystem path of a ``file://`` root (percent-decoded: ``%20`` is a space)."""
+        return unquote(urlsplit(self.url).path)
 
     def url_of(self, rel: str) -> str:
         """Absolute URL of a path relative to the root."""
@@ -51,7 +51,8 @@ def source_root(source: str) -> SourceRoot:
     """Normalise a SOURCE argument (path or URL) into a :class:`SourceRoot`."""
     parts = urlsplit(source)
     if parts.scheme in ("", "file") or (len(parts.scheme) == 1 and os.name == "nt"):
-        path = Path(parts.path if parts.scheme == "file" else source).expanduser().resolve()
+        local = unquote(parts.path) if parts.scheme == "file" else source
+        path = Path(local).expanduser().resolve()
         if not path.is_dir():
             raise ConfigurationError(
                 f"source {source!r} is not a directory; expected the root of a TESSERA "
@@ -140,9 +141,15 @@ def rebase(path_or_url: str, root: SourceRoot) -> str:
             raise ValueError(
                 f"manifest URL {path_or_url!r} does not end in {{year}}/grid_…/file.npy"
             )
-        return "/".join(segments[-3:])
+        tail = segments[-3:]
+        if any(s in (".", "..") for s in tail):
+            raise ValueError(
+                f"manifest URL {path_or_url!r} resolves outside SOURCE {root.url}; "
+                "refusing to read it"
+            )
+        return "/".join(tail)
     if raw.startswith("/"):
-        base = urlsplit(root.url).path if root.is_local else ""
+        base = root.local_path if root.is_local else ""
         if not root.is_local or not raw.startswith(base):
             raise ValueError(
                 f"manifest path {path_or_url!r} is absolute and outside SOURCE {root.url}"

@@ -124,6 +124,12 @@ def _dtype(descr: object) -> np.dtype:
             "float and complex arrays can be read in place (object arrays would need "
             "unpickling, which is never done)"
         )
+    if (dtype.kind == "f" and dtype.itemsize > 8) or (dtype.kind == "c" and dtype.itemsize > 16):
+        raise NpyFormatError(
+            f"npy dtype {descr!r} is numpy's platform-specific long double; it has no "
+            "Zarr v3 data type and its bytes differ between machines, so it cannot be "
+            "read in place. Re-save it as float64/complex128"
+        )
     return dtype
 
 
