@@ -23,6 +23,7 @@ from tessera_vz.reader.repos import quiet_icechunk
 from tessera_vz.reader.table import COLUMNS, read_table
 
 from . import inventory
+from .memory import limit_arenas
 from .probe import Probe, ProbeError, probe_all
 from .record import TileRecord, build_record
 from .report import Failure, Report, TileWarning
@@ -181,6 +182,7 @@ def run_index(opts: IndexOptions, progress: ProgressStart = _no_progress) -> Rep
     the returned report.
     """
     quiet_icechunk()
+    limit_arenas()
     t0 = time.perf_counter()
     root = source_root(opts.source)
     if opts.chunk_budget <= 0:

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Any
@@ -27,13 +28,16 @@ from tessera_vz.reader.layout import (
     SCALES,
     branch_name,
     parse_tag,
+    repo_name,
     tag_name,
+    work_branch_name,
 )
 from tessera_vz.reader.parser import array_metadata, row_chunk_ranges, row_chunk_shape
 from tessera_vz.reader.repos import container_for, container_name, read_config, storage_for
 from tessera_vz.reader.table import COLUMNS, table_dataset
 from zarr.core.buffer import Buffer, default_buffer_prototype
 
+from .memory import release
 from .record import TileRecord
 from .report import Commit
 from .sources import SourceRoot, checksum_value
@@ -230,6 +234,17 @@ def record_row(r: TileRecord, root: SourceRoot) -> dict[str, Any]:
     }
 
 
+def _write_config(cfg: Any) -> Any:
+    """The persisted config plus a small cache for writing.
+
+    Icechunk's default cache keeps up to 15 M chunk references; an index run
+    only writes references, so caching them costs ~0.3 GB per 3,000 tiles.
+    """
+    cfg = read_config(cfg)
+    cfg.caching = ic.CachingConfig(num_chunk_refs=50_000, num_snapshot_nodes=100_000)
+    return cfg
+
+
 def open_repo(
     out: str,
     zone: int,
@@ -239,31 +254,80 @@ def open_repo(
     s3_options: dict[str, Any] | None = None,
 ) -> Any | None:
     """Open (or create) a zone's repository, registering ``root`` as a container."""
-    from tessera_vz.reader.layout import repo_name
-
     location = out.rstrip("/") + "/" + repo_name(zone)
     storage = storage_for(location, s3_options=s3_options)
     container = container_for(root.url, s3_options=s3_options)
     if ic.Repository.exists(storage):
         cfg = ic.Repository.fetch_config(storage) or ic.RepositoryConfig.default()
-        known = cfg.virtual_chunk_containers or {}
-        repo = ic.Repository.open(storage, config=read_config(cfg))
-        if root.url not in known:
-            repo.config.set_virtual_chunk_container(container)
-            repo.save_config()
-        return repo
-    if not create:
-        return None
-    cfg = read_config()
-    cfg.set_virtual_chunk_container(container)
-    repo = ic.Repository.create(storage, config=cfg)
-    repo.save_config()
-    return repo
+        if root.url not in (cfg.virtual_chunk_containers or {}):
+            cfg = read_config(cfg)
+            cfg.set_virtual_chunk_container(container)
+            ic.Repository.open(storage, config=cfg).save_config()
+    else:
+        if not create:
+            return None
+        cfg = read_config()
+        cfg.set_virtual_chunk_container(container)
+        ic.Repository.create(storage, config=cfg).save_config()
+    return ic.Repository.open(storage, config=_write_config(ic.Repository.fetch_config(storage)))
 
 
 def _next_tag(repo: Any, year: int) -> str:
     versions = [v for t in repo.list_tags() if (p := parse_tag(t)) and (v := p[1]) and p[0] == year]
     return tag_name(year, max(versions, default=0) + 1)
+
+
+class UnitConflictError(RuntimeError):
+    """Another run published the same (zone, year) while this one was writing."""
+
+
+def _write_batch(
+    repo: Any,
+    work: str,
+    first: bool,
+    batch: Sequence[TileRecord],
+    drop: Sequence[str],
+    rows: dict[str, dict[str, Any]] | None,
+    root_attrs: dict[str, Any],
+    root: SourceRoot,
+    budget: int,
+    message: str,
+    metadata: dict[str, Any],
+    timings: dict[str, float],
+) -> str:
+    session = repo.writable_session(work)
+    store = session.store
+    t0 = time.perf_counter()
+
+    async def write() -> None:
+        if first:
+            await store.set("zarr.json", _buffer(_group_doc(root_attrs)))
+        await _write_groups(store, batch, root, budget, drop)
+
+    asyncio.run(write())
+    t1 = time.perf_counter()
+    for r in batch:
+        _set_refs(store, r, root, budget)
+    t2 = time.perf_counter()
+    if rows is not None:
+        names = sorted(rows)
+        columns = {c: [rows[n][c] for n in names] for c in COLUMNS}
+        table = table_dataset(names, columns, dict(root_attrs))
+        table.to_zarr(store, group="tiles", mode="w", consolidated=False, zarr_format=3)
+    t3 = time.perf_counter()
+    if first:
+        snapshot = session.commit(message, metadata=metadata)
+    else:
+        snapshot = session.amend(message, metadata=metadata)
+    t4 = time.perf_counter()
+    for key, value in (
+        ("write_metadata", t1 - t0),
+        ("write_refs", t2 - t1),
+        ("write_table", t3 - t2),
+        ("commit", t4 - t3),
+    ):
+        timings[key] = timings.get(key, 0.0) + value
+    return str(snapshot)
 
 
 def write_unit(
@@ -276,50 +340,70 @@ def write_unit(
     root: SourceRoot,
     budget: int,
     timings: dict[str, float],
+    batch_tiles: int = 500,
 ) -> Commit:
     """Write new/changed ``records``, remove ``drop``, store ``rows`` as the table.
 
     ``rows`` is the complete table after this run (kept and new rows);
     ``drop`` lists groups to delete first (removed and changed tiles).
+
+    Records are written in batches of ``batch_tiles`` to a scratch branch, each
+    batch amending the previous one, so memory stays bounded by a batch and
+    the result is one snapshot whose parent is the year's previous tip. Only
+    then does the year branch move to it (conditionally: if another run moved
+    it meanwhile, nothing is published and :class:`UnitConflictError` says so).
     """
     branch = branch_name(year)
-    if branch not in repo.list_branches():
-        repo.create_branch(branch, repo.lookup_branch("main"))
-    session = repo.writable_session(branch)
-    store = session.store
-    t0 = time.perf_counter()
-
-    async def write() -> None:
-        root_attrs = {
-            "tessera:zone": zone,
-            "tessera:year": year,
-            "tessera:layout_version": LAYOUT_VERSION,
-        }
-        await store.set("zarr.json", _buffer(_group_doc(root_attrs)))
-        await _write_groups(store, records, root, budget, drop)
-
-    asyncio.run(write())
-    t1 = time.perf_counter()
-    for r in records:
-        _set_refs(store, r, root, budget)
-    t2 = time.perf_counter()
-    names = sorted(rows)
-    columns = {c: [rows[n][c] for n in names] for c in COLUMNS}
-    table = table_dataset(names, columns, {"tessera:zone": zone, "tessera:year": year})
-    table.to_zarr(store, group="tiles", mode="w", consolidated=False, zarr_format=3)
-    t3 = time.perf_counter()
+    exists = branch in repo.list_branches()
+    base = repo.lookup_branch(branch) if exists else repo.lookup_branch("main")
+    work = work_branch_name(year, uuid.uuid4().hex[:12])
+    repo.create_branch(work, base)
     tag = _next_tag(repo, year)
     n_removed = len(set(drop) - {r.name for r in records})
-    snapshot = session.commit(
-        f"index {len(records)} tiles, remove {n_removed} ({tag})",
-        metadata={"tessera:tag": tag, "tessera:tiles": len(rows)},
-    )
-    t4 = time.perf_counter()
-    repo.create_tag(tag, snapshot)
-    timings["write_metadata"] = timings.get("write_metadata", 0.0) + (t1 - t0)
-    timings["write_refs"] = timings.get("write_refs", 0.0) + (t2 - t1)
-    timings["write_table"] = timings.get("write_table", 0.0) + (t3 - t2)
-    timings["commit"] = timings.get("commit", 0.0) + (t4 - t3)
+    message = f"index {len(records)} tiles, remove {n_removed} ({tag})"
+    metadata = {"tessera:tag": tag, "tessera:tiles": len(rows), "tessera:zone": zone}
+    root_attrs = {
+        "tessera:zone": zone,
+        "tessera:year": year,
+        "tessera:layout_version": LAYOUT_VERSION,
+    }
+    batches = [records[i : i + batch_tiles] for i in range(0, len(records), batch_tiles)] or [[]]
+    try:
+        snapshot = ""
+        for i, batch in enumerate(batches):
+            last = i == len(batches) - 1
+            snapshot = _write_batch(
+                repo,
+                work,
+                i == 0,
+                batch,
+                drop if i == 0 else [],
+                rows if last else None,
+                root_attrs,
+                root,
+                budget,
+                message,
+                metadata,
+                timings,
+            )
+            release()
+        try:
+            if exists:
+                repo.reset_branch(branch, snapshot, from_snapshot_id=base)
+            else:
+                repo.create_branch(branch, snapshot)
+        except Exception as exc:
+            raise UnitConflictError(
+                f"zone {zone} year {year}: another index run published this year while this "
+                f"one was writing ({type(exc).__name__}); nothing of this run was published. "
+                "Re-run the same command to index on top of the other run's result"
+            ) from None
+        repo.create_tag(tag, snapshot)
+    finally:
+        try:
+            repo.delete_branch(work)
+        except Exception:  # the scratch branch is harmless; never mask the real outcome
+            log.warning("could not delete scratch branch %s", work)
     log.info("zone %d year %d: committed %s as %s (%d tiles)", zone, year, snapshot, tag, len(rows))
     return Commit(zone=zone, year=year, snapshot=snapshot, tag=tag)
 

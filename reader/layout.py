@@ -57,6 +57,18 @@ def tag_name(year: int, version: int) -> str:
     return f"{int(year)}-v{int(version)}"
 
 
+WORK_PREFIX = "tessera-work-"
+
+
+def work_branch_name(year: int, token: str) -> str:
+    """Scratch branch an index run writes its batches to before publishing them.
+
+    The year branch only ever moves from one complete snapshot to the next;
+    a run killed half-way leaves at most a scratch branch behind.
+    """
+    return f"{WORK_PREFIX}{int(year)}-{token}"
+
+
 def parse_tag(tag: str) -> tuple[int, int] | None:
     """(year, version) of a tag name, or ``None`` for tags not made by us."""
     m = _TAG_RE.match(tag)

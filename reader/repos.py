@@ -95,6 +95,7 @@ def read_config(base: Any | None = None) -> Any:
     one request per range and no preloading.
     """
     cfg = base if base is not None else ic.RepositoryConfig.default()
+    cfg.caching = ic.CachingConfig(num_chunk_refs=2_000_000, num_snapshot_nodes=500_000)
     cfg.storage = ic.StorageSettings(
         concurrency=ic.StorageConcurrencySettings(
             max_concurrent_requests_for_object=4,
