@@ -36,3 +36,21 @@ class SourceUnavailableError(TesseraError, OSError):
 
 class ConfigurationError(TesseraError, ValueError):
     """Arguments or settings that cannot work together; nothing was written."""
+
+
+def translate_error(exc: BaseException, what: str) -> BaseException:
+    """Turn icechunk's storage errors into ours, naming the tile and source."""
+    text = str(exc)
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    if "checksum of the object owning the virtual chunk has changed" in text:
+        return SourceChangedError(
+            f"{what}: {first}. The source file changed after it was indexed; re-run "
+            "`tessera-vz index` for this source to index its new bytes"
+        )
+    if "authoriz" in text.lower():
+        return ConfigurationError(
+            f"{what}: the repository reads this tile from a source you have not authorised. "
+            "Pass allow_local_sources=True (CLI: --allow-local-sources) for file:// sources "
+            "you trust, or list it in allowed_sources"
+        )
+    return SourceUnavailableError(f"{what}: {first}")

@@ -28,9 +28,9 @@ from zarr.core.sync import sync
 
 from .errors import (
     ConfigurationError,
-    SourceChangedError,
     SourceUnavailableError,
     TileNotFoundError,
+    translate_error,
 )
 from .geometry import cell_centre, project, utm_zone
 from .layout import EMBEDDINGS, SCALES, branch_name, chunk_key, repo_name, tile_name, zone_of_repo
@@ -70,24 +70,6 @@ class TileLocation:
     row: int
     col: int
     facts: dict[str, Any]
-
-
-def translate_error(exc: BaseException, what: str) -> BaseException:
-    """Turn icechunk's storage errors into ours, naming the tile and source."""
-    text = str(exc)
-    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    if "checksum of the object owning the virtual chunk has changed" in text:
-        return SourceChangedError(
-            f"{what}: {first}. The source file changed after it was indexed; re-run "
-            "`tessera-vz index` for this source to index its new bytes"
-        )
-    if "authoriz" in text.lower():
-        return ConfigurationError(
-            f"{what}: the repository reads this tile from a source you have not authorised. "
-            "Pass allow_local_sources=True (CLI: --allow-local-sources) for file:// sources "
-            "you trust, or list it in allowed_sources"
-        )
-    return SourceUnavailableError(f"{what}: {first}")
 
 
 class TesseraStore:
