@@ -340,7 +340,7 @@ def write_unit(
     root: SourceRoot,
     budget: int,
     timings: dict[str, float],
-    batch_tiles: int = 500,
+    batch_tiles: int = 1000,
 ) -> Commit:
     """Write new/changed ``records``, remove ``drop``, store ``rows`` as the table.
 

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import icechunk as ic
 import numpy as np
 import xarray as xr
+from numpy.typing import ArrayLike
 from zarr.abc.store import RangeByteRequest
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
@@ -33,7 +34,18 @@ from .errors import (
     translate_error,
 )
 from .geometry import cell_centre, project, utm_zone
-from .layout import EMBEDDINGS, SCALES, branch_name, chunk_key, repo_name, tile_name, zone_of_repo
+from .layout import (
+    BAND_COUNT,
+    EMBEDDINGS,
+    SCALES,
+    branch_name,
+    chunk_key,
+    repo_name,
+    tile_name,
+    zone_of_repo,
+)
+from .points import locate, read_located, years_list
+from .ranges import DEFAULT_GAP
 from .repos import credentials, quiet_icechunk, read_config, storage_for
 from .table import read_table
 
@@ -205,15 +217,76 @@ class TesseraStore:
             )
         return TileLocation(zone, int(year), name, row, col, facts)
 
-    def point(self, lon: float, lat: float, year: int) -> np.ndarray:
+    def point(
+        self,
+        lon: float,
+        lat: float,
+        year: int | Sequence[int] | None = None,
+        *,
+        years: Sequence[int] | None = None,
+    ) -> np.ndarray:
         """The dequantised embedding ``(bands,)`` of the pixel holding a point.
 
         NaN everywhere when the pixel's scale is invalid (no data). Reads only
-        the pixel's bytes: ``bands`` embedding bytes and its scale.
+        the pixel's bytes: ``bands`` embedding bytes and its scale, two ranged
+        reads issued together. With a list of years (``years=``), returns
+        ``(time, bands)``, the years read concurrently from their branches.
         """
-        loc = self.locate(lon, lat, year)
-        emb, scale = sync(self._read_pixel(loc))
-        return dequantise(emb[None, :], scale[None, ...])[0]
+        ys, series = years_list(years if years is not None else _need_year(year))
+        locs = [self.locate(lon, lat, y) for y in ys]
+
+        async def read_all() -> list[tuple[np.ndarray, np.ndarray]]:
+            return list(await asyncio.gather(*(self._read_pixel(loc) for loc in locs)))
+
+        values = [dequantise(e[None, :], s[None, ...])[0] for e, s in sync(read_all())]
+        return np.stack(values) if series else values[0]
+
+    def points(
+        self,
+        lons: ArrayLike,
+        lats: ArrayLike,
+        year: int | Sequence[int] | None = None,
+        *,
+        years: Sequence[int] | None = None,
+        gap: int = DEFAULT_GAP,
+    ) -> np.ndarray:
+        """Dequantised embeddings ``(N, bands)`` of many points, in their order.
+
+        A point with no indexed tile (or NaN coordinates) or an invalid scale
+        is a row of NaN. Points are grouped by chunk, nearby ranges merged
+        (``gap`` bytes), and fetched concurrently. With a list of years the
+        result is ``(time, N, bands)``.
+        """
+        ys, series = years_list(years if years is not None else _need_year(year))
+        located = [locate(self, lons, lats, y) for y in ys]
+
+        async def read_all() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+            return list(
+                await asyncio.gather(
+                    *(read_located(self, loc, y, gap) for loc, y in zip(located, ys, strict=True))
+                )
+            )
+
+        out = []
+        for emb, scale, ok in sync(read_all()):
+            if emb.shape[1] == 0:
+                out.append(np.full((ok.size, self._bands(ys)), np.nan, np.float32))
+                continue
+            values = dequantise(emb, scale)
+            values[~ok] = np.nan
+            out.append(values)
+        return np.stack(out) if series else out[0]
+
+    def _bands(self, years: Sequence[int]) -> int:
+        for zone in self.zones():
+            for y in years:
+                try:
+                    table = self.tiles(y, zone)
+                except TileNotFoundError:
+                    continue
+                if table.sizes["tile"]:
+                    return int(table["bands"].values[0])
+        return BAND_COUNT
 
     async def _read_pixel(self, loc: TileLocation) -> tuple[np.ndarray, np.ndarray]:
         f = loc.facts
@@ -244,6 +317,12 @@ class TesseraStore:
         emb = np.frombuffer(eb.to_bytes(), dtype=np.int8)
         scale = np.frombuffer(sb.to_bytes(), dtype=np.dtype(str(f["scales_descr"])))
         return emb, scale.astype(np.float32)
+
+
+def _need_year(year: int | Sequence[int] | None) -> int | Sequence[int]:
+    if year is None:
+        raise TypeError("give year=… (an int or a list of years) or years=[…]")
+    return year
 
 
 def _discover(root: str) -> dict[int, str]:

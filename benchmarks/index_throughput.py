@@ -1,0 +1,303 @@
+"""Indexing throughput: tiles per second, bytes read per tile, peak memory, where time goes.
+
+A script a person runs (``make bench`` or ``python benchmarks/index_throughput.py``),
+not a timed test. It generates a sparse tree of real-size tiles (128 bands,
+real geometry, headers written and data left as holes), then measures in one
+run on this machine:
+
+* the floor: header probes alone (one ranged GET per file, no writes);
+* the naive baseline: one tile group written with zarr's ``create_array``
+  plus per-array virtual refs, for a subset, as most virtualisation code does;
+* the full ``tessera-vz index`` run in a child process (commit included), its
+  peak memory, and the report's own breakdown of where the time goes;
+* the same index over a local nginx for a subset: requests and bytes on the
+  wire per file (headers only);
+* the repository it produced: objects, bytes, references, bytes per reference.
+
+Prints a table and writes ``benchmarks/results/index_throughput.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+from tessera_vz.indexer.probe import probe_all
+from tessera_vz.indexer.run import IndexOptions, run_index
+from tessera_vz.indexer.sources import object_store, source_root
+from tessera_vz.reader import open_store
+from tessera_vz.reader.layout import source_paths
+
+from tessera_vz.testing.nginx import NginxServer
+from tessera_vz.testing.tiles import make_tree
+
+console = Console()
+
+
+def zone_centres(n: int, zone: int = 31, lat0: float = 40.0) -> list[tuple[float, float]]:
+    """``n`` cell centres filling one UTM zone row by row from ``lat0`` north."""
+    west = (zone - 1) * 6 - 180
+    lons = [round(west + 0.05 + 0.1 * i, 2) for i in range(60)]
+    out: list[tuple[float, float]] = []
+    row = 0
+    while len(out) < n:
+        lat = round(lat0 + 0.05 + 0.1 * row, 2)
+        out.extend((lon, lat) for lon in lons[: n - len(out)])
+        row += 1
+    return out
+
+
+def tree_stats(path: Path) -> dict[str, int]:
+    files = [p for p in path.rglob("*") if p.is_file()]
+    count: dict[str, int] = {}
+    size: dict[str, int] = {}
+    for p in files:
+        parts = p.relative_to(path).parts
+        top = parts[0] if len(parts) > 1 else "other"
+        count[top] = count.get(top, 0) + 1
+        size[top] = size.get(top, 0) + p.stat().st_size
+    return {
+        "objects": len(files),
+        "bytes": sum(size.values()),
+        **{f"objects_{k}": v for k, v in sorted(count.items())},
+        **{f"bytes_{k}": v for k, v in sorted(size.items())},
+    }
+
+
+def naive_baseline(src: Path, specs: list[Any], out: Path) -> float:
+    """Seconds per tile writing groups the usual way (create_array per array)."""
+    import icechunk as ic
+    import zarr
+    from tessera_vz.reader.header import PROBE_BYTES, parse_header
+    from tessera_vz.reader.parser import row_chunk_ranges, row_chunk_shape
+
+    ic.set_logs_filter("error")
+    cfg = ic.RepositoryConfig.default()
+    url = src.resolve().as_uri() + "/"
+    cfg.set_virtual_chunk_container(
+        ic.VirtualChunkContainer(url, ic.local_filesystem_store(str(src)))
+    )
+    repo = ic.Repository.create(ic.local_filesystem_storage(str(out)), config=cfg)
+    session = repo.writable_session("main")
+    root = zarr.open_group(session.store, mode="a")
+    t0 = time.perf_counter()
+    for spec in specs:
+        g = root.create_group(spec.name)
+        for rel, name, dims in (
+            (spec.emb_path, "embeddings", ("y", "x", "band")),
+            (spec.scales_path, "scales", ("y", "x")),
+        ):
+            with open(src / rel, "rb") as f:
+                header = parse_header(f.read(PROBE_BYTES))
+            g.create_array(
+                name,
+                shape=header.shape,
+                dtype=header.dtype,
+                chunks=row_chunk_shape(header),
+                dimension_names=dims,
+                compressors=None,
+                filters=None,
+                fill_value=0,
+            )
+            grid, offsets, lengths = row_chunk_ranges(header)
+            session.store.set_virtual_refs_arr(
+                f"{spec.name}/{name}", grid, [url + rel] * len(offsets), offsets, lengths
+            )
+        g.create_array("y", data=np.arange(spec.height, dtype="f8"))
+        g.create_array("x", data=np.arange(spec.width, dtype="f8"))
+        g.create_array("band", data=np.arange(spec.bands, dtype="i2"))
+    session.commit("naive")
+    return (time.perf_counter() - t0) / len(specs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tiles", type=int, default=5000)
+    ap.add_argument("--http-tiles", type=int, default=300)
+    ap.add_argument("--naive-tiles", type=int, default=200)
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument(
+        "--out", default=str(Path(__file__).parent / "results" / "index_throughput.json")
+    )
+    args = ap.parse_args(argv)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="tvz-bench-"))
+    shutil.rmtree(work, ignore_errors=True)
+    src = work / "tiles"
+    results: dict[str, Any] = {
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "tiles": args.tiles,
+    }
+
+    t = time.perf_counter()
+    specs = make_tree(src, centres=zone_centres(args.tiles), years=(2024,), bands=128, sparse=True)
+    results["generate_s"] = time.perf_counter() - t
+
+    # Floor: the probes alone.
+    root = source_root(str(src))
+    store = object_store(root)
+    paths = [p for s in specs for p in source_paths(s.year, s.name)]
+    t = time.perf_counter()
+    probes = asyncio.run(probe_all(store, paths, concurrency=64))
+    probe_s = time.perf_counter() - t
+    results["probe_only"] = {
+        "seconds": probe_s,
+        "files": len(paths),
+        "tiles_per_s": len(specs) / probe_s,
+        "errors": sum(1 for p in probes.values() if not hasattr(p, "header")),
+    }
+
+    # Naive baseline on a subset.
+    naive = naive_baseline(src, specs[: args.naive_tiles], work / "naive.icechunk")
+    results["naive_create_array"] = {
+        "tiles": args.naive_tiles,
+        "s_per_tile": naive,
+        "tiles_per_s": 1 / naive,
+    }
+
+    # Full run, in a child process so its peak memory is its own.
+    out = work / "index"
+    cmd = [
+        sys.executable,
+        "-m",
+        "tessera_vz.cli",
+        "index",
+        str(src),
+        "--out",
+        str(out),
+        "--json",
+        "--quiet",
+    ]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if proc.returncode not in (0, 1):
+        console.print(proc.stderr)
+        return 2
+    report = json.loads(proc.stdout)
+    results["index"] = {
+        "wall_s": wall,
+        "tiles_per_s": report["indexed"] / wall,
+        "indexed": report["indexed"],
+        "failed": len(report["failed"]),
+        "bytes_read_per_file": report["bytes_read"] / max(1, report["requests"]),
+        "requests": report["requests"],
+        "peak_rss_mb": max(peak_kib, before) / 1024,
+        "timings": report["timings"],
+    }
+    table = open_store(str(out), allow_local_sources=True).tiles(2024, 31)
+    refs = int(
+        ((table.height // table.emb_chunk_rows) + (table.height // table.scales_chunk_rows)).sum()
+    )
+    repo = tree_stats(out / "utm31.icechunk")
+    results["repo"] = {
+        **repo,
+        "references": refs,
+        "bytes_per_tile": repo["bytes"] / len(specs),
+        "bytes_per_reference": repo["bytes"] / refs,
+        "manifest_bytes_per_reference": repo.get("bytes_manifests", 0) / refs,
+        "references_per_tile": refs / len(specs),
+        "tiles_with_one_row_chunks": int((table.emb_chunk_rows == 1).sum()),
+    }
+
+    # Bytes on the wire per file over HTTP, from nginx's log.
+    subset = specs[: args.http_tiles]
+    with NginxServer(src) as server:
+        manifest = work / "subset.parquet"
+        from tessera_vz.testing.tiles import write_manifest
+
+        write_manifest(src, subset, path=manifest)
+        server.clear_log()
+        t = time.perf_counter()
+        http = run_index(
+            IndexOptions(source=server.url, out=str(work / "http-index"), manifest=str(manifest))
+        )
+        http_s = time.perf_counter() - t
+        reqs = [r for r in server.requests() if r["uri"].endswith(".npy")]
+    results["http"] = {
+        "tiles": len(subset),
+        "seconds": http_s,
+        "tiles_per_s": http.indexed / http_s,
+        "requests_per_file": len(reqs) / (2 * len(subset)),
+        "wire_bytes_per_file": sum(r["bytes_sent"] for r in reqs) / (2 * len(subset)),
+        "body_bytes_per_file": sum(r["body_bytes_sent"] for r in reqs) / (2 * len(subset)),
+    }
+
+    ix = results["index"]
+    tm = ix["timings"]
+    tab = Table(
+        title=f"tessera-vz index: {args.tiles} real-size tiles (sparse), {os.cpu_count()} cores"
+    )
+    tab.add_column("measure")
+    tab.add_column("value", justify="right")
+    tab.add_column("note")
+    tab.add_row(
+        "index tiles/s (commit included)", f"{ix['tiles_per_s']:.0f}", f"{ix['wall_s']:.1f} s wall"
+    )
+    tab.add_row(
+        "  floor: header probes only",
+        f"{results['probe_only']['tiles_per_s']:.0f}",
+        f"{results['probe_only']['seconds']:.2f} s for {len(paths)} files",
+    )
+    tab.add_row(
+        "  baseline: create_array per array",
+        f"{results['naive_create_array']['tiles_per_s']:.0f}",
+        f"ours/naive = {ix['tiles_per_s'] / results['naive_create_array']['tiles_per_s']:.1f}x",
+    )
+    for key in ("probe", "validate", "write_metadata", "write_refs", "write_table", "commit"):
+        tab.add_row(
+            f"  time in {key}",
+            f"{tm.get(key, 0):.2f} s",
+            f"{1000 * tm.get(key, 0) / max(1, ix['indexed']):.2f} ms/tile",
+        )
+    tab.add_row("peak RSS of the run", f"{ix['peak_rss_mb']:.0f} MB", "child process max RSS")
+    tab.add_row(
+        "bytes read per file (local)", f"{ix['bytes_read_per_file']:.0f}", "one ranged read"
+    )
+    h = results["http"]
+    tab.add_row(
+        "HTTP requests per file", f"{h['requests_per_file']:.2f}", f"nginx log, {h['tiles']} tiles"
+    )
+    tab.add_row(
+        "HTTP wire bytes per file",
+        f"{h['wire_bytes_per_file']:.0f}",
+        f"body {h['body_bytes_per_file']:.0f} + response headers",
+    )
+    r = results["repo"]
+    tab.add_row("repo bytes per tile", f"{r['bytes_per_tile']:.0f}", f"{r['objects']} objects")
+    tab.add_row(
+        "references per tile",
+        f"{r['references_per_tile']:.0f}",
+        f"{r['tiles_with_one_row_chunks']} tiles: 1-row chunks (no divisor of H fits 1 MiB)",
+    )
+    tab.add_row(
+        "manifest bytes per reference",
+        f"{r['manifest_bytes_per_reference']:.1f}",
+        f"all repo bytes / refs: {r['bytes_per_reference']:.1f} (coordinate chunks "
+        f"{r.get('objects_chunks', 0)} objects, {r.get('bytes_chunks', 0) / 2**20:.0f} MiB)",
+    )
+    console.print(tab)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    console.print(f"wrote {args.out}; work dir {work}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Batched point reads: the embedding of the pixel under each (lon, lat).
+
+Points are located in vectorised steps (cell -> tile -> pixel), then every
+point becomes two byte ranges (its ``bands`` embedding bytes and its scale),
+ranges are coalesced per chunk and fetched concurrently through the Icechunk
+store. A point with no indexed tile, or with an invalid scale, is NaN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from .errors import TileNotFoundError
+from .geometry import cell_centre, project, utm_zone
+from .layout import EMBEDDINGS, SCALES
+from .ranges import DEFAULT_GAP, coalesce, fetch, gather
+
+if TYPE_CHECKING:
+    from .store import TesseraStore
+
+
+@dataclass
+class Located:
+    """Where each point's pixel is; ``ok`` marks points that have one."""
+
+    ok: NDArray[np.bool_]
+    tile: NDArray[np.object_]
+    row: NDArray[np.int64]
+    col: NDArray[np.int64]
+    zone: NDArray[np.int64]
+    facts: dict[str, NDArray[Any]]
+
+
+_FACTS = (
+    "left", "top", "height", "width", "bands", "emb_chunk_rows", "scales_chunk_rows",
+    "scales_ndim", "scales_descr", "source",
+)  # fmt: skip
+
+
+def as_points(lons: ArrayLike, lats: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Validate point arrays: same length, 1-D; NaN and out-of-range become no-data."""
+    lon = np.atleast_1d(np.asarray(lons, dtype=np.float64))
+    lat = np.atleast_1d(np.asarray(lats, dtype=np.float64))
+    if lon.shape != lat.shape or lon.ndim != 1:
+        raise ValueError(
+            f"lons and lats must be 1-D and of equal length; got shapes {lon.shape} and {lat.shape}"
+        )
+    return lon, lat
+
+
+def locate(ts: TesseraStore, lons: ArrayLike, lats: ArrayLike, year: int) -> Located:
+    """Find the tile and pixel of every point (vectorised, per zone and CRS).
+
+    Raises :class:`TileNotFoundError` only when ``year`` is indexed in none
+    of the zones the points fall in; single missing tiles are no-data.
+    """
+    lon, lat = as_points(lons, lats)
+    n = lon.size
+    with np.errstate(invalid="ignore"):
+        finite = np.isfinite(lon) & np.isfinite(lat) & (np.abs(lon) <= 180) & (np.abs(lat) <= 90)
+    clon = np.full(n, np.nan)
+    clat = np.full(n, np.nan)
+    clon[finite], clat[finite] = cell_centre(lon[finite], lat[finite])
+    zone = np.zeros(n, np.int64)
+    zone[finite] = utm_zone(clon[finite])
+    loc = Located(
+        ok=np.zeros(n, bool), tile=np.full(n, "", dtype=object), row=np.zeros(n, np.int64),
+        col=np.zeros(n, np.int64), zone=zone, facts={},
+    )  # fmt: skip
+    facts: dict[str, list[Any]] = {}
+    tables_seen = 0
+    for z in np.unique(zone[finite]):
+        if int(z) not in ts.zones():
+            continue
+        try:
+            table = ts.tiles(year, int(z))
+        except TileNotFoundError:
+            continue
+        tables_seen += 1
+        sel = np.flatnonzero(finite & (zone == z))
+        names = [f"grid_{a:.2f}_{b:.2f}" for a, b in zip(clon[sel], clat[sel], strict=True)]
+        pos = table.indexes["tile"].get_indexer(names)
+        have = pos >= 0
+        sel, pos = sel[have], pos[have]
+        cols = {k: table[k].values[pos] for k in (*_FACTS, "epsg")}
+        for code in np.unique(cols["epsg"]):
+            m = cols["epsg"] == code
+            e, nn = project(lon[sel[m]], lat[sel[m]], int(code))
+            c = np.floor((e - cols["left"][m]) / 10.0).astype(np.int64)
+            r = np.floor((cols["top"][m] - nn) / 10.0).astype(np.int64)
+            inside = (r >= 0) & (r < cols["height"][m]) & (c >= 0) & (c < cols["width"][m])
+            idx = sel[m][inside]
+            loc.ok[idx] = True
+            loc.row[idx] = r[inside]
+            loc.col[idx] = c[inside]
+            loc.tile[idx] = np.asarray(names, dtype=object)[have][m][inside]
+            for k in _FACTS:
+                facts.setdefault(k, []).append((idx, cols[k][m][inside]))
+    if tables_seen == 0 and finite.any():
+        raise TileNotFoundError(
+            f"year {year} is not indexed in UTM zone(s) {sorted(set(zone[finite].tolist()))} "
+            f"under {ts.root}; indexed years: {ts.years()}"
+        )
+    for k, parts in facts.items():
+        dtype = parts[0][1].dtype
+        arr = np.zeros(n, dtype=dtype) if dtype.kind != "U" else np.full(n, "", dtype=object)
+        for idx, vals in parts:
+            arr[idx] = vals
+        loc.facts[k] = arr
+    return loc
+
+
+async def read_located(
+    ts: TesseraStore, loc: Located, year: int, gap: int = DEFAULT_GAP
+) -> tuple[NDArray[np.int8], NDArray[np.float32], NDArray[np.bool_]]:
+    """Raw embeddings ``(N, B)``, scales ``(N,)`` or ``(N, B)`` and the found mask."""
+    ok = np.flatnonzero(loc.ok)
+    n = loc.ok.size
+    if ok.size == 0:
+        return np.zeros((n, 0), np.int8), np.full(n, np.nan, np.float32), loc.ok
+    f = {k: v[ok] for k, v in loc.facts.items()}
+    bands = np.unique(f["bands"])
+    if bands.size != 1:
+        raise ValueError(f"tiles hold different band counts {bands.tolist()}; read them separately")
+    b = int(bands[0])
+    per_band = np.unique(f["scales_ndim"]).tolist() == [3]
+    rows, cols, names = loc.row[ok], loc.col[ok], loc.tile[ok]
+    k_e = f["emb_chunk_rows"].astype(np.int64)
+    k_s = f["scales_chunk_rows"].astype(np.int64)
+    width = f["width"].astype(np.int64)
+    s_item = 4 * (b if per_band else 1)
+    e_start = ((rows % k_e) * width + cols) * b
+    s_start = ((rows % k_s) * width + cols) * s_item
+    s_tail = "/0/0" if per_band else "/0"
+    e_keys = [f"{t}/{EMBEDDINGS}/c/{c}/0/0" for t, c in zip(names, rows // k_e, strict=True)]
+    s_keys = [f"{t}/{SCALES}/c/{c}{s_tail}" for t, c in zip(names, rows // k_s, strict=True)]
+    zones = loc.zone[ok]
+    emb = np.zeros((n, b), np.int8)
+    scale = np.full((n, b) if per_band else (n,), np.nan, np.float32)
+    for z in np.unique(zones):
+        m = zones == z
+        idx = np.flatnonzero(m)
+        store = ts.session(int(z), year).store
+        what = f"reading {idx.size} points of {year} in zone {int(z)} from {f['source'][idx[0]]}"
+        e_plan = coalesce([e_keys[i] for i in idx], e_start[m], e_start[m] + b, gap)
+        s_plan = coalesce([s_keys[i] for i in idx], s_start[m], s_start[m] + s_item, gap)
+        e_blobs, s_blobs = await asyncio.gather(
+            fetch(store, e_plan, what), fetch(store, s_plan, what)
+        )
+        emb[ok[m]] = gather(e_plan, e_blobs, b).view(np.int8)
+        descr = np.dtype(str(f["scales_descr"][idx[0]]))
+        raw = gather(s_plan, s_blobs, s_item).view(descr).astype(np.float32)
+        scale[ok[m]] = raw if per_band else raw[:, 0]
+    return emb, scale, loc.ok
+
+
+def years_list(year: int | Sequence[int]) -> tuple[list[int], bool]:
+    """Normalise ``year`` (an int or a list) and say whether a time axis is wanted."""
+    if isinstance(year, (int, np.integer)):
+        return [int(year)], False
+    years = [int(y) for y in year]
+    if not years:
+        raise ValueError("years must name at least one year")
+    return years, True
