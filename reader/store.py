@@ -27,6 +27,7 @@ from zarr.abc.store import RangeByteRequest
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from . import cache as table_cache
 from .errors import (
     ConfigurationError,
     SourceUnavailableError,
@@ -44,12 +45,26 @@ from .layout import (
     tile_name,
     zone_of_repo,
 )
+from .mosaic import MAX_PIXELS, read_window, tile_rects, window_dataset, window_for_bbox
 from .points import locate, read_located, years_list
 from .ranges import DEFAULT_GAP
-from .repos import credentials, quiet_icechunk, read_config, storage_for
+from .repos import (
+    READ_RETRIES,
+    READ_TIMEOUT,
+    credentials,
+    quiet_icechunk,
+    read_config,
+    storage_for,
+    with_read_policy,
+)
 from .table import read_table
 
 log = logging.getLogger(__name__)
+
+
+def dequantise(emb: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``emb * scale`` as float32, NaN where the scale is invalid (public name)."""
+    return dequantise_values(emb, scale)
 
 
 def valid_scale(scale: np.ndarray) -> np.ndarray:
@@ -58,7 +73,7 @@ def valid_scale(scale: np.ndarray) -> np.ndarray:
         return np.isfinite(scale) & (scale > 0) & (scale < 1.0)
 
 
-def dequantise(emb: np.ndarray, scale: np.ndarray) -> np.ndarray:
+def dequantise_values(emb: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """``emb * scale`` as float32, NaN where the scale is invalid.
 
     ``scale`` is per pixel (broadcast over the band axis) or per band.
@@ -97,6 +112,10 @@ class TesseraStore:
     allowed_sources
         Explicit allow-list of source URL prefixes; when given, only these
         containers are authorised.
+    retries, timeout
+        Retries (with backoff) of a failed source read and the limit in
+        seconds of each attempt, so a flaky or stalled mirror fails with
+        :class:`SourceUnavailableError` in bounded time instead of hanging.
     """
 
     def __init__(
@@ -107,8 +126,12 @@ class TesseraStore:
         allow_local_sources: bool = False,
         allowed_sources: Iterable[str] | None = None,
         s3_options: dict[str, Any] | None = None,
+        retries: int = READ_RETRIES,
+        timeout: float = READ_TIMEOUT,
     ) -> None:
         self.root = root
+        self._retries, self._timeout = retries, timeout
+        with_read_policy(read_config(), retries=retries, timeout=timeout)  # validate early
         self._locations = zones
         self._allow_local = allow_local_sources
         self._allowed = list(allowed_sources) if allowed_sources is not None else None
@@ -116,6 +139,7 @@ class TesseraStore:
         self._repos: dict[int, Any] = {}
         self._sessions: dict[tuple[int, int], Any] = {}
         self._tables: dict[tuple[int, int], xr.Dataset] = {}
+        self._snapshots: dict[tuple[int, int], str] = {}
 
     def __repr__(self) -> str:
         return f"TesseraStore({self.root!r}, zones={self.zones()})"
@@ -133,7 +157,11 @@ class TesseraStore:
             )
         if zone not in self._repos:
             storage = storage_for(self._locations[zone], s3_options=self._s3)
-            cfg = read_config(ic.Repository.fetch_config(storage))
+            cfg = with_read_policy(
+                read_config(ic.Repository.fetch_config(storage)),
+                retries=self._retries,
+                timeout=self._timeout,
+            )
             wanted = list((cfg.virtual_chunk_containers or {}).keys())
             creds = credentials(
                 wanted, allow_local_sources=self._allow_local, allowed=self._allowed
@@ -169,16 +197,23 @@ class TesseraStore:
                     f"year {year} is not indexed in UTM zone {zone}; indexed years: "
                     f"{self.years(zone)}"
                 )
-            self._sessions[key] = repo.readonly_session(branch=branch_name(year))
+            snapshot = repo.lookup_branch(branch_name(year))
+            self._sessions[key] = repo.readonly_session(snapshot_id=snapshot)
+            self._snapshots[key] = snapshot
         return self._sessions[key]
 
     def tiles(self, year: int, zone: int) -> xr.Dataset:
         """The year's tiles table of a zone (one row per tile)."""
         key = (zone, int(year))
         if key not in self._tables:
-            table = read_table(self.session(zone, year).store)
+            store = self.session(zone, year).store
+            snapshot = self._snapshots[key]
+            table = table_cache.load(self._locations[zone], snapshot)
             if table is None:
-                raise TileNotFoundError(f"zone {zone} year {year} has no tiles table")
+                table = read_table(store)
+                if table is None:
+                    raise TileNotFoundError(f"zone {zone} year {year} has no tiles table")
+                table_cache.save(self._locations[zone], snapshot, table)
             self._tables[key] = table
         return self._tables[key]
 
@@ -277,6 +312,87 @@ class TesseraStore:
             out.append(values)
         return np.stack(out) if series else out[0]
 
+    def region(
+        self,
+        bbox: tuple[float, float, float, float],
+        year: int | Sequence[int] | None = None,
+        *,
+        years: Sequence[int] | None = None,
+        zone: int | None = None,
+        dequantise: bool = True,
+        gap: int = DEFAULT_GAP,
+    ) -> xr.Dataset:
+        """A lon/lat box as a mosaic on the 10 m lattice of one UTM zone.
+
+        ``bbox`` is ``(west, south, east, north)`` in degrees; ``zone``
+        defaults to the zone of its centre. Each pixel comes from the tile
+        whose 0.1-degree cell holds its centre (else any covering tile of the
+        zone); pixels no tile covers are NaN. Returns ``embeddings`` float32
+        ``(y, x, band)`` dequantised, or raw int8 ``embeddings`` plus
+        ``scales`` with ``dequantise=False``; a ``time`` axis with a list of
+        years. Only the needed columns of each tile row are read.
+        """
+        ys, series = years_list(years if years is not None else _need_year(year))
+        window = window_for_bbox(bbox, zone)
+        if window.height * window.width > MAX_PIXELS:
+            raise ValueError(
+                f"bbox {bbox} covers {window.height} x {window.width} pixels, over the "
+                f"{MAX_PIXELS}-pixel limit of an in-memory region; use open_zone(...).sel(...) "
+                "to read larger areas lazily"
+            )
+        if window.zone not in self._locations:
+            raise TileNotFoundError(
+                f"no repository for UTM zone {window.zone} under {self.root}; zones: {self.zones()}"
+            )
+        rects = [tile_rects(self, window.zone, y) for y in ys]
+
+        async def read_all() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+            return list(
+                await asyncio.gather(
+                    *(read_window(self, window.zone, y, window, r, gap)
+                      for y, r in zip(ys, rects, strict=True))
+                )
+            )  # fmt: skip
+
+        results = sync(read_all())
+        if not any(filled.any() for _, _, filled in results):
+            raise TileNotFoundError(
+                f"no indexed tile of zone {window.zone} covers bbox {bbox} in {ys}"
+            )
+        bands = results[0][0].shape[-1]
+        if dequantise:
+            arrays = []
+            for emb, scale, filled in results:
+                values = dequantise_values(emb, scale)
+                values[~filled] = np.nan
+                arrays.append(values)
+            emb_out, scale_out = (np.stack(arrays) if series else arrays[0]), None
+        else:
+            emb_out = np.stack([r[0] for r in results]) if series else results[0][0]
+            scale_out = np.stack([r[1] for r in results]) if series else results[0][1]
+        ds = window_dataset(window, emb_out, scale_out, bands,
+                            {"tessera:bbox": list(map(float, bbox))})  # fmt: skip
+        if series:
+            ds = ds.assign_coords(time=("time", np.asarray(ys, dtype=np.int32)))
+        else:
+            ds.attrs["tessera:year"] = ys[0]
+        return ds
+
+    def open_zone(
+        self, zone: int, year: int, *, dequantise: bool = True, chunks: dict[str, int] | None = None
+    ) -> xr.Dataset:
+        """The whole mosaic of a zone-year as a lazy, dask-backed Dataset.
+
+        Same grid and rule as :meth:`region`, covering every indexed tile of
+        the zone; chunks are one tile's size. Selections read only the
+        selected pixels, and the graph runs on a ``dask.distributed`` cluster.
+        """
+        from .zone import zone_dataset
+
+        if zone not in self._locations:
+            raise TileNotFoundError(f"no repository for UTM zone {zone}; zones: {self.zones()}")
+        return zone_dataset(self, int(zone), int(year), dequantise=dequantise, chunks=chunks)
+
     def _bands(self, years: Sequence[int]) -> int:
         for zone in self.zones():
             for y in years:
@@ -357,8 +473,14 @@ def open_store(
     allow_local_sources: bool = False,
     allowed_sources: Iterable[str] | None = None,
     s3_options: dict[str, Any] | None = None,
+    retries: int = READ_RETRIES,
+    timeout: float = READ_TIMEOUT,
 ) -> TesseraStore:
-    """Open the index written by ``tessera-vz index --out PATH``."""
+    """Open the index written by ``tessera-vz index --out PATH``.
+
+    ``retries`` and ``timeout`` (seconds per attempt) bound every source read;
+    see :class:`TesseraStore`.
+    """
     quiet_icechunk()
     zones = _discover(path)
     return TesseraStore(
@@ -367,6 +489,8 @@ def open_store(
         allow_local_sources=allow_local_sources,
         allowed_sources=allowed_sources,
         s3_options=s3_options,
+        retries=retries,
+        timeout=timeout,
     )
 
 

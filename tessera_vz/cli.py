@@ -59,6 +59,10 @@ def cmd_index(args: argparse.Namespace) -> int:
         zones=parse_int_list(args.zones, "zones"),
         concurrency=args.concurrency,
         chunk_budget=args.chunk_budget,
+        retries=args.retries,
+        timeout=args.timeout,
+        batch_tiles=args.batch_tiles,
+        scratch_max_age=args.scratch_max_age,
     )
     with _progress((not args.quiet and err.is_terminal) or args.progress) as start:
         report = run_index(opts, progress=start)
@@ -171,6 +175,126 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.dir, keep=args.keep)
 
 
+def _years(text: str) -> list[int]:
+    try:
+        years = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigurationError(
+            f"--year expects a year or comma-separated years, got {text!r}"
+        ) from None
+    if not years:
+        raise ConfigurationError("--year names no year")
+    return years
+
+
+def read_points_file(path: str) -> tuple[Any, Any]:
+    """lon/lat columns of a CSV or Parquet file."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    suffix = path.rsplit(".", 1)[-1].lower()
+    try:
+        table = pq.read_table(path) if suffix in ("parquet", "pq") else pacsv.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"cannot read points file {path!r}: {exc}") from None
+    names = {n.lower(): n for n in table.column_names}
+    lon = next((names[c] for c in ("lon", "longitude", "x") if c in names), None)
+    lat = next((names[c] for c in ("lat", "latitude", "y") if c in names), None)
+    if lon is None or lat is None:
+        raise ConfigurationError(
+            f"points file {path!r} needs lon and lat columns; found {table.column_names}"
+        )
+    return (table.column(lon).to_numpy(zero_copy_only=False).astype("f8"),
+            table.column(lat).to_numpy(zero_copy_only=False).astype("f8"))  # fmt: skip
+
+
+def cmd_points(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tessera_vz.reader import open_store
+    from tessera_vz.reader.points import locate
+
+    lons, lats = read_points_file(args.input)
+    store = open_store(args.store, allow_local_sources=args.allow_local_sources)
+    years = _years(args.year)
+    t0 = time.perf_counter()
+    values = store.points(lons, lats, years=years)
+    elapsed = time.perf_counter() - t0
+    tables = []
+    for i, year in enumerate(years):
+        loc = locate(store, lons, lats, year)
+        cols: dict[str, Any] = {
+            "lon": lons, "lat": lats, "year": np.full(lons.size, year, np.int32),
+            "tile": loc.tile.astype(str), "row": np.where(loc.ok, loc.row, -1),
+            "col": np.where(loc.ok, loc.col, -1),
+        }  # fmt: skip
+        for b in range(values.shape[2]):
+            cols[f"b{b:03d}"] = values[i, :, b]
+        tables.append(pa.table(cols))
+    pq.write_table(pa.concat_tables(tables), args.out)
+    found = int(np.isfinite(values).any(axis=2).sum())
+    doc = {
+        "points": int(lons.size),
+        "years": years,
+        "with_data": found,
+        "out": args.out,
+        "seconds": round(elapsed, 3),
+        "points_per_s": round(lons.size * len(years) / max(elapsed, 1e-9)),
+    }
+    if args.json:
+        print(json.dumps(doc))
+    else:
+        err.print(
+            f"{doc['points']} points x {len(years)} years -> {args.out} "
+            f"({found} with data) in {elapsed:.2f}s"
+        )
+    return 0
+
+
+def cmd_region(args: argparse.Namespace) -> int:
+    from tessera_vz.reader import open_store
+
+    store = open_store(args.store, allow_local_sources=args.allow_local_sources)
+    years = _years(args.year)
+    bbox = (args.west, args.south, args.east, args.north)
+    ds = store.region(bbox, years if len(years) > 1 else years[0], zone=args.zone,
+                      dequantise=not args.raw)  # fmt: skip
+    out_path = args.out
+    suffix = out_path.rsplit(".", 1)[-1].lower()
+    if suffix == "zarr":
+        ds.to_zarr(out_path, mode="w", zarr_format=3, consolidated=False)
+    elif suffix == "nc":
+        clean = ds.copy()
+        for key in ("spatial:transform", "spatial:shape", "tessera:bbox"):
+            if key in clean.attrs:
+                clean.attrs[key] = " ".join(str(v) for v in clean.attrs[key])
+        clean.to_netcdf(out_path)
+    elif suffix in ("tif", "tiff"):
+        try:
+            import rioxarray  # noqa: F401
+        except ImportError:
+            raise ConfigurationError(
+                "writing GeoTIFF needs rioxarray: pip install 'tessera-vz[geo]'"
+            ) from None
+        if len(years) > 1:
+            raise ConfigurationError("a GeoTIFF holds one year; pass a single --year or use .zarr")
+        da = ds["embeddings"].transpose("band", "y", "x").rio.write_crs(ds.attrs["proj:code"])
+        da.rio.to_raster(out_path)
+    else:
+        raise ConfigurationError(f"--out must end in .zarr, .nc or .tif; got {out_path!r}")
+    doc = {"out": out_path, "zone": int(ds.attrs["tessera:zone"]), "shape": dict(ds.sizes),
+           "proj:code": ds.attrs["proj:code"]}  # fmt: skip
+    if args.json:
+        print(json.dumps(doc))
+    else:
+        err.print(f"wrote {out_path}: {doc['shape']} in {doc['proj:code']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tessera-vz", description=__doc__.split("\n")[0] if __doc__ else None
@@ -186,6 +310,21 @@ def build_parser() -> argparse.ArgumentParser:
     ix.add_argument("--zones", help="comma-separated UTM zones, e.g. 30,31")
     ix.add_argument("--concurrency", type=int, default=64, help="header requests in flight")
     ix.add_argument("--chunk-budget", type=int, default=1 << 20, help="bytes per virtual chunk")
+    ix.add_argument(
+        "--retries", type=int, default=3, help="retries of a failed header read (with backoff)"
+    )
+    ix.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds allowed for each header request"
+    )
+    ix.add_argument(
+        "--batch-tiles", type=int, default=1000, help="tiles per commit to the scratch branch"
+    )
+    ix.add_argument(
+        "--scratch-max-age",
+        type=float,
+        default=3600.0,
+        help="delete scratch branches of killed runs older than this many seconds",
+    )
     ix.add_argument("--json", action="store_true", help="print the JSON report on stdout")
     ix.add_argument("--quiet", action="store_true", help="no progress bars")
     ix.add_argument("--progress", action="store_true", help="progress bars even when not a tty")
@@ -209,6 +348,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="read tiles from file:// sources recorded in the repo",
     )
     pt.set_defaults(func=cmd_point)
+
+    pts = sub.add_parser("points", help="embeddings of many points (CSV/Parquet in, Parquet out)")
+    pts.add_argument("input", help="CSV or Parquet with lon and lat columns")
+    pts.add_argument("--year", required=True, help="a year, or comma-separated years")
+    pts.add_argument("--store", required=True)
+    pts.add_argument("--out", required=True, help="output Parquet file")
+    pts.add_argument("--json", action="store_true")
+    pts.add_argument("--allow-local-sources", action="store_true")
+    pts.set_defaults(func=cmd_points)
+
+    rg = sub.add_parser("region", help="a lon/lat box as a zone-lattice mosaic (.zarr, .nc, .tif)")
+    for name in ("west", "south", "east", "north"):
+        rg.add_argument(name, type=float)
+    rg.add_argument("--year", required=True, help="a year, or comma-separated years")
+    rg.add_argument("--store", required=True)
+    rg.add_argument("--out", required=True, help="FILE.zarr, FILE.nc or FILE.tif")
+    rg.add_argument("--zone", type=int, default=None, help="UTM zone (default: bbox centre)")
+    rg.add_argument("--raw", action="store_true", help="int8 embeddings plus scales")
+    rg.add_argument("--json", action="store_true")
+    rg.add_argument("--allow-local-sources", action="store_true")
+    rg.set_defaults(func=cmd_region)
 
     dm = sub.add_parser("demo", help="generate, serve, index and read a small sample tree")
     dm.add_argument("--dir", default="demo-out", help="working directory of the demo")

@@ -11,6 +11,14 @@ import pytest
 from tessera_vz.testing.nginx import NginxServer
 
 
+@pytest.fixture(autouse=True)
+def _isolated_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keep the reader's on-disk table cache inside the test session's temp area."""
+    monkeypatch.setenv("TESSERA_VZ_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
 def serve(root: Path) -> NginxServer:
     """Start nginx on ``root``; fails (never skips) when nginx is missing."""
     return NginxServer(root).start()
