@@ -96,6 +96,9 @@ def read_config(base: Any | None = None) -> Any:
     """
     cfg = base if base is not None else ic.RepositoryConfig.default()
     cfg.caching = ic.CachingConfig(num_chunk_refs=2_000_000, num_snapshot_nodes=500_000)
+    # Batched point and window reads hand icechunk thousands of small ranges at
+    # once; its default of 10 in flight leaves a loopback mirror mostly idle.
+    cfg.get_partial_values_concurrency = 64
     cfg.storage = ic.StorageSettings(
         concurrency=ic.StorageConcurrencySettings(
             max_concurrent_requests_for_object=4,
