@@ -38,6 +38,7 @@ test: $(STAMP) nginx lint typecheck
 
 bench: $(STAMP) nginx
 	$(BIN)/python benchmarks/index_throughput.py
+	$(BIN)/python benchmarks/read_points.py
 
 clean:
 	rm -rf $(VENV) demo-out
