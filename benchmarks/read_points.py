@@ -64,8 +64,8 @@ def wire(server: NginxServer) -> tuple[int, int]:
     return len(reqs), sum(r["bytes_sent"] for r in reqs)
 
 
-async def ceiling(server: NginxServer, paths: list[str], n: int, conc: int = 64) -> float:
-    store = HTTPStore.from_url(server.url, client_options={"allow_http": True})
+async def ceiling(url: str, paths: list[str], n: int, conc: int = 64) -> float:
+    store = HTTPStore.from_url(url, client_options={"allow_http": True})
     rng = np.random.default_rng(0)
     sem = asyncio.Semaphore(conc)
 
@@ -94,164 +94,165 @@ def cold_point(index: Path, lon: float, lat: float) -> float:
     """Seconds a new process spends on its first point, imports excluded."""
     proc = subprocess.run(
         [sys.executable, "-c", _COLD, str(index), str(lon), str(lat), str(YEAR)],
-        check=True, capture_output=True, text=True,
+        check=False, capture_output=True, text=True,
     )  # fmt: skip
+    if not proc.stdout.strip():
+        raise RuntimeError(f"cold point failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    if proc.returncode != 0:
+        console.print(f"[yellow]cold-point process exited {proc.returncode} after answering[/]")
     return float(json.loads(proc.stdout)["seconds"])
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tiles", type=int, default=1000)
-    ap.add_argument("--clustered", type=int, default=20_000)
-    ap.add_argument("--workdir", default=None)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "read_points.json"))
-    args = ap.parse_args(argv)
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="tvz-read-"))
-    shutil.rmtree(work, ignore_errors=True)
-    src, index = work / "tiles", work / "index"
-    specs = make_tree(src, centres=centres(args.tiles), years=(YEAR,), bands=128, sparse=True)
+def measure(
+    src: Path, specs: list[Any], index: Path, url: str, server: NginxServer, clustered: int
+) -> dict[str, Any]:
+    """Index ``src`` as served at ``url`` (nginx, or a proxy in front of it) and time reads.
+
+    ``server`` is the nginx whose access log counts requests and bytes.
+    """
     res: dict[str, Any] = {"tiles": len(specs)}
-    os.environ["TESSERA_VZ_CACHE"] = str(work / "cache")
-    with NginxServer(src) as server:
-        run_index(
-            IndexOptions(source=server.url, out=str(index), manifest=str(src / "manifest.parquet"))
-        )
-        paths = [s.emb_path for s in specs]
-        res["ceiling_req_s"] = asyncio.run(ceiling(server, paths, 20_000))
-        store = open_store(str(index))
-        spec = specs[len(specs) // 2]
-        lon, lat = spec.lon + 0.011, spec.lat - 0.013
+    run_index(IndexOptions(source=url, out=str(index), manifest=str(src / "manifest.parquet")))
+    paths = [s.emb_path for s in specs]
+    res["ceiling_req_s"] = asyncio.run(ceiling(url, paths, 20_000))
+    store = open_store(str(index))
+    spec = specs[len(specs) // 2]
+    lon, lat = spec.lon + 0.011, spec.lat - 0.013
 
-        # (a) this reader
-        store.point(lon, lat, YEAR)
-        server.clear_log()
-        t = time.perf_counter()
-        store.point(lon + 0.001, lat, YEAR)
-        warm = time.perf_counter() - t
-        n, b = wire(server)
-        server.clear_log()
-        cold = cold_point(index, lon + 0.002, lat)
-        cn, cb = wire(server)
-        res["reader"] = {
-            "warm_ms": warm * 1e3,
-            "warm_requests": n,
-            "warm_bytes": b,
-            "cold_ms": cold * 1e3,
-            "cold_requests": cn,
-            "cold_bytes": cb,
-        }
-        # (b) plain xr.open_zarr with icechunk defaults
-        loc = store.locate(lon, lat, YEAR)
-        storage = ic.local_filesystem_storage(str(index / "utm31.icechunk"))
-        prefixes = list(ic.Repository.fetch_config(storage).virtual_chunk_containers or {})
-        server.clear_log()
-        t = time.perf_counter()
-        repo = ic.Repository.open(
-            storage, authorize_virtual_chunk_access={p: ic.credentials.HttpAccess for p in prefixes}
-        )
-        ds = xr.open_zarr(repo.readonly_session(branch=str(YEAR)).store, group=loc.name)
-        ds.embeddings.isel(y=loc.row, x=loc.col).load()
-        ds.scales.isel(y=loc.row, x=loc.col).load()
-        cold_x = time.perf_counter() - t
-        xn, xb = wire(server)
-        server.clear_log()
-        t = time.perf_counter()
-        ds.embeddings.isel(y=loc.row + 1, x=loc.col).load()
-        ds.scales.isel(y=loc.row + 1, x=loc.col).load()
-        warm_x = time.perf_counter() - t
-        wn, wb = wire(server)
-        res["xarray_default"] = {
-            "warm_ms": warm_x * 1e3,
-            "warm_requests": wn,
-            "warm_bytes": wb,
-            "cold_ms": cold_x * 1e3,
-            "cold_requests": xn,
-            "cold_bytes": xb,
-        }
-        # (c) upstream npy path: the whole tile
-        http = HTTPStore.from_url(server.url, client_options={"allow_http": True})
-        server.clear_log()
-        t = time.perf_counter()
-        obstore.get(http, spec.emb_path).bytes()
-        obstore.get(http, spec.scales_path).bytes()
-        whole = time.perf_counter() - t
-        hn, hb = wire(server)
-        res["whole_tile"] = {"ms": whole * 1e3, "requests": hn, "bytes": hb}
+    # (a) this reader
+    store.point(lon, lat, YEAR)
+    server.clear_log()
+    t = time.perf_counter()
+    store.point(lon + 0.001, lat, YEAR)
+    warm = time.perf_counter() - t
+    n, b = wire(server)
+    server.clear_log()
+    cold = cold_point(index, lon + 0.002, lat)
+    cn, cb = wire(server)
+    res["reader"] = {
+        "warm_ms": warm * 1e3,
+        "warm_requests": n,
+        "warm_bytes": b,
+        "cold_ms": cold * 1e3,
+        "cold_requests": cn,
+        "cold_bytes": cb,
+    }
+    # (b) plain xr.open_zarr with icechunk defaults
+    loc = store.locate(lon, lat, YEAR)
+    storage = ic.local_filesystem_storage(str(index / "utm31.icechunk"))
+    prefixes = list(ic.Repository.fetch_config(storage).virtual_chunk_containers or {})
+    server.clear_log()
+    t = time.perf_counter()
+    repo = ic.Repository.open(
+        storage, authorize_virtual_chunk_access={p: ic.credentials.HttpAccess for p in prefixes}
+    )
+    ds = xr.open_zarr(repo.readonly_session(branch=str(YEAR)).store, group=loc.name)
+    ds.embeddings.isel(y=loc.row, x=loc.col).load()
+    ds.scales.isel(y=loc.row, x=loc.col).load()
+    cold_x = time.perf_counter() - t
+    xn, xb = wire(server)
+    server.clear_log()
+    t = time.perf_counter()
+    ds.embeddings.isel(y=loc.row + 1, x=loc.col).load()
+    ds.scales.isel(y=loc.row + 1, x=loc.col).load()
+    warm_x = time.perf_counter() - t
+    wn, wb = wire(server)
+    res["xarray_default"] = {
+        "warm_ms": warm_x * 1e3,
+        "warm_requests": wn,
+        "warm_bytes": wb,
+        "cold_ms": cold_x * 1e3,
+        "cold_requests": xn,
+        "cold_bytes": xb,
+    }
+    # (c) upstream npy path: the whole tile
+    http = HTTPStore.from_url(url, client_options={"allow_http": True})
+    server.clear_log()
+    t = time.perf_counter()
+    obstore.get(http, spec.emb_path).bytes()
+    obstore.get(http, spec.scales_path).bytes()
+    whole = time.perf_counter() - t
+    hn, hb = wire(server)
+    res["whole_tile"] = {"ms": whole * 1e3, "requests": hn, "bytes": hb}
 
-        # points spread 1-2 per tile over all tiles
-        rng = np.random.default_rng(7)
-        per = rng.integers(1, 3, len(specs))
-        lons = np.concatenate(
-            [s.lon + rng.uniform(-0.045, 0.045, k) for s, k in zip(specs, per, strict=True)]
-        )
-        lats = np.concatenate(
-            [s.lat + rng.uniform(-0.045, 0.045, k) for s, k in zip(specs, per, strict=True)]
-        )
-        server.clear_log()
-        t = time.perf_counter()
-        store.points(lons, lats, YEAR)
-        spread_s = time.perf_counter() - t
-        sn, _ = wire(server)
-        res["spread"] = {
-            "points": int(lons.size),
-            "seconds": spread_s,
-            "points_per_s": lons.size / spread_s,
-            "requests": sn,
-            "requests_per_s": sn / spread_s,
-            "ratio_to_ceiling": (sn / spread_s) / res["ceiling_req_s"],
-        }
-        # clustered: 50+ points within ~500 m around one site per tile
-        k = max(50, args.clustered // 200)
-        sites = specs[:: max(1, len(specs) // 200)][:200]
-        lons = np.concatenate([s.lon + rng.normal(0, 0.003, k) for s in sites])
-        lats = np.concatenate([s.lat + rng.normal(0, 0.002, k) for s in sites])
-        server.clear_log()
-        t = time.perf_counter()
-        store.points(lons, lats, YEAR)
-        cl_s = time.perf_counter() - t
-        qn, qb = wire(server)
-        res["clustered"] = {
-            "points": int(lons.size),
-            "per_tile": k,
-            "seconds": cl_s,
-            "points_per_s": lons.size / cl_s,
-            "requests": qn,
-            "bytes": qb,
-        }
+    # points spread 1-2 per tile over all tiles
+    rng = np.random.default_rng(7)
+    per = rng.integers(1, 3, len(specs))
+    lons = np.concatenate(
+        [s.lon + rng.uniform(-0.045, 0.045, k) for s, k in zip(specs, per, strict=True)]
+    )
+    lats = np.concatenate(
+        [s.lat + rng.uniform(-0.045, 0.045, k) for s, k in zip(specs, per, strict=True)]
+    )
+    server.clear_log()
+    t = time.perf_counter()
+    store.points(lons, lats, YEAR)
+    spread_s = time.perf_counter() - t
+    sn, _ = wire(server)
+    res["spread"] = {
+        "points": int(lons.size),
+        "seconds": spread_s,
+        "points_per_s": lons.size / spread_s,
+        "requests": sn,
+        "requests_per_s": sn / spread_s,
+        "ratio_to_ceiling": (sn / spread_s) / res["ceiling_req_s"],
+    }
+    # clustered: 50+ points within ~500 m around one site per tile
+    k = max(50, clustered // 200)
+    sites = specs[:: max(1, len(specs) // 200)][:200]
+    lons = np.concatenate([s.lon + rng.normal(0, 0.003, k) for s in sites])
+    lats = np.concatenate([s.lat + rng.normal(0, 0.002, k) for s in sites])
+    server.clear_log()
+    t = time.perf_counter()
+    store.points(lons, lats, YEAR)
+    cl_s = time.perf_counter() - t
+    qn, qb = wire(server)
+    res["clustered"] = {
+        "points": int(lons.size),
+        "per_tile": k,
+        "seconds": cl_s,
+        "points_per_s": lons.size / cl_s,
+        "requests": qn,
+        "bytes": qb,
+    }
 
-        # region: full tile width, 300 rows, against one sequential read of those bytes
-        facts = store.tiles(YEAR, 31).sel(tile=spec.name)
-        left, top, width = float(facts.left), float(facts.top), int(facts.width)
-        west, north = unproject(left + 10, top - 10, 32631)
-        east, south = unproject(left + 10 * width - 10, top - 3000, 32631)
-        bbox = (float(west), float(south), float(east), float(north))
-        store.region(bbox, YEAR)
-        server.clear_log()
-        t = time.perf_counter()
-        reg = store.region(bbox, YEAR, dequantise=False)
-        reg_s = time.perf_counter() - t
-        rn, rb = wire(server)
-        nbytes = reg.embeddings.nbytes + reg.scales.nbytes
-        offset = int(facts.emb_offset)
-        rows = reg.sizes["y"]
-        t = time.perf_counter()
-        obstore.get_range(http, spec.emb_path, start=offset, length=rows * width * 128)
-        obstore.get_range(
-            http, spec.scales_path, start=int(facts.scales_offset), length=rows * width * 4
-        )
-        seq_s = time.perf_counter() - t
-        res["region"] = {
-            "shape": dict(reg.sizes),
-            "seconds": reg_s,
-            "mb_per_s": nbytes / reg_s / 1e6,
-            "requests": rn,
-            "wire_bytes": rb,
-            "sequential_s": seq_s,
-            "sequential_mb_per_s": nbytes / seq_s / 1e6,
-            "ratio": seq_s / reg_s,
-        }
+    # region: full tile width, 300 rows, against one sequential read of those bytes
+    facts = store.tiles(YEAR, 31).sel(tile=spec.name)
+    left, top, width = float(facts.left), float(facts.top), int(facts.width)
+    west, north = unproject(left + 10, top - 10, 32631)
+    east, south = unproject(left + 10 * width - 10, top - 3000, 32631)
+    bbox = (float(west), float(south), float(east), float(north))
+    store.region(bbox, YEAR)
+    server.clear_log()
+    t = time.perf_counter()
+    reg = store.region(bbox, YEAR, dequantise=False)
+    reg_s = time.perf_counter() - t
+    rn, rb = wire(server)
+    nbytes = reg.embeddings.nbytes + reg.scales.nbytes
+    offset = int(facts.emb_offset)
+    rows = reg.sizes["y"]
+    t = time.perf_counter()
+    obstore.get_range(http, spec.emb_path, start=offset, length=rows * width * 128)
+    obstore.get_range(
+        http, spec.scales_path, start=int(facts.scales_offset), length=rows * width * 4
+    )
+    seq_s = time.perf_counter() - t
+    res["region"] = {
+        "shape": dict(reg.sizes),
+        "seconds": reg_s,
+        "mb_per_s": nbytes / reg_s / 1e6,
+        "requests": rn,
+        "wire_bytes": rb,
+        "sequential_s": seq_s,
+        "sequential_mb_per_s": nbytes / seq_s / 1e6,
+        "ratio": seq_s / reg_s,
+    }
 
-    tab = Table(title=f"tessera-vz reads over a local nginx ({len(specs)} real-size tiles)")
+    return res
+
+
+def report(res: dict[str, Any], title: str) -> Table:
+    """The result table a person reads."""
+    tab = Table(title=title)
     for col in ("measure", "value", "note"):
         tab.add_column(col)
     tab.add_row(
@@ -295,6 +296,24 @@ def main(argv: list[str] | None = None) -> int:
         f"{g['shape']}, {g['requests']} requests; sequential "
         f"{g['sequential_mb_per_s']:.0f} MB/s; ratio {g['ratio']:.2f}",
     )
+    return tab
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tiles", type=int, default=1000)
+    ap.add_argument("--clustered", type=int, default=20_000)
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "read_points.json"))
+    args = ap.parse_args(argv)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="tvz-read-"))
+    shutil.rmtree(work, ignore_errors=True)
+    src, index = work / "tiles", work / "index"
+    specs = make_tree(src, centres=centres(args.tiles), years=(YEAR,), bands=128, sparse=True)
+    os.environ["TESSERA_VZ_CACHE"] = str(work / "cache")
+    with NginxServer(src) as server:
+        res = measure(src, specs, index, server.url, server, args.clustered)
+    tab = report(res, f"tessera-vz reads over a local nginx ({len(specs)} real-size tiles)")
     console.print(tab)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2, default=str))
