@@ -78,6 +78,40 @@ def tree_stats(path: Path) -> dict[str, int]:
     }
 
 
+def index_in_child(src: Path, out: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``tessera-vz index`` in a child process: its report, wall time and peak RSS."""
+    cmd = [sys.executable, "-m", "tessera_vz.cli", "index", str(src), "--out", out, "--json",
+           "--quiet"]  # fmt: skip
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+    wall = time.perf_counter() - t
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(f"index failed ({proc.returncode}): {proc.stderr[-3000:]}")
+    return {
+        "wall_s": wall,
+        "report": json.loads(proc.stdout),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }
+
+
+def repo_stats(out: Path, tiles: int, zone: int = 31, year: int = 2024) -> dict[str, Any]:
+    """Objects, bytes and references of a zone repository an index run wrote."""
+    table = open_store(str(out), allow_local_sources=True).tiles(year, zone)
+    refs = int(
+        ((table.height // table.emb_chunk_rows) + (table.height // table.scales_chunk_rows)).sum()
+    )
+    repo = tree_stats(out / f"utm{zone:02d}.icechunk")
+    return {
+        **repo,
+        "references": refs,
+        "bytes_per_tile": repo["bytes"] / tiles,
+        "bytes_per_reference": repo["bytes"] / refs,
+        "manifest_bytes_per_reference": repo.get("bytes_manifests", 0) / refs,
+        "references_per_tile": refs / tiles,
+        "tiles_with_one_row_chunks": int((table.emb_chunk_rows == 1).sum()),
+    }
+
+
 def naive_baseline(src: Path, specs: list[Any], out: Path) -> float:
     """Seconds per tile writing groups the usual way (create_array per array)."""
     import icechunk as ic
@@ -171,50 +205,23 @@ def main(argv: list[str] | None = None) -> int:
 
     # Full run, in a child process so its peak memory is its own.
     out = work / "index"
-    cmd = [
-        sys.executable,
-        "-m",
-        "tessera_vz.cli",
-        "index",
-        str(src),
-        "--out",
-        str(out),
-        "--json",
-        "--quiet",
-    ]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - t
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if proc.returncode not in (0, 1):
-        console.print(proc.stderr)
+    try:
+        run = index_in_child(src, str(out))
+    except RuntimeError as exc:
+        console.print(str(exc))
         return 2
-    report = json.loads(proc.stdout)
+    report = run["report"]
     results["index"] = {
-        "wall_s": wall,
-        "tiles_per_s": report["indexed"] / wall,
+        "wall_s": run["wall_s"],
+        "tiles_per_s": report["indexed"] / run["wall_s"],
         "indexed": report["indexed"],
         "failed": len(report["failed"]),
         "bytes_read_per_file": report["bytes_read"] / max(1, report["requests"]),
         "requests": report["requests"],
-        "peak_rss_mb": max(peak_kib, before) / 1024,
+        "peak_rss_mb": run["peak_rss_mb"],
         "timings": report["timings"],
     }
-    table = open_store(str(out), allow_local_sources=True).tiles(2024, 31)
-    refs = int(
-        ((table.height // table.emb_chunk_rows) + (table.height // table.scales_chunk_rows)).sum()
-    )
-    repo = tree_stats(out / "utm31.icechunk")
-    results["repo"] = {
-        **repo,
-        "references": refs,
-        "bytes_per_tile": repo["bytes"] / len(specs),
-        "bytes_per_reference": repo["bytes"] / refs,
-        "manifest_bytes_per_reference": repo.get("bytes_manifests", 0) / refs,
-        "references_per_tile": refs / len(specs),
-        "tiles_with_one_row_chunks": int((table.emb_chunk_rows == 1).sum()),
-    }
+    results["repo"] = repo_stats(out, len(specs))
 
     # Bytes on the wire per file over HTTP, from nginx's log.
     subset = specs[: args.http_tiles]

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -42,9 +41,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from index_throughput import tree_stats, zone_centres
+from index_throughput import index_in_child, repo_stats, tree_stats, zone_centres
 from read_points import centres, measure
-from tessera_vz.reader import open_store
 
 from tessera_vz.testing.faults import Fault, FaultProxy
 from tessera_vz.testing.nginx import NginxServer
@@ -54,32 +52,6 @@ HERE = Path(__file__).parent
 YEAR = 2024
 YEAR_TILES = 420_000
 ALL_TILES = 3_800_000
-
-
-def index_cli(src: Path, out: str, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run ``tessera-vz index`` in a child process; its report, wall time and peak RSS."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "tessera_vz.cli",
-        "index",
-        str(src),
-        "--out",
-        out,
-        "--json",
-        "--quiet",
-    ]
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
-    wall = time.perf_counter() - t
-    if proc.returncode not in (0, 1):
-        raise RuntimeError(f"index failed ({proc.returncode}): {proc.stderr[-3000:]}")
-    report = json.loads(proc.stdout)
-    return {
-        "wall_s": wall,
-        "report": report,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-    }
 
 
 def rewrite_baseline(src: Path, specs: list[Any], out: Path) -> dict[str, Any]:
@@ -167,7 +139,7 @@ def s3_part(src: Path, work: Path) -> dict[str, Any]:
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
         ).create_bucket(Bucket="tessera-index")
-        run = index_cli(src, "s3://tessera-index/zone", env=env)
+        run = index_in_child(src, "s3://tessera-index/zone", env=env)
         s3 = boto3.client(
             "s3",
             endpoint_url=endpoint,
@@ -387,19 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["TESSERA_VZ_CACHE"] = str(work / "cache")
     src = work / "zone"
     make_tree(src, centres=zone_centres(args.tiles), years=(YEAR,), bands=128, sparse=True)
-    results["index_local"] = ix = index_cli(src, str(work / "index"))
-    table = open_store(str(work / "index"), allow_local_sources=True).tiles(YEAR, 31)
-    refs = int(
-        ((table.height // table.emb_chunk_rows) + (table.height // table.scales_chunk_rows)).sum()
-    )
-    st = tree_stats(work / "index" / "utm31.icechunk")
-    results["repo"] = {
-        **st,
-        "references": refs,
-        "bytes_per_tile": st["bytes"] / ix["report"]["indexed"],
-        "references_per_tile": refs / ix["report"]["indexed"],
-        "manifest_bytes_per_reference": st.get("bytes_manifests", 0) / refs,
-    }
+    results["index_local"] = ix = index_in_child(src, str(work / "index"))
+    results["repo"] = repo_stats(work / "index", ix["report"]["indexed"])
     if not args.no_s3:
         results["s3"] = s3_part(src, work)
     shutil.rmtree(src, ignore_errors=True)

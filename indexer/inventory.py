@@ -54,8 +54,14 @@ def _wanted(year: int, lon: float, years: set[int] | None, zones: set[int] | Non
     return (years is None or year in years) and (zones is None or int(utm_zone(lon)) in zones)
 
 
-def read_manifest_table(manifest: str, *, store_for_url: Any = None) -> pa.Table:
-    """Load a manifest from a local path or a URL (through obstore)."""
+def read_manifest_table(
+    manifest: str, *, store_for_url: Any = None, options: dict[str, Any] | None = None
+) -> pa.Table:
+    """Load a manifest from a local path or a URL (through obstore).
+
+    ``options`` are :func:`~tessera_vz.indexer.sources.object_store` options
+    (S3 endpoint, anonymous access, …) for a manifest fetched from a URL.
+    """
     parts = urlsplit(manifest)
     try:
         if parts.scheme in ("", "file"):
@@ -65,7 +71,7 @@ def read_manifest_table(manifest: str, *, store_for_url: Any = None) -> pa.Table
             from .sources import object_store, source_root
 
             base, name = manifest.rsplit("/", 1)
-            store_for_url, key = object_store(source_root(base)), name
+            store_for_url, key = object_store(source_root(base), options=options), name
         else:
             key = parts.path.lstrip("/")
         data = obstore.get(store_for_url, key).bytes().to_bytes()

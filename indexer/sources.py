@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 import obstore.store
 from tessera_vz.reader.errors import ConfigurationError
+from tessera_vz.reader.s3 import s3_settings, split_options
 
 _SCHEMES = ("file", "http", "https", "s3")
 
@@ -85,12 +86,54 @@ def object_store(root: SourceRoot, *, options: dict[str, Any] | None = None) -> 
         if root.scheme == "http":
             client = {"allow_http": True, **client}
         return obstore.store.HTTPStore.from_url(root.url, client_options=client, retry_config=retry)
-    return obstore.store.S3Store.from_url(
+    # Our S3 keys (endpoint_url, anonymous, …) resolved with the AWS_* environment;
+    # any other key is passed to obstore's S3 config as it is.
+    s3, raw = split_options(opts)
+    return s3_settings(s3).obstore(
         root.url,
-        config=cast(Any, opts or None),
+        config=cast(Any, raw or None),
         client_options=client or None,
         retry_config=retry,
     )
+
+
+def retry_options(
+    *,
+    retries: int,
+    timeout: float,
+    connect_timeout: float | None = None,
+    backoff: float = 0.1,
+    max_backoff: float = 5.0,
+) -> dict[str, Any]:
+    """``retry_config`` and ``client_options`` for :func:`object_store`.
+
+    A mirror under load answers 503, drops connections or stalls; obstore
+    retries those with exponential backoff, and ``timeout`` bounds each
+    attempt so a stalled server costs at most ``(retries + 1) * timeout``
+    per file instead of hanging the run. A file that still fails becomes a
+    tile-level failure in the report.
+    """
+    if retries < 0 or timeout <= 0 or backoff < 0:
+        raise ConfigurationError(
+            f"retries must be >= 0, timeout > 0 and backoff >= 0; got retries={retries}, "
+            f"timeout={timeout}, backoff={backoff}"
+        )
+    connect = connect_timeout if connect_timeout is not None else min(timeout, 5.0)
+    return {
+        "retry_config": {
+            "max_retries": int(retries),
+            "backoff": {
+                "init_backoff": dt.timedelta(seconds=backoff),
+                "max_backoff": dt.timedelta(seconds=max(backoff, max_backoff)),
+                "base": 2,
+            },
+            "retry_timeout": dt.timedelta(seconds=(retries + 1) * (timeout + max_backoff)),
+        },
+        "client_options": {
+            "timeout": dt.timedelta(seconds=timeout),
+            "connect_timeout": dt.timedelta(seconds=connect),
+        },
+    }
 
 
 def checksum_of(root: SourceRoot, meta: dict[str, Any]) -> str | dt.datetime:

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 import icechunk as ic
 import numpy as np
@@ -26,6 +26,7 @@ from tessera_vz.reader.layout import (
     EMBEDDINGS,
     LAYOUT_VERSION,
     SCALES,
+    WORK_PREFIX,
     branch_name,
     parse_tag,
     repo_name,
@@ -252,11 +253,19 @@ def open_repo(
     *,
     create: bool = True,
     s3_options: dict[str, Any] | None = None,
+    source_s3_options: dict[str, Any] | None = None,
 ) -> Any | None:
-    """Open (or create) a zone's repository, registering ``root`` as a container."""
+    """Open (or create) a zone's repository, registering ``root`` as a container.
+
+    ``s3_options`` reach the repository's own storage; ``source_s3_options``
+    (default: the same) describe the source's S3 service for the container,
+    since the index and the tiles may live on different services.
+    """
     location = out.rstrip("/") + "/" + repo_name(zone)
     storage = storage_for(location, s3_options=s3_options)
-    container = container_for(root.url, s3_options=s3_options)
+    container = container_for(
+        root.url, s3_options=s3_options if source_s3_options is None else source_s3_options
+    )
     if ic.Repository.exists(storage):
         cfg = ic.Repository.fetch_config(storage) or ic.RepositoryConfig.default()
         if root.url not in (cfg.virtual_chunk_containers or {}):
@@ -279,6 +288,55 @@ def _next_tag(repo: Any, year: int) -> str:
 
 class UnitConflictError(RuntimeError):
     """Another run published the same (zone, year) while this one was writing."""
+
+
+#: Default age (seconds) after which a scratch branch is taken for a dead run's.
+SCRATCH_MAX_AGE = 3600.0
+
+
+def scratch_age(repo: Any, branch: str, now: float | None = None) -> float | None:
+    """Seconds since a scratch branch was created, or ``None`` if it is not one.
+
+    The creation time is part of the name (``tessera-work-{year}-{epoch}-{hex}``);
+    branches named before that (``…-{hex}``) are aged by their tip snapshot,
+    which is never younger than the branch.
+    """
+    if not branch.startswith(WORK_PREFIX):
+        return None
+    now = time.time() if now is None else now
+    parts = branch[len(WORK_PREFIX) :].split("-")
+    if len(parts) == 3 and parts[1].isdigit():
+        return now - int(parts[1])
+    written = repo.lookup_snapshot(repo.lookup_branch(branch)).written_at
+    return now - float(written.timestamp())
+
+
+def clean_scratch_branches(repo: Any, year: int, max_age: float = SCRATCH_MAX_AGE) -> list[str]:
+    """Delete the year's scratch branches older than ``max_age`` seconds.
+
+    A run killed half-way leaves its scratch branch behind (the year branch
+    never saw it). Deleting it is safe once its run is surely dead, which is
+    not knowable across machines; age is the proxy, so ``max_age`` must exceed
+    the longest a live run takes to write one unit (default one hour). Only
+    branches of ``year`` are touched: another year may be written right now.
+    """
+    prefix = f"{WORK_PREFIX}{int(year)}-"
+    deleted = []
+    now = time.time()
+    for branch in sorted(repo.list_branches()):
+        if not branch.startswith(prefix):
+            continue
+        age = scratch_age(repo, branch, now)
+        if age is None or age < max_age:
+            continue
+        try:
+            repo.delete_branch(branch)
+        except Exception as exc:  # a concurrent run may have deleted it first
+            log.warning("could not delete stale scratch branch %s: %s", branch, exc)
+            continue
+        log.info("deleted stale scratch branch %s (%.0f s old)", branch, age)
+        deleted.append(branch)
+    return deleted
 
 
 def _write_batch(
@@ -315,6 +373,7 @@ def _write_batch(
         table = table_dataset(names, columns, dict(root_attrs))
         table.to_zarr(store, group="tiles", mode="w", consolidated=False, zarr_format=3)
     t3 = time.perf_counter()
+    log.info("committing to scratch branch %s: %s", work, message)
     if first:
         snapshot = session.commit(message, metadata=metadata)
     else:
@@ -341,6 +400,7 @@ def write_unit(
     budget: int,
     timings: dict[str, float],
     batch_tiles: int = 1000,
+    expected_tip: str | Literal["lookup"] | None = "lookup",
 ) -> Commit:
     """Write new/changed ``records``, remove ``drop``, store ``rows`` as the table.
 
@@ -352,11 +412,22 @@ def write_unit(
     the result is one snapshot whose parent is the year's previous tip. Only
     then does the year branch move to it (conditionally: if another run moved
     it meanwhile, nothing is published and :class:`UnitConflictError` says so).
+
+    ``expected_tip`` is the year-branch snapshot ``rows`` were computed from
+    (``None``: the branch did not exist); the branch moves only if it still
+    points there. The default looks it up now, which is right only when
+    ``rows`` were read just before.
     """
     branch = branch_name(year)
-    exists = branch in repo.list_branches()
-    base = repo.lookup_branch(branch) if exists else repo.lookup_branch("main")
-    work = work_branch_name(year, uuid.uuid4().hex[:12])
+    if expected_tip == "lookup":
+        exists = branch in repo.list_branches()
+        tip = repo.lookup_branch(branch) if exists else None
+    else:
+        tip, exists = expected_tip, expected_tip is not None
+    base = tip if tip is not None else repo.lookup_branch("main")
+    # The creation time in the name lets a later run tell a stale branch of a
+    # killed run from the live branch of a concurrent one.
+    work = work_branch_name(year, f"{int(time.time())}-{uuid.uuid4().hex[:8]}")
     repo.create_branch(work, base)
     tag = _next_tag(repo, year)
     n_removed = len(set(drop) - {r.name for r in records})
@@ -372,6 +443,10 @@ def write_unit(
         snapshot = ""
         for i, batch in enumerate(batches):
             last = i == len(batches) - 1
+            log.info(
+                "zone %d year %d: writing batch %d/%d (%d tiles) to scratch branch %s",
+                zone, year, i + 1, len(batches), len(batch), work,
+            )  # fmt: skip
             snapshot = _write_batch(
                 repo,
                 work,
@@ -387,9 +462,10 @@ def write_unit(
                 timings,
             )
             release()
+        log.info("zone %d year %d: publishing %s to branch %s", zone, year, snapshot, branch)
         try:
             if exists:
-                repo.reset_branch(branch, snapshot, from_snapshot_id=base)
+                repo.reset_branch(branch, snapshot, from_snapshot_id=tip)
             else:
                 repo.create_branch(branch, snapshot)
         except Exception as exc:

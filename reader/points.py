@@ -19,7 +19,7 @@ from numpy.typing import ArrayLike, NDArray
 from .errors import TileNotFoundError
 from .geometry import cell_centre, project, utm_zone
 from .layout import EMBEDDINGS, SCALES
-from .ranges import DEFAULT_GAP, coalesce, fetch, gather
+from .ranges import POINT_GAP, coalesce, fetch, gather
 
 if TYPE_CHECKING:
     from .store import TesseraStore
@@ -117,7 +117,7 @@ def locate(ts: TesseraStore, lons: ArrayLike, lats: ArrayLike, year: int) -> Loc
 
 
 async def read_located(
-    ts: TesseraStore, loc: Located, year: int, gap: int = DEFAULT_GAP
+    ts: TesseraStore, loc: Located, year: int, gap: int = POINT_GAP
 ) -> tuple[NDArray[np.int8], NDArray[np.float32], NDArray[np.bool_]]:
     """Raw embeddings ``(N, B)``, scales ``(N,)`` or ``(N, B)`` and the found mask."""
     ok = np.flatnonzero(loc.ok)

@@ -23,10 +23,13 @@ from .errors import translate_error
 
 log = logging.getLogger(__name__)
 
-#: Merge two ranges of one chunk when fewer than this many bytes separate them:
-#: on a real mirror one request costs a round trip (~20 ms, megabytes of transfer),
-#: so reading a few hundred KiB between two wanted ranges is the cheaper path.
+#: Merge two ranges of one chunk when fewer than this many bytes separate them.
+#: On a real mirror a request costs a round trip (~20 ms, about a megabyte of
+#: transfer), so windows read a few hundred KiB between two wanted row spans
+#: rather than pay another request; scattered points, whose wanted ranges are
+#: 128 bytes, merge only when close, or most of what moves would be waste.
 DEFAULT_GAP = 256 * 1024
+POINT_GAP = 16 * 1024
 #: Ranges handed to one ``get_partial_values`` call, bounding memory.
 _BATCH = 8192
 _KEY_STRIDE = 1 << 42  # larger than any byte offset within a chunk

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import icechunk as ic
 
 from .errors import ConfigurationError
+from .s3 import s3_settings
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +52,9 @@ def container_for(url_prefix: str, *, s3_options: dict[str, Any] | None = None) 
     elif parts.scheme in ("http", "https"):
         store = ic.http_store()
     elif parts.scheme == "s3":
-        opts = dict(s3_options or {})
-        store = ic.s3_store(
-            region=opts.get("region"),
-            endpoint_url=opts.get("endpoint_url"),
-            allow_http=bool(opts.get("allow_http", False)),
-            anonymous=bool(opts.get("anonymous", False)),
-            force_path_style=bool(opts.get("force_path_style", False)),
-            s3_compatible=bool(opts.get("endpoint_url")),
-        )
+        # Endpoint, region, transport and path style only: the config is saved
+        # in the repository, so it must never carry credentials.
+        store = s3_settings(s3_options).store_config()
     else:
         raise ConfigurationError(f"unsupported source scheme in {url_prefix!r}")
     return ic.VirtualChunkContainer(url_prefix, store, name=container_name(url_prefix))
@@ -69,17 +64,9 @@ def storage_for(location: str, *, s3_options: dict[str, Any] | None = None) -> A
     """Icechunk storage of one repository at a local path or ``s3://`` URL."""
     parts = urlsplit(location)
     if parts.scheme == "s3":
-        opts = dict(s3_options or {})
-        return ic.s3_storage(
-            bucket=parts.netloc,
-            prefix=parts.path.strip("/"),
-            region=opts.get("region"),
-            endpoint_url=opts.get("endpoint_url"),
-            allow_http=bool(opts.get("allow_http", False)),
-            anonymous=opts.get("anonymous"),
-            force_path_style=bool(opts.get("force_path_style", False)),
-            from_env=None if opts.get("anonymous") else True,
-        )
+        if not parts.netloc:
+            raise ConfigurationError(f"repository location {location!r} names no bucket")
+        return s3_settings(s3_options).storage(parts.netloc, parts.path.strip("/"))
     if parts.scheme not in ("", "file"):
         raise ConfigurationError(
             f"repository location {location!r}: expected a local path or s3:// URL"
@@ -172,13 +159,18 @@ def credentials(
     *,
     allow_local_sources: bool = False,
     allowed: Iterable[str] | None = None,
+    s3_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Authorise the containers a reader trusts.
 
     Remote containers (``http(s)://``, ``s3://``) recorded in the repo are
     trusted by default, ``file://`` ones only with ``allow_local_sources``;
     ``allowed``, when given, is the explicit allow-list of URL prefixes.
+    ``s3://`` containers get the reader's credentials: anonymous when
+    ``s3_options`` (or ``AWS_SKIP_SIGNATURE``) says so, explicit keys when
+    given, else the ``AWS_*`` environment; the repository never holds any.
     """
+    s3_cred = None
     allow = list(allowed) if allowed is not None else None
     out: dict[str, Any] = {}
     for prefix in containers:
@@ -192,5 +184,6 @@ def credentials(
         elif scheme in ("http", "https"):
             out[prefix] = ic.credentials.HttpAccess
         elif scheme == "s3":
-            out[prefix] = ic.s3_from_env_credentials()
+            s3_cred = s3_cred or s3_settings(s3_options).credentials()
+            out[prefix] = s3_cred
     return out

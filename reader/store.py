@@ -47,7 +47,7 @@ from .layout import (
 )
 from .mosaic import MAX_PIXELS, read_window, tile_rects, window_dataset, window_for_bbox
 from .points import locate, read_located, years_list
-from .ranges import DEFAULT_GAP
+from .ranges import DEFAULT_GAP, POINT_GAP
 from .repos import (
     READ_RETRIES,
     READ_TIMEOUT,
@@ -57,6 +57,7 @@ from .repos import (
     storage_for,
     with_read_policy,
 )
+from .s3 import s3_settings
 from .table import read_table
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,10 @@ class TesseraStore:
             )
             wanted = list((cfg.virtual_chunk_containers or {}).keys())
             creds = credentials(
-                wanted, allow_local_sources=self._allow_local, allowed=self._allowed
+                wanted,
+                allow_local_sources=self._allow_local,
+                allowed=self._allowed,
+                s3_options=self._s3,
             )
             for prefix in wanted:
                 if prefix not in creds:
@@ -283,7 +287,7 @@ class TesseraStore:
         year: int | Sequence[int] | None = None,
         *,
         years: Sequence[int] | None = None,
-        gap: int = DEFAULT_GAP,
+        gap: int = POINT_GAP,
     ) -> np.ndarray:
         """Dequantised embeddings ``(N, bands)`` of many points, in their order.
 
@@ -441,14 +445,20 @@ def _need_year(year: int | Sequence[int] | None) -> int | Sequence[int]:
     return year
 
 
-def _discover(root: str) -> dict[int, str]:
+def _discover(root: str, s3_options: dict[str, Any] | None = None) -> dict[int, str]:
     parts = urlsplit(root)
     if parts.scheme == "s3":
         import obstore
-        import obstore.store
 
-        store = obstore.store.S3Store.from_url(root.rstrip("/") + "/")
-        listed = obstore.list_with_delimiter(store, None)
+        store = s3_settings(s3_options).obstore(root.rstrip("/") + "/")
+        try:
+            listed = obstore.list_with_delimiter(store, None)
+        except Exception as exc:  # obstore raises its own hierarchy
+            raise ConfigurationError(
+                f"cannot list index {root!r}: {str(exc).strip().splitlines()[0]}. Check the "
+                "bucket, the endpoint (--s3-endpoint, AWS_ENDPOINT_URL) and credentials "
+                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or --anonymous for a public bucket)"
+            ) from None
         names = [p.rstrip("/").rsplit("/", 1)[-1] for p in listed["common_prefixes"]]
         base = root.rstrip("/")
     else:
@@ -482,7 +492,7 @@ def open_store(
     see :class:`TesseraStore`.
     """
     quiet_icechunk()
-    zones = _discover(path)
+    zones = _discover(path, s3_options)
     return TesseraStore(
         path,
         zones,

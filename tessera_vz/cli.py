@@ -63,6 +63,10 @@ def cmd_index(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         batch_tiles=args.batch_tiles,
         scratch_max_age=args.scratch_max_age,
+        s3_options=_s3_options(args, anonymous=False),
+        source_options={"anonymous": True} if args.anonymous else {},
+        scheduler=args.scheduler,
+        workers=args.workers,
     )
     with _progress((not args.quiet and err.is_terminal) or args.progress) as start:
         report = run_index(opts, progress=start)
@@ -83,11 +87,24 @@ def cmd_index(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
-def info(path: str, allow_local: bool) -> dict[str, Any]:
-    """What an index holds: zones, years, tags, tile counts, sources."""
-    from tessera_vz.reader import open_store
+def info(
+    path: str,
+    allow_local: bool,
+    s3_options: dict[str, Any] | None = None,
+    allowed: list[str] | None = None,
+) -> dict[str, Any]:
+    """What an index holds: zones, years, tags, tile counts, sources.
 
-    store = open_store(path, allow_local_sources=allow_local)
+    ``sources`` are the containers a repository wants to read from;
+    ``authorised`` those this reader would read from with the same flags, so
+    a user sees what an untrusted repository asks for before trusting it.
+    """
+    from tessera_vz.reader import open_store
+    from tessera_vz.reader.repos import credentials
+
+    store = open_store(
+        path, allow_local_sources=allow_local, allowed_sources=allowed, s3_options=s3_options
+    )
     zones = []
     for zone in store.zones():
         repo = store.repo(zone)
@@ -112,13 +129,18 @@ def info(path: str, allow_local: bool) -> dict[str, Any]:
                 "repo": store._locations[zone],
                 "years": years,
                 "sources": store.containers(zone),
+                "authorised": sorted(
+                    credentials(
+                        store.containers(zone), allow_local_sources=allow_local, allowed=allowed
+                    )
+                ),
             }
         )
     return {"path": path, "zones": zones}
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    doc = info(args.store, args.allow_local_sources)
+    doc = info(args.store, args.allow_local_sources, _s3_options(args), args.allow_source)
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
@@ -132,7 +154,9 @@ def cmd_info(args: argparse.Namespace) -> int:
                 str(y["year"]),
                 str(y["tiles"]),
                 str(y["latest_tag"]),
-                ", ".join(z["sources"]),
+                ", ".join(
+                    s if s in z["authorised"] else f"{s} (not authorised)" for s in z["sources"]
+                ),
             )
     out.print(table)
     return 0
@@ -143,7 +167,12 @@ def cmd_point(args: argparse.Namespace) -> int:
 
     from tessera_vz.reader import open_store
 
-    store = open_store(args.store, allow_local_sources=args.allow_local_sources)
+    store = open_store(
+        args.store,
+        allow_local_sources=args.allow_local_sources,
+        allowed_sources=args.allow_source,
+        s3_options=_s3_options(args),
+    )
     t0 = time.perf_counter()
     loc = store.locate(args.lon, args.lat, args.year)
     values = store.point(args.lon, args.lat, args.year)
@@ -167,6 +196,47 @@ def cmd_point(args: argparse.Namespace) -> int:
         )
         out.print(values)
     return 0
+
+
+def _add_allow_source(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-source",
+        action="append",
+        metavar="PREFIX",
+        help="read only from sources whose URL starts with PREFIX (repeatable); "
+        "default: every remote source the repo records",
+    )
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from tessera_vz.indexer.run import parse_int_list
+    from tessera_vz.indexer.verify import verify_index
+
+    report = verify_index(
+        args.store,
+        years=parse_int_list(args.years, "years"),
+        zones=parse_int_list(args.zones, "zones"),
+        allow_local_sources=args.allow_local_sources,
+        allowed_sources=args.allow_source,
+        concurrency=args.concurrency,
+        retries=args.retries,
+        timeout=args.timeout,
+        s3_options=_s3_options(args),
+    )
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        doc = report.to_json()
+        err.print(
+            f"{doc['tiles']} tiles: {doc['healthy']} healthy, {len(doc['drifted'])} drifted, "
+            f"{len(doc['missing'])} missing, {len(doc['unreachable'])} unreachable"
+        )
+        for c in report.checks:
+            if c.status != "healthy":
+                err.print(f"[red]{c.status}[/red] utm{c.zone:02d} {c.year} {c.tile}")
+                for problem in c.problems:
+                    err.print(f"    {problem}")
+    return report.exit_code
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -219,7 +289,9 @@ def cmd_points(args: argparse.Namespace) -> int:
     from tessera_vz.reader.points import locate
 
     lons, lats = read_points_file(args.input)
-    store = open_store(args.store, allow_local_sources=args.allow_local_sources)
+    store = open_store(
+        args.store, allow_local_sources=args.allow_local_sources, s3_options=_s3_options(args)
+    )
     years = _years(args.year)
     t0 = time.perf_counter()
     values = store.points(lons, lats, years=years)
@@ -258,7 +330,9 @@ def cmd_points(args: argparse.Namespace) -> int:
 def cmd_region(args: argparse.Namespace) -> int:
     from tessera_vz.reader import open_store
 
-    store = open_store(args.store, allow_local_sources=args.allow_local_sources)
+    store = open_store(
+        args.store, allow_local_sources=args.allow_local_sources, s3_options=_s3_options(args)
+    )
     years = _years(args.year)
     bbox = (args.west, args.south, args.east, args.north)
     ds = store.region(bbox, years if len(years) > 1 else years[0], zone=args.zone,
@@ -295,6 +369,34 @@ def cmd_region(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_s3_flags(
+    parser: argparse.ArgumentParser,
+    anonymous_help: str = "read S3 unsigned (public buckets such as TESSERA's)",
+) -> None:
+    """S3 endpoint, region and anonymous access; credentials only from the environment.
+
+    There is deliberately no flag for keys: they would land in shell history
+    and process listings. obstore and icechunk read ``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY`` (and ``AWS_ENDPOINT_URL``, ``AWS_REGION``,
+    ``AWS_ALLOW_HTTP``) themselves.
+    """
+    parser.add_argument("--s3-endpoint", metavar="URL", help="S3-compatible endpoint URL")
+    parser.add_argument("--s3-region", metavar="R", help="S3 region")
+    parser.add_argument("--anonymous", action="store_true", help=anonymous_help)
+
+
+def _s3_options(args: argparse.Namespace, *, anonymous: bool = True) -> dict[str, Any]:
+    """``s3_options`` from the S3 flags (only those given, so the environment fills the rest)."""
+    opts: dict[str, Any] = {}
+    if args.s3_endpoint:
+        opts["endpoint_url"] = args.s3_endpoint
+    if args.s3_region:
+        opts["region"] = args.s3_region
+    if anonymous and args.anonymous:
+        opts["anonymous"] = True
+    return opts
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tessera-vz", description=__doc__.split("\n")[0] if __doc__ else None
@@ -328,12 +430,21 @@ def build_parser() -> argparse.ArgumentParser:
     ix.add_argument("--json", action="store_true", help="print the JSON report on stdout")
     ix.add_argument("--quiet", action="store_true", help="no progress bars")
     ix.add_argument("--progress", action="store_true", help="progress bars even when not a tty")
+    ix.add_argument(
+        "--scheduler", help="run the (zone, year) units on this Dask scheduler (tcp://host:8786)"
+    )
+    ix.add_argument(
+        "--workers", type=int, help="run the units on a local Dask cluster of N worker processes"
+    )
+    _add_s3_flags(ix, "read the SOURCE bucket unsigned (public buckets); --out uses credentials")
     ix.set_defaults(func=cmd_index)
 
     inf = sub.add_parser("info", help="zones, years, tags and tile counts of an index")
     inf.add_argument("store", help="the --out of `tessera-vz index`")
     inf.add_argument("--json", action="store_true")
     inf.add_argument("--allow-local-sources", action="store_true")
+    _add_allow_source(inf)
+    _add_s3_flags(inf)
     inf.set_defaults(func=cmd_info)
 
     pt = sub.add_parser("point", help="the embedding of one pixel")
@@ -347,7 +458,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="read tiles from file:// sources recorded in the repo",
     )
+    _add_allow_source(pt)
+    _add_s3_flags(pt)
     pt.set_defaults(func=cmd_point)
+
+    vf = sub.add_parser("verify", help="find indexed tiles whose source files changed or vanished")
+    vf.add_argument("store", help="the --out of `tessera-vz index`")
+    vf.add_argument("--years", help="comma-separated years, e.g. 2024,2025")
+    vf.add_argument("--zones", help="comma-separated UTM zones, e.g. 30,31")
+    vf.add_argument("--json", action="store_true", help="print the JSON report on stdout")
+    vf.add_argument("--allow-local-sources", action="store_true")
+    _add_allow_source(vf)
+    vf.add_argument("--concurrency", type=int, default=64, help="HEAD requests in flight")
+    vf.add_argument("--retries", type=int, default=3, help="retries of a failed request")
+    vf.add_argument("--timeout", type=float, default=30.0, help="seconds allowed per request")
+    _add_s3_flags(vf)
+    vf.set_defaults(func=cmd_verify)
 
     pts = sub.add_parser("points", help="embeddings of many points (CSV/Parquet in, Parquet out)")
     pts.add_argument("input", help="CSV or Parquet with lon and lat columns")
@@ -356,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     pts.add_argument("--out", required=True, help="output Parquet file")
     pts.add_argument("--json", action="store_true")
     pts.add_argument("--allow-local-sources", action="store_true")
+    _add_s3_flags(pts)
     pts.set_defaults(func=cmd_points)
 
     rg = sub.add_parser("region", help="a lon/lat box as a zone-lattice mosaic (.zarr, .nc, .tif)")
@@ -368,6 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("--raw", action="store_true", help="int8 embeddings plus scales")
     rg.add_argument("--json", action="store_true")
     rg.add_argument("--allow-local-sources", action="store_true")
+    _add_s3_flags(rg)
     rg.set_defaults(func=cmd_region)
 
     dm = sub.add_parser("demo", help="generate, serve, index and read a small sample tree")

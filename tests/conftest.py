@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tessera_vz.testing.nginx import NginxServer
+
+if TYPE_CHECKING:
+    from tessera_vz.testing.s3 import MotoS3
 
 
 @pytest.fixture(autouse=True)
@@ -35,3 +39,26 @@ def nginx_factory() -> Iterator[list[NginxServer]]:
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[MotoS3]:
+    """moto's S3 server on a free loopback port, for the whole session.
+
+    Fails (never skips) when ``moto[server]`` is missing: the import is here.
+    """
+    from tessera_vz.testing.s3 import MotoS3
+
+    with MotoS3() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3_server: MotoS3, monkeypatch: pytest.MonkeyPatch) -> MotoS3:
+    """Point every S3 client of this test (and its child processes) at ``s3_server``."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    return s3_server

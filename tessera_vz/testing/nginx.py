@@ -24,8 +24,9 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
+
+from .service import Service
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def parse_log_line(line: str) -> dict[str, Any]:
     return out
 
 
-class NginxServer:
+class NginxServer(Service):
     """nginx serving ``root`` as static files on ``127.0.0.1``.
 
     Range requests, ``If-Match``/``If-Unmodified-Since`` (answered 412 when
@@ -141,18 +142,6 @@ class NginxServer:
         self._tmp: Path | None = None
 
     # -- lifecycle -------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _config(self, tmp: Path, port: int) -> str:
         """The whole nginx.conf: everything writable points into ``tmp``."""
