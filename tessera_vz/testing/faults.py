@@ -107,6 +107,9 @@ class ProxiedRequest:
 class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # Clients open dozens of connections at once; socketserver's default
+    # backlog of 5 drops SYNs and turns each drop into a 1 s retransmit.
+    request_queue_size = 256
     proxy: FaultProxy
 
 
