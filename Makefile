@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck nginx clean bench
+.PHONY: demo test lint typecheck nginx clean bench results
 
 $(BIN)/python:
 	$(PY) -c 'import sys; assert sys.version_info >= (3, 12), "tessera-vz needs Python >= 3.12, found " + sys.version'
@@ -39,6 +39,11 @@ test: $(STAMP) nginx lint typecheck
 bench: $(STAMP) nginx
 	$(BIN)/python benchmarks/index_throughput.py
 	$(BIN)/python benchmarks/read_points.py
+
+# Regenerates benchmarks/RESULTS.md and its plot (about 20 minutes on 2 cores).
+results: $(STAMP) nginx
+	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/python benchmarks/scale.py
 
 clean:
 	rm -rf $(VENV) demo-out

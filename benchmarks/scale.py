@@ -4,7 +4,7 @@ Writes ``benchmarks/RESULTS.md`` (tables, ratios, extrapolation) and
 ``benchmarks/results/scale.png`` (the plot), plus ``results/scale.json``.
 Regenerate everything with one command::
 
-    .venv/bin/python benchmarks/scale.py          # or: make results
+    make results        # installs the bench extra (matplotlib), then runs this script
 
 Parts, all on this machine in the same run:
 
