@@ -11,7 +11,9 @@ read, and neighbouring ranges are coalesced into larger requests.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,10 +22,10 @@ import xarray as xr
 from numpy.typing import NDArray
 from pyproj import CRS
 
-from .errors import TileNotFoundError
+from .errors import SourceUnavailableError, TileNotFoundError
 from .geometry import FALSE_NORTHING, PIXEL, project, unproject, utm_zone
 from .layout import EMBEDDINGS, SCALES
-from .ranges import DEFAULT_GAP, coalesce, fetch
+from .ranges import DEFAULT_GAP, Plan, Wanted, arrivals, choose
 
 if TYPE_CHECKING:
     from .store import TesseraStore
@@ -138,8 +140,57 @@ def extent(rects: TileRects, zone: int) -> Window:
     return Window(zone, left, top, round((top - bottom) / PIXEL), round((right - left) / PIXEL))
 
 
+#: Pixel centres closer than this (metres) to a projected cell edge are decided
+#: by unprojecting them. A cell's meridian edges are straight in UTM to
+#: centimetres, but its parallels bow by up to ~1.2 m over 0.1 degree of
+#: longitude at mid-latitudes (sagitta of a circle of radius N cot(lat)), so
+#: with this margin every other pixel is decided exactly by the quadrilateral.
+EDGE_TOLERANCE = 3.0
+
+
+def _quad_bounds(
+    quad: NDArray[np.float64], y: NDArray[np.float64], margin: float
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Per row, the eastings whose signed distance to every edge is below ``margin``.
+
+    The quad is clockwise (x east, y north); each edge's half-plane bounds x
+    from one side at a given northing, so a convex quad is, row by row, the
+    open interval ``(lo, hi)``. Cheaper than testing every pixel.
+    """
+    lo = np.full(y.shape, -np.inf)
+    hi = np.full(y.shape, np.inf)
+    for i in range(4):
+        (x0, y0), (x1, y1) = quad[i], quad[(i + 1) % 4]
+        length = math.hypot(x1 - x0, y1 - y0)
+        a = -(y1 - y0) / length  # distance = a * x + c(y)
+        c = ((x1 - x0) * (y - y0) + (y1 - y0) * x0) / length
+        if a > 0:
+            np.minimum(hi, (margin - c) / a, out=hi)
+        elif a < 0:
+            np.maximum(lo, (margin - c) / a, out=lo)
+        else:
+            hi[c >= margin] = -np.inf
+    return lo, hi
+
+
+def _runs(lo: NDArray[np.int64], hi: NDArray[np.int64]) -> tuple[NDArray[np.int64], ...]:
+    """Row and column indices of the column runs ``[lo[r], hi[r])`` of every row ``r``."""
+    counts = hi - lo
+    rows = np.repeat(np.arange(lo.size), counts)
+    first = np.cumsum(counts) - counts
+    return rows, lo[rows] + np.arange(int(counts.sum())) - first[rows]
+
+
 def ownership(window: Window, rects: TileRects) -> NDArray[np.int64]:
-    """Index of the tile each window pixel is read from, or -1 (no data)."""
+    """Index of the tile each window pixel is read from, or -1 (no data).
+
+    The owner is the tile whose 0.1-degree cell holds the pixel centre,
+    found with a point-in-quadrilateral test in UTM (the cell's projected
+    corners, as row intervals); pixels within :data:`EDGE_TOLERANCE` of an
+    edge are decided by unprojecting them, so the result equals
+    unprojecting every pixel at a fraction of the cost. A pixel its cell's
+    tile does not cover goes to any covering tile.
+    """
     h, w = window.height, window.width
     owner = np.full((h, w), -1, dtype=np.int64)
     if h == 0 or w == 0 or rects.names.size == 0:
@@ -153,26 +204,59 @@ def ownership(window: Window, rects: TileRects) -> NDArray[np.int64]:
     if cand.size == 0:
         return owner
     y, x = window.centres()
-    xx, yy = np.meshgrid(x, y)
-    lon, lat = unproject(xx, yy, window.epsg)
-    cells = _cell_id(lon, lat)
-    order = np.argsort(rects.cell[cand])
-    sorted_cells = rects.cell[cand][order]
-    pos = np.clip(np.searchsorted(sorted_cells, cells), 0, sorted_cells.size - 1)
-    match = sorted_cells[pos] == cells
-    owner[match] = cand[order][pos[match]]
-    # The owner must actually cover the pixel; otherwise fall back below.
-    o = np.where(owner >= 0, owner, 0)
-    covered = (xx > rects.left[o]) & (xx < right[o]) & (yy < rects.top[o]) & (yy > bottom[o])
-    owner[~covered] = -1
-    for t in cand:
-        free = owner < 0
-        if not free.any():
-            break
-        inside = (
-            free & (xx > rects.left[t]) & (xx < right[t]) & (yy < rects.top[t]) & (yy > bottom[t])
-        )
-        owner[inside] = t
+    # Window rows/cols whose pixel centres lie inside each candidate's rectangle.
+    c_in0 = np.searchsorted(x, rects.left[cand], side="right")
+    c_in1 = np.searchsorted(x, right[cand], side="left")
+    r_in0 = np.searchsorted(-y, -rects.top[cand], side="right")
+    r_in1 = np.searchsorted(-y, -bottom[cand], side="left")
+    lon = np.asarray(rects.facts["lon"], np.float64)[cand]
+    lat = np.asarray(rects.facts["lat"], np.float64)[cand]
+    # Corners NW, NE, SE, SW: clockwise with x east and y north.
+    qx, qy = project(
+        np.stack([lon - 0.05, lon + 0.05, lon + 0.05, lon - 0.05], axis=1),
+        np.stack([lat + 0.05, lat + 0.05, lat - 0.05, lat - 0.05], axis=1),
+        window.epsg,
+    )
+    near_rows: list[NDArray[np.int64]] = []
+    near_cols: list[NDArray[np.int64]] = []
+    cols = np.arange(w)
+    tol = EDGE_TOLERANCE
+    for j, t in enumerate(cand):
+        r0, r1, c0, c1 = int(r_in0[j]), int(r_in1[j]), int(c_in0[j]), int(c_in1[j])
+        if r0 >= r1 or c0 >= c1:
+            continue
+        quad = np.stack([qx[j], qy[j]], axis=1)
+        ys, xs = y[r0:r1], x[c0:c1]
+        lo, hi = _quad_bounds(quad, ys, -tol)  # clearly inside
+        olo, ohi = _quad_bounds(quad, ys, tol)  # not clearly outside
+        a = np.searchsorted(xs, lo, side="right")
+        b = np.searchsorted(xs, hi, side="left")
+        oa = np.searchsorted(xs, olo, side="left")
+        ob = np.searchsorted(xs, ohi, side="right")
+        sub = owner[r0:r1, c0:c1]
+        k = cols[None, : c1 - c0]
+        np.copyto(sub, t, where=(k >= a[:, None]) & (k < b[:, None]) & (sub < 0))
+        # Near the edges: [oa, a) and [b, ob) of each row (all of [oa, ob) if none is clear).
+        some = a < b
+        for n0, n1 in ((oa, np.where(some, np.maximum(a, oa), ob)), (np.where(some, b, ob), ob)):
+            rr, cc = _runs(n0, np.maximum(n1, n0))
+            near_rows.append(rr + r0)
+            near_cols.append(cc + c0)
+    if near_rows:
+        rr, cc = np.concatenate(near_rows), np.concatenate(near_cols)
+        elon, elat = unproject(x[cc], y[rr], window.epsg)
+        cells = _cell_id(elon, elat)
+        order = np.argsort(rects.cell[cand])
+        sorted_cells = rects.cell[cand][order]
+        pos = np.clip(np.searchsorted(sorted_cells, cells), 0, sorted_cells.size - 1)
+        match = sorted_cells[pos] == cells
+        at = order[pos]  # candidate position of the cell's tile
+        inside = match & (rr >= r_in0[at]) & (rr < r_in1[at]) & (cc >= c_in0[at]) & (cc < c_in1[at])
+        owner[rr, cc] = np.where(inside, cand[at], -1)
+    # Pixels whose cell's tile is absent or does not cover them: any covering tile.
+    for j, t in enumerate(cand):
+        sub = owner[int(r_in0[j]) : int(r_in1[j]), int(c_in0[j]) : int(c_in1[j])]
+        sub[sub < 0] = t
     return owner
 
 
@@ -192,67 +276,165 @@ async def read_window(
         raise ValueError(f"tiles of zone {zone} hold different band counts {bands.tolist()}")
     b = int(bands[0])
     per_band = bool(rects.names.size) and int(rects.facts["scales_ndim"].max()) == 3
-    emb = np.zeros((window.height, window.width, b), np.int8)
+    # Every owned pixel is written below; only the others need zeroing.
+    emb = np.empty((window.height, window.width, b), np.int8)
     scale = np.full((window.height, window.width, b) if per_band else (window.height, window.width),
                     np.nan, np.float32)  # fmt: skip
-    used = np.unique(owner[owner >= 0])
-    e_keys: list[str] = []
-    s_keys: list[str] = []
-    e_start: list[int] = []
-    s_start: list[int] = []
-    spans: list[tuple[int, int, int, int]] = []  # window row, window col0, ncols, tile
+    filled = owner >= 0
+    emb[~filled] = 0
+    used = np.flatnonzero(np.bincount(owner[filled], minlength=rects.names.size))
+    if used.size == 0:
+        return emb, scale, filled
     s_item = 4 * (b if per_band else 1)
-    for t in (int(u) for u in used):
-        name = str(rects.names[t])
-        f = {k: v[t] for k, v in rects.facts.items()}
-        k_e, k_s, width = int(f["emb_chunk_rows"]), int(f["scales_chunk_rows"]), int(f["width"])
-        s_tail = "/0/0" if int(f["scales_ndim"]) == 3 else "/0"
-        row0 = int(np.rint((rects.top[t] - window.top) / PIXEL))  # tile row of window row 0
-        col0 = int(np.rint((window.left - rects.left[t]) / PIXEL))  # tile col of window col 0
-        mine = owner == t
-        rows = np.flatnonzero(mine.any(axis=1))
-        for wr in rows:
-            cols = np.flatnonzero(mine[wr])
-            c_lo, c_hi = int(cols[0]), int(cols[-1]) + 1
-            tr, tc = int(wr) + row0, c_lo + col0
-            n = c_hi - c_lo
-            e_keys.append(f"{name}/{EMBEDDINGS}/c/{tr // k_e}/0/0")
-            e_start.append(((tr % k_e) * width + tc) * b)
-            s_keys.append(f"{name}/{SCALES}/c/{tr // k_s}{s_tail}")
-            s_start.append(((tr % k_s) * width + tc) * s_item)
-            spans.append((int(wr), c_lo, n, int(t)))
-    if not spans:
-        return emb, scale, owner >= 0
-    e_s = np.asarray(e_start, np.int64)
-    s_s = np.asarray(s_start, np.int64)
-    lengths = np.asarray([sp[2] for sp in spans], np.int64)
+    spans = [_row_spans(owner, int(t), window, rects, b, s_item) for t in used]
+    cat = {k: np.concatenate([sp[k] for sp in spans]) for k in spans[0] if k != "keys"}
     store = ts.session(zone, year).store
+    files = ts.source_files()
     what = f"reading a {window.height}x{window.width} window of zone {zone} ({year})"
-    e_plan = coalesce(e_keys, e_s, e_s + lengths * b, gap)
-    s_plan = coalesce(s_keys, s_s, s_s + lengths * s_item, gap)
-    e_blobs, s_blobs = await asyncio.gather(fetch(store, e_plan, what), fetch(store, s_plan, what))
-    descr = np.dtype(str(rects.facts["scales_descr"][used[0]]))
-    for i, (w_row, c_lo, n, tile) in enumerate(spans):
-        eb = e_blobs[int(e_plan.request[i])]
-        eo = int(e_plan.offset[i])
-        row_e = np.frombuffer(eb, np.int8, count=n * b, offset=eo).reshape(n, b)
-        sb = s_blobs[int(s_plan.request[i])]
-        so = int(s_plan.offset[i])
-        row_s = np.frombuffer(sb, descr, count=n * s_item // 4, offset=so).astype(np.float32)
-        mask = owner[w_row, c_lo : c_lo + n] == tile
-        emb[w_row, c_lo : c_lo + n][mask] = row_e[mask]
-        if per_band:
-            scale[w_row, c_lo : c_lo + n][mask] = row_s.reshape(n, b)[mask]
+    sums: dict[str, str] = {}
+    for t in used:
+        f = rects.facts
+        sums[str(f["source"][t]) + str(f["emb_path"][t])] = str(f["emb_checksum"][t])
+        sums[str(f["source"][t]) + str(f["scales_path"][t])] = str(f["scales_checksum"][t])
+
+    def wanted(kind: str, first: int, item: int) -> Wanted:
+        keys = [k for sp in spans for k in sp["keys"][first]]
+        urls = [u for sp in spans for u in sp["keys"][first + 1]]
+        return Wanted(keys, cat[f"{kind}_chunk"], urls, cat[f"{kind}_file"], cat["n"] * item, sums)
+
+    e_want, s_want = wanted("e", 0, b), wanted("s", 2, s_item)
+    e_plan, e_direct = choose(files, e_want, gap, what, direct=ts.direct_reads)
+    s_plan, s_direct = choose(files, s_want, gap, what, direct=ts.direct_reads)
+    e_blocks = _blocks(cat, e_plan, b)
+    s_blocks = _blocks(cat, s_plan, s_item)
+
+    async def place(out: NDArray[Any], plan: Plan, direct: Any, blocks: Any, item: int) -> None:
+        async for q, blob in arrivals(store, plan, direct, sums, what):
+            _place(out, owner, cat, plan.offset, blocks.get(q, ()), blob, item, rects)
+
+    await asyncio.gather(
+        place(emb, e_plan, e_direct, e_blocks, b), place(scale, s_plan, s_direct, s_blocks, s_item)
+    )
+    return emb, scale, filled
+
+
+def _row_spans(
+    owner: NDArray[np.int64], t: int, window: Window, rects: TileRects, b: int, s_item: int
+) -> dict[str, Any]:
+    """Per window row that tile ``t`` owns: its column span and where it sits.
+
+    Vectorised over rows: the first and last owned column of each row give
+    one range per row and file, whose chunk key/offset (Icechunk path) and
+    file offset (direct path) come from the tile's header facts.
+    """
+    f = {k: v[t] for k, v in rects.facts.items()}
+    name = str(rects.names[t])
+    k_e, k_s, width = int(f["emb_chunk_rows"]), int(f["scales_chunk_rows"]), int(f["width"])
+    row0 = int(np.rint((rects.top[t] - window.top) / PIXEL))  # tile row of window row 0
+    col0 = int(np.rint((window.left - rects.left[t]) / PIXEL))  # tile col of window col 0
+    mine = owner == t
+    rows = np.flatnonzero(mine.any(axis=1))
+    sub = mine[rows]
+    c_lo = np.argmax(sub, axis=1)
+    c_hi = window.width - np.argmax(sub[:, ::-1], axis=1)
+    tr, tc = rows + row0, c_lo + col0
+    s_tail = "/0/0" if int(f["scales_ndim"]) == 3 else "/0"
+    e_url = str(f["source"]) + str(f["emb_path"])
+    s_url = str(f["source"]) + str(f["scales_path"])
+    return {
+        "row": rows,
+        "c_lo": c_lo,
+        "n": (c_hi - c_lo).astype(np.int64),
+        "tile": np.full(rows.size, t, np.int64),
+        "width": np.full(rows.size, width, np.int64),
+        "e_chunk": ((tr % k_e) * width + tc) * b,
+        "s_chunk": ((tr % k_s) * width + tc) * s_item,
+        "e_file": int(f["emb_offset"]) + (tr * width + tc) * b,
+        "s_file": int(f["scales_offset"]) + (tr * width + tc) * s_item,
+        "keys": (
+            [f"{name}/{EMBEDDINGS}/c/{c}/0/0" for c in (tr // k_e).tolist()],
+            [e_url] * rows.size,
+            [f"{name}/{SCALES}/c/{c}{s_tail}" for c in (tr // k_s).tolist()],
+            [s_url] * rows.size,
+        ),
+    }
+
+
+def _blocks(
+    spans: dict[str, NDArray[np.int64]], plan: Plan, item: int
+) -> dict[int, list[tuple[int, int]]]:
+    """Runs of spans to copy as one block, grouped by the request they arrive in.
+
+    Consecutive rows of one tile with the same columns that arrive in one
+    blob are one strided view of it (rows ``width * item`` bytes apart), so
+    a full-width window costs a few array copies, not one per row.
+    """
+    row, c_lo, n, tile, width = (spans[k] for k in ("row", "c_lo", "n", "tile", "width"))
+    req, off = plan.request, plan.offset
+    brk = np.ones(row.size, dtype=bool)
+    brk[1:] = (
+        (tile[1:] != tile[:-1]) | (row[1:] != row[:-1] + 1) | (c_lo[1:] != c_lo[:-1])
+        | (n[1:] != n[:-1]) | (req[1:] != req[:-1])
+        | (off[1:] - off[:-1] != width[1:] * item)
+    )  # fmt: skip
+    starts = np.flatnonzero(brk)
+    stops = np.append(starts[1:], row.size)
+    out: dict[int, list[tuple[int, int]]] = {}
+    for i, j in zip(starts.tolist(), stops.tolist(), strict=True):
+        out.setdefault(int(req[i]), []).append((i, j))
+    return out
+
+
+def _place(
+    out: NDArray[Any],
+    owner: NDArray[np.int64],
+    spans: dict[str, NDArray[np.int64]],
+    off: NDArray[np.int64],
+    blocks: Iterable[tuple[int, int]],
+    blob: Any,
+    item: int,
+    rects: TileRects,
+) -> None:
+    """Copy the blocks of one fetched blob into the window.
+
+    Pixels of a block that another tile owns are left alone. Embeddings are
+    int8; scales keep the tile's dtype (either byte order) until the copy
+    casts them to float32.
+    """
+    row, c_lo, n, tile, width = (spans[k] for k in ("row", "c_lo", "n", "tile", "width"))
+    buf = np.frombuffer(blob, np.uint8)
+    for i, j in blocks:
+        t, r0, c0, cols = int(tile[i]), int(row[i]), int(c_lo[i]), int(n[i])
+        stride = int(width[i]) * item
+        need = int(off[i]) + (j - i - 1) * stride + cols * item
+        if need > buf.size:
+            raise SourceUnavailableError(
+                f"tile {rects.names[t]} answered {buf.size} bytes where {need} were expected"
+            )
+        raw = np.lib.stride_tricks.as_strided(
+            buf[int(off[i]) :], shape=(j - i, cols * item), strides=(stride, 1), writeable=False
+        )
+        kind = out.dtype if out.dtype == np.int8 else np.dtype(str(rects.facts["scales_descr"][t]))
+        block = raw.view(kind).reshape((j - i, cols, *out.shape[2:]))
+        dst = out[r0 : r0 + j - i, c0 : c0 + cols]
+        mask = owner[r0 : r0 + j - i, c0 : c0 + cols] == t
+        if mask.all():
+            dst[...] = block
         else:
-            scale[w_row, c_lo : c_lo + n][mask] = row_s[mask]
-    return emb, scale, owner >= 0
+            np.copyto(dst, block, where=mask.reshape(*mask.shape, *(1,) * (out.ndim - 2)))
+
+
+@functools.lru_cache(maxsize=128)
+def _crs_attrs(epsg: int) -> dict[str, Any]:
+    """CF attributes and WKT of a CRS; building them costs milliseconds, so once."""
+    crs = CRS.from_epsg(epsg)
+    return {**crs.to_cf(), "spatial_ref": crs.to_wkt()}
 
 
 def spatial_ref(epsg: int, window: Window) -> xr.DataArray:
     """CF/GDAL grid-mapping variable, so rioxarray and GDAL know the CRS."""
-    crs = CRS.from_epsg(epsg)
     transform = f"{window.left} {PIXEL} 0 {window.top} 0 {-PIXEL}"
-    attrs = {**crs.to_cf(), "spatial_ref": crs.to_wkt(), "GeoTransform": transform}
+    attrs = {**_crs_attrs(epsg), "GeoTransform": transform}
     return xr.DataArray(np.int32(0), attrs=attrs)
 
 

@@ -19,7 +19,7 @@ from numpy.typing import ArrayLike, NDArray
 from .errors import TileNotFoundError
 from .geometry import cell_centre, project, utm_zone
 from .layout import EMBEDDINGS, SCALES
-from .ranges import POINT_GAP, coalesce, fetch, gather
+from .ranges import POINT_GAP, Wanted, gather, read
 
 if TYPE_CHECKING:
     from .store import TesseraStore
@@ -39,7 +39,8 @@ class Located:
 
 _FACTS = (
     "left", "top", "height", "width", "bands", "emb_chunk_rows", "scales_chunk_rows",
-    "scales_ndim", "scales_descr", "source",
+    "scales_ndim", "scales_descr", "source", "emb_path", "scales_path", "emb_offset",
+    "scales_offset", "emb_checksum", "scales_checksum",
 )  # fmt: skip
 
 
@@ -140,18 +141,29 @@ async def read_located(
     s_tail = "/0/0" if per_band else "/0"
     e_keys = [f"{t}/{EMBEDDINGS}/c/{c}/0/0" for t, c in zip(names, rows // k_e, strict=True)]
     s_keys = [f"{t}/{SCALES}/c/{c}{s_tail}" for t, c in zip(names, rows // k_s, strict=True)]
+    e_urls = [a + p for a, p in zip(f["source"], f["emb_path"], strict=True)]
+    s_urls = [a + p for a, p in zip(f["source"], f["scales_path"], strict=True)]
+    e_file = f["emb_offset"].astype(np.int64) + (rows * width + cols) * b
+    s_file = f["scales_offset"].astype(np.int64) + (rows * width + cols) * s_item
+    e_sums = dict(zip(e_urls, f["emb_checksum"], strict=True))
+    s_sums = dict(zip(s_urls, f["scales_checksum"], strict=True))
     zones = loc.zone[ok]
     emb = np.zeros((n, b), np.int8)
     scale = np.full((n, b) if per_band else (n,), np.nan, np.float32)
+    files = ts.source_files()
     for z in np.unique(zones):
         m = zones == z
         idx = np.flatnonzero(m)
         store = ts.session(int(z), year).store
         what = f"reading {idx.size} points of {year} in zone {int(z)} from {f['source'][idx[0]]}"
-        e_plan = coalesce([e_keys[i] for i in idx], e_start[m], e_start[m] + b, gap)
-        s_plan = coalesce([s_keys[i] for i in idx], s_start[m], s_start[m] + s_item, gap)
-        e_blobs, s_blobs = await asyncio.gather(
-            fetch(store, e_plan, what), fetch(store, s_plan, what)
+        one = np.ones(idx.size, np.int64)
+        e_want = Wanted([e_keys[i] for i in idx], e_start[m], [e_urls[i] for i in idx],
+                        e_file[m], one * b, e_sums)  # fmt: skip
+        s_want = Wanted([s_keys[i] for i in idx], s_start[m], [s_urls[i] for i in idx],
+                        s_file[m], one * s_item, s_sums)  # fmt: skip
+        (e_plan, e_blobs), (s_plan, s_blobs) = await asyncio.gather(
+            read(store, files, e_want, gap, what, direct=ts.direct_reads),
+            read(store, files, s_want, gap, what, direct=ts.direct_reads),
         )
         emb[ok[m]] = gather(e_plan, e_blobs, b).view(np.int8)
         descr = np.dtype(str(f["scales_descr"][idx[0]]))

@@ -1,16 +1,22 @@
-"""Fetch many small byte ranges of virtual chunks through the Icechunk store.
+"""Fetch many small byte ranges of tiles with as few requests as possible.
 
-Every read goes through the store (not straight to the source files) so the
-index stays the single source of truth: checksums and container
-authorisation apply to every byte. Ranges of the same chunk that lie close
-together are coalesced into one request first, because on loopback or a
-real mirror a request costs far more than the bytes between two pixels.
+Ranges that lie close together are coalesced into one request first,
+because on loopback or a real mirror a request costs far more than the
+bytes between two pixels. Reads go through the Icechunk store (``get`` with
+byte ranges of virtual chunks), where checksums and container authorisation
+apply to every byte. But Icechunk fetches one virtual chunk per request,
+and a chunk is one or a few rows of a tile, so when coalescing by file
+would need fewer requests than coalescing by chunk (windows, clustered
+points), the merged ranges are read from the source files directly through
+:class:`~tessera_vz.reader.sources.SourceFiles`, under the same guarantees
+and at the offsets the index recorded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,19 +25,25 @@ from numpy.typing import NDArray
 from zarr.abc.store import RangeByteRequest
 from zarr.core.buffer import default_buffer_prototype
 
-from .errors import translate_error
+from .errors import ConfigurationError, translate_error
+from .sources import PART, SourceFiles
 
 log = logging.getLogger(__name__)
 
-#: Merge two ranges of one chunk when fewer than this many bytes separate them.
-#: On a real mirror a request costs a round trip (~20 ms, about a megabyte of
-#: transfer), so windows read a few hundred KiB between two wanted row spans
-#: rather than pay another request; scattered points, whose wanted ranges are
-#: 128 bytes, merge only when close, or most of what moves would be waste.
+#: Merge two ranges of one chunk or file when fewer than this many bytes
+#: separate them. On a real mirror a request costs a round trip (~20 ms,
+#: about a megabyte of transfer), so windows read a few hundred KiB between
+#: two wanted row spans rather than pay another request; points, whose wanted
+#: ranges are 128 bytes, merge within a row of a tile (~100 KB) and across the
+#: rows of the small scales file, not across embedding rows, where most of
+#: what moved would be waste (measured: merging a cluster's rows halves the
+#: requests but moves 10x the bytes and is no faster on loopback).
 DEFAULT_GAP = 256 * 1024
-POINT_GAP = 16 * 1024
+POINT_GAP = 64 * 1024
 #: Ranges handed to one ``get_partial_values`` call, bounding memory.
 _BATCH = 8192
+#: Above this many fetched bytes, :func:`gather` cuts blob by blob instead of joining.
+_JOIN_LIMIT = 32 << 20
 _KEY_STRIDE = 1 << 42  # larger than any byte offset within a chunk
 
 
@@ -48,12 +60,20 @@ class Plan:
 
 
 def coalesce(
-    keys: Sequence[str], starts: NDArray[np.int64], ends: NDArray[np.int64], gap: int = DEFAULT_GAP
+    keys: Sequence[str],
+    starts: NDArray[np.int64],
+    ends: NDArray[np.int64],
+    gap: int = DEFAULT_GAP,
+    part: int | None = None,
 ) -> Plan:
     """Merge ranges of the same key separated by at most ``gap`` bytes.
 
-    Vectorised: a run over hundreds of thousands of points costs
-    milliseconds, so the request count, not Python, limits throughput.
+    With ``part``, a merged request is cut (between ranges, never inside
+    one) so that each piece starts a new ``part``-sized stretch of the key:
+    long runs of rows then arrive as several requests in parallel, which
+    moves more per second than one stream. Vectorised: a run over hundreds
+    of thousands of points costs milliseconds, so the request count, not
+    Python, limits throughput.
     """
     n = len(keys)
     if n == 0:
@@ -68,6 +88,9 @@ def coalesce(
     reach = np.maximum.accumulate(e)
     new = np.ones(n, dtype=bool)
     new[1:] = s[1:] > reach[:-1] + gap
+    if part is not None:
+        piece = (s - s[np.flatnonzero(new)][np.cumsum(new) - 1]) // part
+        new[1:] |= piece[1:] != piece[:-1]
     group = np.cumsum(new) - 1
     first = np.flatnonzero(new)
     last = np.append(first[1:], n) - 1
@@ -107,18 +130,115 @@ async def fetch(store: Any, plan: Plan, what: str) -> list[bytes]:
     return out
 
 
-def gather(plan: Plan, blobs: list[bytes], length: int) -> NDArray[np.uint8]:
-    """Cut each original range (all ``length`` bytes long) out of the fetched blobs."""
+@dataclass(frozen=True)
+class Wanted:
+    """Byte ranges wanted from files of one kind, addressed two ways.
+
+    ``keys``/``chunk_starts`` place each range in a virtual chunk (the
+    Icechunk path), ``urls``/``file_starts`` in its source file (the direct
+    path); both come from the same header facts of the index.
+    """
+
+    keys: list[str]
+    chunk_starts: NDArray[np.int64]
+    urls: list[str]
+    file_starts: NDArray[np.int64]
+    lengths: NDArray[np.int64]
+    #: Checksum text of each source URL, as the tiles table records it.
+    checksums: dict[str, str]
+
+
+def choose(
+    files: SourceFiles, wanted: Wanted, gap: int, what: str, *, direct: bool = True
+) -> tuple[Plan, SourceFiles | None]:
+    """The cheaper plan for ``wanted``, and the direct reader if it is the one.
+
+    Every file must lie under a root the caller authorised (``files``
+    knows them), whichever path reads it; a file that does not is refused
+    here, before any request. Direct reads are chosen when ``direct``
+    allows them and they save requests; otherwise the Icechunk store reads.
+    """
+    refused = sorted(u for u in set(wanted.urls) if files.root_of(u) is None)
+    if refused:
+        raise ConfigurationError(
+            f"{what}: {refused[0]} is under no source you authorised"
+            + (f" (and {len(refused) - 1} more files)" if len(refused) > 1 else "")
+            + ". Pass allow_local_sources=True (CLI: --allow-local-sources) for file:// "
+            "sources you trust, or list its root in allowed_sources"
+        )
+    ends = wanted.chunk_starts + wanted.lengths
+    by_chunk = coalesce(wanted.keys, wanted.chunk_starts, ends, gap)
+    if direct and len(by_chunk.keys) > 1:
+        file_ends = wanted.file_starts + wanted.lengths
+        by_file = coalesce(wanted.urls, wanted.file_starts, file_ends, gap, part=PART)
+        if len(by_file.keys) < len(by_chunk.keys):
+            return by_file, files
+    return by_chunk, None
+
+
+async def arrivals(
+    store: Any, plan: Plan, files: SourceFiles | None, checksums: dict[str, str], what: str
+) -> AsyncIterator[tuple[int, Any]]:
+    """Yield ``(request, blob)`` pairs of ``plan`` as they arrive.
+
+    A caller that places each blob while the others are in flight overlaps
+    its copying with the transfer. Through the Icechunk store the blobs
+    arrive together (one ``get_partial_values`` call per batch).
+    """
+    if files is None:
+        for i, blob in enumerate(await fetch(store, plan, what)):
+            yield i, blob
+        return
+
+    async def one(i: int) -> tuple[int, Any]:
+        url = plan.keys[i]
+        start, end = int(plan.starts[i]), int(plan.ends[i])
+        return i, await files.get(url, start, end, checksums[url], what)
+
+    tasks = [asyncio.ensure_future(one(i)) for i in range(len(plan.keys))]
+    try:
+        for done in asyncio.as_completed(tasks):
+            yield await done
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def read(
+    store: Any, files: SourceFiles, wanted: Wanted, gap: int, what: str, *, direct: bool = True
+) -> tuple[Plan, list[Any]]:
+    """Fetch ``wanted`` the cheaper way; the plan says where each range landed."""
+    plan, via = choose(files, wanted, gap, what, direct=direct)
+    blobs: list[Any] = [None] * len(plan.keys)
+    async for i, blob in arrivals(store, plan, via, wanted.checksums, what):
+        blobs[i] = blob
+    return plan, blobs
+
+
+def gather(plan: Plan, blobs: Sequence[Any], length: int) -> NDArray[np.uint8]:
+    """Cut each original range (all ``length`` bytes long) out of the fetched blobs.
+
+    Small fetches are joined and cut in one vectorised step; large ones (a
+    cluster read as a few long runs of rows) are cut blob by blob, because
+    copying hundreds of megabytes into one buffer costs more than the loop.
+    """
     n = len(plan.request)
     out = np.empty((n, length), dtype=np.uint8)
     if n == 0:
         return out
     sizes = np.fromiter((len(b) for b in blobs), dtype=np.int64, count=len(blobs))
-    base = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    flat = np.frombuffer(b"".join(blobs), dtype=np.uint8)
-    begin = base[plan.request] + plan.offset
     span = np.arange(length, dtype=np.int64)
-    step = max(1, (1 << 22) // max(1, length))
-    for i in range(0, n, step):
-        out[i : i + step] = flat[begin[i : i + step, None] + span]
+    if sizes.sum() <= _JOIN_LIMIT:
+        base = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        flat = np.frombuffer(b"".join(blobs), dtype=np.uint8)
+        begin = base[plan.request] + plan.offset
+        step = max(1, (1 << 22) // max(1, length))
+        for i in range(0, n, step):
+            out[i : i + step] = flat[begin[i : i + step, None] + span]
+        return out
+    order = np.argsort(plan.request, kind="stable")
+    cuts = np.flatnonzero(np.diff(plan.request[order])) + 1
+    for idx in np.split(order, cuts):
+        buf = np.frombuffer(blobs[int(plan.request[idx[0]])], dtype=np.uint8)
+        out[idx] = buf[plan.offset[idx, None] + span]
     return out

@@ -3,8 +3,9 @@
 A :class:`TesseraStore` holds the zone repositories under one index root,
 opened with only the virtual chunk containers the caller trusts. Tiles open
 lazily through ``xr.open_zarr``; points are read as byte ranges of virtual
-chunks through the Icechunk store, so checksums and container authorisation
-apply to every byte.
+chunks through the Icechunk store, and reads spanning many rows as merged
+ranges of the source files (:mod:`.ranges`), so checksums and container
+authorisation apply to every byte either way.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from .repos import (
     with_read_policy,
 )
 from .s3 import s3_settings
+from .sources import SourceFiles
 from .table import read_table
 
 log = logging.getLogger(__name__)
@@ -117,6 +119,11 @@ class TesseraStore:
         Retries (with backoff) of a failed source read and the limit in
         seconds of each attempt, so a flaky or stalled mirror fails with
         :class:`SourceUnavailableError` in bounded time instead of hanging.
+    direct_reads
+        Let windows and clustered points read merged row ranges straight from
+        the authorised source files (checksums sent as preconditions) when
+        that needs fewer requests than one per virtual chunk; ``False``
+        sends every read through the Icechunk store.
     """
 
     def __init__(
@@ -129,6 +136,7 @@ class TesseraStore:
         s3_options: dict[str, Any] | None = None,
         retries: int = READ_RETRIES,
         timeout: float = READ_TIMEOUT,
+        direct_reads: bool = True,
     ) -> None:
         self.root = root
         self._retries, self._timeout = retries, timeout
@@ -141,6 +149,8 @@ class TesseraStore:
         self._sessions: dict[tuple[int, int], Any] = {}
         self._tables: dict[tuple[int, int], xr.Dataset] = {}
         self._snapshots: dict[tuple[int, int], str] = {}
+        self._direct = direct_reads
+        self._files = SourceFiles(s3_options=self._s3, retries=retries, timeout=timeout)
 
     def __repr__(self) -> str:
         return f"TesseraStore({self.root!r}, zones={self.zones()})"
@@ -173,6 +183,7 @@ class TesseraStore:
             for prefix in wanted:
                 if prefix not in creds:
                     log.warning("not authorising source %s of zone %d", prefix, zone)
+            self._files.allow(creds)
             self._repos[zone] = ic.Repository.open(
                 storage, config=cfg, authorize_virtual_chunk_access=creds or None
             )
@@ -182,6 +193,15 @@ class TesseraStore:
         """Source URL prefixes a zone's repository wants to read from."""
         cfg = ic.Repository.fetch_config(storage_for(self._locations[zone], s3_options=self._s3))
         return sorted((cfg.virtual_chunk_containers or {}).keys()) if cfg else []
+
+    def source_files(self) -> SourceFiles:
+        """Reader of the authorised source files (also the registry of what is authorised)."""
+        return self._files
+
+    @property
+    def direct_reads(self) -> bool:
+        """Whether merged row ranges may be read straight from the source files."""
+        return self._direct
 
     def years(self, zone: int | None = None) -> list[int]:
         """Years indexed in one zone, or in any zone."""
@@ -485,11 +505,13 @@ def open_store(
     s3_options: dict[str, Any] | None = None,
     retries: int = READ_RETRIES,
     timeout: float = READ_TIMEOUT,
+    direct_reads: bool = True,
 ) -> TesseraStore:
     """Open the index written by ``tessera-vz index --out PATH``.
 
     ``retries`` and ``timeout`` (seconds per attempt) bound every source read;
-    see :class:`TesseraStore`.
+    ``direct_reads`` lets merged row ranges bypass per-chunk fetches; see
+    :class:`TesseraStore`.
     """
     quiet_icechunk()
     zones = _discover(path, s3_options)
@@ -501,6 +523,7 @@ def open_store(
         s3_options=s3_options,
         retries=retries,
         timeout=timeout,
+        direct_reads=direct_reads,
     )
 
 

@@ -230,6 +230,41 @@ def test_read_transient_fault_is_retried(
     np.testing.assert_array_equal(emb, np.load(root / spec.emb_path))
 
 
+def _tile_bbox(spec: TileSpec) -> tuple[float, float, float, float]:
+    """Most of a tile's cell: many rows and chunks, so read as merged ranges of its files."""
+    return (spec.lon - 0.04, spec.lat - 0.04, spec.lon + 0.04, spec.lat + 0.04)
+
+
+@pytest.mark.parametrize("kind", ["503", "reset", "short", "stall"])
+def test_region_persistent_fault_is_one_clear_error(
+    tree: tuple[Path, list[TileSpec]], indexed: tuple[FaultProxy, Path], kind: str
+) -> None:
+    """Windows read straight from the source fail the same way: named, bounded, no bytes."""
+    _root, specs = tree
+    proxy, out = indexed
+    spec = specs[3]
+    store = open_store(str(out), retries=1, timeout=1.0)
+    expected = store.region(_tile_bbox(spec), YEAR)
+    proxy.set_faults([Fault(kind, path=".npy", seconds=60)])  # type: ignore[arg-type]
+    try:
+        t0 = time.perf_counter()
+        with pytest.raises(SourceUnavailableError) as info:
+            store.region(_tile_bbox(spec), YEAR)
+        elapsed = time.perf_counter() - t0
+    finally:
+        proxy.set_faults([])
+    text = str(info.value)
+    assert spec.name in text and proxy.url.rstrip("/") in text, text
+    assert elapsed < 8, elapsed
+    # Transient faults are retried away and give the same bytes.
+    proxy.set_faults([Fault(kind, path=".npy", first=1)])  # type: ignore[arg-type]
+    try:
+        again = open_store(str(out), retries=3, timeout=2.0).region(_tile_bbox(spec), YEAR)
+    finally:
+        proxy.set_faults([])
+    np.testing.assert_array_equal(again.embeddings.values, expected.embeddings.values)
+
+
 def test_read_of_a_whole_tile_is_bounded_by_the_timeout(
     tree: tuple[Path, list[TileSpec]], indexed: tuple[FaultProxy, Path]
 ) -> None:

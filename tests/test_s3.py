@@ -174,6 +174,13 @@ def test_index_s3_manifest_and_changed_object_fails_loudly(
     lon, lat = _probe_point(spec)
     loc = store.locate(lon, lat, YEAR)
     np.testing.assert_array_equal(store.point(lon, lat, YEAR), _pixel(root, spec, loc.row, loc.col))
+    # A window over most of the tile: merged ranges read straight from S3 with
+    # the ETag in If-Match, the same bytes as through Icechunk.
+    bbox = (spec.lon - 0.04, spec.lat - 0.04, spec.lon + 0.04, spec.lat + 0.04)
+    window = store.region(bbox, YEAR, dequantise=False)
+    plain = open_store(str(out), direct_reads=False).region(bbox, YEAR, dequantise=False)
+    np.testing.assert_array_equal(window.embeddings.values, plain.embeddings.values)
+    np.testing.assert_array_equal(window.scales.values, plain.scales.values)
 
     # Overwrite the embeddings object in place with other bytes: S3 gives it a
     # new ETag, icechunk sends the old one in If-Match, the read fails loudly.
@@ -184,6 +191,8 @@ def test_index_s3_manifest_and_changed_object_fails_loudly(
     fresh = open_store(str(out))
     with pytest.raises(SourceChangedError, match=f"{source}/{spec.emb_path}"):
         fresh.point(lon, lat, YEAR)
+    with pytest.raises(SourceChangedError, match=f"{source}/{spec.emb_path}"):
+        fresh.region(bbox, YEAR)
 
     # Re-indexing picks up the new ETag and only that tile.
     report = run_index(opts)

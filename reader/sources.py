@@ -1,0 +1,255 @@
+"""The original tile files: stores on their roots and conditional ranged reads.
+
+A source root is where a TESSERA tree lives (``file://``, ``http(s)://`` or
+``s3://``); the index records it as a virtual chunk container and every
+tile's paths, offsets and checksums in the year's ``tiles`` table. The
+indexer probes headers through these stores. The reader uses them where
+Icechunk's unit of fetch, one virtual chunk per request, would multiply
+requests: a window over many rows of a tile whose chunks are one or a few
+rows long is one contiguous range of the file, and a cluster of points
+needs a few hundred kilobytes of it. Such reads keep every guarantee of a
+read through the Icechunk store: only roots the caller authorised are read,
+the checksum recorded in the index is sent as a precondition
+(``If-Match`` with an ETag, ``If-Unmodified-Since`` with a last-modified
+time) so a changed file fails instead of returning other bytes, and the
+same retries and timeouts bound every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import unquote, urlsplit
+
+import obstore
+import obstore.store
+from obstore.exceptions import NotFoundError, PreconditionError
+
+from .errors import ConfigurationError, SourceChangedError, SourceUnavailableError
+from .s3 import s3_settings, split_options
+
+if TYPE_CHECKING:
+    from obstore import GetOptions
+
+
+@dataclass(frozen=True)
+class SourceRoot:
+    """A normalised tree root: ``url`` always ends with ``/``."""
+
+    url: str
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.url).scheme
+
+    @property
+    def is_local(self) -> bool:
+        return self.scheme == "file"
+
+    @property
+    def local_path(self) -> str:
+        """Filesystem path of a ``file://`` root (percent-decoded: ``%20`` is a space)."""
+        return unquote(urlsplit(self.url).path)
+
+    def url_of(self, rel: str) -> str:
+        """Absolute URL of a path relative to the root."""
+        return self.url + rel
+
+
+def object_store(root: SourceRoot, *, options: dict[str, Any] | None = None) -> Any:
+    """An obstore store rooted at ``root``.
+
+    Credentials and endpoints for S3 come from the environment the way
+    obstore reads them (``AWS_*`` variables) plus explicit ``options``; they
+    are never written anywhere by us.
+    """
+    opts = dict(options or {})
+    retry = opts.pop("retry_config", None)
+    client = opts.pop("client_options", {})
+    if root.scheme == "file":
+        return obstore.store.LocalStore(root.local_path)
+    if root.scheme in ("http", "https"):
+        if root.scheme == "http":
+            client = {"allow_http": True, **client}
+        return obstore.store.HTTPStore.from_url(root.url, client_options=client, retry_config=retry)
+    # Our S3 keys (endpoint_url, anonymous, …) resolved with the AWS_* environment;
+    # any other key is passed to obstore's S3 config as it is.
+    s3, raw = split_options(opts)
+    return s3_settings(s3).obstore(
+        root.url,
+        config=cast(Any, raw or None),
+        client_options=client or None,
+        retry_config=retry,
+    )
+
+
+def retry_options(
+    *,
+    retries: int,
+    timeout: float,
+    connect_timeout: float | None = None,
+    backoff: float = 0.1,
+    max_backoff: float = 5.0,
+) -> dict[str, Any]:
+    """``retry_config`` and ``client_options`` for :func:`object_store`.
+
+    A mirror under load answers 503, drops connections or stalls; obstore
+    retries those with exponential backoff, and ``timeout`` bounds each
+    attempt so a stalled server costs at most ``(retries + 1) * timeout``
+    per file instead of hanging the run. A file that still fails becomes a
+    tile-level failure in the report.
+    """
+    if retries < 0 or timeout <= 0 or backoff < 0:
+        raise ConfigurationError(
+            f"retries must be >= 0, timeout > 0 and backoff >= 0; got retries={retries}, "
+            f"timeout={timeout}, backoff={backoff}"
+        )
+    connect = connect_timeout if connect_timeout is not None else min(timeout, 5.0)
+    return {
+        "retry_config": {
+            "max_retries": int(retries),
+            "backoff": {
+                "init_backoff": dt.timedelta(seconds=backoff),
+                "max_backoff": dt.timedelta(seconds=max(backoff, max_backoff)),
+                "base": 2,
+            },
+            "retry_timeout": dt.timedelta(seconds=(retries + 1) * (timeout + max_backoff)),
+        },
+        "client_options": {
+            "timeout": dt.timedelta(seconds=timeout),
+            "connect_timeout": dt.timedelta(seconds=connect),
+        },
+    }
+
+
+def checksum_text(checksum: str | dt.datetime) -> str:
+    """Printable form of a checksum, for the tiles table and reports."""
+    if isinstance(checksum, dt.datetime):
+        return checksum.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return checksum
+
+
+def checksum_value(text: str) -> str | dt.datetime:
+    """Inverse of :func:`checksum_text`."""
+    if len(text) == 20 and text.endswith("Z") and text[4] == "-":
+        return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    return text
+
+
+#: Merged ranges are cut into requests of about this size, fetched in
+#: parallel: one stream over loopback or a mirror moves less than several.
+PART = 8 << 20
+#: Requests in flight per reader, like Icechunk's partial-value concurrency.
+CONCURRENCY = 64
+
+
+class SourceFiles:
+    """Conditional ranged reads from the authorised source roots of an index.
+
+    Holds one obstore store per root (they pool connections), so it is
+    state worth a class. ``roots`` are the container URL prefixes the
+    caller authorised; a URL under no such root is refused, never read.
+
+    Parameters
+    ----------
+    roots
+        Authorised source root URLs (``…/`` terminated).
+    s3_options
+        Endpoint, region, anonymous access or credentials for ``s3://``
+        roots, as :func:`~tessera_vz.reader.s3.s3_settings` takes them.
+    retries, timeout
+        Per-request retries with backoff and the limit of each attempt.
+    """
+
+    def __init__(
+        self,
+        roots: Iterable[str] = (),
+        *,
+        s3_options: Mapping[str, Any] | None = None,
+        retries: int = 3,
+        timeout: float = 30.0,
+    ) -> None:
+        self._roots: set[str] = set()
+        self._options = {
+            **dict(s3_options or {}),
+            **retry_options(retries=retries, timeout=timeout),
+        }
+        self._stores: dict[str, Any] = {}
+        self._limits: dict[Any, asyncio.Semaphore] = {}
+        self.allow(roots)
+
+    def allow(self, roots: Iterable[str]) -> None:
+        """Authorise more roots (e.g. those of another zone's repository)."""
+        self._roots |= {r if r.endswith("/") else r + "/" for r in roots}
+
+    def root_of(self, url: str) -> str | None:
+        """The authorised root holding ``url``, or ``None``."""
+        best = None
+        for root in self._roots:
+            if url.startswith(root) and (best is None or len(root) > len(best)):
+                best = root
+        return best
+
+    def _store(self, root: str) -> Any:
+        if root not in self._stores:
+            self._stores[root] = object_store(SourceRoot(root), options=dict(self._options))
+        return self._stores[root]
+
+    async def get(self, url: str, start: int, end: int, checksum: str, what: str) -> Any:
+        """Bytes ``[start, end)`` of ``url``, if the file still matches ``checksum``.
+
+        Returns obstore ``Bytes`` (a zero-copy buffer). Raises
+        :class:`SourceChangedError` when the file changed after indexing
+        and :class:`SourceUnavailableError` when it cannot be read or
+        answers with fewer bytes than asked.
+        """
+        root = self.root_of(url)
+        if root is None:
+            raise ConfigurationError(
+                f"{what}: {url} is under no source you authorised; pass "
+                "allow_local_sources=True (CLI: --allow-local-sources) for file:// sources you "
+                "trust, or list its root in allowed_sources"
+            )
+        # Paths in the tiles table are relative to the root, as the indexer read them.
+        store, path = self._store(root), url[len(root) :]
+        loop = asyncio.get_running_loop()
+        limit = self._limits.setdefault(loop, asyncio.Semaphore(CONCURRENCY))
+        async with limit:
+            try:
+                opts = cast("GetOptions", {"range": (start, end), **precondition(checksum)})
+                got = await obstore.get_async(store, path, options=opts)
+                data = await got.bytes_async()
+            except PreconditionError:
+                raise SourceChangedError(
+                    f"{what}: {url} no longer matches the checksum recorded when it was indexed "
+                    f"({checksum}). The source file changed after it was indexed; re-run "
+                    "`tessera-vz index` for this source to index its new bytes"
+                ) from None
+            except NotFoundError:
+                raise SourceUnavailableError(
+                    f"{what}: {url} is gone (not found); run `tessera-vz verify` to list "
+                    "missing tiles and `tessera-vz index` to drop them"
+                ) from None
+            except Exception as exc:  # obstore's hierarchy: network, timeout, server errors
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise SourceUnavailableError(f"{what}: {url}: {first}") from None
+        if len(data) != end - start:
+            raise SourceUnavailableError(
+                f"{what}: {url} answered {len(data)} bytes for the {end - start} bytes at "
+                f"{start}; the file is shorter than indexed or the transfer was cut. Retry, "
+                "or run `tessera-vz verify`"
+            )
+        return data
+
+
+@functools.lru_cache(maxsize=65536)
+def precondition(checksum: str) -> dict[str, Any]:
+    """The request precondition that enforces a recorded checksum (tiles-table text)."""
+    value = checksum_value(checksum)
+    if isinstance(value, dt.datetime):
+        return {"if_unmodified_since": value}
+    return {"if_match": value}
