@@ -270,3 +270,46 @@ def test_repo_and_tag_names() -> None:
     assert parse_tag("release-1") is None
     with pytest.raises(ValueError):
         repo_name(61)
+
+
+@pytest.mark.parametrize(
+    "box",
+    [
+        (0.0, 49.5, 0.6, 50.0),  # mid-latitude: cell parallels bow ~1.2 m in UTM
+        (1.0, 69.8, 1.6, 70.3),  # high latitude, skewed cells
+        (5.4, -0.3, 5.99, 0.3),  # across the equator, at the zone's east edge
+        (2.0, -45.4, 2.6, -44.9),  # southern tiles on the northern grid
+    ],
+)
+def test_ownership_equals_unprojecting_every_pixel(box: tuple[float, ...]) -> None:
+    """The quadrilateral shortcut gives exactly the owner the per-pixel rule gives."""
+    from tessera_vz.reader.geometry import FALSE_NORTHING, unproject
+    from tessera_vz.reader.mosaic import TileRects, Window, _cell_id, ownership
+
+    lon0, lat0, lon1, lat1 = box
+    lons, lats = np.meshgrid(np.arange(lon0 + 0.05, lon1, 0.1), np.arange(lat0 + 0.05, lat1, 0.1))
+    keep = np.random.default_rng(1).random(lons.size) > 0.2  # some tiles absent
+    lon, lat = np.round(lons.ravel()[keep], 2), np.round(lats.ravel()[keep], 2)
+    g = tile_grids(lon, lat)
+    top = g.top - np.where(g.epsg >= 32700, FALSE_NORTHING, 0)
+    rects = TileRects(
+        names=np.array([f"t{i}" for i in range(lon.size)]), left=g.left, top=top,
+        height=g.height, width=g.width, cell=_cell_id(lon, lat), facts={"lon": lon, "lat": lat},
+    )  # fmt: skip
+    win = Window(31, float(g.left.min()) + 3000, float(top.max()) - 2000, 900, 1300)
+    got = ownership(win, rects)
+    # Reference: unproject every pixel centre, its cell's tile if it covers it, else any.
+    y, x = win.centres()
+    xx, yy = np.meshgrid(x, y)
+    plon, plat = unproject(xx, yy, win.epsg)
+    right, bottom = rects.left + 10 * rects.width, rects.top - 10 * rects.height
+    covers = [(xx > rects.left[t]) & (xx < right[t]) & (yy < rects.top[t]) & (yy > bottom[t])
+              for t in range(lon.size)]  # fmt: skip
+    want = np.full(xx.shape, -1)
+    cells = _cell_id(plon, plat)
+    for t in range(lon.size):
+        want[(cells == rects.cell[t]) & covers[t]] = t
+    for t in range(lon.size):
+        want[(want < 0) & covers[t]] = t
+    assert (got >= 0).mean() > 0.5
+    np.testing.assert_array_equal(got, want)
