@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 #: requests but moves 10x the bytes and is no faster on loopback).
 DEFAULT_GAP = 256 * 1024
 POINT_GAP = 64 * 1024
+#: Read straight from the files only when that needs this many times fewer requests.
+DIRECT_SAVING = 2
 #: Ranges handed to one ``get_partial_values`` call, bounding memory.
 _BATCH = 8192
 #: Above this many fetched bytes, :func:`gather` cuts blob by blob instead of joining.
@@ -156,7 +158,8 @@ def choose(
     Every file must lie under a root the caller authorised (``files``
     knows them), whichever path reads it; a file that does not is refused
     here, before any request. Direct reads are chosen when ``direct``
-    allows them and they save requests; otherwise the Icechunk store reads.
+    allows them and they save at least half the requests; otherwise the
+    Icechunk store reads.
     """
     refused = sorted(u for u in set(wanted.urls) if files.root_of(u) is None)
     if refused:
@@ -171,7 +174,10 @@ def choose(
     if direct and len(by_chunk.keys) > 1:
         file_ends = wanted.file_starts + wanted.lengths
         by_file = coalesce(wanted.urls, wanted.file_starts, file_ends, gap, part=PART)
-        if len(by_file.keys) < len(by_chunk.keys):
+        # A direct request costs more Python than one of Icechunk's batched
+        # chunk fetches (measured: 12% fewer requests ran slower), so only a
+        # real saving, as for windows over one-row chunks, takes this path.
+        if len(by_file.keys) * DIRECT_SAVING <= len(by_chunk.keys):
             return by_file, files
     return by_chunk, None
 
