@@ -25,7 +25,7 @@ from pyproj import CRS
 from .errors import SourceUnavailableError, TileNotFoundError
 from .geometry import FALSE_NORTHING, PIXEL, project, unproject, utm_zone
 from .layout import EMBEDDINGS, SCALES
-from .ranges import DEFAULT_GAP, Plan, Wanted, arrivals, choose
+from .ranges import DEFAULT_GAP, Plan, arrivals, choose, tile_ranges
 
 if TYPE_CHECKING:
     from .store import TesseraStore
@@ -286,30 +286,24 @@ async def read_window(
     if used.size == 0:
         return emb, scale, filled
     s_item = 4 * (b if per_band else 1)
-    spans = [_row_spans(owner, int(t), window, rects, b, s_item) for t in used]
-    cat = {k: np.concatenate([sp[k] for sp in spans]) for k in spans[0] if k != "keys"}
+    spans = [_row_spans(owner, int(t), window, rects) for t in used]
+    cat = {k: np.concatenate([sp[k] for sp in spans]) for k in spans[0]}
+    facts = {k: v[cat["tile"]] for k, v in rects.facts.items()}
+    cat["width"] = facts["width"].astype(np.int64)
     store = ts.session(zone, year).store
     files = ts.source_files()
     what = f"reading a {window.height}x{window.width} window of zone {zone} ({year})"
-    sums: dict[str, str] = {}
-    for t in used:
-        f = rects.facts
-        sums[str(f["source"][t]) + str(f["emb_path"][t])] = str(f["emb_checksum"][t])
-        sums[str(f["source"][t]) + str(f["scales_path"][t])] = str(f["scales_checksum"][t])
-
-    def wanted(kind: str, first: int, item: int) -> Wanted:
-        keys = [k for sp in spans for k in sp["keys"][first]]
-        urls = [u for sp in spans for u in sp["keys"][first + 1]]
-        return Wanted(keys, cat[f"{kind}_chunk"], urls, cat[f"{kind}_file"], cat["n"] * item, sums)
-
-    e_want, s_want = wanted("e", 0, b), wanted("s", 2, s_item)
+    names = rects.names[cat["tile"]].tolist()
+    where = (names, cat["tile_row"], cat["tile_col"], cat["n"], facts)
+    e_want, s_want = tile_ranges("emb", *where, b), tile_ranges("scales", *where, s_item)
+    checksums = {**e_want.checksums, **s_want.checksums}
     e_plan, e_direct = choose(files, e_want, gap, what, direct=ts.direct_reads)
     s_plan, s_direct = choose(files, s_want, gap, what, direct=ts.direct_reads)
     e_blocks = _blocks(cat, e_plan, b)
     s_blocks = _blocks(cat, s_plan, s_item)
 
     async def place(out: NDArray[Any], plan: Plan, direct: Any, blocks: Any, item: int) -> None:
-        async for q, blob in arrivals(store, plan, direct, sums, what):
+        async for q, blob in arrivals(store, plan, direct, checksums, what):
             _place(out, owner, cat, plan.offset, blocks.get(q, ()), blob, item, rects)
 
     await asyncio.gather(
@@ -319,17 +313,13 @@ async def read_window(
 
 
 def _row_spans(
-    owner: NDArray[np.int64], t: int, window: Window, rects: TileRects, b: int, s_item: int
+    owner: NDArray[np.int64], t: int, window: Window, rects: TileRects
 ) -> dict[str, Any]:
-    """Per window row that tile ``t`` owns: its column span and where it sits.
+    """Per window row that tile ``t`` owns: its column span and tile row/col.
 
     Vectorised over rows: the first and last owned column of each row give
-    one range per row and file, whose chunk key/offset (Icechunk path) and
-    file offset (direct path) come from the tile's header facts.
+    one range per row and file.
     """
-    f = {k: v[t] for k, v in rects.facts.items()}
-    name = str(rects.names[t])
-    k_e, k_s, width = int(f["emb_chunk_rows"]), int(f["scales_chunk_rows"]), int(f["width"])
     row0 = int(np.rint((rects.top[t] - window.top) / PIXEL))  # tile row of window row 0
     col0 = int(np.rint((window.left - rects.left[t]) / PIXEL))  # tile col of window col 0
     mine = owner == t
@@ -337,26 +327,13 @@ def _row_spans(
     sub = mine[rows]
     c_lo = np.argmax(sub, axis=1)
     c_hi = window.width - np.argmax(sub[:, ::-1], axis=1)
-    tr, tc = rows + row0, c_lo + col0
-    s_tail = "/0/0" if int(f["scales_ndim"]) == 3 else "/0"
-    e_url = str(f["source"]) + str(f["emb_path"])
-    s_url = str(f["source"]) + str(f["scales_path"])
     return {
         "row": rows,
         "c_lo": c_lo,
         "n": (c_hi - c_lo).astype(np.int64),
         "tile": np.full(rows.size, t, np.int64),
-        "width": np.full(rows.size, width, np.int64),
-        "e_chunk": ((tr % k_e) * width + tc) * b,
-        "s_chunk": ((tr % k_s) * width + tc) * s_item,
-        "e_file": int(f["emb_offset"]) + (tr * width + tc) * b,
-        "s_file": int(f["scales_offset"]) + (tr * width + tc) * s_item,
-        "keys": (
-            [f"{name}/{EMBEDDINGS}/c/{c}/0/0" for c in (tr // k_e).tolist()],
-            [e_url] * rows.size,
-            [f"{name}/{SCALES}/c/{c}{s_tail}" for c in (tr // k_s).tolist()],
-            [s_url] * rows.size,
-        ),
+        "tile_row": rows + row0,
+        "tile_col": c_lo + col0,
     }
 
 

@@ -18,8 +18,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from .errors import TileNotFoundError
 from .geometry import cell_centre, project, utm_zone
-from .layout import EMBEDDINGS, SCALES
-from .ranges import POINT_GAP, Wanted, gather, read
+from .ranges import POINT_GAP, gather, read, tile_ranges
 
 if TYPE_CHECKING:
     from .store import TesseraStore
@@ -132,21 +131,7 @@ async def read_located(
     b = int(bands[0])
     per_band = np.unique(f["scales_ndim"]).tolist() == [3]
     rows, cols, names = loc.row[ok], loc.col[ok], loc.tile[ok]
-    k_e = f["emb_chunk_rows"].astype(np.int64)
-    k_s = f["scales_chunk_rows"].astype(np.int64)
-    width = f["width"].astype(np.int64)
     s_item = 4 * (b if per_band else 1)
-    e_start = ((rows % k_e) * width + cols) * b
-    s_start = ((rows % k_s) * width + cols) * s_item
-    s_tail = "/0/0" if per_band else "/0"
-    e_keys = [f"{t}/{EMBEDDINGS}/c/{c}/0/0" for t, c in zip(names, rows // k_e, strict=True)]
-    s_keys = [f"{t}/{SCALES}/c/{c}{s_tail}" for t, c in zip(names, rows // k_s, strict=True)]
-    e_urls = [a + p for a, p in zip(f["source"], f["emb_path"], strict=True)]
-    s_urls = [a + p for a, p in zip(f["source"], f["scales_path"], strict=True)]
-    e_file = f["emb_offset"].astype(np.int64) + (rows * width + cols) * b
-    s_file = f["scales_offset"].astype(np.int64) + (rows * width + cols) * s_item
-    e_sums = dict(zip(e_urls, f["emb_checksum"], strict=True))
-    s_sums = dict(zip(s_urls, f["scales_checksum"], strict=True))
     zones = loc.zone[ok]
     emb = np.zeros((n, b), np.int8)
     scale = np.full((n, b) if per_band else (n,), np.nan, np.float32)
@@ -156,11 +141,10 @@ async def read_located(
         idx = np.flatnonzero(m)
         store = ts.session(int(z), year).store
         what = f"reading {idx.size} points of {year} in zone {int(z)} from {f['source'][idx[0]]}"
+        fm = {key: v[m] for key, v in f.items()}
         one = np.ones(idx.size, np.int64)
-        e_want = Wanted([e_keys[i] for i in idx], e_start[m], [e_urls[i] for i in idx],
-                        e_file[m], one * b, e_sums)  # fmt: skip
-        s_want = Wanted([s_keys[i] for i in idx], s_start[m], [s_urls[i] for i in idx],
-                        s_file[m], one * s_item, s_sums)  # fmt: skip
+        e_want = tile_ranges("emb", names[m].tolist(), rows[m], cols[m], one, fm, b)
+        s_want = tile_ranges("scales", names[m].tolist(), rows[m], cols[m], one, fm, s_item)
         (e_plan, e_blobs), (s_plan, s_blobs) = await asyncio.gather(
             read(store, files, e_want, gap, what, direct=ts.direct_reads),
             read(store, files, s_want, gap, what, direct=ts.direct_reads),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ from zarr.abc.store import RangeByteRequest
 from zarr.core.buffer import default_buffer_prototype
 
 from .errors import ConfigurationError, translate_error
+from .layout import EMBEDDINGS, SCALES
 from .sources import PART, SourceFiles
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,43 @@ class Wanted:
     lengths: NDArray[np.int64]
     #: Checksum text of each source URL, as the tiles table records it.
     checksums: dict[str, str]
+
+
+def tile_ranges(
+    kind: str,
+    names: Sequence[str],
+    rows: NDArray[np.int64],
+    cols: NDArray[np.int64],
+    lengths: NDArray[np.int64],
+    facts: Mapping[str, NDArray[Any]],
+    item: int,
+) -> Wanted:
+    """``lengths`` pixels from ``(row, col)`` of each tile's ``kind`` file, addressed both ways.
+
+    ``kind`` is ``"emb"`` or ``"scales"``; ``facts`` are the tiles-table
+    columns, one entry per range, and ``item`` the bytes of one pixel. The
+    chunk key and offset (Icechunk path) and the file offset (direct path)
+    come from the same header facts the references were written from.
+    """
+    rows = np.asarray(rows, np.int64)
+    k = np.asarray(facts[f"{kind}_chunk_rows"], np.int64)
+    width = np.asarray(facts["width"], np.int64)
+    if kind == "emb":
+        array, tails = EMBEDDINGS, ["/0/0"] * rows.size
+    else:
+        array, tails = SCALES, ["/0/0" if nd == 3 else "/0" for nd in facts["scales_ndim"].tolist()]
+    chunks = (rows // k).tolist()
+    keys = [f"{t}/{array}/c/{c}{tail}" for t, c, tail in zip(names, chunks, tails, strict=True)]
+    paths = facts[f"{kind}_path"].tolist()
+    urls = [root + path for root, path in zip(facts["source"].tolist(), paths, strict=True)]
+    return Wanted(
+        keys,
+        ((rows % k) * width + cols) * item,
+        urls,
+        np.asarray(facts[f"{kind}_offset"], np.int64) + (rows * width + cols) * item,
+        np.asarray(lengths, np.int64) * item,
+        dict(zip(urls, facts[f"{kind}_checksum"].tolist(), strict=True)),
+    )
 
 
 def choose(
