@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -303,8 +303,9 @@ async def read_window(
     s_blocks = _blocks(cat, s_plan, s_item)
 
     async def place(out: NDArray[Any], plan: Plan, direct: Any, blocks: Any, item: int) -> None:
-        async for q, blob in arrivals(store, plan, direct, checksums, what):
-            _place(out, owner, cat, plan.offset, blocks.get(q, ()), blob, item, rects)
+        async for batch in arrivals(store, plan, direct, checksums, what):
+            got = [(blob, blocks.get(q, ())) for q, blob in batch]
+            _place(out, owner, cat, plan.offset, got, item, rects)
 
     await asyncio.gather(
         place(emb, e_plan, e_direct, e_blocks, b), place(scale, s_plan, s_direct, s_blocks, s_item)
@@ -367,38 +368,69 @@ def _place(
     owner: NDArray[np.int64],
     spans: dict[str, NDArray[np.int64]],
     off: NDArray[np.int64],
-    blocks: Iterable[tuple[int, int]],
-    blob: Any,
+    got: Sequence[tuple[Any, Iterable[tuple[int, int]]]],
     item: int,
     rects: TileRects,
 ) -> None:
-    """Copy the blocks of one fetched blob into the window.
+    """Copy the blocks of fetched blobs into the window.
 
-    Pixels of a block that another tile owns are left alone. Embeddings are
-    int8; scales keep the tile's dtype (either byte order) until the copy
-    casts them to float32.
+    ``got`` pairs each blob with its blocks. Runs of rows are strided
+    copies; single rows (a neighbour's wedge along the window edge, one
+    part each of a multi-range answer) are gathered and scattered in one
+    vectorised step, because a numpy call per row costs more than the
+    bytes. Pixels another tile owns are left alone. Embeddings are int8;
+    scales keep the tile's dtype (either byte order) until the copy casts
+    them to float32.
     """
     row, c_lo, n, tile, width = (spans[k] for k in ("row", "c_lo", "n", "tile", "width"))
-    buf = np.frombuffer(blob, np.uint8)
-    for i, j in blocks:
-        t, r0, c0, cols = int(tile[i]), int(row[i]), int(c_lo[i]), int(n[i])
-        stride = int(width[i]) * item
-        need = int(off[i]) + (j - i - 1) * stride + cols * item
-        if need > buf.size:
-            raise SourceUnavailableError(
-                f"tile {rects.names[t]} answered {buf.size} bytes where {need} were expected"
+    tail = out.shape[2:]
+    singles: list[NDArray[np.uint8]] = []
+    single_idx: list[int] = []
+    for blob, blocks in got:
+        buf = np.frombuffer(blob, np.uint8)
+        for i, j in blocks:
+            t, r0, c0, cols = int(tile[i]), int(row[i]), int(c_lo[i]), int(n[i])
+            stride = int(width[i]) * item
+            start = int(off[i])
+            need = start + (j - i - 1) * stride + cols * item
+            if need > buf.size:
+                raise SourceUnavailableError(
+                    f"tile {rects.names[t]} answered {buf.size} bytes where {need} were expected"
+                )
+            if j - i == 1:
+                singles.append(buf[start : start + cols * item])
+                single_idx.append(i)
+                continue
+            raw = np.lib.stride_tricks.as_strided(
+                buf[start:], shape=(j - i, cols * item), strides=(stride, 1), writeable=False
             )
-        raw = np.lib.stride_tricks.as_strided(
-            buf[int(off[i]) :], shape=(j - i, cols * item), strides=(stride, 1), writeable=False
-        )
-        kind = out.dtype if out.dtype == np.int8 else np.dtype(str(rects.facts["scales_descr"][t]))
-        block = raw.view(kind).reshape((j - i, cols, *out.shape[2:]))
-        dst = out[r0 : r0 + j - i, c0 : c0 + cols]
-        mask = owner[r0 : r0 + j - i, c0 : c0 + cols] == t
-        if mask.all():
-            dst[...] = block
-        else:
-            np.copyto(dst, block, where=mask.reshape(*mask.shape, *(1,) * (out.ndim - 2)))
+            block = raw.view(_kind(out, rects, t)).reshape((j - i, cols, *tail))
+            dst = out[r0 : r0 + j - i, c0 : c0 + cols]
+            mask = owner[r0 : r0 + j - i, c0 : c0 + cols] == t
+            if mask.all():
+                dst[...] = block
+            else:
+                np.copyto(dst, block, where=mask.reshape(*mask.shape, *(1,) * (out.ndim - 2)))
+    if not singles:
+        return
+    idx = np.asarray(single_idx, np.int64)
+    counts = n[idx]
+    rows = np.repeat(row[idx], counts)
+    first = np.cumsum(counts) - counts
+    cols_ = np.repeat(c_lo[idx] - first, counts) + np.arange(int(counts.sum()))
+    tiles = np.repeat(tile[idx], counts)
+    pixels = np.concatenate(singles).reshape(-1, item)
+    keep = owner[rows, cols_] == tiles
+    for t in np.unique(tiles[keep]).tolist():
+        m = keep & (tiles == t)
+        out[rows[m], cols_[m]] = pixels[m].view(_kind(out, rects, t)).reshape(-1, *tail)
+
+
+def _kind(out: NDArray[Any], rects: TileRects, t: int) -> np.dtype[Any]:
+    """The dtype of tile ``t``'s bytes for ``out`` (int8 embeddings, or its scales dtype)."""
+    if out.dtype == np.int8:
+        return np.dtype(np.int8)
+    return np.dtype(str(rects.facts["scales_descr"][t]))
 
 
 @functools.lru_cache(maxsize=128)

@@ -15,6 +15,7 @@ and at the offsets the index recorded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from numpy.typing import NDArray
 from zarr.abc.store import RangeByteRequest
 from zarr.core.buffer import default_buffer_prototype
 
+from .byteranges import MAX_RANGES
 from .errors import ConfigurationError, translate_error
 from .layout import EMBEDDINGS, SCALES
 from .sources import PART, SourceFiles
@@ -41,6 +43,11 @@ log = logging.getLogger(__name__)
 #: requests but moves 10x the bytes and is no faster on loopback).
 DEFAULT_GAP = 256 * 1024
 POINT_GAP = 64 * 1024
+#: The gap when every file answers multi-range requests: ranges a part
+#: apart cost a few header lines, not a request, so only ranges closer than
+#: a part's worth of bytes are merged (the rows of one tile in a window,
+#: points in the same stretch of a row), never rows ~100 KB apart.
+RANGE_GAP = 16 * 1024
 #: Read straight from the files only when that needs this many times fewer requests.
 DIRECT_SAVING = 2
 #: Ranges handed to one ``get_partial_values`` call, bounding memory.
@@ -211,41 +218,78 @@ def choose(
     by_chunk = coalesce(wanted.keys, wanted.chunk_starts, ends, gap)
     if direct and len(by_chunk.keys) > 1:
         file_ends = wanted.file_starts + wanted.lengths
+        if all(files.multi_range(u) for u in wanted.checksums):
+            gap = min(gap, RANGE_GAP)
         by_file = coalesce(wanted.urls, wanted.file_starts, file_ends, gap, part=PART)
         # A direct request costs more Python than one of Icechunk's batched
         # chunk fetches (measured: 12% fewer requests ran slower), so only a
         # real saving, as for windows over one-row chunks, takes this path.
-        if len(by_file.keys) * DIRECT_SAVING <= len(by_chunk.keys):
+        if len(requests(by_file, files)) * DIRECT_SAVING <= len(by_chunk.keys):
             return by_file, files
     return by_chunk, None
 
 
+def requests(plan: Plan, files: SourceFiles) -> list[list[int]]:
+    """The ranges of a direct ``plan`` grouped into HTTP requests.
+
+    Ranges of one file that answers multi-range requests share a request,
+    up to :data:`MAX_RANGES` of them and ``PART`` bytes (so long runs still
+    arrive in parallel); any other range is a request.
+    """
+    out: list[list[int]] = []
+    key, moved = "", 0
+    sizes = (plan.ends - plan.starts).tolist()
+    for i, url in enumerate(plan.keys):
+        if (
+            out
+            and url == key
+            and len(out[-1]) < MAX_RANGES
+            and moved + sizes[i] <= PART
+            and files.multi_range(url)
+        ):
+            out[-1].append(i)
+            moved += sizes[i]
+            continue
+        out.append([i])
+        key, moved = url, sizes[i]
+    return out
+
+
 async def arrivals(
     store: Any, plan: Plan, files: SourceFiles | None, checksums: dict[str, str], what: str
-) -> AsyncIterator[tuple[int, Any]]:
-    """Yield ``(request, blob)`` pairs of ``plan`` as they arrive.
+) -> AsyncIterator[list[tuple[int, Any]]]:
+    """Yield the ``(request, blob)`` pairs of ``plan``, one HTTP request's worth at a time.
 
-    A caller that places each blob while the others are in flight overlaps
-    its copying with the transfer. Through the Icechunk store the blobs
-    arrive together (one ``get_partial_values`` call per batch).
+    A caller that places each batch while the others are in flight overlaps
+    its copying with the transfer, and a multi-range request's many small
+    blobs (all of one file) can be placed in one vectorised step. Through
+    the Icechunk store the blobs arrive together (one ``get_partial_values``
+    call per batch).
     """
     if files is None:
-        for i, blob in enumerate(await fetch(store, plan, what)):
-            yield i, blob
+        yield list(enumerate(await fetch(store, plan, what)))
         return
 
-    async def one(i: int) -> tuple[int, Any]:
-        url = plan.keys[i]
-        start, end = int(plan.starts[i]), int(plan.ends[i])
-        return i, await files.get(url, start, end, checksums[url], what)
+    async def one(http: Any, group: list[int]) -> list[tuple[int, Any]]:
+        url = plan.keys[group[0]]
+        starts, ends = plan.starts[group].tolist(), plan.ends[group].tolist()
+        if len(group) == 1:
+            return [(group[0], await files.get(url, starts[0], ends[0], checksums[url], what))]
+        blobs = await files.get_ranges(http, url, starts, ends, checksums[url], what)
+        return list(zip(group, blobs, strict=True))
 
-    tasks = [asyncio.ensure_future(one(i)) for i in range(len(plan.keys))]
-    try:
-        for done in asyncio.as_completed(tasks):
-            yield await done
-    finally:
-        for task in tasks:
-            task.cancel()
+    groups = requests(plan, files)
+    async with contextlib.AsyncExitStack() as stack:
+        http = None
+        if any(len(g) > 1 for g in groups):
+            http = await stack.enter_async_context(files.http())
+        tasks = [asyncio.ensure_future(one(http, g)) for g in groups]
+        try:
+            for done in asyncio.as_completed(tasks):
+                yield await done
+        finally:
+            for task in tasks:
+                task.cancel()
 
 
 async def read(
@@ -254,8 +298,9 @@ async def read(
     """Fetch ``wanted`` the cheaper way; the plan says where each range landed."""
     plan, via = choose(files, wanted, gap, what, direct=direct)
     blobs: list[Any] = [None] * len(plan.keys)
-    async for i, blob in arrivals(store, plan, via, wanted.checksums, what):
-        blobs[i] = blob
+    async for batch in arrivals(store, plan, via, wanted.checksums, what):
+        for i, blob in batch:
+            blobs[i] = blob
     return plan, blobs
 
 

@@ -18,22 +18,29 @@ same retries and timeouts bound every request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import email.utils
 import functools
-from collections.abc import Iterable, Mapping
+import logging
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote, urlsplit
 
+import aiohttp
 import obstore
 import obstore.store
 from obstore.exceptions import NotFoundError, PreconditionError
 
+from .byteranges import MalformedRangesError, cut, parts, range_header
 from .errors import ConfigurationError, SourceChangedError, SourceUnavailableError
 from .s3 import s3_settings, split_options
 
 if TYPE_CHECKING:
     from obstore import GetOptions
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -145,6 +152,8 @@ def checksum_value(text: str) -> str | dt.datetime:
 PART = 8 << 20
 #: Requests in flight per reader, like Icechunk's partial-value concurrency.
 CONCURRENCY = 64
+#: Answers worth another try, as obstore retries them.
+_RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
 class SourceFiles:
@@ -174,6 +183,9 @@ class SourceFiles:
         timeout: float = 30.0,
     ) -> None:
         self._roots: set[str] = set()
+        #: HTTP roots that answered a multi-range request with the whole file.
+        self._single: set[str] = set()
+        self._retries, self._timeout = retries, timeout
         self._options = {
             **dict(s3_options or {}),
             **retry_options(retries=retries, timeout=timeout),
@@ -194,6 +206,22 @@ class SourceFiles:
                 best = root
         return best
 
+    def _authorised(self, url: str, what: str) -> str:
+        root = self.root_of(url)
+        if root is None:
+            raise ConfigurationError(
+                f"{what}: {url} is under no source you authorised; pass "
+                "allow_local_sources=True (CLI: --allow-local-sources) for file:// sources you "
+                "trust, or list its root in allowed_sources"
+            )
+        return root
+
+    def multi_range(self, url: str) -> bool:
+        """Whether ``url`` is read with multi-range requests (HTTP roots that serve them)."""
+        root = self.root_of(url)
+        http = root is not None and root.startswith(("http:", "https:"))
+        return http and root not in self._single
+
     def _store(self, root: str) -> Any:
         if root not in self._stores:
             self._stores[root] = object_store(SourceRoot(root), options=dict(self._options))
@@ -207,33 +235,18 @@ class SourceFiles:
         and :class:`SourceUnavailableError` when it cannot be read or
         answers with fewer bytes than asked.
         """
-        root = self.root_of(url)
-        if root is None:
-            raise ConfigurationError(
-                f"{what}: {url} is under no source you authorised; pass "
-                "allow_local_sources=True (CLI: --allow-local-sources) for file:// sources you "
-                "trust, or list its root in allowed_sources"
-            )
+        root = self._authorised(url, what)
         # Paths in the tiles table are relative to the root, as the indexer read them.
         store, path = self._store(root), url[len(root) :]
-        loop = asyncio.get_running_loop()
-        limit = self._limits.setdefault(loop, asyncio.Semaphore(CONCURRENCY))
-        async with limit:
+        async with self._limit():
             try:
                 opts = cast("GetOptions", {"range": (start, end), **precondition(checksum)})
                 got = await obstore.get_async(store, path, options=opts)
                 data = await got.bytes_async()
             except PreconditionError:
-                raise SourceChangedError(
-                    f"{what}: {url} no longer matches the checksum recorded when it was indexed "
-                    f"({checksum}). The source file changed after it was indexed; re-run "
-                    "`tessera-vz index` for this source to index its new bytes"
-                ) from None
+                raise _changed(url, checksum, what) from None
             except NotFoundError:
-                raise SourceUnavailableError(
-                    f"{what}: {url} is gone (not found); run `tessera-vz verify` to list "
-                    "missing tiles and `tessera-vz index` to drop them"
-                ) from None
+                raise _gone(url, what) from None
             except Exception as exc:  # obstore's hierarchy: network, timeout, server errors
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise SourceUnavailableError(f"{what}: {url}: {first}") from None
@@ -244,6 +257,129 @@ class SourceFiles:
                 "or run `tessera-vz verify`"
             )
         return data
+
+    def _limit(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        return self._limits.setdefault(loop, asyncio.Semaphore(CONCURRENCY))
+
+    @contextlib.asynccontextmanager
+    async def http(self) -> AsyncIterator[aiohttp.ClientSession]:
+        """An HTTP client for :meth:`get_ranges`, open for one batch of reads.
+
+        Its connections are pooled within the batch (a window, a list of
+        points) and closed after it, so no client outlives its event loop.
+        """
+        timeout = aiohttp.ClientTimeout(total=self._timeout, sock_connect=min(self._timeout, 5.0))
+        connector = aiohttp.TCPConnector(limit=CONCURRENCY)
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=timeout, trust_env=True
+        ) as session:
+            yield session
+
+    async def get_ranges(
+        self,
+        http: aiohttp.ClientSession,
+        url: str,
+        starts: Sequence[int],
+        ends: Sequence[int],
+        checksum: str,
+        what: str,
+    ) -> list[Any]:
+        """Bytes ``[start, end)`` of ``url`` for each range, in one multi-range request.
+
+        Same guarantees as :meth:`get`: an authorised root, the checksum as
+        a precondition, retries with backoff and a timeout per attempt, and
+        every range whole. A server that ignores multi-range requests
+        (answering 200 with the whole file) is told apart before its body is
+        read; that root is then read range by range.
+        """
+        root = self._authorised(url, what)
+        if root not in self._single:
+            headers = {"Range": range_header(starts, ends), **http_precondition(checksum)}
+            async with self._limit():
+                got = await self._multi(http, url, headers, starts, ends, checksum, what)
+            if got is not None:
+                return got
+            if root not in self._single:
+                self._single.add(root)
+                log.warning(
+                    "%s answers multi-range requests with whole files; reading its ranges "
+                    "one request each",
+                    root,
+                )
+        return list(
+            await asyncio.gather(
+                *(self.get(url, s, e, checksum, what) for s, e in zip(starts, ends, strict=True))
+            )
+        )
+
+    async def _multi(
+        self,
+        http: aiohttp.ClientSession,
+        url: str,
+        headers: dict[str, str],
+        starts: Sequence[int],
+        ends: Sequence[int],
+        checksum: str,
+        what: str,
+    ) -> list[Any] | None:
+        """One multi-range request with retries; ``None`` if the server ignored the ranges."""
+        error = ""
+        for attempt in range(self._retries + 1):
+            if attempt:
+                await asyncio.sleep(min(5.0, 0.1 * 2 ** (attempt - 1)))
+            try:
+                async with http.get(url, headers=headers) as resp:
+                    if resp.status == 206:
+                        body = await resp.read()
+                        found = parts(
+                            body,
+                            resp.headers.get("Content-Type", ""),
+                            resp.headers.get("Content-Range"),
+                        )
+                        return cut(found, starts, ends)
+                    if resp.status == 200:
+                        resp.close()  # never read a whole tile for a few ranges
+                        return None
+                    if resp.status == 412:
+                        raise _changed(url, checksum, what)
+                    if resp.status in (404, 410):
+                        raise _gone(url, what)
+                    error = f"HTTP {resp.status} {resp.reason or ''}".strip()
+                    if resp.status not in _RETRY_STATUS:
+                        break
+            except MalformedRangesError as exc:
+                error = str(exc)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                error = str(exc).strip() or type(exc).__name__
+        raise SourceUnavailableError(
+            f"{what}: {url}: {error} (after {attempt + 1} attempts; a cut transfer or a file "
+            "shorter than indexed). Retry, or run `tessera-vz verify`"
+        )
+
+
+def _changed(url: str, checksum: str, what: str) -> SourceChangedError:
+    return SourceChangedError(
+        f"{what}: {url} no longer matches the checksum recorded when it was indexed "
+        f"({checksum}). The source file changed after it was indexed; re-run "
+        "`tessera-vz index` for this source to index its new bytes"
+    )
+
+
+def _gone(url: str, what: str) -> SourceUnavailableError:
+    return SourceUnavailableError(
+        f"{what}: {url} is gone (not found); run `tessera-vz verify` to list "
+        "missing tiles and `tessera-vz index` to drop them"
+    )
+
+
+@functools.lru_cache(maxsize=65536)
+def http_precondition(checksum: str) -> dict[str, str]:
+    """:func:`precondition` as HTTP request headers."""
+    value = checksum_value(checksum)
+    if isinstance(value, dt.datetime):
+        return {"If-Unmodified-Since": email.utils.format_datetime(value.astimezone(dt.UTC), True)}
+    return {"If-Match": value}
 
 
 @functools.lru_cache(maxsize=65536)

@@ -132,10 +132,17 @@ class NginxServer(Service):
         Directory to serve; ``{url}{relative path}`` fetches a file under it.
     port
         Port to listen on; default a free one chosen at start.
+    max_ranges
+        nginx's ``max_ranges``: with 1, a multi-range request is answered
+        200 with the whole file, as by a mirror that does not serve them
+        (S3 behind a CDN, some object gateways). Default: nginx's, no limit.
     """
 
-    def __init__(self, root: str | Path, *, port: int | None = None) -> None:
+    def __init__(
+        self, root: str | Path, *, port: int | None = None, max_ranges: int | None = None
+    ) -> None:
         self.root = Path(root).resolve()
+        self._max_ranges = max_ranges
         self._requested_port = port
         self._port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -177,6 +184,7 @@ http {{
         root {_quote(self.root)};
         autoindex off;
         etag on;
+{f"        max_ranges {self._max_ranges};" if self._max_ranges is not None else ""}
         location / {{
         }}
     }}
