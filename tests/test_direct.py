@@ -165,3 +165,65 @@ def test_changed_source_fails_direct_reads(tmp_path: Path) -> None:
         with pytest.raises(SourceChangedError, match="re-run `tessera-vz index`"):
             fresh.points(lons, lats, YEAR)
         assert not np.isnan(before.embeddings.values).all()
+
+
+def _range_counts(server: NginxServer) -> list[int]:
+    """Ranges per ranged request to a tile file, in log order."""
+    return [
+        len(r["range"].split(","))
+        for r in server.requests()
+        if r["uri"].endswith(".npy") and r["range"]
+    ]
+
+
+def _cluster(spec: TileSpec, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return spec.lon + rng.normal(0, 0.002, n), spec.lat + rng.normal(0, 0.0015, n)
+
+
+def test_cluster_rows_share_one_multi_range_request(served: dict[str, Any]) -> None:
+    """Rows too far apart to merge cost a part each, not a request each."""
+    server: NginxServer = served["server"]
+    spec = served["list"][3]
+    lons, lats = _cluster(spec, 150, seed=11)
+    store = open_store(str(served["out"]))
+    store.tiles(YEAR, 31)
+    server.clear_log()
+    # A gap below one row (4 bands): every row of the cluster is its own range.
+    values = store.points(lons, lats, YEAR, gap=64)
+    counts = _range_counts(server)
+    assert len(counts) <= 4, counts  # embeddings and scales, up to 200 ranges each
+    assert max(counts) > 20, counts
+    for i in range(lons.size):
+        exp = expected_at(served["specs"], YEAR, lons[i], lats[i])
+        np.testing.assert_array_equal(values[i], exp)
+
+
+def test_server_without_multi_range_is_read_range_by_range(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A mirror that answers multi-range requests with the whole file still reads exactly."""
+    root = tmp_path / "tree"
+    specs = make_tree(root, bbox=(0.8, 49.8, 0.9, 49.9), years=(YEAR,), bands=4)
+    spec = specs[0]
+    out = tmp_path / "index"
+    with NginxServer(root, max_ranges=1) as server:
+        _index(server, root, out)
+        store = open_store(str(out))
+        store.tiles(YEAR, 31)
+        lons, lats = _cluster(spec, 60, seed=12)
+        server.clear_log()
+        with caplog.at_level("WARNING", logger="tessera_vz.reader.sources"):
+            values = store.points(lons, lats, YEAR, gap=64)
+        whole = [r for r in server.requests() if r["status"] == 200]
+        ranged = [r for r in server.requests() if r["status"] == 206]
+        assert 1 <= len(whole) <= 2, whole  # the first try per file kind, then never again
+        assert len(ranged) > 20
+        assert "answers multi-range requests with whole files" in caplog.text
+        specs_by = {(s.year, s.name): s for s in specs}
+        for i in range(lons.size):
+            np.testing.assert_array_equal(values[i], expected_at(specs_by, YEAR, lons[i], lats[i]))
+        server.clear_log()
+        again = store.points(lons, lats, YEAR, gap=64)  # the root is known now
+        assert all(r["status"] == 206 for r in server.requests())
+        np.testing.assert_array_equal(again, values)
