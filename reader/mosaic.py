@@ -363,6 +363,11 @@ def _blocks(
     return out
 
 
+#: Rows shorter than this are placed together in one vectorised step; longer
+#: ones are worth a copy each (fancy indexing moves bytes slower than slices).
+_SMALL = 16 * 1024
+
+
 def _place(
     out: NDArray[Any],
     owner: NDArray[np.int64],
@@ -375,9 +380,9 @@ def _place(
     """Copy the blocks of fetched blobs into the window.
 
     ``got`` pairs each blob with its blocks. Runs of rows are strided
-    copies; single rows (a neighbour's wedge along the window edge, one
-    part each of a multi-range answer) are gathered and scattered in one
-    vectorised step, because a numpy call per row costs more than the
+    copies; short single rows (a neighbour's wedge along the window edge,
+    one part each of a multi-range answer) are gathered and scattered in
+    one vectorised step, because a numpy call per row costs more than their
     bytes. Pixels another tile owns are left alone. Embeddings are int8;
     scales keep the tile's dtype (either byte order) until the copy casts
     them to float32.
@@ -397,7 +402,7 @@ def _place(
                 raise SourceUnavailableError(
                     f"tile {rects.names[t]} answered {buf.size} bytes where {need} were expected"
                 )
-            if j - i == 1:
+            if j - i == 1 and cols * item < _SMALL:
                 singles.append(buf[start : start + cols * item])
                 single_idx.append(i)
                 continue
