@@ -215,18 +215,26 @@ def choose(
             "sources you trust, or list its root in allowed_sources"
         )
     ends = wanted.chunk_starts + wanted.lengths
-    by_chunk = coalesce(wanted.keys, wanted.chunk_starts, ends, gap)
-    if direct and len(by_chunk.keys) > 1:
+    # Icechunk reads at least one request per distinct chunk: a lower bound
+    # that often decides without coalescing by chunk at all.
+    chunks = len(set(wanted.keys))
+    if direct and chunks > 1:
         file_ends = wanted.file_starts + wanted.lengths
+        direct_gap = gap
         if all(files.multi_range(u) for u in wanted.checksums):
-            gap = min(gap, RANGE_GAP)
-        by_file = coalesce(wanted.urls, wanted.file_starts, file_ends, gap, part=PART)
+            direct_gap = min(gap, RANGE_GAP)
+        by_file = coalesce(wanted.urls, wanted.file_starts, file_ends, direct_gap, part=PART)
         # A direct request costs more Python than one of Icechunk's batched
         # chunk fetches (measured: 12% fewer requests ran slower), so only a
         # real saving, as for windows over one-row chunks, takes this path.
-        if len(requests(by_file, files)) * DIRECT_SAVING <= len(by_chunk.keys):
+        needed = len(requests(by_file, files)) * DIRECT_SAVING
+        if needed <= chunks:
             return by_file, files
-    return by_chunk, None
+        by_chunk = coalesce(wanted.keys, wanted.chunk_starts, ends, gap)
+        if needed <= len(by_chunk.keys):
+            return by_file, files
+        return by_chunk, None
+    return coalesce(wanted.keys, wanted.chunk_starts, ends, gap), None
 
 
 def requests(plan: Plan, files: SourceFiles) -> list[list[int]]:
@@ -239,13 +247,14 @@ def requests(plan: Plan, files: SourceFiles) -> list[list[int]]:
     out: list[list[int]] = []
     key, moved = "", 0
     sizes = (plan.ends - plan.starts).tolist()
+    multi = {url: files.multi_range(url) for url in set(plan.keys)}
     for i, url in enumerate(plan.keys):
         if (
             out
             and url == key
             and len(out[-1]) < MAX_RANGES
             and moved + sizes[i] <= PART
-            and files.multi_range(url)
+            and multi[url]
         ):
             out[-1].append(i)
             moved += sizes[i]
