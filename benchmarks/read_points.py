@@ -186,18 +186,28 @@ def measure(
     lats = np.concatenate(
         [s.lat + rng.uniform(-0.045, 0.045, k) for s, k in zip(specs, per, strict=True)]
     )
-    server.clear_log()
-    t = time.perf_counter()
-    store.points(lons, lats, YEAR)
-    spread_s = time.perf_counter() - t
-    sn, _ = wire(server)
+    # Three calls, each next to a ceiling measurement (the machine is shared).
+    # The first call also loads every touched tile's manifest from the repo
+    # (not the tile server); later calls find them in Icechunk's cache.
+    times, near = [], 0.0
+    for _ in range(3):
+        near = max(near, asyncio.run(ceiling(url, paths, 10_000)))
+        server.clear_log()
+        t = time.perf_counter()
+        store.points(lons, lats, YEAR)
+        times.append(time.perf_counter() - t)
+        sn, _ = wire(server)
+    first_s, spread_s = times[0], min(times[1:])
     res["spread"] = {
         "points": int(lons.size),
         "seconds": spread_s,
         "points_per_s": lons.size / spread_s,
         "requests": sn,
         "requests_per_s": sn / spread_s,
-        "ratio_to_ceiling": (sn / spread_s) / res["ceiling_req_s"],
+        "ceiling_req_s": near,
+        "ratio_to_ceiling": (sn / spread_s) / near,
+        "first_call_s": first_s,
+        "first_call_ratio_to_ceiling": (sn / first_s) / near,
     }
     # clustered: 50+ points within ~500 m around one site per tile
     k = max(50, clustered // 200)
@@ -320,8 +330,10 @@ def report(res: dict[str, Any], title: str) -> Table:
     tab.add_row(
         "points spread 1-2/tile",
         f"{s['points_per_s']:.0f} pts/s",
-        f"{s['points']} pts, {s['requests_per_s']:.0f} req/s "
-        f"= {s['ratio_to_ceiling']:.2f} of ceiling",
+        f"{s['points']} pts, {s['requests_per_s']:.0f} req/s = {s['ratio_to_ceiling']:.2f} "
+        f"of the ceiling measured beside it ({s['ceiling_req_s']:.0f} req/s), manifests "
+        f"cached; first call (also loads the tiles' manifests) "
+        f"{s['first_call_ratio_to_ceiling']:.2f}",
     )
     c = res["clustered"]
     tab.add_row(

@@ -15,6 +15,7 @@ parts of the answer cut back into the ranges asked for.
 from __future__ import annotations
 
 import bisect
+import functools
 import re
 from collections.abc import Sequence
 
@@ -23,12 +24,17 @@ from collections.abc import Sequence
 #: inside the 8 KiB that nginx and Apache accept.
 MAX_RANGES = 200
 
-_PART = re.compile(
-    rb"(?:\r\n)?--(?P<boundary>[^\r\n]+)\r\n"
-    rb"(?P<headers>(?:[^\r\n]+\r\n){0,16}?)\r\n",
-)
 _CONTENT_RANGE = re.compile(rb"content-range:\s*bytes\s+(\d+)-(\d+)/(?:\d+|\*)", re.IGNORECASE)
 _SINGLE = re.compile(r"bytes\s+(\d+)-(\d+)/(?:\d+|\*)", re.IGNORECASE)
+
+
+@functools.lru_cache(maxsize=64)
+def _part_pattern(boundary: bytes) -> re.Pattern[bytes]:
+    """One part's delimiter and headers, capturing its Content-Range (one match per part)."""
+    return re.compile(
+        rb"(?:\r\n)?--" + re.escape(boundary) + rb"\r\n"
+        rb"(?P<headers>(?:[^\r\n]+\r\n){0,16}?)\r\n",
+    )
 
 
 class MalformedRangesError(ValueError):
@@ -71,12 +77,12 @@ def parts(
                 f"a 206 answer without a multipart body needs Content-Range; got {content_range!r}"
             )
         return [(int(single[1]), view)]
-    token = boundary.encode("latin-1")
+    part = _part_pattern(boundary.encode("latin-1")).match
     out: list[tuple[int, memoryview]] = []
     pos = 0
     while True:
-        m = _PART.match(body, pos)
-        if m is None or m["boundary"] != token:
+        m = part(body, pos)
+        if m is None:
             break
         cr = _CONTENT_RANGE.search(m["headers"])
         if cr is None:
