@@ -351,7 +351,8 @@ class SourceFiles:
             except MalformedRangesError as exc:
                 error = str(exc)
             except (aiohttp.ClientError, TimeoutError) as exc:
-                error = str(exc).strip() or type(exc).__name__
+                text = str(exc).strip()
+                error = text.splitlines()[0] if text else type(exc).__name__
         raise SourceUnavailableError(
             f"{what}: {url}: {error} (after {attempt + 1} attempts; a cut transfer or a file "
             "shorter than indexed). Retry, or run `tessera-vz verify`"
