@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -71,6 +72,9 @@ class Plan:
     #: For each original range: index of its request and offset within it.
     request: NDArray[np.int64]
     offset: NDArray[np.int64]
+    #: For a plan read from the files: its ranges grouped into HTTP requests
+    #: (:func:`requests`), worked out once when the plan is chosen.
+    groups: list[list[int]] | None = None
 
 
 def coalesce(
@@ -238,7 +242,8 @@ def choose(
         # A direct request costs more Python than one of Icechunk's batched
         # chunk fetches (measured: 12% fewer requests ran slower), so only a
         # real saving, as for windows over one-row chunks, takes this path.
-        needed = len(requests(by_file, files)) * DIRECT_SAVING
+        by_file = dataclasses.replace(by_file, groups=requests(by_file, files))
+        needed = len(by_file.groups or ()) * DIRECT_SAVING
         if needed <= chunks:
             return by_file, files
         by_chunk = coalesce(wanted.keys, wanted.chunk_starts, ends, gap)
@@ -298,7 +303,7 @@ async def arrivals(
         blobs = await files.get_ranges(http, url, starts, ends, checksums[url], what)
         return list(zip(group, blobs, strict=True))
 
-    groups = requests(plan, files)
+    groups = plan.groups if plan.groups is not None else requests(plan, files)
     async with contextlib.AsyncExitStack() as stack:
         http = None
         if any(len(g) > 1 for g in groups):

@@ -94,13 +94,19 @@ def object_store(root: SourceRoot, *, options: dict[str, Any] | None = None) -> 
     )
 
 
+#: First wait before a retry and the longest one (doubling in between), for
+#: obstore's requests and for multi-range requests alike.
+BACKOFF = 0.1
+MAX_BACKOFF = 5.0
+
+
 def retry_options(
     *,
     retries: int,
     timeout: float,
     connect_timeout: float | None = None,
-    backoff: float = 0.1,
-    max_backoff: float = 5.0,
+    backoff: float = BACKOFF,
+    max_backoff: float = MAX_BACKOFF,
 ) -> dict[str, Any]:
     """``retry_config`` and ``client_options`` for :func:`object_store`.
 
@@ -327,7 +333,7 @@ class SourceFiles:
         error = ""
         for attempt in range(self._retries + 1):
             if attempt:
-                await asyncio.sleep(min(5.0, 0.1 * 2 ** (attempt - 1)))
+                await asyncio.sleep(min(MAX_BACKOFF, BACKOFF * 2 ** (attempt - 1)))
             try:
                 async with http.get(url, headers=headers) as resp:
                     if resp.status == 206:
