@@ -149,9 +149,9 @@ async def read_located(
             read(store, files, e_want, gap, what, direct=ts.direct_reads),
             read(store, files, s_want, gap, what, direct=ts.direct_reads),
         )
-        emb[ok[m]] = gather(e_plan, e_blobs, b).view(np.int8)
+        emb[ok[m]] = gather(e_plan, e_blobs, b, what).view(np.int8)
         descr = np.dtype(str(f["scales_descr"][idx[0]]))
-        raw = gather(s_plan, s_blobs, s_item).view(descr).astype(np.float32)
+        raw = gather(s_plan, s_blobs, s_item, what).view(descr).astype(np.float32)
         scale[ok[m]] = raw if per_band else raw[:, 0]
     return emb, scale, loc.ok
 

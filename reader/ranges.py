@@ -15,7 +15,6 @@ and at the offsets the index recorded.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -23,12 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 from zarr.abc.store import RangeByteRequest
 from zarr.core.buffer import default_buffer_prototype
 
 from .byteranges import MAX_RANGES
-from .errors import ConfigurationError, translate_error
+from .errors import ConfigurationError, SourceUnavailableError, translate_error
 from .layout import EMBEDDINGS, SCALES
 from .sources import PART, SourceFiles
 
@@ -280,79 +280,109 @@ def requests(plan: Plan, files: SourceFiles) -> list[list[int]]:
     return out
 
 
+@dataclass(frozen=True)
+class Arrival:
+    """What one request brought: plan requests ``first, first + 1, …`` at ``at`` in ``data``.
+
+    A multi-range answer carries many plan requests (consecutive ranges of
+    one file) in one body; any other request carries one, at offset 0.
+    """
+
+    first: int
+    data: Any
+    at: NDArray[np.int64]
+
+
+_AT0 = np.zeros(1, np.int64)
+
+
 async def arrivals(
     store: Any, plan: Plan, files: SourceFiles | None, checksums: dict[str, str], what: str
-) -> AsyncIterator[list[tuple[int, Any]]]:
-    """Yield the ``(request, blob)`` pairs of ``plan``, one HTTP request's worth at a time.
+) -> AsyncIterator[list[Arrival]]:
+    """Yield what arrives for ``plan``, one HTTP request's worth at a time.
 
     A caller that places each batch while the others are in flight overlaps
     its copying with the transfer, and a multi-range request's many small
-    blobs (all of one file) can be placed in one vectorised step. Through
+    ranges (all of one file) can be placed in one vectorised step. Through
     the Icechunk store the blobs arrive together (one ``get_partial_values``
     call per batch).
     """
     if files is None:
-        yield list(enumerate(await fetch(store, plan, what)))
+        yield [Arrival(i, blob, _AT0) for i, blob in enumerate(await fetch(store, plan, what))]
         return
 
-    async def one(http: Any, group: list[int]) -> list[tuple[int, Any]]:
+    async def one(group: list[int]) -> list[Arrival]:
         url = plan.keys[group[0]]
         starts, ends = plan.starts[group].tolist(), plan.ends[group].tolist()
         if len(group) == 1:
-            return [(group[0], await files.get(url, starts[0], ends[0], checksums[url], what))]
-        blobs = await files.get_ranges(http, url, starts, ends, checksums[url], what)
-        return list(zip(group, blobs, strict=True))
+            blob = await files.get(url, starts[0], ends[0], checksums[url], what)
+            return [Arrival(group[0], blob, _AT0)]
+        body, at = await files.get_ranges(url, starts, ends, checksums[url], what)
+        return [Arrival(group[0], body, at)]
 
     groups = plan.groups if plan.groups is not None else requests(plan, files)
-    async with contextlib.AsyncExitStack() as stack:
-        http = None
-        if any(len(g) > 1 for g in groups):
-            http = await stack.enter_async_context(files.http())
-        tasks = [asyncio.ensure_future(one(http, g)) for g in groups]
-        try:
-            for done in asyncio.as_completed(tasks):
-                yield await done
-        finally:
-            for task in tasks:
-                task.cancel()
+    tasks = [asyncio.ensure_future(one(g)) for g in groups]
+    try:
+        for done in asyncio.as_completed(tasks):
+            yield await done
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 async def read(
     store: Any, files: SourceFiles, wanted: Wanted, gap: int, what: str, *, direct: bool = True
-) -> tuple[Plan, list[Any]]:
+) -> tuple[Plan, list[Arrival]]:
     """Fetch the points ``wanted`` the cheaper way; the plan says where each range landed."""
     plan, via = choose(files, wanted, gap, what, direct=direct, range_gap=POINT_RANGE_GAP)
-    blobs: list[Any] = [None] * len(plan.keys)
+    got: list[Arrival] = []
     async for batch in arrivals(store, plan, via, wanted.checksums, what):
-        for i, blob in batch:
-            blobs[i] = blob
-    return plan, blobs
+        got.extend(batch)
+    return plan, got
 
 
-def gather(plan: Plan, blobs: Sequence[Any], length: int) -> NDArray[np.uint8]:
-    """Cut each original range (all ``length`` bytes long) out of the fetched blobs.
+def landed(plan: Plan, got: Sequence[Arrival]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """For each request of ``plan``: the index in ``got`` of its arrival and its offset there."""
+    src = np.full(len(plan.keys), -1, np.int64)
+    pos = np.zeros(len(plan.keys), np.int64)
+    for k, a in enumerate(got):
+        src[a.first : a.first + a.at.size] = k
+        pos[a.first : a.first + a.at.size] = a.at
+    return src, pos
+
+
+def gather(plan: Plan, got: Sequence[Arrival], length: int, what: str) -> NDArray[np.uint8]:
+    """Cut each original range (all ``length`` bytes long) out of what arrived.
 
     Small fetches are joined and cut in one vectorised step; large ones (a
-    cluster read as a few long runs of rows) are cut blob by blob, because
-    copying hundreds of megabytes into one buffer costs more than the loop.
+    cluster read as a few long runs of rows) are cut arrival by arrival,
+    because copying hundreds of megabytes into one buffer costs more than
+    the loop.
     """
     n = len(plan.request)
     out = np.empty((n, length), dtype=np.uint8)
     if n == 0:
         return out
-    sizes = np.fromiter((len(b) for b in blobs), dtype=np.int64, count=len(blobs))
-    span = np.arange(length, dtype=np.int64)
+    src, pos = landed(plan, got)
+    sizes = np.fromiter((len(a.data) for a in got), dtype=np.int64, count=len(got))
+    k = src[plan.request]
+    begin = pos[plan.request] + plan.offset
+    short = (k < 0) | (begin + length > sizes[k])
+    if short.any():
+        i = int(np.argmax(short))
+        raise SourceUnavailableError(
+            f"{what}: the answer for {plan.keys[plan.request[i]]} holds fewer bytes than "
+            f"asked; the transfer was cut or the file is shorter than indexed. Retry, or "
+            "run `tessera-vz verify`"
+        )
     if sizes.sum() <= _JOIN_LIMIT:
-        base = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        flat = np.frombuffer(b"".join(blobs), dtype=np.uint8)
-        begin = base[plan.request] + plan.offset
-        step = max(1, (1 << 22) // max(1, length))
-        for i in range(0, n, step):
-            out[i : i + step] = flat[begin[i : i + step, None] + span]
-        return out
-    order = np.argsort(plan.request, kind="stable")
-    cuts = np.flatnonzero(np.diff(plan.request[order])) + 1
+        base = np.cumsum(sizes) - sizes
+        flat = np.frombuffer(b"".join(a.data for a in got), dtype=np.uint8)
+        # Fancy indexing of the window view copies each range; np.take would copy every window.
+        return sliding_window_view(flat, length)[base[k] + begin]
+    order = np.argsort(k, kind="stable")
+    cuts = np.flatnonzero(np.diff(k[order])) + 1
     for idx in np.split(order, cuts):
-        buf = np.frombuffer(blobs[int(plan.request[idx[0]])], dtype=np.uint8)
-        out[idx] = buf[plan.offset[idx, None] + span]
+        buf = np.frombuffer(got[int(k[idx[0]])].data, dtype=np.uint8)
+        out[idx] = sliding_window_view(buf, length)[begin[idx]]
     return out

@@ -11,6 +11,7 @@ from tessera_vz.reader.byteranges import (
     MalformedRangesError,
     boundary_of,
     cut,
+    locate,
     parts,
     range_header,
 )
@@ -40,6 +41,14 @@ def _multipart(data: bytes, spans: list[tuple[int, int]], preamble: bytes = b"\r
 DATA = bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8))
 
 
+def _cut(
+    body: bytes, ctype: str, crange: str | None, starts: list[int], ends: list[int]
+) -> list[bytes]:
+    """The wanted ranges as the caller sees them: where each begins in the body."""
+    at = cut(parts(body, ctype, crange), starts, ends)
+    return [body[a : a + e - s] for a, s, e in zip(at.tolist(), starts, ends, strict=True)]
+
+
 def test_range_header_is_inclusive_and_ordered() -> None:
     assert range_header([0, 100], [10, 228]) == "bytes=0-9,100-227"
 
@@ -47,21 +56,21 @@ def test_range_header_is_inclusive_and_ordered() -> None:
 def test_parts_and_cut_give_back_every_range() -> None:
     starts, ends = [10, 500, 3000], [138, 628, 3128]
     body = _multipart(DATA, [(s, e - 1) for s, e in zip(starts, ends, strict=True)])
-    got = cut(parts(body, CTYPE, None), starts, ends)
-    assert [bytes(g) for g in got] == [DATA[s:e] for s, e in zip(starts, ends, strict=True)]
+    got = _cut(body, CTYPE, None, starts, ends)
+    assert got == [DATA[s:e] for s, e in zip(starts, ends, strict=True)]
 
 
 def test_merged_reordered_and_widened_parts_still_serve_each_range() -> None:
     # RFC 9110 lets a server merge close ranges, widen them and reorder parts.
     starts, ends = [10, 60, 3000], [40, 90, 3128]
     body = _multipart(DATA, [(2990, 3200), (0, 99)], preamble=b"")
-    got = cut(parts(body, CTYPE, None), starts, ends)
-    assert [bytes(g) for g in got] == [DATA[s:e] for s, e in zip(starts, ends, strict=True)]
+    got = _cut(body, CTYPE, None, starts, ends)
+    assert got == [DATA[s:e] for s, e in zip(starts, ends, strict=True)]
 
 
 def test_single_part_answer_is_placed_by_its_content_range() -> None:
-    got = cut(parts(DATA[100:400], "application/octet-stream", "bytes 100-399/4096"), [150], [200])
-    assert bytes(got[0]) == DATA[150:200]
+    got = _cut(DATA[100:400], "application/octet-stream", "bytes 100-399/4096", [150], [200])
+    assert got == [DATA[150:200]]
     with pytest.raises(MalformedRangesError, match="Content-Range"):
         parts(DATA[100:400], "application/octet-stream", None)
 
@@ -99,5 +108,36 @@ def test_nginx_answers_are_parsed(tmp_path: Path) -> None:
 
     with NginxServer(tmp_path) as server:
         body, ctype, crange = sync(fetch(server.url + "f.bin"))
-    got = cut(parts(body, ctype, crange), starts, ends)
-    assert [bytes(g) for g in got] == [DATA[s:e] for s, e in zip(starts, ends, strict=True)]
+    got = _cut(body, ctype, crange, starts, ends)
+    assert got == [DATA[s:e] for s, e in zip(starts, ends, strict=True)]
+    at = locate(body, ctype, crange, starts, ends)
+    assert [body[a : a + 5] for a in at.tolist()] == got
+
+
+@pytest.mark.parametrize("preamble", [b"\r\n", b""])
+def test_locate_predicts_parts_answered_as_asked(preamble: bytes) -> None:
+    starts, ends = [10, 500, 3000, 3200], [138, 628, 3128, 3201]
+    body = _multipart(DATA, [(s, e - 1) for s, e in zip(starts, ends, strict=True)], preamble)
+    at = locate(body, CTYPE, None, starts, ends)
+    assert at.tolist() == cut(parts(body, CTYPE, None), starts, ends).tolist()
+    assert [body[a : a + e - s] for a, s, e in zip(at.tolist(), starts, ends, strict=True)] == [
+        DATA[s:e] for s, e in zip(starts, ends, strict=True)
+    ]
+
+
+def test_locate_parses_any_other_answer() -> None:
+    # Merged and reordered parts, and a part whose headers differ from the
+    # first's, are not what was asked: each is parsed, never assumed.
+    starts, ends = [10, 60, 3000], [40, 90, 3128]
+    merged = _multipart(DATA, [(2990, 3200), (0, 99)])
+    odd = _multipart(DATA, [(10, 39), (60, 89), (3000, 3127)]).replace(
+        b"Content-Type: application/octet-stream\r\nContent-Range: bytes 60-",
+        b"Content-Range: bytes 60-",
+    )
+    for body in (merged, odd):
+        at = locate(body, CTYPE, None, starts, ends)
+        got = [body[a : a + e - s] for a, s, e in zip(at.tolist(), starts, ends, strict=True)]
+        assert got == [DATA[s:e] for s, e in zip(starts, ends, strict=True)]
+    cut_short = _multipart(DATA, [(10, 39), (60, 89), (3000, 3127)])[:-80]
+    with pytest.raises(MalformedRangesError, match="runs past the end"):
+        locate(cut_short, CTYPE, None, starts, ends)
