@@ -282,12 +282,11 @@ async def read_window(
                     np.nan, np.float32)  # fmt: skip
     filled = owner >= 0
     emb[~filled] = 0
-    used = np.flatnonzero(np.bincount(owner[filled], minlength=rects.names.size))
-    if used.size == 0:
+    cat = row_spans(owner, window, rects)
+    if cat["row"].size == 0:
         return emb, scale, filled
+    used = np.unique(cat["tile"])
     s_item = 4 * (b if per_band else 1)
-    spans = [_row_spans(owner, int(t), window, rects) for t in used]
-    cat = {k: np.concatenate([sp[k] for sp in spans]) for k in spans[0]}
     facts = {k: v[cat["tile"]] for k, v in rects.facts.items()}
     cat["width"] = facts["width"].astype(np.int64)
     store = ts.session(zone, year).store
@@ -320,28 +319,39 @@ async def read_window(
     return emb, scale, filled
 
 
-def _row_spans(
-    owner: NDArray[np.int64], t: int, window: Window, rects: TileRects
-) -> dict[str, Any]:
-    """Per window row that tile ``t`` owns: its column span and tile row/col.
+def row_spans(owner: NDArray[np.int64], window: Window, rects: TileRects) -> dict[str, Any]:
+    """Per tile and window row it owns: the column span, and where it sits in the tile.
 
-    Vectorised over rows: the first and last owned column of each row give
-    one range per row and file.
+    One pass over the window finds the runs of equal owner along each row;
+    a tile's span in a row runs from its first owned column to its last,
+    ``full`` when that is one run (else the copy keeps the other owners'
+    pixels). Sorted by tile, then row: one range per row and file.
     """
-    row0 = int(np.rint((rects.top[t] - window.top) / PIXEL))  # tile row of window row 0
-    col0 = int(np.rint((window.left - rects.left[t]) / PIXEL))  # tile col of window col 0
-    mine = owner == t
-    rows = np.flatnonzero(mine.any(axis=1))
-    sub = mine[rows]
-    c_lo = np.argmax(sub, axis=1)
-    c_hi = window.width - np.argmax(sub[:, ::-1], axis=1)
+    h, w = owner.shape
+    start = np.ones((h, w), dtype=bool)
+    start[:, 1:] = owner[:, 1:] != owner[:, :-1]
+    r, c = np.divmod(np.flatnonzero(start), w)  # run starts, row by row
+    stop = np.append(c[1:], w)
+    stop[np.append(r[1:] != r[:-1], True)] = w  # a row's last run ends at the edge
+    t = owner[r, c]
+    mine = t >= 0
+    r, c, stop, t = r[mine], c[mine], stop[mine], t[mine]
+    order = np.lexsort((c, r, t))
+    r, c, stop, t = r[order], c[order], stop[order], t[order]
+    new = np.ones(r.size, dtype=bool)
+    new[1:] = (t[1:] != t[:-1]) | (r[1:] != r[:-1])
+    first = np.flatnonzero(new)
+    last = np.append(first[1:], r.size)[: first.size] - 1
+    tiles, rows, c_lo = t[first].astype(np.int64), r[first].astype(np.int64), c[first]
+    row0 = np.rint((rects.top[tiles] - window.top) / PIXEL).astype(np.int64)
+    col0 = np.rint((window.left - rects.left[tiles]) / PIXEL).astype(np.int64)
     return {
-        "full": sub.sum(axis=1) == c_hi - c_lo,
+        "full": first == last,
         "row": rows,
-        "c_lo": c_lo,
-        "n": (c_hi - c_lo).astype(np.int64),
-        "tile": np.full(rows.size, t, np.int64),
-        "tile_row": rows + row0,
+        "c_lo": c_lo.astype(np.int64),
+        "n": (stop[last] - c_lo).astype(np.int64),
+        "tile": tiles,
+        "tile_row": rows + row0,  # row0: tile row of window row 0
         "tile_col": c_lo + col0,
     }
 
