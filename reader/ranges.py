@@ -68,6 +68,8 @@ class Plan:
     """Coalesced requests and where each original range sits in them."""
 
     keys: list[str]
+    #: Per request, the code of its key (equal keys, equal codes).
+    codes: NDArray[np.int64]
     starts: NDArray[np.int64]
     ends: NDArray[np.int64]
     #: For each original range: index of its request and offset within it.
@@ -79,13 +81,18 @@ class Plan:
 
 
 def coalesce(
-    keys: Sequence[str],
+    codes: NDArray[np.int64],
+    names: Sequence[str],
     starts: NDArray[np.int64],
     ends: NDArray[np.int64],
     gap: int = DEFAULT_GAP,
     part: int | None = None,
 ) -> Plan:
     """Merge ranges of the same key separated by at most ``gap`` bytes.
+
+    Each range's key is ``names[codes[i]]``: keys come as codes because a
+    window's thousands of ranges share a few files, and comparing integers
+    costs nothing next to building and sorting strings.
 
     With ``part``, a merged request is cut (between ranges, never inside
     one) so that each piece starts a new ``part``-sized stretch of the key:
@@ -94,14 +101,11 @@ def coalesce(
     of thousands of points costs milliseconds, so the request count, not
     Python, limits throughput.
     """
-    n = len(keys)
+    codes = np.asarray(codes, np.int64)
+    n = codes.size
     if n == 0:
         empty = np.zeros(0, np.int64)
-        return Plan([], empty, empty, empty, empty)
-    # Codes in order of first appearance: a dict beats sorting thousands of strings.
-    index: dict[str, int] = {}
-    codes = np.fromiter((index.setdefault(k, len(index)) for k in keys), np.int64, n)
-    uniq = [str(k) for k in index]
+        return Plan([], empty, empty, empty, empty, empty)
     starts = np.asarray(starts, np.int64)
     ends = np.asarray(ends, np.int64)
     order = np.lexsort((starts, codes))
@@ -124,7 +128,8 @@ def coalesce(
     request[order] = group
     offset[order] = s - g_start[group]
     return Plan(
-        keys=[uniq[c] for c in g_code.tolist()],
+        keys=[names[c] for c in g_code.tolist()],
+        codes=g_code,
         starts=g_start - g_code.astype(np.int64) * _KEY_STRIDE,
         ends=g_end - g_code.astype(np.int64) * _KEY_STRIDE,
         request=request,
@@ -156,18 +161,37 @@ async def fetch(store: Any, plan: Plan, what: str) -> list[bytes]:
 class Wanted:
     """Byte ranges wanted from files of one kind, addressed two ways.
 
-    ``keys``/``chunk_starts`` place each range in a virtual chunk (the
-    Icechunk path), ``urls``/``file_starts`` in its source file (the direct
-    path); both come from the same header facts of the index.
+    ``chunk``/``chunk_starts`` place each range in a virtual chunk (the
+    Icechunk path), ``file``/``file_starts`` in its source file (the direct
+    path); both come from the same header facts of the index. Files and
+    chunks are codes: a window wants thousands of ranges of a few files,
+    and chunk keys are built only if the Icechunk path reads them.
     """
 
-    keys: list[str]
-    chunk_starts: NDArray[np.int64]
-    urls: list[str]
+    #: Per range: index into ``urls`` of its source file, and its offset there.
+    file: NDArray[np.int64]
     file_starts: NDArray[np.int64]
+    urls: list[str]
+    #: Per range: index of its virtual chunk (see :meth:`chunk_keys`), and its offset there.
+    chunk: NDArray[np.int64]
+    chunk_starts: NDArray[np.int64]
     lengths: NDArray[np.int64]
     #: Checksum text of each source URL, as the tiles table records it.
     checksums: dict[str, str]
+    #: Per distinct chunk: its tile (index into ``urls``/``tiles``) and chunk index.
+    chunk_tile: NDArray[np.int64]
+    chunk_index: NDArray[np.int64]
+    #: Per tile: its group name and the key's tail after the chunk index.
+    tiles: list[str]
+    tails: list[str]
+    array: str
+
+    def chunk_keys(self) -> list[str]:
+        """The Icechunk key of each distinct chunk, in code order."""
+        return [
+            f"{self.tiles[t]}/{self.array}/c/{c}{self.tails[t]}"
+            for t, c in zip(self.chunk_tile.tolist(), self.chunk_index.tolist(), strict=True)
+        ]
 
 
 def tile_ranges(
@@ -187,23 +211,36 @@ def tile_ranges(
     come from the same header facts the references were written from.
     """
     rows = np.asarray(rows, np.int64)
+    n = rows.size
     k = np.asarray(facts[f"{kind}_chunk_rows"], np.int64)
     width = np.asarray(facts["width"], np.int64)
+    index: dict[str, int] = {}  # tile codes in order of first appearance
+    tile = np.fromiter((index.setdefault(nm, len(index)) for nm in names), np.int64, n)
+    one = np.zeros(len(index), np.int64)  # one range of each tile
+    one[tile[::-1]] = np.arange(n)[::-1]
+    sources, paths = facts["source"][one].tolist(), facts[f"{kind}_path"][one].tolist()
+    urls = [root + path for root, path in zip(sources, paths, strict=True)]
     if kind == "emb":
-        array, tails = EMBEDDINGS, ["/0/0"] * rows.size
+        array, tails = EMBEDDINGS, ["/0/0"] * len(index)
     else:
-        array, tails = SCALES, ["/0/0" if nd == 3 else "/0" for nd in facts["scales_ndim"].tolist()]
-    chunks = (rows // k).tolist()
-    keys = [f"{t}/{array}/c/{c}{tail}" for t, c, tail in zip(names, chunks, tails, strict=True)]
-    paths = facts[f"{kind}_path"].tolist()
-    urls = [root + path for root, path in zip(facts["source"].tolist(), paths, strict=True)]
+        array = SCALES
+        tails = ["/0/0" if nd == 3 else "/0" for nd in facts["scales_ndim"][one].tolist()]
+    chunk = rows // k
+    span = int(chunk.max()) + 1 if n else 1
+    ids, code = np.unique(tile * span + chunk, return_inverse=True)
     return Wanted(
-        keys,
-        ((rows % k) * width + cols) * item,
-        urls,
-        np.asarray(facts[f"{kind}_offset"], np.int64) + (rows * width + cols) * item,
-        np.asarray(lengths, np.int64) * item,
-        dict(zip(urls, facts[f"{kind}_checksum"].tolist(), strict=True)),
+        file=tile,
+        file_starts=np.asarray(facts[f"{kind}_offset"], np.int64) + (rows * width + cols) * item,
+        urls=urls,
+        chunk=code.astype(np.int64).reshape(-1),
+        chunk_starts=((rows % k) * width + cols) * item,
+        lengths=np.asarray(lengths, np.int64) * item,
+        checksums=dict(zip(urls, facts[f"{kind}_checksum"][one].tolist(), strict=True)),
+        chunk_tile=ids // span,
+        chunk_index=ids % span,
+        tiles=list(index),
+        tails=tails,
+        array=array,
     )
 
 
@@ -225,7 +262,7 @@ def choose(
     Icechunk store reads. ``range_gap`` replaces ``gap`` when every file
     serves multi-range requests.
     """
-    refused = sorted(u for u in set(wanted.urls) if files.root_of(u) is None)
+    refused = sorted(u for u in wanted.urls if files.root_of(u) is None)
     if refused:
         raise ConfigurationError(
             f"{what}: {refused[0]} is under no source you authorised"
@@ -236,13 +273,15 @@ def choose(
     ends = wanted.chunk_starts + wanted.lengths
     # Icechunk reads at least one request per distinct chunk: a lower bound
     # that often decides without coalescing by chunk at all.
-    chunks = len(set(wanted.keys))
+    chunks = wanted.chunk_index.size
     if direct and chunks > 1:
         file_ends = wanted.file_starts + wanted.lengths
         direct_gap = gap
         if all(files.multi_range(u) for u in wanted.checksums):
             direct_gap = min(gap, range_gap)
-        by_file = coalesce(wanted.urls, wanted.file_starts, file_ends, direct_gap, part=PART)
+        by_file = coalesce(
+            wanted.file, wanted.urls, wanted.file_starts, file_ends, direct_gap, part=PART
+        )
         # A direct request costs more Python than one of Icechunk's batched
         # chunk fetches (measured: 12% fewer requests ran slower), so only a
         # real saving, as for windows over one-row chunks, takes this path.
@@ -251,11 +290,11 @@ def choose(
         needed = (len(groups) - 1) * DIRECT_SAVING
         if needed <= chunks:
             return by_file, files
-        by_chunk = coalesce(wanted.keys, wanted.chunk_starts, ends, gap)
+        by_chunk = coalesce(wanted.chunk, wanted.chunk_keys(), wanted.chunk_starts, ends, gap)
         if needed <= len(by_chunk.keys):
             return by_file, files
         return by_chunk, None
-    return coalesce(wanted.keys, wanted.chunk_starts, ends, gap), None
+    return coalesce(wanted.chunk, wanted.chunk_keys(), wanted.chunk_starts, ends, gap), None
 
 
 def requests(plan: Plan, files: SourceFiles) -> NDArray[np.int64]:
@@ -273,7 +312,7 @@ def requests(plan: Plan, files: SourceFiles) -> NDArray[np.int64]:
     multi_of = {url: files.multi_range(url) for url in set(plan.keys)}
     multi = np.fromiter((multi_of[url] for url in plan.keys), dtype=bool, count=n)
     new = np.ones(n, dtype=bool)
-    new[1:] = np.asarray(plan.keys[1:], dtype=object) != np.asarray(plan.keys[:-1], dtype=object)
+    new[1:] = plan.codes[1:] != plan.codes[:-1]
     new[1:] |= ~multi[1:] | ~multi[:-1]
     first = np.flatnonzero(new)
     run = np.cumsum(new) - 1
