@@ -300,25 +300,26 @@ def choose(
 def requests(plan: Plan, files: SourceFiles) -> NDArray[np.int64]:
     """The ranges of a direct ``plan`` grouped into HTTP requests, as bounds.
 
-    Request ``g`` carries ranges ``bounds[g]`` to ``bounds[g + 1]``: ranges
-    of one file that answers multi-range requests share a request, up to
-    :data:`MAX_RANGES` of them and about ``PART`` bytes (so long runs still
-    arrive in parallel); any other range is a request. Vectorised: a window
-    has thousands of ranges.
+    Request ``g`` carries ranges ``bounds[g]`` to ``bounds[g + 1]``: short
+    ranges of one file that answers multi-range requests share a request,
+    up to :data:`MAX_RANGES` of them and about ``PART`` bytes; a range of
+    half a ``PART`` or more (a piece of merged rows) is a request of its
+    own, so long runs still arrive in parallel. Vectorised: a window has
+    thousands of ranges.
     """
     n = len(plan.keys)
     if n == 0:
         return np.zeros(1, np.int64)
     multi_of = {url: files.multi_range(url) for url in set(plan.keys)}
     multi = np.fromiter((multi_of[url] for url in plan.keys), dtype=bool, count=n)
+    size = plan.ends - plan.starts
+    alone = ~multi | (size >= PART // 2)  # long pieces of merged rows arrive in parallel
     new = np.ones(n, dtype=bool)
-    new[1:] = plan.codes[1:] != plan.codes[:-1]
-    new[1:] |= ~multi[1:] | ~multi[:-1]
+    new[1:] = (plan.codes[1:] != plan.codes[:-1]) | alone[1:] | alone[:-1]
     first = np.flatnonzero(new)
     run = np.cumsum(new) - 1
-    size = plan.ends - plan.starts
     before = np.cumsum(size) - size
-    stretch = (before + size - 1 - before[first][run]) // PART  # where each range ends
+    stretch = (before - before[first][run]) // PART  # where each range starts
     index = np.arange(n) - first[run]
     cut = np.zeros(n, dtype=bool)
     cut[1:] = (stretch[1:] != stretch[:-1]) | (index[1:] % MAX_RANGES == 0)
