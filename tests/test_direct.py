@@ -25,7 +25,7 @@ from tessera_vz.reader.errors import ConfigurationError, SourceChangedError
 from tessera_vz.reader.geometry import unproject
 
 from tessera_vz.testing.nginx import NginxServer
-from tessera_vz.testing.tiles import TileSpec, make_tree
+from tessera_vz.testing.tiles import TileSpec, make_tree, write_manifest
 
 from .test_reader import _check_region, expected_at
 
@@ -231,3 +231,45 @@ def test_server_without_multi_range_is_read_range_by_range(
         again = store.points(lons, lats, YEAR, gap=64)  # the root is known now
         assert all(r["status"] == 206 for r in server.requests())
         np.testing.assert_array_equal(again, values)
+
+
+def test_big_endian_scales_and_a_mirror_without_multi_range_read_windows_exactly(
+    tmp_path: Path,
+) -> None:
+    """Scales in the other byte order are cast, not copied as bytes; a mirror that
+    refuses multi-range requests still serves every row of a window."""
+    root = tmp_path / "tree"
+    specs = make_tree(root, bbox=BBOX, years=(YEAR,), bands=4, manifest=False)
+    for spec in specs[::2]:  # mixed byte orders in one window
+        path = root / spec.scales_path
+        np.save(path, np.load(path).astype(">f4"))
+    write_manifest(root, specs)
+    served = {"specs": {(s.year, s.name): s for s in specs}}
+    for max_ranges in (None, 1):
+        out = tmp_path / f"index-{max_ranges}"
+        with NginxServer(root, max_ranges=max_ranges) as server:
+            _index(server, root, out)
+            store = open_store(str(out))
+            assert "<f4" in store.tiles(YEAR, 31)["scales_descr"].values.tolist()
+            assert ">f4" in store.tiles(YEAR, 31)["scales_descr"].values.tolist()
+            bbox = (0.84, 49.84, 0.96, 49.96)  # all four tiles, their edges and corners
+            got = store.region(bbox, YEAR, dequantise=False)
+            plain = open_store(str(out), direct_reads=False).region(bbox, YEAR, dequantise=False)
+            np.testing.assert_array_equal(got.embeddings.values, plain.embeddings.values)
+            np.testing.assert_array_equal(got.scales.values, plain.scales.values)
+            assert _check_region(served, store.region(bbox, YEAR), YEAR, every=3) > 1000
+
+
+def test_multi_range_connections_stay_open_between_reads(served: dict[str, Any]) -> None:
+    """Like obstore's stores, the multi-range client keeps its connections between
+    reads instead of opening one per request."""
+    server: NginxServer = served["server"]
+    store = open_store(str(served["out"]))
+    spec = served["list"][0]
+    lons, lats = _cluster(spec, 60, seed=3)
+    store.points(lons, lats, YEAR, gap=64)
+    server.clear_log()
+    store.points(lons + 0.0001, lats, YEAR, gap=64)
+    multi = [r for r in server.requests() if "," in (r["range"] or "")]
+    assert multi, server.requests()
+    assert all(r["connection_requests"] > 1 for r in multi), multi

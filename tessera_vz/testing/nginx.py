@@ -47,6 +47,8 @@ LOG_FIELDS = (
     "if_unmodified_since",
     "user_agent",
     "request_time",
+    "connection",
+    "connection_requests",
 )
 _LOG_FORMAT = "\\t".join(
     [
@@ -60,9 +62,13 @@ _LOG_FORMAT = "\\t".join(
         "$http_if_unmodified_since",
         "$http_user_agent",
         "$request_time",
+        "$connection",
+        "$connection_requests",
     ]
 )
-_INT_FIELDS = frozenset({"status", "bytes_sent", "body_bytes_sent"})
+_INT_FIELDS = frozenset(
+    {"status", "bytes_sent", "body_bytes_sent", "connection", "connection_requests"}
+)
 #: Header fields where nginx logs an absent value as "-"; reported as None.
 _HEADER_FIELDS = frozenset({"range", "if_match", "if_unmodified_since", "user_agent"})
 _ESCAPE_RE = re.compile(r"\\x([0-9A-Fa-f]{2})")
