@@ -181,7 +181,7 @@ def _runs(lo: NDArray[np.int64], hi: NDArray[np.int64]) -> tuple[NDArray[np.int6
     return rows, lo[rows] + np.arange(int(counts.sum())) - first[rows]
 
 
-def ownership(window: Window, rects: TileRects) -> NDArray[np.int64]:
+def ownership(window: Window, rects: TileRects) -> NDArray[np.int32]:
     """Index of the tile each window pixel is read from, or -1 (no data).
 
     The owner is the tile whose 0.1-degree cell holds the pixel centre,
@@ -192,7 +192,7 @@ def ownership(window: Window, rects: TileRects) -> NDArray[np.int64]:
     tile does not cover goes to any covering tile.
     """
     h, w = window.height, window.width
-    owner = np.full((h, w), -1, dtype=np.int64)
+    owner = np.full((h, w), -1, dtype=np.int32)  # half the bytes of int64 to scan
     if h == 0 or w == 0 or rects.names.size == 0:
         return owner
     right = rects.left + PIXEL * rects.width
@@ -219,7 +219,7 @@ def ownership(window: Window, rects: TileRects) -> NDArray[np.int64]:
     )
     near_rows: list[NDArray[np.int64]] = []
     near_cols: list[NDArray[np.int64]] = []
-    cols = np.arange(w)
+    cols = np.arange(w, dtype=np.int32)
     tol = EDGE_TOLERANCE
     for j, t in enumerate(cand):
         r0, r1, c0, c1 = int(r_in0[j]), int(r_in1[j]), int(c_in0[j]), int(c_in1[j])
@@ -233,9 +233,10 @@ def ownership(window: Window, rects: TileRects) -> NDArray[np.int64]:
         b = np.searchsorted(xs, hi, side="left")
         oa = np.searchsorted(xs, olo, side="left")
         ob = np.searchsorted(xs, ohi, side="right")
-        sub = owner[r0:r1, c0:c1]
+        # Cells do not overlap, so no other tile holds these pixels clearly.
         k = cols[None, : c1 - c0]
-        np.copyto(sub, t, where=(k >= a[:, None]) & (k < b[:, None]) & (sub < 0))
+        inside = (k >= a.astype(np.int32)[:, None]) & (k < b.astype(np.int32)[:, None])
+        np.copyto(owner[r0:r1, c0:c1], np.int32(t), where=inside)
         # Near the edges: [oa, a) and [b, ob) of each row (all of [oa, ob) if none is clear).
         some = a < b
         for n0, n1 in ((oa, np.where(some, np.maximum(a, oa), ob)), (np.where(some, b, ob), ob)):
@@ -319,7 +320,7 @@ async def read_window(
     return emb, scale, filled
 
 
-def row_spans(owner: NDArray[np.int64], window: Window, rects: TileRects) -> dict[str, Any]:
+def row_spans(owner: NDArray[np.int32], window: Window, rects: TileRects) -> dict[str, Any]:
     """Per tile and window row it owns: the column span, and where it sits in the tile.
 
     One pass over the window finds the runs of equal owner along each row;
@@ -418,7 +419,7 @@ def _layout(
 
 def _place_blocks(
     out: NDArray[Any],
-    owner: NDArray[np.int64],
+    owner: NDArray[np.int32],
     spans: dict[str, NDArray[Any]],
     plan: Plan,
     arrival: Arrival,
@@ -460,7 +461,7 @@ def _place_blocks(
 
 def _place_small(
     out: NDArray[Any],
-    owner: NDArray[np.int64],
+    owner: NDArray[np.int32],
     spans: dict[str, NDArray[Any]],
     plan: Plan,
     arrival: Arrival,
