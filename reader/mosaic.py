@@ -357,8 +357,9 @@ def row_spans(owner: NDArray[np.int32], window: Window, rects: TileRects) -> dic
     }
 
 
-#: Rows shorter than this are placed together in one vectorised step; longer
-#: ones are worth a copy each (fancy indexing moves bytes slower than slices).
+#: A single row shorter than this (bytes) is a short span: a byte copy placed
+#: after the blocks. Longer rows, and runs of rows, are strided block copies
+#: placed as they arrive.
 _SMALL = 16 * 1024
 
 
