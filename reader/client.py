@@ -19,6 +19,7 @@ import atexit
 import contextlib
 import functools
 import logging
+import socket
 import threading
 import urllib.request
 from urllib.parse import urlsplit
@@ -57,6 +58,23 @@ def proxy_for(root: str) -> str | None:
     if urllib.request.proxy_bypass(parts.hostname or ""):
         return None
     return urllib.request.getproxies().get(parts.scheme)
+
+
+def quick_ack(resp: aiohttp.ClientResponse) -> None:
+    """Acknowledge the rest of ``resp`` at once instead of after the delayed-ACK timer.
+
+    nginx with ``tcp_nopush`` (Debian's default) sends a multipart answer's
+    last small segment only once the previous one is acknowledged, and the
+    kernel delays that acknowledgement by 40 ms: measured, 17 of 200
+    multi-range requests took 44 ms instead of 2. Quick-ACK mode (Linux)
+    removes the wait: 1 in 200.
+    """
+    quick = getattr(socket, "TCP_QUICKACK", None)
+    transport = resp.connection.transport if resp.connection is not None else None
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if quick is not None and sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, quick, 1)
 
 
 def _drop(client: aiohttp.ClientSession) -> None:

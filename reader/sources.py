@@ -330,6 +330,7 @@ class SourceFiles:
                 await asyncio.sleep(min(MAX_BACKOFF, BACKOFF * 2 ** (attempt - 1)))
             try:
                 async with http.get(url, headers=headers, proxy=proxy, timeout=timeout) as resp:
+                    client.quick_ack(resp)
                     if resp.status == 206:
                         body = await resp.read()
                         ctype = resp.headers.get("Content-Type", "")
