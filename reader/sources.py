@@ -332,7 +332,7 @@ class SourceFiles:
                 async with http.get(url, headers=headers, proxy=proxy, timeout=timeout) as resp:
                     client.quick_ack(resp)
                     if resp.status == 206:
-                        body = await resp.read()
+                        body = await client.read_body(resp)
                         ctype = resp.headers.get("Content-Type", "")
                         crange = resp.headers.get("Content-Range")
                         return body, locate(body, ctype, crange, starts, ends)
