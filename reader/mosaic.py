@@ -477,17 +477,18 @@ def _place_small(
     a, z = np.searchsorted(lay.small_req, (g0, g1))
     idx = lay.small[a:z]
     src = arrival.at[plan.request[idx] - g0] + plan.offset[idx]
-    if int((src + n[idx] * item).max()) > buf.size:
-        first = int(np.argmax(src + n[idx] * item > buf.size))
-        raise _short(rects, int(tile[idx[first]]), buf.size, int((src + n[idx] * item)[first]))
+    size = n[idx] * item
+    over = src + size > buf.size
+    if over.any():
+        first = int(np.argmax(over))
+        raise _short(rects, int(tile[idx[first]]), buf.size, int(src[first] + size[first]))
     # A span its tile owns whole, in the window's own dtype, is one byte copy:
     # cheaper in a loop than any per-pixel vectorised step at a few hundred spans.
     plain = lay.small_plain[a:z]
     # Memoryviews: a slice copy costs a fraction of numpy's per-call overhead.
     flat, got = memoryview(out).cast("B"), memoryview(arrival.data).cast("B")
     dst = ((row[idx] * out.shape[1] + c_lo[idx]) * item)[plain].tolist()
-    length = (n[idx] * item)[plain].tolist()
-    for d, f, m in zip(dst, src[plain].tolist(), length, strict=True):
+    for d, f, m in zip(dst, src[plain].tolist(), size[plain].tolist(), strict=True):
         flat[d : d + m] = got[f : f + m]
     if plain.all():
         return

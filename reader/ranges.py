@@ -54,12 +54,6 @@ RANGE_GAP = 16 * 1024
 #: only points a few pixels apart share a range; a cluster's scales then
 #: move ~100 KB less per tile for the same requests.
 POINT_RANGE_GAP = 256
-#: Single ranges up to this many bytes are read with the pooled HTTP client,
-#: which asks for quick ACKs: through obstore, 179 of 200 reads of 88,912
-#: bytes from nginx (two TCP segments on loopback) waited 44 ms for a delayed
-#: ACK, none through the pooled client. Longer ranges (many segments, ACKed
-#: as they come) go through obstore, whose Rust client moves megabytes faster.
-QUICK_ACK_LIMIT = 1 << 20
 #: Read straight from the files only when that needs this many times fewer requests.
 DIRECT_SAVING = 2
 #: Ranges handed to one ``get_partial_values`` call, bounding memory.
@@ -366,12 +360,6 @@ async def arrivals(
     async def one(lo: int, hi: int) -> list[Arrival]:
         url = plan.keys[lo]
         starts, ends = plan.starts[lo:hi].tolist(), plan.ends[lo:hi].tolist()
-        # A short answer of a few TCP segments can wait 40 ms for a delayed
-        # ACK; the pooled HTTP client asks for quick ACKs, obstore cannot.
-        short = ends[0] - starts[0] <= QUICK_ACK_LIMIT and files.multi_range(url)
-        if hi - lo == 1 and not short:
-            blob = await files.get(url, starts[0], ends[0], checksums[url], what)
-            return [Arrival(lo, blob, _AT0)]
         body, at = await files.get_ranges(url, starts, ends, checksums[url], what)
         return [Arrival(lo, body, at)]
 
