@@ -70,7 +70,7 @@ class Parts:
     lengths: NDArray[np.int64]
 
 
-def parts(body: bytes, content_type: str, content_range: str | None) -> Parts:
+def parts(body: bytes | bytearray, content_type: str, content_range: str | None) -> Parts:
     """The parts of a 206 answer, in the order sent.
 
     A single-part answer (one range asked, or a server that merged all of
@@ -132,7 +132,7 @@ def cut(found: Parts, starts: Sequence[int], ends: Sequence[int]) -> NDArray[np.
 
 
 def locate(
-    body: bytes,
+    body: bytes | bytearray,
     content_type: str,
     content_range: str | None,
     starts: Sequence[int],
@@ -155,7 +155,7 @@ def locate(
 
 
 def _as_asked(
-    body: bytes, boundary: bytes, starts: Sequence[int], ends: Sequence[int]
+    body: bytes | bytearray, boundary: bytes, starts: Sequence[int], ends: Sequence[int]
 ) -> NDArray[np.int64] | None:
     """The parts' places if each range came back as asked and in order, else ``None``."""
     m = _PART.match(body)

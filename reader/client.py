@@ -1,4 +1,8 @@
-"""One pooled HTTP client per event loop, for multi-range requests.
+"""One pooled aiohttp client per event loop, for ranged reads of HTTPS and proxied mirrors.
+
+Plain ``http://`` mirrors are read by :mod:`~tessera_vz.reader.receive`,
+which receives bodies in place; this client serves the others (TLS, and
+``HTTP(S)_PROXY``), and :func:`quick_ack` is shared by both.
 
 obstore pools connections per store, so its ranged reads cost one request
 each. aiohttp, which multi-range requests need, pools them per

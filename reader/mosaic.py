@@ -293,8 +293,7 @@ async def read_window(
     store = ts.session(zone, year).store
     files = ts.source_files()
     what = f"reading a {window.height}x{window.width} window of zone {zone} ({year})"
-    names = rects.names[cat["tile"]].tolist()
-    where = (names, cat["tile_row"], cat["tile_col"], cat["n"], facts)
+    where = (rects.names[cat["tile"]], cat["tile_row"], cat["tile_col"], cat["n"], facts)
     e_want, s_want = tile_ranges("emb", *where, b), tile_ranges("scales", *where, s_item)
     checksums = {**e_want.checksums, **s_want.checksums}
     e_plan, e_direct = choose(files, e_want, gap, what, direct=ts.direct_reads)
@@ -304,13 +303,16 @@ async def read_window(
         same = np.array([_kind(out, rects, t) == out.dtype for t in used.tolist()], bool)
         native = same[np.searchsorted(used, cat["tile"])]  # used is sorted
         lay = _layout(cat, plan, item, native)
+        into = _landing(out, cat, plan, lay, item, native) if direct is not None else None
         # Short spans wait for the blocks: a page of a fresh array first touched
         # by a scattered short copy costs a fault each (measured on a whole-tile
         # window: 2,300 wedge rows took 49 ms placed on arrival, 2.5 ms after
         # the blocks had touched their pages).
         later: list[Arrival] = []
-        async for batch in arrivals(store, plan, direct, checksums, what):
+        async for batch in arrivals(store, plan, direct, checksums, what, into):
             for arrival in batch:
+                if arrival.data is None:  # landed in place
+                    continue
                 if _place_blocks(out, owner, cat, plan, arrival, lay, item, rects):
                     later.append(arrival)
         for arrival in later:
@@ -361,6 +363,12 @@ def row_spans(owner: NDArray[np.int32], window: Window, rects: TileRects) -> dic
 #: after the blocks. Longer rows, and runs of rows, are strided block copies
 #: placed as they arrive.
 _SMALL = 16 * 1024
+
+
+#: A request lands in place (:func:`_landing`) when its spans average at
+#: least this many bytes: full-width rows of embeddings (~110 KB), not rows
+#: of scales (~3.5 KB), which cost a system call each.
+_LAND = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -416,6 +424,70 @@ def _layout(
         small=small,
         small_plain=spans["full"][small] & native[small],
     )
+
+
+def _landing(
+    out: NDArray[Any],
+    spans: dict[str, NDArray[Any]],
+    plan: Plan,
+    lay: _Layout,
+    item: int,
+    native: NDArray[np.bool_],
+) -> dict[int, list[memoryview]]:
+    """For requests that can land in place: the window views their bytes go to, in order.
+
+    A request of one range (a piece of merged rows) whose every span is a
+    block its tile owns whole, in the window's dtype, is received straight
+    into the window's rows (:meth:`SourceFiles.get_into`); the bytes
+    between spans (columns of the tile outside the window, or owned by a
+    neighbour) go to a throwaway buffer. Anything else arrives in a buffer
+    and is placed by :func:`_place_blocks` and :func:`_place_small`.
+    """
+    if plan.groups is None or spans["row"].size == 0:
+        return {}
+    req, off = plan.request, plan.offset
+    lone = np.zeros(len(plan.keys), dtype=bool)
+    bounds = plan.groups
+    lone[bounds[:-1][np.diff(bounds) == 1]] = True
+    ok = native.copy()
+    ok[lay.small] = False
+    starts = lay.block_start[~lay.block_full]
+    stops = lay.block_stop[~lay.block_full]
+    for a, z in zip(starts.tolist(), stops.tolist(), strict=True):
+        ok[a:z] = False
+    lone[req[~ok]] = False
+    # Views of a few hundred bytes (a neighbour's scales) cost a system call
+    # each; such requests arrive in one buffer instead.
+    big = np.bincount(req, spans["n"] * item, minlength=lone.size)
+    lone &= big >= _LAND * np.bincount(req, minlength=lone.size)
+    pick = np.flatnonzero(lone[req])
+    if pick.size == 0:
+        return {}
+    pick = pick[np.lexsort((off[pick], req[pick]))]
+    sizes = spans["n"][pick] * item
+    dst = (spans["row"][pick] * out.shape[1] + spans["c_lo"][pick]) * item
+    r, o = req[pick], off[pick]
+    first = np.ones(pick.size, dtype=bool)
+    first[1:] = r[1:] != r[:-1]
+    last = np.append(first[1:], True)
+    gaps = o - np.append(0, o[:-1] + sizes[:-1])
+    gaps[first] = o[first]
+    tails = (plan.ends - plan.starts)[r] - (o + sizes)
+    if (gaps < 0).any() or (tails[last] < 0).any():
+        return {}  # spans that share bytes, or run past their range: placed from a buffer
+    scratch = memoryview(bytearray(int(max(gaps.max(), tails[last].max()))))
+    flat = memoryview(out).cast("B")
+    into: dict[int, list[memoryview]] = {}
+    rows = zip(r.tolist(), dst.tolist(), sizes.tolist(), gaps.tolist(), strict=True)
+    for g, d, m, gap in rows:
+        views = into.setdefault(g, [])
+        if gap:
+            views.append(scratch[:gap])
+        views.append(flat[d : d + m])
+    for g, tail in zip(r[last].tolist(), tails[last].tolist(), strict=True):
+        if tail:
+            into[g].append(scratch[:tail])
+    return into
 
 
 def _place_blocks(

@@ -196,7 +196,7 @@ class Wanted:
 
 def tile_ranges(
     kind: str,
-    names: Sequence[str],
+    names: Sequence[str] | NDArray[Any],
     rows: NDArray[np.int64],
     cols: NDArray[np.int64],
     lengths: NDArray[np.int64],
@@ -214,14 +214,13 @@ def tile_ranges(
     n = rows.size
     k = np.asarray(facts[f"{kind}_chunk_rows"], np.int64)
     width = np.asarray(facts["width"], np.int64)
-    index: dict[str, int] = {}  # tile codes in order of first appearance
-    tile = np.fromiter((index.setdefault(nm, len(index)) for nm in names), np.int64, n)
-    one = np.zeros(len(index), np.int64)  # one range of each tile
-    one[tile[::-1]] = np.arange(n)[::-1]
+    # Tile codes, and one range of each tile.
+    tile_names, one, tile = np.unique(np.asarray(names), return_index=True, return_inverse=True)
+    tile = tile.astype(np.int64).reshape(-1)
     sources, paths = facts["source"][one].tolist(), facts[f"{kind}_path"][one].tolist()
     urls = [root + path for root, path in zip(sources, paths, strict=True)]
     if kind == "emb":
-        array, tails = EMBEDDINGS, ["/0/0"] * len(index)
+        array, tails = EMBEDDINGS, ["/0/0"] * len(one)
     else:
         array = SCALES
         tails = ["/0/0" if nd == 3 else "/0" for nd in facts["scales_ndim"][one].tolist()]
@@ -238,7 +237,7 @@ def tile_ranges(
         checksums=dict(zip(urls, facts[f"{kind}_checksum"][one].tolist(), strict=True)),
         chunk_tile=ids // span,
         chunk_index=ids % span,
-        tiles=list(index),
+        tiles=tile_names.tolist(),
         tails=tails,
         array=array,
     )
@@ -343,7 +342,12 @@ _AT0 = np.zeros(1, np.int64)
 
 
 async def arrivals(
-    store: Any, plan: Plan, files: SourceFiles | None, checksums: dict[str, str], what: str
+    store: Any,
+    plan: Plan,
+    files: SourceFiles | None,
+    checksums: dict[str, str],
+    what: str,
+    into: Mapping[int, Sequence[memoryview]] | None = None,
 ) -> AsyncIterator[list[Arrival]]:
     """Yield what arrives for ``plan``, one HTTP request's worth at a time.
 
@@ -351,14 +355,20 @@ async def arrivals(
     its copying with the transfer, and a multi-range request's many small
     ranges (all of one file) can be placed in one vectorised step. Through
     the Icechunk store the blobs arrive together (one ``get_partial_values``
-    call per batch).
+    call per batch). A direct request that is one range of ``into`` lands
+    in its views (:meth:`SourceFiles.get_into`) and arrives with no data.
     """
     if files is None:
         yield [Arrival(i, blob, _AT0) for i, blob in enumerate(await fetch(store, plan, what))]
         return
+    landing = into or {}
 
     async def one(lo: int, hi: int) -> list[Arrival]:
         url = plan.keys[lo]
+        if hi == lo + 1 and lo in landing:
+            start, end = int(plan.starts[lo]), int(plan.ends[lo])
+            await files.get_into(url, start, end, checksums[url], what, landing[lo])
+            return [Arrival(lo, None, _AT0)]
         starts, ends = plan.starts[lo:hi].tolist(), plan.ends[lo:hi].tolist()
         body, at = await files.get_ranges(url, starts, ends, checksums[url], what)
         return [Arrival(lo, body, at)]

@@ -34,9 +34,10 @@ import obstore.store
 from numpy.typing import NDArray
 from obstore.exceptions import NotFoundError, PreconditionError
 
-from . import client
+from . import client, receive
 from .byteranges import MalformedRangesError, locate, range_header
 from .errors import ConfigurationError, SourceChangedError, SourceUnavailableError
+from .receive import ReceiveError
 from .s3 import s3_settings, split_options
 
 if TYPE_CHECKING:
@@ -158,12 +159,12 @@ def checksum_value(text: str) -> str | dt.datetime:
 #: Merged ranges are cut into requests of about this size, fetched in
 #: parallel: one stream over loopback or a mirror moves less than several.
 PART = 8 << 20
-#: Single ranges up to this many bytes of a multi-range mirror are read with
-#: the pooled HTTP client, which asks for quick ACKs: through obstore, 179 of
-#: 200 reads of 88,912 bytes from nginx (two TCP segments on loopback) waited
-#: 44 ms for a delayed ACK, none through the pooled client. Longer ranges
-#: (many segments, ACKed as they come) go through obstore, whose Rust client
-#: moves megabytes faster.
+#: Single ranges up to this many bytes go through our HTTP clients, which
+#: ask for quick ACKs: through obstore, 179 of 200 reads of 88,912 bytes from
+#: nginx (two TCP segments on loopback) waited 44 ms for a delayed ACK, none
+#: through ours. Longer ranges (many segments, ACKed as they come) go through
+#: obstore, whose Rust client collects megabytes in a buffer of its own
+#: faster than a Python client, unless they land in place (:meth:`get_into`).
 QUICK_ACK_LIMIT = 1 << 20
 #: Requests in flight per reader, like Icechunk's partial-value concurrency.
 CONCURRENCY = 64
@@ -290,10 +291,11 @@ class SourceFiles:
         Returns one buffer and where each range begins in it: a multi-range
         answer stays the one body the server sent, so a caller cuts hundreds
         of ranges out in one vectorised step. Ranges of an HTTP root that
-        serves multi-range requests share one request, and so does a single
-        range of up to :data:`QUICK_ACK_LIMIT` bytes; these go through the
-        pooled client (:mod:`~tessera_vz.reader.client`), which asks for
-        quick ACKs. Anything else goes through obstore, a request per range.
+        serves multi-range requests share one request. HTTP requests go
+        through :mod:`~tessera_vz.reader.receive` (plain ``http://`` without
+        a proxy) or the pooled aiohttp client, both asking for quick ACKs;
+        a long single range behind a proxy, and every S3 or file range, goes
+        through obstore, a request per range.
 
         Same guarantees as :meth:`get`: an authorised root, the checksum as
         a precondition, retries with backoff and a timeout per attempt, and
@@ -302,21 +304,23 @@ class SourceFiles:
         read; that root is then read range by range.
         """
         root = self._authorised(url, what)
-        pooled = len(starts) > 1 or ends[0] - starts[0] <= QUICK_ACK_LIMIT
-        if pooled and self.multi_range(url):
-            headers = {"Range": range_header(starts, ends), **http_precondition(checksum)}
+        http = root.startswith(("http:", "https:"))
+        several = len(starts) > 1
+        if http and (
+            root not in self._single if several else ends[0] - starts[0] <= QUICK_ACK_LIMIT
+        ):
             async with self._limit():
-                got = await self._multi(root, url, headers, starts, ends, checksum, what)
+                got = await self._ranged(root, url, starts, ends, checksum, what)
             if got is not None:
                 return got
-            if root not in self._single:
+            if several and root not in self._single:
                 self._single.add(root)
                 log.warning(
                     "%s answers multi-range requests with whole files; reading its ranges "
                     "one request each",
                     root,
                 )
-        if len(starts) == 1:  # obstore's buffer as it is: no copy of a long range
+        if not several:  # obstore's buffer as it is: no copy of a long range
             return await self.get(url, starts[0], ends[0], checksum, what), np.zeros(1, np.int64)
         blobs = await asyncio.gather(
             *(self.get(url, s, e, checksum, what) for s, e in zip(starts, ends, strict=True))
@@ -324,50 +328,158 @@ class SourceFiles:
         at = np.cumsum([0, *(e - s for s, e in zip(starts, ends, strict=True))])[:-1]
         return b"".join(blobs), at.astype(np.int64)
 
-    async def _multi(
+    async def get_into(
+        self, url: str, start: int, end: int, checksum: str, what: str, into: Sequence[memoryview]
+    ) -> None:
+        """Bytes ``[start, end)`` of ``url`` written into ``into``, as :meth:`get` reads them.
+
+        ``into`` are consecutive byte views whose lengths add up to
+        ``end - start`` (a window's row spans, with throwaway views for the
+        bytes between them). Through :mod:`~tessera_vz.reader.receive` the
+        bytes land there as they arrive; any other way they are copied.
+        """
+        root = self._authorised(url, what)
+        if _receivable(root) or (root.startswith("https:") and end - start <= QUICK_ACK_LIMIT):
+            async with self._limit():
+                got = await self._ranged(root, url, [start], [end], checksum, what, into)
+            if got is not None:
+                return
+        data = memoryview(await self.get(url, start, end, checksum, what)).cast("B")
+        at = 0
+        for dest in into:
+            dest[:] = data[at : at + len(dest)]
+            at += len(dest)
+
+    async def _ranged(
         self,
         root: str,
         url: str,
-        headers: dict[str, str],
         starts: Sequence[int],
         ends: Sequence[int],
         checksum: str,
         what: str,
-    ) -> tuple[bytes, NDArray[np.int64]] | None:
-        """One multi-range request with retries; ``None`` if the server ignored the ranges."""
+        into: Sequence[memoryview] | None = None,
+    ) -> tuple[Any, NDArray[np.int64]] | None:
+        """One ranged request with retries; ``None`` if the server ignored the ranges.
+
+        With ``into`` (one range) the body lands there and the buffer
+        returned is ``None``.
+        """
+        headers = {"Range": range_header(starts, ends), **http_precondition(checksum)}
+        send = _by_receive if _receivable(root) else _by_aiohttp
         error = ""
-        http, proxy = client.session(), client.proxy_for(root)
-        timeout = aiohttp.ClientTimeout(total=self._timeout, sock_connect=min(self._timeout, 5.0))
         for attempt in range(self._retries + 1):
             if attempt:
                 await asyncio.sleep(min(MAX_BACKOFF, BACKOFF * 2 ** (attempt - 1)))
             try:
-                async with http.get(url, headers=headers, proxy=proxy, timeout=timeout) as resp:
-                    client.quick_ack(resp)
-                    if resp.status == 206:
-                        body = await client.read_body(resp)
-                        ctype = resp.headers.get("Content-Type", "")
-                        crange = resp.headers.get("Content-Range")
-                        return body, locate(body, ctype, crange, starts, ends)
-                    if resp.status == 200:
-                        resp.close()  # never read a whole tile for a few ranges
-                        return None
-                    if resp.status == 412:
-                        raise _changed(url, checksum, what)
-                    if resp.status in (404, 410):
-                        raise _gone(url, what)
-                    error = f"HTTP {resp.status} {resp.reason or ''}".strip()
-                    if resp.status not in _RETRY_STATUS:
-                        break
-            except MalformedRangesError as exc:
-                error = str(exc)
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                status, reason, got = await send(
+                    root, url, headers, starts, ends, into, self._timeout
+                )
+                if status == 206:
+                    return got
+                if status == 200:
+                    return None  # the body was never read: no whole tile for a few ranges
+                if status == 412:
+                    raise _changed(url, checksum, what)
+                if status in (404, 410):
+                    raise _gone(url, what)
+                error = f"HTTP {status} {reason}".strip()
+                if status not in _RETRY_STATUS:
+                    break
+            except (MalformedRangesError, ReceiveError, aiohttp.ClientError, TimeoutError) as exc:
                 text = str(exc).strip()
                 error = text.splitlines()[0] if text else type(exc).__name__
         raise SourceUnavailableError(
             f"{what}: {url}: {error} (after {attempt + 1} attempts; a cut transfer or a file "
             "shorter than indexed). Retry, or run `tessera-vz verify`"
         )
+
+
+#: What an HTTP client returns for a ranged request: status, reason, and for
+#: a 206 the body (``None`` if it landed in the caller's views) with where
+#: each range begins in it.
+_Sent = tuple[int, str, tuple[Any, NDArray[np.int64]] | None]
+_AT0 = np.zeros(1, np.int64)
+
+
+def _receivable(root: str) -> bool:
+    """Whether :mod:`~tessera_vz.reader.receive` reads ``root`` (plain HTTP, no proxy)."""
+    return receive.handles(root) and client.proxy_for(root) is None
+
+
+def _single_part(crange: str | None, start: int, end: int) -> None:
+    """Check that a 206 for one range holds exactly that range."""
+    expect = f"bytes {start}-{end - 1}/"
+    if crange is None or not crange.strip().startswith(expect):
+        raise MalformedRangesError(
+            f"asked for bytes {start}-{end - 1}, the answer holds {crange or 'no Content-Range'}"
+        )
+
+
+async def _by_receive(
+    root: str,
+    url: str,
+    headers: dict[str, str],
+    starts: Sequence[int],
+    ends: Sequence[int],
+    into: Sequence[memoryview] | None,
+    timeout: float,
+) -> _Sent:
+    """A ranged request through :mod:`~tessera_vz.reader.receive`: the body lands in place."""
+    body = bytearray()
+
+    def want(head: receive.Head) -> Sequence[memoryview] | None:
+        nonlocal body
+        if head.status != 206:
+            return None  # an error's page, or a whole file: never read
+        if into is not None:
+            _single_part(head.headers.get("content-range"), starts[0], ends[0])
+            return into
+        length = head.headers.get("content-length", "")
+        if not length.isdigit():
+            raise ReceiveError("a 206 answer without a Content-Length")
+        body = bytearray(int(length))
+        return [memoryview(body)]
+
+    head = await receive.get(url, headers, want, timeout)
+    if head.status != 206:
+        return head.status, head.reason, None
+    if into is not None:
+        return 206, head.reason, (None, _AT0)
+    at = locate(body, head.headers.get("content-type", ""), head.headers.get("content-range"),
+                starts, ends)  # fmt: skip
+    return 206, head.reason, (body, at)
+
+
+async def _by_aiohttp(
+    root: str,
+    url: str,
+    headers: dict[str, str],
+    starts: Sequence[int],
+    ends: Sequence[int],
+    into: Sequence[memoryview] | None,
+    timeout: float,
+) -> _Sent:
+    """A ranged request through the pooled aiohttp client (HTTPS, proxies)."""
+    http, proxy = client.session(), client.proxy_for(root)
+    limit = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 5.0))
+    async with http.get(url, headers=headers, proxy=proxy, timeout=limit) as resp:
+        client.quick_ack(resp)
+        if resp.status != 206:
+            resp.close()  # never read a whole tile for a few ranges, nor an error page
+            return resp.status, resp.reason or "", None
+        body = await client.read_body(resp)
+        ctype, crange = resp.headers.get("Content-Type", ""), resp.headers.get("Content-Range")
+    if into is None:
+        return 206, resp.reason or "", (body, locate(body, ctype, crange, starts, ends))
+    _single_part(crange, starts[0], ends[0])
+    if len(body) != ends[0] - starts[0]:
+        raise MalformedRangesError(f"{len(body)} bytes for a range of {ends[0] - starts[0]}")
+    at = 0
+    for dest in into:
+        dest[:] = memoryview(body)[at : at + len(dest)]
+        at += len(dest)
+    return 206, resp.reason or "", (None, _AT0)
 
 
 def _changed(url: str, checksum: str, what: str) -> SourceChangedError:

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 import pytest
 from tessera_vz.indexer.run import IndexOptions, run_index
-from tessera_vz.reader import open_store
+from tessera_vz.reader import mosaic, open_store, ranges
 from tessera_vz.reader.errors import ConfigurationError, SourceChangedError
 from tessera_vz.reader.geometry import unproject
+from tessera_vz.reader.sources import SourceFiles
 
 from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.tiles import TileSpec, make_tree, write_manifest
@@ -273,3 +274,73 @@ def test_multi_range_connections_stay_open_between_reads(served: dict[str, Any])
     multi = [r for r in server.requests() if "," in (r["range"] or "")]
     assert multi, server.requests()
     assert all(r["connection_requests"] > 1 for r in multi), multi
+
+
+def _count_landings(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Read 4-band tiles as real-size ones are read, and count the bytes that landed.
+
+    Real rows (~110 KB) land by default, and a window's long run of rows
+    is cut into 8 MiB pieces, each a request of its own; a 4-band row is
+    3.5 KB and a run of them 1 MB, so both limits scale down with it.
+    """
+    monkeypatch.setattr(mosaic, "_LAND", 0)
+    monkeypatch.setattr(ranges, "PART", 64 * 1024)
+    landed: list[tuple[str, int]] = []
+    get_into = SourceFiles.get_into
+
+    async def spy(self: SourceFiles, url: str, start: int, end: int, *args: Any) -> None:
+        landed.append((url, end - start))
+        await get_into(self, url, start, end, *args)
+
+    monkeypatch.setattr(SourceFiles, "get_into", spy)
+    return landed
+
+
+def test_windows_received_in_place_hold_the_same_bytes(
+    served: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows received straight into the window (one view per row span, the bytes
+    between spans thrown away) equal the Icechunk path and the source formula,
+    with neighbours' pixels left to the neighbours."""
+    landed = _count_landings(monkeypatch)
+    store = open_store(str(served["out"]))
+    plain = open_store(str(served["out"]), direct_reads=False)
+    for spec, rows in ((served["list"][0], 300), (served["list"][3], served["list"][3].height)):
+        bbox = _full_width_bbox(store, spec, rows=rows)
+        store.tiles(YEAR, 31)
+        landed.clear()
+        got = store.region(bbox, YEAR, dequantise=False)
+        into = sum(n for _, n in landed)
+        assert into > got.embeddings.nbytes // 2, (into, got.embeddings.nbytes)
+        want = plain.region(bbox, YEAR, dequantise=False)
+        np.testing.assert_array_equal(got.embeddings.values, want.embeddings.values)
+        np.testing.assert_array_equal(got.scales.values, want.scales.values)
+        assert _check_region(served, store.region(bbox, YEAR), YEAR, every=3) > 1000
+
+
+def test_big_endian_scales_never_land_as_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scales in the other byte order must be cast, so they are never received in place."""
+    root = tmp_path / "tree"
+    specs = make_tree(root, bbox=BBOX, years=(YEAR,), bands=4, manifest=False)
+    for spec in specs:
+        path = root / spec.scales_path
+        np.save(path, np.load(path).astype(">f4"))
+    write_manifest(root, specs)
+    served = {"specs": {(s.year, s.name): s for s in specs}}
+    landed = _count_landings(monkeypatch)
+    with NginxServer(root) as server:
+        _index(server, root, tmp_path / "index")
+        store = open_store(str(tmp_path / "index"))
+        bbox = (0.84, 49.84, 0.96, 49.96)
+        got = store.region(bbox, YEAR, dequantise=False)
+        assert landed, "the embeddings rows land in place"
+        assert not [url for url, _ in landed if url.endswith("_scales.npy")]
+        np.testing.assert_array_equal(
+            got.scales.values,
+            open_store(str(tmp_path / "index"), direct_reads=False)
+            .region(bbox, YEAR, dequantise=False)
+            .scales.values,
+        )
+        assert _check_region(served, store.region(bbox, YEAR), YEAR, every=3) > 1000

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import pytest
 from tessera_vz.indexer.run import IndexOptions, run_index
-from tessera_vz.reader import open_store
+from tessera_vz.reader import mosaic, open_store, ranges
 from tessera_vz.reader.errors import ConfigurationError, SourceUnavailableError
+from tessera_vz.reader.sources import SourceFiles
 from tessera_vz.reader.store import dequantise
 
 from tessera_vz.cli import main as cli_main
@@ -288,3 +289,43 @@ def test_read_of_a_whole_tile_is_bounded_by_the_timeout(
 def test_read_policy_is_validated(indexed: tuple[FaultProxy, Path]) -> None:
     with pytest.raises(ConfigurationError, match="timeout"):
         open_store(str(indexed[1]), timeout=-1)
+
+
+@pytest.mark.parametrize("kind", ["503", "reset", "short"])
+def test_windows_received_in_place_survive_cut_answers(
+    tree: tuple[Path, list[TileSpec]],
+    indexed: tuple[FaultProxy, Path],
+    kind: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rows received straight into the window: a cut answer is sent again and
+    overwrites what it left, a persistent one is the same clear error."""
+    _root, specs = tree
+    proxy, out = indexed
+    spec = specs[2]
+    expected = open_store(str(out), direct_reads=False).region(_tile_bbox(spec), YEAR)
+    # 4-band rows scaled like real ones (see test_direct._count_landings), and
+    # read directly although this index's chunks are many rows tall.
+    monkeypatch.setattr(mosaic, "_LAND", 0)
+    monkeypatch.setattr(ranges, "PART", 64 * 1024)
+    monkeypatch.setattr(ranges, "DIRECT_SAVING", 0)
+    landed: list[int] = []
+    get_into = SourceFiles.get_into
+
+    async def spy(self: SourceFiles, url: str, start: int, end: int, *args: Any) -> None:
+        landed.append(end - start)
+        await get_into(self, url, start, end, *args)
+
+    monkeypatch.setattr(SourceFiles, "get_into", spy)
+    rows = f"{spec.name}.npy"  # the tile's embeddings: pieces of rows that land in place
+    proxy.set_faults([Fault(kind, path=rows, first=3)])  # type: ignore[arg-type]
+    try:
+        got = open_store(str(out), retries=3, timeout=2.0).region(_tile_bbox(spec), YEAR)
+        assert landed
+        assert [r for r in proxy.faulted() if "," not in (r.range or "")], proxy.faulted()
+        proxy.set_faults([Fault(kind, path=rows)])  # type: ignore[arg-type]
+        with pytest.raises(SourceUnavailableError, match=spec.name):
+            open_store(str(out), retries=1, timeout=1.0).region(_tile_bbox(spec), YEAR)
+    finally:
+        proxy.set_faults([])
+    np.testing.assert_array_equal(got.embeddings.values, expected.embeddings.values)
