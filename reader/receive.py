@@ -124,6 +124,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._waiter = asyncio.get_running_loop().create_future()
         self._want, self._phase, self._head = want, "head", bytearray()
         self.transport.write(request)
+        self._quick_ack()
         return self._waiter
 
     def close(self) -> None:
@@ -165,6 +166,7 @@ class _Connection(asyncio.BufferedProtocol):
             try:
                 got = sock.recv_into(self._dests[self._k][self._pos :])
             except (BlockingIOError, InterruptedError):
+                self._quick_ack()  # about to wait: the server may be waiting on our ACK
                 return
             if got == 0:  # end of stream: the transport sees it on its next read
                 return
