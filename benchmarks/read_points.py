@@ -214,11 +214,19 @@ def measure(
     sites = specs[:: max(1, len(specs) // 200)][:200]
     lons = np.concatenate([s.lon + rng.normal(0, 0.003, k) for s in sites])
     lats = np.concatenate([s.lat + rng.normal(0, 0.002, k) for s in sites])
+    # The first call is also nginx's first read of these rows of freshly
+    # written sparse files (0.6-1.5 s here against 0.3-0.45 s once read);
+    # reported apart, the rate is the best of two later calls.
     server.clear_log()
     t = time.perf_counter()
     store.points(lons, lats, YEAR)
-    cl_s = time.perf_counter() - t
+    first_cl_s = time.perf_counter() - t
     qn, qb = wire(server)
+    cl_s = float("inf")
+    for _ in range(2):
+        t = time.perf_counter()
+        store.points(lons, lats, YEAR)
+        cl_s = min(cl_s, time.perf_counter() - t)
     # the same through the Icechunk store only (one request per virtual chunk)
     plain = open_store(str(index), direct_reads=False)
     plain.tiles(YEAR, 31)
@@ -232,6 +240,7 @@ def measure(
         "per_tile": k,
         "seconds": cl_s,
         "points_per_s": lons.size / cl_s,
+        "first_call_points_per_s": lons.size / first_cl_s,
         "requests": qn,
         "bytes": qb,
         "icechunk_only_points_per_s": lons.size / pl_s,
@@ -339,7 +348,8 @@ def report(res: dict[str, Any], title: str) -> Table:
     tab.add_row(
         f"points clustered {c['per_tile']}/tile",
         f"{c['points_per_s']:.0f} pts/s",
-        f"{c['points']} pts in {c['requests']} requests; through Icechunk only "
+        f"{c['points']} pts in {c['requests']} requests, best of 2 after a first call of "
+        f"{c['first_call_points_per_s']:.0f} pts/s (nginx's first read); through Icechunk only "
         f"{c['icechunk_only_points_per_s']:.0f} pts/s, {c['icechunk_only_requests']} requests",
     )
     for key in ("region", "region_tile"):
