@@ -46,7 +46,14 @@ from .layout import (
     tile_name,
     zone_of_repo,
 )
-from .mosaic import MAX_PIXELS, read_window, tile_rects, window_dataset, window_for_bbox
+from .mosaic import (
+    MAX_PIXELS,
+    TileRects,
+    read_window,
+    tile_rects,
+    window_dataset,
+    window_for_bbox,
+)
 from .points import locate, read_located, years_list
 from .ranges import DEFAULT_GAP, POINT_GAP
 from .repos import (
@@ -148,6 +155,7 @@ class TesseraStore:
         self._repos: dict[int, Any] = {}
         self._sessions: dict[tuple[int, int], Any] = {}
         self._tables: dict[tuple[int, int], xr.Dataset] = {}
+        self._rects: dict[tuple[int, int], TileRects] = {}
         self._snapshots: dict[tuple[int, int], str] = {}
         self._direct = direct_reads
         self._files = SourceFiles(s3_options=self._s3, retries=retries, timeout=timeout)
@@ -240,6 +248,13 @@ class TesseraStore:
                 table_cache.save(self._locations[zone], snapshot, table)
             self._tables[key] = table
         return self._tables[key]
+
+    def _tile_rects(self, zone: int, year: int) -> TileRects:
+        """The tiles table as rectangles on the zone grid, built once like the table."""
+        key = (zone, int(year))
+        if key not in self._rects:
+            self._rects[key] = tile_rects(self, zone, year)
+        return self._rects[key]
 
     # -- tiles -------------------------------------------------------------
     def _tile(self, lon: float, lat: float, year: int) -> tuple[int, str, dict[str, Any]]:
@@ -368,7 +383,7 @@ class TesseraStore:
             raise TileNotFoundError(
                 f"no repository for UTM zone {window.zone} under {self.root}; zones: {self.zones()}"
             )
-        rects = [tile_rects(self, window.zone, y) for y in ys]
+        rects = [self._tile_rects(window.zone, y) for y in ys]
 
         async def read_all() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
             return list(
