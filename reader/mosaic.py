@@ -234,9 +234,15 @@ def ownership(window: Window, rects: TileRects) -> NDArray[np.int32]:
         oa = np.searchsorted(xs, olo, side="left")
         ob = np.searchsorted(xs, ohi, side="right")
         # Cells do not overlap, so no other tile holds these pixels clearly.
-        k = cols[None, : c1 - c0]
-        inside = (k >= a.astype(np.int32)[:, None]) & (k < b.astype(np.int32)[:, None])
-        np.copyto(owner[r0:r1, c0:c1], np.int32(t), where=inside)
+        # Only the box around them is scanned: a neighbour's cell is a thin
+        # wedge of its rectangle's overlap with the window.
+        clear = np.flatnonzero(a < b)
+        if clear.size:
+            ra, rb = int(clear[0]), int(clear[-1]) + 1
+            ca, cb = int(a[clear].min()), int(b[clear].max())
+            k = cols[None, ca:cb]
+            inside = (k >= a[ra:rb, None].astype(np.int32)) & (k < b[ra:rb, None].astype(np.int32))
+            np.copyto(owner[r0 + ra : r0 + rb, c0 + ca : c0 + cb], np.int32(t), where=inside)
         # Near the edges: [oa, a) and [b, ob) of each row (all of [oa, ob) if none is clear).
         some = a < b
         for n0, n1 in ((oa, np.where(some, np.maximum(a, oa), ob)), (np.where(some, b, ob), ob)):
