@@ -294,8 +294,9 @@ class SourceFiles:
         serves multi-range requests share one request. HTTP requests go
         through :mod:`~tessera_vz.reader.receive` (plain ``http://`` without
         a proxy) or the pooled aiohttp client, both asking for quick ACKs;
-        a long single range behind a proxy, and every S3 or file range, goes
-        through obstore, a request per range.
+        a single range over :data:`QUICK_ACK_LIMIT` (unless it lands in
+        place, :meth:`get_into`) and every S3 or file range go through
+        obstore, a request per range.
 
         Same guarantees as :meth:`get`: an authorised root, the checksum as
         a precondition, retries with backoff and a timeout per attempt, and
@@ -339,7 +340,8 @@ class SourceFiles:
         bytes land there as they arrive; any other way they are copied.
         """
         root = self._authorised(url, what)
-        if _receivable(root) or (root.startswith("https:") and end - start <= QUICK_ACK_LIMIT):
+        http = root.startswith(("http:", "https:"))
+        if http and (_receivable(root) or end - start <= QUICK_ACK_LIMIT):
             async with self._limit():
                 got = await self._ranged(root, url, [start], [end], checksum, what, into)
             if got is not None:
