@@ -133,6 +133,12 @@ class _Connection(asyncio.BufferedProtocol):
         if self.transport is not None:
             self.transport.close()
 
+    def forget(self) -> None:
+        """Let go of a connection whose event loop closed (its transport went with it)."""
+        self.reusable = False
+        if self._sock is not None:
+            self._sock.close()
+
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._phase == "body":
             return self._dests[self._k][self._pos :]
@@ -289,6 +295,9 @@ async def get(url: str, headers: Mapping[str, str], want: Destinations, timeout:
 async def _acquire(origin: _Origin) -> tuple[_Connection, bool]:
     loop = asyncio.get_running_loop()
     with _LOCK:
+        for gone in [lp for lp in _IDLE if lp.is_closed()]:  # e.g. after asyncio.run
+            for conn in (c for conns in _IDLE.pop(gone).values() for c in conns):
+                conn.forget()
         idle = _IDLE.setdefault(loop, {}).setdefault(origin, [])
         while idle:
             conn = idle.pop()
