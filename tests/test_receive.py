@@ -120,7 +120,7 @@ def test_a_connection_dropped_while_idle_is_replaced(blob: tuple[Path, bytes]) -
 
 def test_a_body_other_than_the_views_is_an_error(nginx: NginxServer) -> None:
     """Views that do not add up to the Content-Length are refused before any
-    byte lands, as is a chunked body."""
+    byte lands."""
 
     async def read() -> None:
         _, views = _views([100])
