@@ -330,7 +330,8 @@ class Arrival:
     """What one request brought: plan requests ``first, first + 1, …`` at ``at`` in ``data``.
 
     A multi-range answer carries many plan requests (consecutive ranges of
-    one file) in one body; any other request carries one, at offset 0.
+    one file) in one body; any other request carries one, at offset 0. A
+    request that landed in the caller's views has no ``data``.
     """
 
     first: int
