@@ -346,11 +346,7 @@ class SourceFiles:
                 got = await self._ranged(root, url, [start], [end], checksum, what, into)
             if got is not None:
                 return
-        data = memoryview(await self.get(url, start, end, checksum, what)).cast("B")
-        at = 0
-        for dest in into:
-            dest[:] = data[at : at + len(dest)]
-            at += len(dest)
+        _spill(await self.get(url, start, end, checksum, what), into)
 
     async def _ranged(
         self,
@@ -407,6 +403,14 @@ _AT0 = np.zeros(1, np.int64)
 def _receivable(root: str) -> bool:
     """Whether :mod:`~tessera_vz.reader.receive` reads ``root`` (plain HTTP, no proxy)."""
     return receive.handles(root) and client.proxy_for(root) is None
+
+
+def _spill(data: Any, into: Sequence[memoryview]) -> None:
+    """Copy a range's bytes into consecutive views, for clients that cannot receive in place."""
+    got, at = memoryview(data).cast("B"), 0
+    for dest in into:
+        dest[:] = got[at : at + len(dest)]
+        at += len(dest)
 
 
 def _single_part(crange: str | None, start: int, end: int) -> None:
@@ -477,10 +481,7 @@ async def _by_aiohttp(
     _single_part(crange, starts[0], ends[0])
     if len(body) != ends[0] - starts[0]:
         raise MalformedRangesError(f"{len(body)} bytes for a range of {ends[0] - starts[0]}")
-    at = 0
-    for dest in into:
-        dest[:] = memoryview(body)[at : at + len(dest)]
-        at += len(dest)
+    _spill(body, into)
     return 206, resp.reason or "", (None, _AT0)
 
 
