@@ -21,9 +21,11 @@ from urllib.parse import unquote, urlsplit
 import obstore
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tessera_vz.reader.errors import ConfigurationError
+from tessera_vz.reader.errors import ConfigurationError, TesseraError
 from tessera_vz.reader.geometry import utm_zone
 from tessera_vz.reader.layout import parse_tile_name, source_paths, tile_name
+from tessera_vz.reader.options import ReadOptions
+from zarr.core.sync import sync
 
 from .report import Failure
 from .sources import SourceRoot, rebase
@@ -55,32 +57,41 @@ def _wanted(year: int, lon: float, years: set[int] | None, zones: set[int] | Non
 
 
 def read_manifest_table(
-    manifest: str, *, store_for_url: Any = None, options: dict[str, Any] | None = None
+    manifest: str,
+    *,
+    store_for_url: Any = None,
+    options: dict[str, Any] | None = None,
+    read: ReadOptions | None = None,
 ) -> pa.Table:
-    """Load a manifest from a local path or a URL (through obstore).
+    """Load a manifest from a local path or a URL.
 
-    ``options`` are :func:`~tessera_vz.indexer.sources.object_store` options
-    (S3 endpoint, anonymous access, …) for a manifest fetched from a URL.
+    An ``http(s)://`` or ``s3://`` manifest is fetched whole through the
+    reader's boundary (``read`` gives its retry policy, S3 settings and
+    extra CA; the manifest's own location is what it authorises);
+    ``store_for_url`` reads it from a given obstore store instead.
+    ``options`` is accepted for callers that pass obstore options.
     """
     parts = urlsplit(manifest)
     try:
         if parts.scheme in ("", "file"):
             local = unquote(parts.path) if parts.scheme else manifest
             return pq.read_table(Path(local).expanduser())
-        if store_for_url is None:
-            from .sources import object_store, source_root
+        if store_for_url is not None:
+            data = obstore.get(store_for_url, parts.path.lstrip("/")).bytes().to_bytes()
+            return pq.read_table(io.BytesIO(data))
+        from tessera_vz.reader.sources import SourceFiles
 
-            base, name = manifest.rsplit("/", 1)
-            store_for_url, key = object_store(source_root(base), options=options), name
-        else:
-            key = parts.path.lstrip("/")
-        data = obstore.get(store_for_url, key).bytes().to_bytes()
+        base = manifest.rsplit("/", 1)[0] + "/"
+        files = SourceFiles([base], read if read is not None else ReadOptions())
+        data = sync(files.fetch(manifest, "reading the manifest"))
         return pq.read_table(io.BytesIO(data))
     except (OSError, pa.ArrowInvalid) as exc:
         raise ConfigurationError(
             f"cannot read manifest {manifest!r}: {exc}; expected an upstream TESSERA "
             f"manifest.parquet with columns {', '.join(MANIFEST_COLUMNS)}"
         ) from None
+    except TesseraError as exc:
+        raise ConfigurationError(f"cannot fetch manifest {manifest!r}: {exc}") from None
     except Exception as exc:  # obstore raises its own hierarchy
         raise ConfigurationError(f"cannot fetch manifest {manifest!r}: {exc}") from None
 

@@ -2,6 +2,9 @@
 
 The GET also returns the object's size, ETag and last-modified time, which
 is all the indexer needs besides the header: no HEAD requests, no data.
+Every request goes through the reader's boundary
+(:class:`~tessera_vz.reader.sources.SourceFiles`): the same checks of each
+answer, redirects only to authorised origins, one retry policy.
 """
 
 from __future__ import annotations
@@ -10,12 +13,17 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-import obstore
-from obstore.exceptions import NotFoundError
-from tessera_vz.reader.errors import NpyFormatError
+from tessera_vz.reader.errors import (
+    NpyFormatError,
+    SourceChangedError,
+    SourceNotFoundError,
+    SourceUnavailableError,
+)
 from tessera_vz.reader.header import PROBE_BYTES, NpyHeader, header_length, parse_header
+from tessera_vz.reader.sources import SourceFiles, checksum_text
+from tessera_vz.reader.urls import SourceRoot
 
 log = logging.getLogger(__name__)
 
@@ -40,34 +48,42 @@ class ProbeError(Exception):
         self.reason = reason
 
 
-async def probe_file(store: Any, path: str) -> Probe:
-    """Fetch and parse the header of one file."""
+async def probe_file(files: SourceFiles, root: SourceRoot, path: str) -> Probe:
+    """Fetch and parse the header of one file.
+
+    A header longer than the first read is completed with a second read
+    that carries the first answer's validator as a precondition, so both
+    halves come from the same version of the file.
+    """
+    url = root.url_of(path)
+    what = "reading the header"
     try:
-        result = await obstore.get_async(store, path, options={"range": (0, PROBE_BYTES)})
-        prefix = (await result.bytes_async()).to_bytes()
-        meta = dict(result.meta)
-        size = int(cast(int, meta["size"]))
+        prefix, facts = await files.probe(url, PROBE_BYTES, what)
         requests, nread = 1, len(prefix)
         need = header_length(prefix)
-        if need > len(prefix) and size >= need:
-            more = await obstore.get_range_async(store, path, start=len(prefix), end=need)
-            prefix += more.to_bytes()
+        if need > len(prefix) and facts.size >= need:
+            validator = facts.e_tag if root.scheme == "s3" else facts.last_modified
+            checksum = checksum_text(validator) if validator is not None else None
+            more = await files.get(url, len(prefix), need, checksum, what, facts.size)
+            prefix += bytes(more)
             requests, nread = 2, need
         header = parse_header(prefix)
-    except NotFoundError:
+    except NpyFormatError as exc:
+        raise ProbeError(path, str(exc)) from None
+    except SourceNotFoundError:
         raise ProbeError(
             path, "file not found (404): the object is missing from the source"
         ) from None
-    except NpyFormatError as exc:
+    except (SourceUnavailableError, SourceChangedError) as exc:
         raise ProbeError(path, str(exc)) from None
-    except Exception as exc:  # obstore's network errors: report, never abort the run
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ProbeError(path, f"could not read header: {type(exc).__name__}: {first}") from None
-    return Probe(header=header, size=size, meta=meta, bytes_read=nread, requests=requests)
+    return Probe(
+        header=header, size=facts.size, meta=facts.meta(), bytes_read=nread, requests=requests
+    )
 
 
 async def probe_all(
-    store: Any,
+    files: SourceFiles,
+    root: SourceRoot,
     paths: Iterable[str],
     *,
     concurrency: int = 64,
@@ -79,7 +95,7 @@ async def probe_all(
     async def one(path: str) -> tuple[str, Probe | ProbeError]:
         async with limit:
             try:
-                res: Probe | ProbeError = await probe_file(store, path)
+                res: Probe | ProbeError = await probe_file(files, root, path)
             except ProbeError as exc:
                 res = exc
         if on_done is not None:

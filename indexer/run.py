@@ -19,8 +19,10 @@ import numpy as np
 from tessera_vz.reader.errors import ConfigurationError, InvalidTileError, NpyFormatError
 from tessera_vz.reader.geometry import tile_grids
 from tessera_vz.reader.layout import CHUNK_BUDGET, branch_name
+from tessera_vz.reader.options import ReadOptions, RetryPolicy
 from tessera_vz.reader.repos import quiet_icechunk
 from tessera_vz.reader.s3 import split_options
+from tessera_vz.reader.sources import SourceFiles
 from tessera_vz.reader.table import COLUMNS, read_table
 
 from . import inventory
@@ -29,7 +31,7 @@ from .memory import limit_arenas
 from .probe import Probe, ProbeError, probe_all
 from .record import TileRecord, build_record
 from .report import Failure, Report, TileWarning
-from .sources import SourceRoot, object_store, retry_options, source_root
+from .sources import SourceRoot, object_store, source_reader, source_root
 from .writer import (
     SCRATCH_MAX_AGE,
     UnitConflictError,
@@ -69,6 +71,11 @@ class IndexOptions:
     retries: int = 3
     timeout: float = 30.0
     backoff: float = 0.1
+    #: Prefixes trusted besides SOURCE: where its redirects may lead (a CDN).
+    allowed_sources: list[str] = field(default_factory=list)
+    #: A PEM file of extra certificate authorities to trust (default
+    #: ``$SSL_CERT_FILE``), never recorded in the repository.
+    ca_file: str | None = None
     #: Tiles per scratch-branch commit (bounds memory; see ``write_unit``).
     batch_tiles: int = 1000
     #: Scratch branches of killed runs older than this (seconds) are deleted.
@@ -83,7 +90,9 @@ def _inventory(
     opts: IndexOptions, root: SourceRoot, store: Any
 ) -> tuple[list[inventory.TileSource], list[Failure]]:
     if opts.manifest:
-        table = inventory.read_manifest_table(opts.manifest, options=source_options(opts))
+        table = inventory.read_manifest_table(
+            opts.manifest, options=source_options(opts), read=read_options(opts)
+        )
         return inventory.from_manifest(table, root, years=opts.years, zones=opts.zones)
     if root.scheme in ("http", "https"):
         raise ConfigurationError(
@@ -127,7 +136,7 @@ def index_unit(
     tiles: list[inventory.TileSource],
     opts: IndexOptions,
     root: SourceRoot,
-    store: Any,
+    files: SourceFiles,
     progress: ProgressStart = _no_progress,
 ) -> Report:
     """Index one (zone, year) unit and commit it if anything changed."""
@@ -137,7 +146,7 @@ def index_unit(
     advance = progress(f"headers utm{zone:02d} {year}", len(paths))
     log.info("zone %d year %d: reading %d headers", zone, year, len(paths))
     probes: dict[str, Probe | ProbeError] = asyncio.run(
-        probe_all(store, paths, concurrency=opts.concurrency, on_done=advance)
+        probe_all(files, root, paths, concurrency=opts.concurrency, on_done=advance)
     )
     t1 = time.perf_counter()
     grids = tile_grids(np.array([t.lon for t in tiles]), np.array([t.lat for t in tiles]))
@@ -216,13 +225,25 @@ def index_unit(
     return report
 
 
+def read_options(opts: IndexOptions) -> ReadOptions:
+    """How the run reads its source: retry policy, the source's S3 settings, extra CA."""
+    policy = RetryPolicy(retries=opts.retries, timeout=opts.timeout, backoff=opts.backoff)
+    s3 = tuple(sorted(source_s3_options(opts).items()))
+    return ReadOptions(policy=policy, s3_options=s3, ca_file=opts.ca_file)
+
+
+def source_files(opts: IndexOptions, root: SourceRoot) -> SourceFiles:
+    """The boundary the run reads its source through (see :func:`source_reader`)."""
+    return source_reader(root, read_options(opts), opts.allowed_sources)
+
+
 def source_options(opts: IndexOptions) -> dict[str, Any]:
-    """obstore options of the source: read policy, S3 settings, explicit options.
+    """obstore options of the source (listings): read policy, S3 settings, explicit options.
 
     ``opts.s3_options`` apply to the source as to the index; S3 keys in
     ``opts.source_options`` (e.g. ``anonymous``) override them for the source only.
     """
-    retry = retry_options(retries=opts.retries, timeout=opts.timeout, backoff=opts.backoff)
+    retry = read_options(opts).policy.obstore()
     merged = {**opts.s3_options, **retry, **opts.source_options}
     merged["client_options"] = {
         **retry["client_options"],
@@ -242,13 +263,13 @@ def run_unit(
     year: int,
     tiles: list[inventory.TileSource],
     root: SourceRoot | None = None,
-    store: Any = None,
+    files: SourceFiles | None = None,
     progress: ProgressStart = _no_progress,
 ) -> Report:
     """Index one (zone, year) unit in whatever process runs it.
 
-    Called with picklable arguments only (``root`` and ``store`` omitted) it
-    opens its own source store and repository, so a Dask worker can run it.
+    Called with picklable arguments only (``root`` and ``files`` omitted) it
+    opens its own source reader and repository, so a Dask worker can run it.
     Holds the zone's write lock for a local repository (see
     :mod:`~tessera_vz.indexer.locks`), and reports a unit that another run
     published meanwhile as a failure instead of raising.
@@ -256,11 +277,11 @@ def run_unit(
     quiet_icechunk()
     if root is None:
         root = source_root(opts.source)
-    if store is None:
-        store = object_store(root, options=source_options(opts))
+    if files is None:
+        files = source_files(opts, root)
     with repo_lock(opts.out, zone):
         try:
-            return index_unit(zone, year, tiles, opts, root, store, progress)
+            return index_unit(zone, year, tiles, opts, root, files, progress)
         except UnitConflictError as exc:
             # Nothing of this unit was published; the other run's result stands.
             log.error("%s", exc)
@@ -282,7 +303,8 @@ def run_index(opts: IndexOptions, progress: ProgressStart = _no_progress) -> Rep
         raise ConfigurationError(f"chunk budget must be positive, got {opts.chunk_budget}")
     if opts.workers is not None and opts.workers < 1:
         raise ConfigurationError(f"--workers must be at least 1, got {opts.workers}")
-    store = object_store(root, options=source_options(opts))
+    files = source_files(opts, root)
+    store = None if root.is_http else object_store(root, options=source_options(opts))
     tiles, failures = _inventory(opts, root, store)
     report = Report(failed=list(failures))
     units: dict[tuple[int, int], list[inventory.TileSource]] = defaultdict(list)
@@ -297,7 +319,7 @@ def run_index(opts: IndexOptions, progress: ProgressStart = _no_progress) -> Rep
         done = run_units(opts, units, progress)
     else:
         done = (
-            ((zone, year), run_unit(opts, zone, year, units[(zone, year)], root, store, progress))
+            ((zone, year), run_unit(opts, zone, year, units[(zone, year)], root, files, progress))
             for zone, year in sorted(units)
         )
     for (zone, year), unit in done:

@@ -1,9 +1,10 @@
 """Tile sources: turn a SOURCE argument into a root, checksums and paths.
 
 A source root is where a TESSERA tree lives (a local directory, ``file://``,
-``http(s)://`` or ``s3://``). The indexer reads headers through an obstore
-store rooted there; the repository records the same root as a virtual chunk
-container so that readers fetch the bytes from the original files.
+``http(s)://`` or ``s3://``). The indexer reads headers through the
+reader's boundary (:func:`source_reader`) and lists local and S3 trees
+through an obstore store; the repository records the same root as a virtual
+chunk container so that readers fetch the bytes from the original files.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from tessera_vz.reader.errors import ConfigurationError
+from tessera_vz.reader.errors import ConfigurationError, InvalidTileError
+from tessera_vz.reader.options import ReadOptions
 from tessera_vz.reader.sources import (
-    SourceRoot,
+    SourceFiles,
     checksum_text,
     checksum_value,
     object_store,
-    retry_options,
 )
+from tessera_vz.reader.urls import SourceRoot, check_root
 
 _SCHEMES = ("file", "http", "https", "s3")
 
@@ -45,9 +47,7 @@ def source_root(source: str) -> SourceRoot:
             f"source {source!r} has scheme {parts.scheme!r}; expected a local path, "
             "file://, http://, https:// or s3://"
         )
-    if not parts.netloc:
-        raise ConfigurationError(f"source {source!r} has no host or bucket")
-    return SourceRoot(source.rstrip("/") + "/")
+    return SourceRoot(check_root(source))
 
 
 def checksum_of(root: SourceRoot, meta: dict[str, Any]) -> str | dt.datetime:
@@ -62,7 +62,13 @@ def checksum_of(root: SourceRoot, meta: dict[str, Any]) -> str | dt.datetime:
     etag = meta.get("e_tag")
     if root.scheme == "s3" and etag:
         return str(etag)
-    modified: dt.datetime = meta["last_modified"]
+    modified = meta.get("last_modified")
+    if not isinstance(modified, dt.datetime):
+        raise InvalidTileError(
+            "the source sends no Last-Modified time (nor, on S3, an ETag); tessera-vz records "
+            "one per file so that a file changed after indexing fails to read. Serve the tree "
+            "with Last-Modified headers (any static web server does)"
+        )
     return dt.datetime.fromtimestamp(math.ceil(modified.timestamp()), tz=dt.UTC)
 
 
@@ -106,6 +112,17 @@ def rebase(path_or_url: str, root: SourceRoot) -> str:
     return norm
 
 
+def source_reader(
+    root: SourceRoot, options: ReadOptions, also: list[str] | None = None
+) -> SourceFiles:
+    """The boundary reading a tree's files: ``root`` authorised, plus ``also``.
+
+    ``also`` are prefixes the user trusts besides the tree itself (a CDN the
+    mirror redirects to, the manifest's location); nothing else is read.
+    """
+    return SourceFiles([root.url, *(also or [])], options)
+
+
 __all__ = [
     "SourceRoot",
     "checksum_of",
@@ -113,6 +130,6 @@ __all__ = [
     "checksum_value",
     "object_store",
     "rebase",
-    "retry_options",
+    "source_reader",
     "source_root",
 ]

@@ -4,9 +4,10 @@ Upstream re-uploads files under the same name. A read of a drifted file
 already fails (the checksum recorded on every virtual reference no longer
 matches), but only when someone reads that tile. ``tessera-vz verify`` asks
 every source object for its size and checksum (one HEAD request each, no
-data) and compares them with the year's tiles table, so drift is found for
-the whole index at once. The next ``tessera-vz index`` run re-indexes
-exactly the drifted tiles, since it compares the same facts.
+data, through the reader's boundary) and compares them with the year's
+tiles table, so drift is found for the whole index at once. The next
+``tessera-vz index`` run re-indexes exactly the drifted tiles, since it
+compares the same facts.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-import obstore
-from obstore.exceptions import NotFoundError
-from tessera_vz.reader.errors import ConfigurationError
+from tessera_vz.reader.errors import ConfigurationError, SourceNotFoundError
+from tessera_vz.reader.options import ReadOptions, RetryPolicy
 from tessera_vz.reader.repos import quiet_icechunk
+from tessera_vz.reader.sources import ObjectFacts, SourceFiles
+from zarr.core.sync import sync
 
-from .sources import SourceRoot, checksum_of, checksum_text, object_store, retry_options
+from .sources import SourceRoot, checksum_of, checksum_text
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +66,11 @@ class VerifyReport:
         }
 
 
-async def _head(store: Any, path: str, limit: asyncio.Semaphore) -> dict[str, Any] | Exception:
+async def _head(files: SourceFiles, url: str, limit: asyncio.Semaphore) -> ObjectFacts | Exception:
     async with limit:
         try:
-            return dict(await obstore.head_async(store, path))
-        except Exception as exc:  # obstore's hierarchy; classified by the caller
+            return await files.head(url, "verifying")
+        except Exception as exc:  # our errors; classified by the caller
             return exc
 
 
@@ -76,13 +78,16 @@ def _compare(
     root: SourceRoot, kind: str, path: str, size: int, checksum: str, found: Any
 ) -> tuple[Status, str | None]:
     url = root.url_of(path)
-    if isinstance(found, NotFoundError | FileNotFoundError):
+    if isinstance(found, SourceNotFoundError):
         return "missing", f"{kind} {url}: not found"
     if isinstance(found, Exception):
         first = str(found).strip().splitlines()[0] if str(found).strip() else ""
         return "unreachable", f"{kind} {url}: {type(found).__name__}: {first}"
-    now_size = int(found["size"])
-    now_sum = checksum_text(checksum_of(root, found))
+    now_size = found.size
+    try:
+        now_sum = checksum_text(checksum_of(root, found.meta()))
+    except ValueError as exc:
+        return "unreachable", f"{kind} {url}: {exc}"
     if now_size != size or now_sum != checksum:
         return "drifted", (
             f"{kind} {url}: indexed size {size}, checksum {checksum}; now size {now_size}, "
@@ -95,11 +100,11 @@ _RANK: dict[Status, int] = {"healthy": 0, "drifted": 1, "unreachable": 2, "missi
 
 
 async def _check_source(
-    root: SourceRoot, rows: list[dict[str, Any]], store: Any, concurrency: int
+    root: SourceRoot, rows: list[dict[str, Any]], files: SourceFiles, concurrency: int
 ) -> list[TileCheck]:
     limit = asyncio.Semaphore(concurrency)
     paths = [p for r in rows for p in (r["emb_path"], r["scales_path"])]
-    heads = await asyncio.gather(*(_head(store, p, limit) for p in paths))
+    heads = await asyncio.gather(*(_head(files, root.url_of(p), limit) for p in paths))
     found = dict(zip(paths, heads, strict=True))
     out = []
     for r in rows:
@@ -125,6 +130,7 @@ def verify_index(
     retries: int = 3,
     timeout: float = 30.0,
     s3_options: dict[str, Any] | None = None,
+    ca_file: str | None = None,
 ) -> VerifyReport:
     """Compare every indexed tile's source objects with what the index recorded.
 
@@ -150,7 +156,11 @@ def verify_index(
                 row.update(tile=str(name), year=year, zone=zone)
                 by_source[str(row["source"])].append(row)
     report = VerifyReport()
-    options = retry_options(retries=retries, timeout=timeout)
+    read = ReadOptions(
+        policy=RetryPolicy(retries=retries, timeout=timeout),
+        s3_options=tuple(sorted((s3_options or {}).items())),
+        ca_file=ca_file,
+    )
     for url, rows in sorted(by_source.items()):
         root = SourceRoot(url)
         if allowed_sources is not None and not any(url.startswith(a) for a in allowed_sources):
@@ -165,15 +175,7 @@ def verify_index(
                 "to look at local files"
             )
         log.info("verifying %d tiles against %s", len(rows), url)
-        try:
-            source = object_store(root, options=options if not root.is_local else None)
-        except Exception as exc:  # e.g. a local root directory that is gone
-            report.checks += [
-                TileCheck(int(r["zone"]), int(r["year"]), r["tile"], "missing",
-                          [f"source {url} cannot be opened: {exc}"])
-                for r in rows
-            ]  # fmt: skip
-            continue
-        report.checks += asyncio.run(_check_source(root, rows, source, concurrency))
+        files = SourceFiles([url, *(allowed_sources or [])], read)
+        report.checks += sync(_check_source(root, rows, files, concurrency))
     report.checks.sort(key=lambda c: (c.zone, c.year, c.tile))
     return report

@@ -5,10 +5,12 @@ from .errors import (
     InvalidTileError,
     NpyFormatError,
     SourceChangedError,
+    SourceNotFoundError,
     SourceUnavailableError,
     TesseraError,
     TileNotFoundError,
 )
+from .options import ReadOptions, RetryPolicy
 from .parser import NpyParser
 from .store import TesseraStore, dequantise, open_store
 
@@ -17,7 +19,10 @@ __all__ = [
     "InvalidTileError",
     "NpyFormatError",
     "NpyParser",
+    "ReadOptions",
+    "RetryPolicy",
     "SourceChangedError",
+    "SourceNotFoundError",
     "SourceUnavailableError",
     "TesseraError",
     "TesseraStore",

@@ -26,8 +26,8 @@ from numpy.typing import NDArray
 #: inside the 8 KiB that nginx and Apache accept.
 MAX_RANGES = 200
 
-_CONTENT_RANGE = re.compile(rb"content-range:\s*bytes\s+(\d+)-(\d+)/(?:\d+|\*)", re.IGNORECASE)
-_SINGLE = re.compile(r"bytes\s+(\d+)-(\d+)/(?:\d+|\*)", re.IGNORECASE)
+_CONTENT_RANGE = re.compile(rb"content-range:\s*bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
+_SINGLE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
 
 
 #: One part's delimiter and headers (one match per part). The boundary is
@@ -70,12 +70,15 @@ class Parts:
     lengths: NDArray[np.int64]
 
 
-def parts(body: bytes | bytearray, content_type: str, content_range: str | None) -> Parts:
+def parts(
+    body: bytes | bytearray, content_type: str, content_range: str | None, size: int | None = None
+) -> Parts:
     """The parts of a 206 answer, in the order sent.
 
     A single-part answer (one range asked, or a server that merged all of
     them) carries its place in ``Content-Range``; a multipart one in each
-    part's header.
+    part's header. With ``size`` (the file's size as indexed), a part that
+    names another total size is refused: the file is not the one indexed.
     """
     boundary = boundary_of(content_type)
     if boundary is None:
@@ -84,7 +87,14 @@ def parts(body: bytes | bytearray, content_type: str, content_range: str | None)
             raise MalformedRangesError(
                 f"a 206 answer without a multipart body needs Content-Range; got {content_range!r}"
             )
-        return Parts(*(np.array([v], np.int64) for v in (int(single[1]), 0, len(body))))
+        _check_total(single[3].encode(), size)
+        first, last = int(single[1]), int(single[2])
+        if last - first + 1 != len(body):
+            raise MalformedRangesError(
+                f"Content-Range {content_range!r} names {last - first + 1} bytes, the body "
+                f"holds {len(body)}"
+            )
+        return Parts(*(np.array([v], np.int64) for v in (first, 0, len(body))))
     want = boundary.encode("latin-1")
     firsts: list[int] = []
     at: list[int] = []
@@ -98,6 +108,7 @@ def parts(body: bytes | bytearray, content_type: str, content_range: str | None)
         if cr is None:
             raise MalformedRangesError("a multipart/byteranges part has no Content-Range")
         first, last = int(cr[1]), int(cr[2])
+        _check_total(cr[3], size)
         start, stop = m.end(), m.end() + last - first + 1
         if last < first or stop > len(body):
             raise MalformedRangesError(
@@ -109,7 +120,26 @@ def parts(body: bytes | bytearray, content_type: str, content_range: str | None)
         pos = stop
     if not firsts:
         raise MalformedRangesError(f"no part with boundary {boundary!r} in {len(body)} bytes")
+    if not _closes(body, pos, want):
+        raise MalformedRangesError(
+            f"the multipart answer does not end with its closing delimiter after part "
+            f"{len(firsts)} (byte {pos} of {len(body)}): a part the parser cannot read, or "
+            "an answer cut short"
+        )
     return Parts(*(np.asarray(v, np.int64) for v in (firsts, at, lengths)))
+
+
+def _check_total(total: bytes, size: int | None) -> None:
+    if size is not None and total != b"*" and int(total) != size:
+        raise MalformedRangesError(
+            f"the answer says the file holds {int(total)} bytes; it held {size} when indexed"
+        )
+
+
+def _closes(body: bytes | bytearray, pos: int, boundary: bytes) -> bool:
+    """Whether the close delimiter ``CRLF--boundary--`` follows at ``pos`` (an epilogue may
+    follow, ignored as RFC 2046 says)."""
+    return body.startswith(b"\r\n--%s--" % boundary, pos)
 
 
 def cut(found: Parts, starts: Sequence[int], ends: Sequence[int]) -> NDArray[np.int64]:
@@ -121,13 +151,34 @@ def cut(found: Parts, starts: Sequence[int], ends: Sequence[int]) -> NDArray[np.
     """
     order = np.argsort(found.firsts, kind="stable")
     firsts, at, lengths = found.firsts[order], found.at[order], found.lengths[order]
+    lasts = firsts + lengths  # exclusive
+    # Parts must not overlap: a part sent twice, or two parts disagreeing on
+    # shared bytes, leaves no way to tell which bytes are the file's.
+    clash = np.flatnonzero(firsts[1:] < lasts[:-1])
+    if clash.size:
+        k = int(clash[0])
+        raise MalformedRangesError(
+            f"the answer's parts overlap (bytes {firsts[k]}-{lasts[k] - 1} and "
+            f"{firsts[k + 1]}-{lasts[k + 1] - 1}): a part sent twice or two versions of the "
+            "same bytes; refusing the answer"
+        )
     s, e = np.asarray(starts, np.int64), np.asarray(ends, np.int64)
     i = np.searchsorted(firsts, s, side="right") - 1
     j = np.maximum(i, 0)
-    bad = (i < 0) | (firsts[j] + lengths[j] < e)
+    bad = (i < 0) | (lasts[j] < e)
     if bad.any():
         k = int(np.argmax(bad))
         raise MalformedRangesError(f"the answer holds no part with bytes {s[k]}-{e[k] - 1}")
+    # Every part must hold something that was asked: a part of other bytes
+    # is a server answering another request.
+    used = np.zeros(firsts.size, dtype=bool)
+    used[j] = True
+    if not used.all():
+        k = int(np.argmin(used))
+        raise MalformedRangesError(
+            f"the answer carries bytes {firsts[k]}-{lasts[k] - 1}, which hold none of the "
+            "ranges asked for"
+        )
     return at[j] + (s - firsts[j])
 
 
@@ -137,6 +188,7 @@ def locate(
     content_range: str | None,
     starts: Sequence[int],
     ends: Sequence[int],
+    size: int | None = None,
 ) -> NDArray[np.int64]:
     """Where in a 206 answer's body each wanted range ``[start, end)`` begins.
 
@@ -144,18 +196,25 @@ def locate(
     headers the same but for its numbers. Then the first part's headers
     predict all the others, and checking each prediction in place costs a
     fraction of parsing it (a window's wedges are hundreds of parts). Any
-    other answer (merged, reordered, widened parts) is parsed part by part.
+    other answer (merged, reordered, widened parts) is parsed part by part,
+    and refused if its parts overlap, miss a range, carry bytes not asked
+    for, or name a file size other than ``size``: never a short, shifted or
+    doubled range.
     """
     boundary = boundary_of(content_type)
     if boundary is not None and len(starts) > 1:
-        at = _as_asked(body, boundary.encode("latin-1"), starts, ends)
+        at = _as_asked(body, boundary.encode("latin-1"), starts, ends, size)
         if at is not None:
             return at
-    return cut(parts(body, content_type, content_range), starts, ends)
+    return cut(parts(body, content_type, content_range, size), starts, ends)
 
 
 def _as_asked(
-    body: bytes | bytearray, boundary: bytes, starts: Sequence[int], ends: Sequence[int]
+    body: bytes | bytearray,
+    boundary: bytes,
+    starts: Sequence[int],
+    ends: Sequence[int],
+    size: int | None,
 ) -> NDArray[np.int64] | None:
     """The parts' places if each range came back as asked and in order, else ``None``."""
     m = _PART.match(body)
@@ -164,6 +223,7 @@ def _as_asked(
     cr = _CONTENT_RANGE.search(m["headers"])
     if cr is None or (int(cr[1]), int(cr[2]) + 1) != (starts[0], ends[0]):
         return None
+    _check_total(cr[3], size)  # every later part repeats the first's total
     # The first part's delimiter and headers with its numbers cut out; every
     # later part's delimiter starts with CRLF (RFC 2046), the first may not.
     first = m.start() + (2 if body.startswith(b"\r\n", m.start()) else 0)
@@ -178,6 +238,6 @@ def _as_asked(
         pos += len(expect)
         out.append(pos)
         pos += e - s
-    if pos > len(body):
-        return None
+    if pos > len(body) or not _closes(body, pos, boundary):
+        return None  # parsed part by part, which names what is wrong
     return np.asarray(out, np.int64)

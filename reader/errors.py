@@ -34,6 +34,10 @@ class SourceUnavailableError(TesseraError, OSError):
     """A source file could not be fetched (missing, refused or unreachable)."""
 
 
+class SourceNotFoundError(SourceUnavailableError, FileNotFoundError):
+    """A source file the index names is gone (404, or no such object or file)."""
+
+
 class ConfigurationError(TesseraError, ValueError):
     """Arguments or settings that cannot work together; nothing was written."""
 

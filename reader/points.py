@@ -2,26 +2,25 @@
 
 Points are located in vectorised steps (cell -> tile -> pixel), then every
 point becomes two byte ranges (its ``bands`` embedding bytes and its scale),
-ranges are coalesced per chunk and fetched concurrently through the Icechunk
-store. A point with no indexed tile, or with an invalid scale, is NaN.
+ranges are coalesced and fetched concurrently (:mod:`.ranges`). A point
+with no indexed tile, or with an invalid scale, is NaN. These functions are
+given the tables and byte sources they need; they never open an index.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import xarray as xr
 from numpy.typing import ArrayLike, NDArray
 
 from .errors import TileNotFoundError
 from .geometry import cell_centre, project, utm_zone
-from .ranges import POINT_GAP, gather, read, tile_ranges
-
-if TYPE_CHECKING:
-    from .store import TesseraStore
+from .ranges import POINT_GAP, ZoneYear, gather, read, tile_ranges
 
 
 @dataclass
@@ -39,7 +38,7 @@ class Located:
 _FACTS = (
     "left", "top", "height", "width", "bands", "emb_chunk_rows", "scales_chunk_rows",
     "scales_ndim", "scales_descr", "source", "emb_path", "scales_path", "emb_offset",
-    "scales_offset", "emb_checksum", "scales_checksum",
+    "scales_offset", "emb_checksum", "scales_checksum", "emb_size", "scales_size",
 )  # fmt: skip
 
 
@@ -54,11 +53,19 @@ def as_points(lons: ArrayLike, lats: ArrayLike) -> tuple[NDArray[np.float64], ND
     return lon, lat
 
 
-def locate(ts: TesseraStore, lons: ArrayLike, lats: ArrayLike, year: int) -> Located:
+def locate(
+    table_of: Callable[[int], xr.Dataset | None],
+    lons: ArrayLike,
+    lats: ArrayLike,
+    year: int,
+    where: str = "the index",
+) -> Located:
     """Find the tile and pixel of every point (vectorised, per zone and CRS).
 
-    Raises :class:`TileNotFoundError` only when ``year`` is indexed in none
-    of the zones the points fall in; single missing tiles are no-data.
+    ``table_of(zone)`` gives the year's tiles table of a zone, or ``None``
+    when the zone or year is not indexed. Raises :class:`TileNotFoundError`
+    only when ``year`` is indexed in none of the zones the points fall in;
+    single missing tiles are no-data.
     """
     lon, lat = as_points(lons, lats)
     n = lon.size
@@ -76,11 +83,8 @@ def locate(ts: TesseraStore, lons: ArrayLike, lats: ArrayLike, year: int) -> Loc
     facts: dict[str, list[Any]] = {}
     tables_seen = 0
     for z in np.unique(zone[finite]):
-        if int(z) not in ts.zones():
-            continue
-        try:
-            table = ts.tiles(year, int(z))
-        except TileNotFoundError:
+        table = table_of(int(z))
+        if table is None:
             continue
         tables_seen += 1
         sel = np.flatnonzero(finite & (zone == z))
@@ -105,7 +109,7 @@ def locate(ts: TesseraStore, lons: ArrayLike, lats: ArrayLike, year: int) -> Loc
     if tables_seen == 0 and finite.any():
         raise TileNotFoundError(
             f"year {year} is not indexed in UTM zone(s) {sorted(set(zone[finite].tolist()))} "
-            f"under {ts.root}; indexed years: {ts.years()}"
+            f"of {where}"
         )
     for k, parts in facts.items():
         dtype = parts[0][1].dtype
@@ -117,9 +121,12 @@ def locate(ts: TesseraStore, lons: ArrayLike, lats: ArrayLike, year: int) -> Loc
 
 
 async def read_located(
-    ts: TesseraStore, loc: Located, year: int, gap: int = POINT_GAP
+    sources: Mapping[int, ZoneYear], loc: Located, year: int, gap: int = POINT_GAP
 ) -> tuple[NDArray[np.int8], NDArray[np.float32], NDArray[np.bool_]]:
-    """Raw embeddings ``(N, B)``, scales ``(N,)`` or ``(N, B)`` and the found mask."""
+    """Raw embeddings ``(N, B)``, scales ``(N,)`` or ``(N, B)`` and the found mask.
+
+    ``sources`` holds the byte source of each zone the located points fall in.
+    """
     ok = np.flatnonzero(loc.ok)
     n = loc.ok.size
     if ok.size == 0:
@@ -135,19 +142,18 @@ async def read_located(
     zones = loc.zone[ok]
     emb = np.zeros((n, b), np.int8)
     scale = np.full((n, b) if per_band else (n,), np.nan, np.float32)
-    files = ts.source_files()
     for z in np.unique(zones):
         m = zones == z
         idx = np.flatnonzero(m)
-        store = ts.session(int(z), year).store
-        what = f"reading {idx.size} points of {year} in zone {int(z)} from {f['source'][idx[0]]}"
+        source = sources[int(z)]
+        what = f"reading {idx.size} points of {year} in zone {int(z)}"
+        source.check(names[m], what)
         fm = {key: v[m] for key, v in f.items()}
         one = np.ones(idx.size, np.int64)
         e_want = tile_ranges("emb", names[m].tolist(), rows[m], cols[m], one, fm, b)
         s_want = tile_ranges("scales", names[m].tolist(), rows[m], cols[m], one, fm, s_item)
         (e_plan, e_blobs), (s_plan, s_blobs) = await asyncio.gather(
-            read(store, files, e_want, gap, what, direct=ts.direct_reads),
-            read(store, files, s_want, gap, what, direct=ts.direct_reads),
+            read(source, e_want, gap, what), read(source, s_want, gap, what)
         )
         emb[ok[m]] = gather(e_plan, e_blobs, b, what).view(np.int8)
         descr = np.dtype(str(f["scales_descr"][idx[0]]))

@@ -2,14 +2,14 @@
 
 Ranges that lie close together are coalesced into one request first,
 because on loopback or a real mirror a request costs far more than the
-bytes between two pixels. Reads go through the Icechunk store (``get`` with
-byte ranges of virtual chunks), where checksums and container authorisation
-apply to every byte. But Icechunk fetches one virtual chunk per request,
-and a chunk is one or a few rows of a tile, so when coalescing by file
-would need fewer requests than coalescing by chunk (windows, clustered
-points), the merged ranges are read from the source files directly through
-:class:`~tessera_vz.reader.sources.SourceFiles`, under the same guarantees
-and at the offsets the index recorded.
+bytes between two pixels. Reads go to the source files through
+:class:`~tessera_vz.reader.sources.SourceFiles`, the boundary that checks
+every answer, follows redirects only to authorised origins and sends the
+checksum the index recorded as a precondition; ranges of one file too far
+apart to merge share one multi-range request. With direct reads off
+(:attr:`ZoneYear.direct`), the same ranges go through the Icechunk store
+instead (``get_partial_values`` with byte ranges of virtual chunks), one
+virtual chunk per request, as ``xr.open_zarr`` reads them.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from .byteranges import MAX_RANGES
 from .errors import ConfigurationError, SourceUnavailableError, translate_error
 from .layout import EMBEDDINGS, SCALES
 from .sources import PART, SourceFiles
+from .urls import join
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,6 @@ RANGE_GAP = 16 * 1024
 #: only points a few pixels apart share a range; a cluster's scales then
 #: move ~100 KB less per tile for the same requests.
 POINT_RANGE_GAP = 256
-#: Read straight from the files only when that needs this many times fewer requests.
-DIRECT_SAVING = 2
 #: Ranges handed to one ``get_partial_values`` call, bounding memory.
 _BATCH = 8192
 #: Above this many fetched bytes, :func:`gather` cuts blob by blob instead of joining.
@@ -149,12 +148,29 @@ async def fetch(store: Any, plan: Plan, what: str) -> list[bytes]:
         try:
             bufs = await store.get_partial_values(proto, batch)
         except Exception as exc:
-            raise translate_error(exc, what) from None
+            raise translate_error(await _first_failure(store, batch, exc), what) from None
         for (key, _), buf in zip(batch, bufs, strict=True):
             if buf is None:
                 raise translate_error(KeyError(f"no chunk {key}"), what)
             out.append(buf.to_bytes())
     return out
+
+
+async def _first_failure(store: Any, batch: list[tuple[str, Any]], exc: Exception) -> Exception:
+    """The error of the first failing range read alone.
+
+    A batched read can fail with a bare ``TypeError`` (a range Icechunk
+    refused to fetch left a hole); reading ranges one by one until one
+    fails gives Icechunk's own reason (unauthorised container, changed
+    checksum) for the message.
+    """
+    proto = default_buffer_prototype()
+    for key, byte_range in batch[:64]:
+        try:
+            await store.get(key, proto, byte_range=byte_range)
+        except Exception as one:
+            return one
+    return exc
 
 
 @dataclass(frozen=True)
@@ -176,8 +192,9 @@ class Wanted:
     chunk: NDArray[np.int64]
     chunk_starts: NDArray[np.int64]
     lengths: NDArray[np.int64]
-    #: Checksum text of each source URL, as the tiles table records it.
+    #: Checksum text and size of each source URL, as the tiles table records them.
     checksums: dict[str, str]
+    sizes: dict[str, int]
     #: Per distinct chunk: its tile (index into ``urls``/``tiles``) and chunk index.
     chunk_tile: NDArray[np.int64]
     chunk_index: NDArray[np.int64]
@@ -218,7 +235,7 @@ def tile_ranges(
     tile_names, one, tile = np.unique(np.asarray(names), return_index=True, return_inverse=True)
     tile = tile.astype(np.int64).reshape(-1)
     sources, paths = facts["source"][one].tolist(), facts[f"{kind}_path"][one].tolist()
-    urls = [root + path for root, path in zip(sources, paths, strict=True)]
+    urls = [join(root, path) for root, path in zip(sources, paths, strict=True)]
     if kind == "emb":
         array, tails = EMBEDDINGS, ["/0/0"] * len(one)
     else:
@@ -235,12 +252,43 @@ def tile_ranges(
         chunk_starts=((rows % k) * width + cols) * item,
         lengths=np.asarray(lengths, np.int64) * item,
         checksums=dict(zip(urls, facts[f"{kind}_checksum"][one].tolist(), strict=True)),
+        sizes=dict(zip(urls, facts[f"{kind}_size"][one].tolist(), strict=True)),
         chunk_tile=ids // span,
         chunk_index=ids % span,
         tiles=tile_names.tolist(),
         tails=tails,
         array=array,
     )
+
+
+@dataclass(frozen=True)
+class ZoneYear:
+    """Where the bytes of one zone-year come from, as reads need them.
+
+    Mosaics and point reads are given this instead of calling back into
+    the store that opened the index: the tiles are named in ``broken`` when
+    their index records were refused (so they fail with that reason, never
+    read), the boundary reads the files, and ``chunks`` (the Icechunk
+    session store of the branch or tag) serves reads with ``direct`` off.
+    """
+
+    zone: int
+    year: int
+    files: SourceFiles
+    chunks: Any
+    direct: bool = True
+    #: Tile name -> why its record in the index cannot be used.
+    broken: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def check(self, names: Sequence[str] | NDArray[Any], what: str) -> None:
+        """Fail before any request if one of ``names`` has a refused index record."""
+        if not self.broken:
+            return
+        for name in dict.fromkeys(np.asarray(names).tolist()):
+            if name in self.broken:
+                raise SourceUnavailableError(
+                    f"{what}: tile {name} ({self.year}, zone {self.zone}): {self.broken[name]}"
+                )
 
 
 def choose(
@@ -252,47 +300,30 @@ def choose(
     direct: bool = True,
     range_gap: int = RANGE_GAP,
 ) -> tuple[Plan, SourceFiles | None]:
-    """The cheaper plan for ``wanted``, and the direct reader if it is the one.
+    """The plan for ``wanted``, and the direct reader unless Icechunk reads it.
 
     Every file must lie under a root the caller authorised (``files``
     knows them), whichever path reads it; a file that does not is refused
-    here, before any request. Direct reads are chosen when ``direct``
-    allows them and they save at least half the requests; otherwise the
-    Icechunk store reads. ``range_gap`` replaces ``gap`` when every file
-    serves multi-range requests.
+    here, before any request. With ``direct`` the files are read through
+    the boundary, ranges merged across chunk boundaries and grouped into
+    multi-range requests (``range_gap`` replaces ``gap`` when every file
+    serves them); otherwise through the Icechunk store, by chunk.
     """
     refused = sorted(u for u in wanted.urls if files.root_of(u) is None)
     if refused:
         raise ConfigurationError(
-            f"{what}: {refused[0]} is under no source you authorised"
+            f"{what}: {refused[0]} is not authorised (it lies under no source you trust)"
             + (f" (and {len(refused) - 1} more files)" if len(refused) > 1 else "")
             + ". Pass allow_local_sources=True (CLI: --allow-local-sources) for file:// "
             "sources you trust, or list its root in allowed_sources"
         )
-    ends = wanted.chunk_starts + wanted.lengths
-    # Icechunk reads at least one request per distinct chunk: a lower bound
-    # that often decides without coalescing by chunk at all.
-    chunks = wanted.chunk_index.size
-    if direct and chunks > 1:
+    if direct:
         file_ends = wanted.file_starts + wanted.lengths
-        direct_gap = gap
         if all(files.multi_range(u) for u in wanted.checksums):
-            direct_gap = min(gap, range_gap)
-        by_file = coalesce(
-            wanted.file, wanted.urls, wanted.file_starts, file_ends, direct_gap, part=PART
-        )
-        # A direct request costs more Python than one of Icechunk's batched
-        # chunk fetches (measured: 12% fewer requests ran slower), so only a
-        # real saving, as for windows over one-row chunks, takes this path.
-        groups = requests(by_file, files)
-        by_file = dataclasses.replace(by_file, groups=groups)
-        needed = (len(groups) - 1) * DIRECT_SAVING
-        if needed <= chunks:
-            return by_file, files
-        by_chunk = coalesce(wanted.chunk, wanted.chunk_keys(), wanted.chunk_starts, ends, gap)
-        if needed <= len(by_chunk.keys):
-            return by_file, files
-        return by_chunk, None
+            gap = min(gap, range_gap)
+        by_file = coalesce(wanted.file, wanted.urls, wanted.file_starts, file_ends, gap, part=PART)
+        return dataclasses.replace(by_file, groups=requests(by_file, files)), files
+    ends = wanted.chunk_starts + wanted.lengths
     return coalesce(wanted.chunk, wanted.chunk_keys(), wanted.chunk_starts, ends, gap), None
 
 
@@ -346,7 +377,7 @@ async def arrivals(
     store: Any,
     plan: Plan,
     files: SourceFiles | None,
-    checksums: dict[str, str],
+    wanted: Wanted,
     what: str,
     into: Mapping[int, Sequence[memoryview]] | None = None,
 ) -> AsyncIterator[list[Arrival]]:
@@ -358,20 +389,23 @@ async def arrivals(
     the Icechunk store the blobs arrive together (one ``get_partial_values``
     call per batch). A direct request that is one range of ``into`` lands
     in its views (:meth:`SourceFiles.get_into`) and arrives with no data.
+    Every failure names the tile and the URL it was reading.
     """
     if files is None:
         yield [Arrival(i, blob, _AT0) for i, blob in enumerate(await fetch(store, plan, what))]
         return
     landing = into or {}
+    tile_of = dict(zip(wanted.urls, wanted.tiles, strict=True))
 
     async def one(lo: int, hi: int) -> list[Arrival]:
         url = plan.keys[lo]
+        sum_, size, doing = wanted.checksums[url], wanted.sizes[url], f"{what}, tile {tile_of[url]}"
         if hi == lo + 1 and lo in landing:
             start, end = int(plan.starts[lo]), int(plan.ends[lo])
-            await files.get_into(url, start, end, checksums[url], what, landing[lo])
+            await files.get_into(url, start, end, sum_, doing, landing[lo], size)
             return [Arrival(lo, None, _AT0)]
         starts, ends = plan.starts[lo:hi].tolist(), plan.ends[lo:hi].tolist()
-        body, at = await files.get_ranges(url, starts, ends, checksums[url], what)
+        body, at = await files.get_ranges(url, starts, ends, sum_, doing, size)
         return [Arrival(lo, body, at)]
 
     bounds = (plan.groups if plan.groups is not None else requests(plan, files)).tolist()
@@ -384,13 +418,13 @@ async def arrivals(
             task.cancel()
 
 
-async def read(
-    store: Any, files: SourceFiles, wanted: Wanted, gap: int, what: str, *, direct: bool = True
-) -> tuple[Plan, list[Arrival]]:
-    """Fetch the points ``wanted`` the cheaper way; the plan says where each range landed."""
-    plan, via = choose(files, wanted, gap, what, direct=direct, range_gap=POINT_RANGE_GAP)
+async def read(source: ZoneYear, wanted: Wanted, gap: int, what: str) -> tuple[Plan, list[Arrival]]:
+    """Fetch the points ``wanted``; the plan says where each range landed."""
+    plan, via = choose(
+        source.files, wanted, gap, what, direct=source.direct, range_gap=POINT_RANGE_GAP
+    )
     got: list[Arrival] = []
-    async for batch in arrivals(store, plan, via, wanted.checksums, what):
+    async for batch in arrivals(source.chunks, plan, via, wanted, what):
         got.extend(batch)
     return plan, got
 

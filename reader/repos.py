@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import icechunk as ic
 
 from .errors import ConfigurationError
+from .options import RetryPolicy
 from .s3 import s3_settings
 
 log = logging.getLogger(__name__)
@@ -104,48 +105,33 @@ def read_config(base: Any | None = None) -> Any:
     return cfg
 
 
-#: Default read policy: a source may fail transiently (503, reset, short body)
-#: up to this many times per request, and each attempt may take this long.
-READ_RETRIES = 3
-READ_TIMEOUT = 30.0
-
-
-def with_read_policy(
-    cfg: Any,
-    *,
-    retries: int = READ_RETRIES,
-    timeout: float = READ_TIMEOUT,
-    backoff: float = 0.1,
-    max_backoff: float = 2.0,
-) -> Any:
-    """Bound every virtual-chunk fetch: retries with backoff, a per-attempt timeout.
+def with_read_policy(cfg: Any, policy: RetryPolicy, ca_pem: str | None = None) -> Any:
+    """Bound every virtual-chunk fetch by the reader's policy: retries, backoff, timeouts.
 
     Icechunk applies ``StorageSettings.retries`` to virtual chunk fetches too,
-    but an HTTP container's timeouts live in its store options, which the
-    repository recorded at index time (none). So the reader replaces each
-    HTTP container's store, in memory only, with one carrying ``timeout``:
-    a stalled mirror then fails after about ``(retries + 1) * timeout``
-    seconds instead of hanging. Never saved to the repository.
+    but an HTTP container's timeouts (and any extra CA to trust) live in its
+    store options, which the repository recorded at index time (none). So
+    the reader replaces each HTTP container's store, in memory only, with
+    one carrying them: a stalled mirror then fails after about ``(retries +
+    1) * timeout`` seconds instead of hanging. Never saved to the repository.
     """
-    if retries < 0 or timeout <= 0 or backoff < 0:
-        raise ConfigurationError(
-            f"read retries must be >= 0, timeout > 0 and backoff >= 0; got retries={retries}, "
-            f"timeout={timeout}, backoff={backoff}"
-        )
     old = cfg.storage
-    ms = int(timeout * 1000)
+    ms = int(policy.timeout * 1000)
+    connect_ms = int(policy.connect * 1000)
     cfg.storage = ic.StorageSettings(
         concurrency=old.concurrency if old is not None else None,
         retries=ic.StorageRetriesSettings(
-            max_tries=retries + 1,
-            initial_backoff_ms=int(backoff * 1000),
-            max_backoff_ms=int(max(backoff, max_backoff) * 1000),
+            max_tries=policy.attempts,
+            initial_backoff_ms=int(policy.backoff * 1000),
+            max_backoff_ms=int(max(policy.backoff, policy.max_backoff) * 1000),
         ),
         timeouts=ic.StorageTimeoutSettings(
-            connect_timeout_ms=min(ms, 5000), read_timeout_ms=ms, operation_attempt_timeout_ms=ms
+            connect_timeout_ms=connect_ms, read_timeout_ms=ms, operation_attempt_timeout_ms=ms
         ),
     )
-    opts = {"timeout": f"{ms}ms", "connect_timeout": f"{min(ms, 5000)}ms"}
+    opts = {"timeout": f"{ms}ms", "connect_timeout": f"{connect_ms}ms"}
+    if ca_pem is not None:
+        opts["root_certificate"] = ca_pem
     for prefix, vcc in dict(cfg.virtual_chunk_containers or {}).items():
         if urlsplit(prefix).scheme in ("http", "https"):
             cfg.set_virtual_chunk_container(

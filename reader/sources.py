@@ -1,18 +1,25 @@
-"""The original tile files: stores on their roots and conditional ranged reads.
+"""The boundary: every byte tessera-vz fetches outside Icechunk comes through here.
 
-A source root is where a TESSERA tree lives (``file://``, ``http(s)://`` or
-``s3://``); the index records it as a virtual chunk container and every
-tile's paths, offsets and checksums in the year's ``tiles`` table. The
-indexer probes headers through these stores. The reader uses them where
-Icechunk's unit of fetch, one virtual chunk per request, would multiply
-requests: a window over many rows of a tile whose chunks are one or a few
-rows long is one contiguous range of the file, and a cluster of points
-needs a few hundred kilobytes of it. Such reads keep every guarantee of a
-read through the Icechunk store: only roots the caller authorised are read,
-the checksum recorded in the index is sent as a precondition
-(``If-Match`` with an ETag, ``If-Unmodified-Since`` with a last-modified
-time) so a changed file fails instead of returning other bytes, and the
-same retries and timeouts bound every request.
+Header probes and ``verify`` (the indexer), point, window and multi-range
+reads (the reader) and manifests all read source files through
+:class:`SourceFiles`. ``http(s)://`` sources go through
+:mod:`~tessera_vz.reader.web` (aiohttp), ``s3://`` and ``file://`` through
+obstore. Its invariants, each proven by a test against a misbehaving server
+(``docs/reliability.md``):
+
+- only files under roots the caller authorised are read, and redirects are
+  followed only to authorised origins;
+- the bytes returned for a range are exactly that range (``Content-Range``
+  and length checked; multipart parts cover the request without overlap or
+  conflict) or an error, never other data;
+- memory is bounded by what was asked, whatever the headers claim;
+- the checksum the index recorded travels as a precondition (``If-Match``
+  with an S3 ETag, ``If-Unmodified-Since`` with a last-modified time), so a
+  file changed after indexing fails instead of returning other bytes; values
+  read from a repository are validated before they become headers;
+- one :class:`~tessera_vz.reader.options.RetryPolicy` bounds every request;
+- every failure is :class:`SourceUnavailableError` or
+  :class:`SourceChangedError` naming what was read and the URL.
 """
 
 from __future__ import annotations
@@ -22,70 +29,66 @@ import datetime as dt
 import email.utils
 import functools
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+import re
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import unquote, urlsplit
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+from urllib.parse import unquote
 
-import aiohttp
 import numpy as np
 import obstore
 import obstore.store
 from numpy.typing import NDArray
 from obstore.exceptions import NotFoundError, PreconditionError
 
-from . import client, receive
+from . import web
 from .byteranges import MalformedRangesError, locate, range_header
-from .errors import ConfigurationError, SourceChangedError, SourceUnavailableError
-from .receive import ReceiveError
+from .errors import (
+    ConfigurationError,
+    SourceChangedError,
+    SourceNotFoundError,
+    SourceUnavailableError,
+)
+from .options import RETRY_STATUS, ReadOptions, RetryPolicy
 from .s3 import s3_settings, split_options
+from .urls import SourceRoot, join, under
 
 if TYPE_CHECKING:
     from obstore import GetOptions
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 
-@dataclass(frozen=True)
-class SourceRoot:
-    """A normalised tree root: ``url`` always ends with ``/``."""
-
-    url: str
-
-    @property
-    def scheme(self) -> str:
-        return urlsplit(self.url).scheme
-
-    @property
-    def is_local(self) -> bool:
-        return self.scheme == "file"
-
-    @property
-    def local_path(self) -> str:
-        """Filesystem path of a ``file://`` root (percent-decoded: ``%20`` is a space)."""
-        return unquote(urlsplit(self.url).path)
-
-    def url_of(self, rel: str) -> str:
-        """Absolute URL of a path relative to the root."""
-        return self.url + rel
+#: Merged ranges are cut into requests of about this size, fetched in
+#: parallel: one stream over loopback or a mirror moves less than several.
+PART = 8 << 20
+#: Requests in flight per reader, like Icechunk's partial-value concurrency.
+CONCURRENCY = 64
+#: Bytes a multipart answer may spend per part on its delimiter and headers
+#: (nginx spends ~100), beyond the ranges themselves.
+PART_OVERHEAD = 512
+#: The largest object fetched whole (a manifest of the whole archive is ~0.5 GB).
+MAX_OBJECT = 4 << 30
 
 
 def object_store(root: SourceRoot, *, options: dict[str, Any] | None = None) -> Any:
-    """An obstore store rooted at ``root``.
+    """An obstore store rooted at a ``file://`` or ``s3://`` root (listings, reads).
 
-    Credentials and endpoints for S3 come from the environment the way
-    obstore reads them (``AWS_*`` variables) plus explicit ``options``; they
-    are never written anywhere by us.
+    ``http(s)://`` roots are read by :mod:`~tessera_vz.reader.web`, never by
+    obstore, whose client follows redirects to any origin. Credentials and
+    endpoints for S3 come from the environment the way obstore reads them
+    (``AWS_*`` variables) plus explicit ``options``; they are never written
+    anywhere by us.
     """
     opts = dict(options or {})
     retry = opts.pop("retry_config", None)
     client = opts.pop("client_options", {})
     if root.scheme == "file":
         return obstore.store.LocalStore(root.local_path)
-    if root.scheme in ("http", "https"):
-        if root.scheme == "http":
-            client = {"allow_http": True, **client}
-        return obstore.store.HTTPStore.from_url(root.url, client_options=client, retry_config=retry)
+    if root.scheme != "s3":
+        raise ConfigurationError(f"no object store for {root.url}: expected file:// or s3://")
     # Our S3 keys (endpoint_url, anonymous, …) resolved with the AWS_* environment;
     # any other key is passed to obstore's S3 config as it is.
     s3, raw = split_options(opts)
@@ -97,49 +100,11 @@ def object_store(root: SourceRoot, *, options: dict[str, Any] | None = None) -> 
     )
 
 
-#: First wait before a retry and the longest one (doubling in between), for
-#: obstore's requests and for multi-range requests alike.
-BACKOFF = 0.1
-MAX_BACKOFF = 5.0
+# -- checksums: what the index records, and the preconditions that enforce them ----
 
-
-def retry_options(
-    *,
-    retries: int,
-    timeout: float,
-    connect_timeout: float | None = None,
-    backoff: float = BACKOFF,
-    max_backoff: float = MAX_BACKOFF,
-) -> dict[str, Any]:
-    """``retry_config`` and ``client_options`` for :func:`object_store`.
-
-    A mirror under load answers 503, drops connections or stalls; obstore
-    retries those with exponential backoff, and ``timeout`` bounds each
-    attempt so a stalled server costs at most ``(retries + 1) * timeout``
-    per file instead of hanging the run. A file that still fails becomes a
-    tile-level failure in the report.
-    """
-    if retries < 0 or timeout <= 0 or backoff < 0:
-        raise ConfigurationError(
-            f"retries must be >= 0, timeout > 0 and backoff >= 0; got retries={retries}, "
-            f"timeout={timeout}, backoff={backoff}"
-        )
-    connect = connect_timeout if connect_timeout is not None else min(timeout, 5.0)
-    return {
-        "retry_config": {
-            "max_retries": int(retries),
-            "backoff": {
-                "init_backoff": dt.timedelta(seconds=backoff),
-                "max_backoff": dt.timedelta(seconds=max(backoff, max_backoff)),
-                "base": 2,
-            },
-            "retry_timeout": dt.timedelta(seconds=(retries + 1) * (timeout + max_backoff)),
-        },
-        "client_options": {
-            "timeout": dt.timedelta(seconds=timeout),
-            "connect_timeout": dt.timedelta(seconds=connect),
-        },
-    }
+_DATE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+#: An entity tag as HTTP allows it (RFC 9110: visible ASCII, optionally weak).
+_ETAG = re.compile(r'^(W/)?"?[\x21\x23-\x7e]{1,512}"?$')
 
 
 def checksum_text(checksum: str | dt.datetime) -> str:
@@ -150,85 +115,151 @@ def checksum_text(checksum: str | dt.datetime) -> str:
 
 
 def checksum_value(text: str) -> str | dt.datetime:
-    """Inverse of :func:`checksum_text`."""
-    if len(text) == 20 and text.endswith("Z") and text[4] == "-":
-        return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    """Inverse of :func:`checksum_text`; ``ValueError`` for a value no server could have sent.
+
+    The text comes from a repository, an untrusted input: it becomes a
+    request header, so control characters, line breaks and oversized values
+    are refused here, never sent.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"expected a checksum string, found {type(text).__name__}")
+    if _DATE.match(text):
+        try:
+            return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+        except ValueError:
+            raise ValueError(f"checksum {text!r} is not a valid date") from None
+    if not _ETAG.match(text):
+        raise ValueError(
+            f"checksum {text[:80]!r} is neither an ETag (visible ASCII, at most 512 "
+            "characters) nor a UTC time YYYY-MM-DDTHH:MM:SSZ"
+        )
     return text
 
 
-#: Merged ranges are cut into requests of about this size, fetched in
-#: parallel: one stream over loopback or a mirror moves less than several.
-PART = 8 << 20
-#: Single ranges up to this many bytes go through our HTTP clients, which
-#: ask for quick ACKs: through obstore, 179 of 200 reads of 88,912 bytes from
-#: nginx (two TCP segments on loopback) waited 44 ms for a delayed ACK, none
-#: through ours. Longer ranges (many segments, ACKed as they come) go through
-#: obstore, whose Rust client collects megabytes in a buffer of its own
-#: faster than a Python client, unless they land in place (:meth:`get_into`).
-QUICK_ACK_LIMIT = 1 << 20
-#: Requests in flight per reader, like Icechunk's partial-value concurrency.
-CONCURRENCY = 64
-#: Answers worth another try, as obstore retries them.
-_RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+@functools.lru_cache(maxsize=65536)
+def http_precondition(checksum: str) -> dict[str, str]:
+    """The request headers that enforce a recorded checksum (tiles-table text)."""
+    value = checksum_value(checksum)
+    if isinstance(value, dt.datetime):
+        return {"If-Unmodified-Since": email.utils.format_datetime(value.astimezone(dt.UTC), True)}
+    return {"If-Match": value if value.startswith(('"', "W/")) else f'"{value}"'}
+
+
+@functools.lru_cache(maxsize=65536)
+def precondition(checksum: str) -> dict[str, Any]:
+    """The same precondition as obstore ``GetOptions``."""
+    value = checksum_value(checksum)
+    if isinstance(value, dt.datetime):
+        return {"if_unmodified_since": value}
+    return {"if_match": value}
+
+
+@dataclass(frozen=True)
+class ObjectFacts:
+    """What an answer says about the object: its size and its validators."""
+
+    size: int
+    e_tag: str | None
+    last_modified: dt.datetime | None
+
+    def meta(self) -> dict[str, Any]:
+        """As obstore's ``meta`` dicts spell it (``size``, ``e_tag``, ``last_modified``)."""
+        return {"size": self.size, "e_tag": self.e_tag, "last_modified": self.last_modified}
+
+
+def _valid_etag(value: Any) -> str | None:
+    text = str(value) if value is not None else None
+    return text if text is not None and _ETAG.match(text) else None
+
+
+def _http_facts(headers: Any, size: int, url: str) -> ObjectFacts:
+    """Size and validators of an HTTP answer; a malformed ``Last-Modified`` is an error."""
+    modified = headers.get("Last-Modified")
+    when = None
+    if modified is not None:
+        try:
+            when = email.utils.parsedate_to_datetime(modified)
+        except (TypeError, ValueError, IndexError):
+            when = None
+        if when is None or when.tzinfo is None:
+            raise web.AnswerError(
+                f"Last-Modified {modified[:60]!r} is not an HTTP date; tessera-vz records it "
+                "to detect files changed after indexing"
+            )
+    return ObjectFacts(size, _valid_etag(headers.get("ETag")), when)
+
+
+def _object_facts(meta: dict[str, Any]) -> ObjectFacts:
+    modified = meta.get("last_modified")
+    return ObjectFacts(
+        int(cast(int, meta["size"])),
+        _valid_etag(meta.get("e_tag")),
+        modified if isinstance(modified, dt.datetime) else None,
+    )
+
+
+def _total_of(content_range: str | None) -> int | None:
+    m = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", content_range or "")
+    return int(m[3]) if m and m[3] != "*" else None
+
+
+# -- the reader -----------------------------------------------------------------------
 
 
 class SourceFiles:
-    """Conditional ranged reads from the authorised source roots of an index.
+    """Checked, conditional reads of the authorised source files of an index.
 
-    Holds one obstore store per root (they pool connections), so it is
-    state worth a class. ``roots`` are the container URL prefixes the
-    caller authorised; a URL under no such root is refused, never read.
+    State is real here (one obstore store per root, which pool
+    connections; roots that refused multi-range requests; the authorised
+    roots), so a class. ``roots`` are the URL prefixes the caller
+    authorised: a file under no such root is refused before any request, and
+    a redirect is followed only to a URL under one.
 
     Parameters
     ----------
     roots
-        Authorised source root URLs (``…/`` terminated).
-    s3_options
-        Endpoint, region, anonymous access or credentials for ``s3://``
-        roots, as :func:`~tessera_vz.reader.s3.s3_settings` takes them.
-    retries, timeout
-        Per-request retries with backoff and the limit of each attempt.
+        Authorised source root URLs.
+    options
+        The reader's :class:`~tessera_vz.reader.options.ReadOptions`
+        (retry policy, S3 settings, extra CA).
     """
 
-    def __init__(
-        self,
-        roots: Iterable[str] = (),
-        *,
-        s3_options: Mapping[str, Any] | None = None,
-        retries: int = 3,
-        timeout: float = 30.0,
-    ) -> None:
+    def __init__(self, roots: Iterable[str] = (), options: ReadOptions | None = None) -> None:
+        self.options = options if options is not None else ReadOptions()
+        self.policy: RetryPolicy = self.options.policy
         self._roots: set[str] = set()
         #: HTTP roots that answered a multi-range request with the whole file.
         self._single: set[str] = set()
-        self._retries, self._timeout = retries, timeout
-        self._options = {
-            **dict(s3_options or {}),
-            **retry_options(retries=retries, timeout=timeout),
-        }
+        self._obstore_options = {**self.options.s3, **self.policy.obstore()}
+        self._ca = self.options.trusted_ca()
         self._stores: dict[str, Any] = {}
         self._limits: dict[Any, asyncio.Semaphore] = {}
         self.allow(roots)
 
+    # -- authorisation -------------------------------------------------------
     def allow(self, roots: Iterable[str]) -> None:
         """Authorise more roots (e.g. those of another zone's repository)."""
         self._roots |= {r if r.endswith("/") else r + "/" for r in roots}
 
     def root_of(self, url: str) -> str | None:
-        """The authorised root holding ``url``, or ``None``."""
+        """The longest authorised root holding ``url``, or ``None``."""
         best = None
         for root in self._roots:
             if url.startswith(root) and (best is None or len(root) > len(best)):
                 best = root
         return best
 
+    def allowed(self, url: str) -> bool:
+        """Whether a redirect may lead to ``url`` (under an authorised root)."""
+        return any(under(url, root) for root in self._roots)
+
     def _authorised(self, url: str, what: str) -> str:
         root = self.root_of(url)
         if root is None:
             raise ConfigurationError(
-                f"{what}: {url} is under no source you authorised; pass "
+                f"{what}: {url} is not authorised (it lies under no source you trust); pass "
                 "allow_local_sources=True (CLI: --allow-local-sources) for file:// sources you "
-                "trust, or list its root in allowed_sources"
+                "trust, or list its root in allowed_sources (CLI: --allow-source)"
             )
         return root
 
@@ -238,281 +269,393 @@ class SourceFiles:
         http = root is not None and root.startswith(("http:", "https:"))
         return http and root not in self._single
 
-    def _store(self, root: str) -> Any:
-        if root not in self._stores:
-            self._stores[root] = object_store(SourceRoot(root), options=dict(self._options))
-        return self._stores[root]
-
-    async def get(self, url: str, start: int, end: int, checksum: str, what: str) -> Any:
+    # -- reads -----------------------------------------------------------------
+    async def get(
+        self, url: str, start: int, end: int, checksum: str | None, what: str,
+        size: int | None = None,
+    ) -> Any:  # fmt: skip
         """Bytes ``[start, end)`` of ``url``, if the file still matches ``checksum``.
 
-        Returns obstore ``Bytes`` (a zero-copy buffer). Raises
-        :class:`SourceChangedError` when the file changed after indexing
-        and :class:`SourceUnavailableError` when it cannot be read or
-        answers with fewer bytes than asked.
+        Returns a bytes-like buffer of exactly ``end - start`` bytes.
+        ``size`` (as indexed) lets an answer naming another file size fail
+        as changed. ``checksum=None`` sends no precondition (a header probe's
+        first read).
         """
         root = self._authorised(url, what)
-        # Paths in the tiles table are relative to the root, as the indexer read them.
-        store, path = self._store(root), url[len(root) :]
-        async with self._limit():
-            try:
-                opts = cast("GetOptions", {"range": (start, end), **precondition(checksum)})
-                got = await obstore.get_async(store, path, options=opts)
-                data = await got.bytes_async()
-            except PreconditionError:
-                raise _changed(url, checksum, what) from None
-            except NotFoundError:
-                raise _gone(url, what) from None
-            except Exception as exc:  # obstore's hierarchy: network, timeout, server errors
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise SourceUnavailableError(f"{what}: {url}: {first}") from None
-        if len(data) != end - start:
-            raise SourceUnavailableError(
-                f"{what}: {url} answered {len(data)} bytes for the {end - start} bytes at "
-                f"{start}; the file is shorter than indexed or the transfer was cut. Retry, "
-                "or run `tessera-vz verify`"
-            )
-        return data
+        if root.startswith(("http:", "https:")):
+            return await self._http_ranges(url, [start], [end], checksum, what, size, single=True)
+        return await self._attempts(
+            url, what, lambda: self._object_get(root, url, start, end, checksum, what)
+        )
 
-    def _limit(self) -> asyncio.Semaphore:
-        loop = asyncio.get_running_loop()
-        return self._limits.setdefault(loop, asyncio.Semaphore(CONCURRENCY))
+    async def get_into(
+        self, url: str, start: int, end: int, checksum: str | None, what: str,
+        into: Sequence[memoryview], size: int | None = None,
+    ) -> None:  # fmt: skip
+        """Bytes ``[start, end)`` of ``url`` written into consecutive views ``into``.
+
+        The views' lengths add up to ``end - start`` (a window's row spans,
+        with throwaway views for the bytes between them). Over HTTP the bytes
+        are copied there as they arrive; an attempt that fails part-way is
+        repeated from the first byte, overwriting what it left.
+        """
+        root = self._authorised(url, what)
+        if root.startswith(("http:", "https:")):
+            await self._http_ranges(url, [start], [end], checksum, what, size, into=into)
+            return
+        _spill(await self.get(url, start, end, checksum, what, size), into)
 
     async def get_ranges(
         self,
         url: str,
         starts: Sequence[int],
         ends: Sequence[int],
-        checksum: str,
+        checksum: str | None,
         what: str,
+        size: int | None = None,
     ) -> tuple[Any, NDArray[np.int64]]:
         """Bytes ``[start, end)`` of ``url`` for each range, in as few requests as it allows.
 
         Returns one buffer and where each range begins in it: a multi-range
         answer stays the one body the server sent, so a caller cuts hundreds
         of ranges out in one vectorised step. Ranges of an HTTP root that
-        serves multi-range requests share one request. HTTP requests go
-        through :mod:`~tessera_vz.reader.receive` (plain ``http://`` without
-        a proxy) or the pooled aiohttp client, both asking for quick ACKs;
-        a single range over :data:`QUICK_ACK_LIMIT` (unless it lands in
-        place, :meth:`get_into`) and every S3 or file range go through
-        obstore, a request per range.
-
-        Same guarantees as :meth:`get`: an authorised root, the checksum as
-        a precondition, retries with backoff and a timeout per attempt, and
-        every range whole. A server that ignores multi-range requests
-        (answering 200 with the whole file) is told apart before its body is
-        read; that root is then read range by range.
+        serves multi-range requests share one request; a server that ignores
+        them (200 with the whole file, recognised before its body is read) is
+        read range by range from then on, as are S3 and local files.
         """
         root = self._authorised(url, what)
-        http = root.startswith(("http:", "https:"))
         several = len(starts) > 1
-        if http and (
-            root not in self._single if several else ends[0] - starts[0] <= QUICK_ACK_LIMIT
-        ):
-            async with self._limit():
-                got = await self._ranged(root, url, starts, ends, checksum, what)
+        if root.startswith(("http:", "https:")) and (not several or root not in self._single):
+            got = await self._http_ranges(url, starts, ends, checksum, what, size)
             if got is not None:
-                return got
-            if several and root not in self._single:
-                self._single.add(root)
-                log.warning(
-                    "%s answers multi-range requests with whole files; reading its ranges "
-                    "one request each",
-                    root,
-                )
-        if not several:  # obstore's buffer as it is: no copy of a long range
-            return await self.get(url, starts[0], ends[0], checksum, what), np.zeros(1, np.int64)
+                return got if several else (got, np.zeros(1, np.int64))
+            self._single.add(root)
+            log.warning(
+                "%s answers multi-range requests with whole files; reading its ranges one "
+                "request each",
+                root,
+            )
+        if not several:
+            return await self.get(url, starts[0], ends[0], checksum, what, size), np.zeros(
+                1, np.int64
+            )
         blobs = await asyncio.gather(
-            *(self.get(url, s, e, checksum, what) for s, e in zip(starts, ends, strict=True))
+            *(self.get(url, s, e, checksum, what, size) for s, e in zip(starts, ends, strict=True))
         )
         at = np.cumsum([0, *(e - s for s, e in zip(starts, ends, strict=True))])[:-1]
         return b"".join(blobs), at.astype(np.int64)
 
-    async def get_into(
-        self, url: str, start: int, end: int, checksum: str, what: str, into: Sequence[memoryview]
-    ) -> None:
-        """Bytes ``[start, end)`` of ``url`` written into ``into``, as :meth:`get` reads them.
+    async def probe(self, url: str, nbytes: int, what: str) -> tuple[bytes, ObjectFacts]:
+        """The first ``nbytes`` of a file (fewer if it is shorter), its size and validators.
 
-        ``into`` are consecutive byte views whose lengths add up to
-        ``end - start`` (a window's row spans, with throwaway views for the
-        bytes between them). Through :mod:`~tessera_vz.reader.receive` the
-        bytes land there as they arrive; any other way they are copied.
+        One ranged GET: the answer's ``Content-Range`` carries the size and
+        its headers the ETag and last-modified time, so no HEAD is needed.
         """
         root = self._authorised(url, what)
-        http = root.startswith(("http:", "https:"))
-        if http and (_receivable(root) or end - start <= QUICK_ACK_LIMIT):
-            async with self._limit():
-                got = await self._ranged(root, url, [start], [end], checksum, what, into)
-            if got is not None:
-                return
-        _spill(await self.get(url, start, end, checksum, what), into)
+        if root.startswith(("http:", "https:")):
+            return await self._attempts(url, what, lambda: self._http_probe(url, nbytes, what))
+        return await self._attempts(url, what, lambda: self._object_probe(root, url, nbytes, what))
 
-    async def _ranged(
+    async def head(self, url: str, what: str) -> ObjectFacts:
+        """Size and validators of a file, without its bytes (``verify``)."""
+        root = self._authorised(url, what)
+        if root.startswith(("http:", "https:")):
+            return await self._attempts(url, what, lambda: self._http_head(url, what))
+        return await self._attempts(url, what, lambda: self._object_head(root, url, what))
+
+    async def fetch(self, url: str, what: str, limit: int = MAX_OBJECT) -> bytes:
+        """A whole (small) object such as a manifest, at most ``limit`` bytes."""
+        root = self._authorised(url, what)
+        if root.startswith(("http:", "https:")):
+            return await self._attempts(url, what, lambda: self._http_fetch(url, limit, what))
+        store, path = self._store(root), _path(root, url)
+
+        async def once() -> bytes:
+            got = await obstore.get_async(store, path)
+            if int(got.meta["size"]) > limit:
+                raise web.AnswerError(f"{got.meta['size']} bytes, over the {limit}-byte limit")
+            return (await got.bytes_async()).to_bytes()
+
+        return await self._attempts(url, what, once)
+
+    # -- HTTP ------------------------------------------------------------------------
+    async def _http_ranges(
         self,
-        root: str,
         url: str,
         starts: Sequence[int],
         ends: Sequence[int],
-        checksum: str,
+        checksum: str | None,
         what: str,
+        size: int | None,
+        *,
+        single: bool = False,
         into: Sequence[memoryview] | None = None,
-    ) -> tuple[Any, NDArray[np.int64]] | None:
-        """One ranged request with retries; ``None`` if the server ignored the ranges.
+    ) -> Any:
+        """One ranged request (retried); ``None`` if a multi-range request got the whole file.
 
-        With ``into`` (one range) the body lands there and the buffer
-        returned is ``None``.
+        With ``single`` the result is the range's bytes, with ``into``
+        ``None`` once they landed there, else ``(body, where each range
+        begins)``.
         """
-        headers = {"Range": range_header(starts, ends), **http_precondition(checksum)}
-        send = _by_receive if _receivable(root) else _by_aiohttp
-        error = ""
-        for attempt in range(self._retries + 1):
-            if attempt:
-                await asyncio.sleep(min(MAX_BACKOFF, BACKOFF * 2 ** (attempt - 1)))
+        headers = {"Range": range_header(starts, ends)}
+        if checksum is not None:
+            headers.update(self._header_precondition(checksum, url, what))
+        n = len(starts)
+        wanted = sum(e - s for s, e in zip(starts, ends, strict=True))
+
+        async def once() -> Any:
+            async with web.answer(
+                url, headers, allowed=self.allowed, ca_file=self._ca,
+                connect_timeout=self.policy.connect,
+            ) as resp:  # fmt: skip
+                _status(resp.status, resp.reason, url, checksum, what)
+                if resp.status == 200:
+                    if n > 1:
+                        return None  # never read a whole tile for a few ranges
+                    raise web.AnswerError(
+                        "the server ignores Range requests (answered 200 with the whole file); "
+                        "tessera-vz reads only the bytes it needs"
+                    )
+                crange = resp.headers.get("Content-Range")
+                if n == 1:
+                    _check_single(crange, starts[0], ends[0], size, url, what)
+                    buf = await web.read_exact(resp, wanted, into)
+                    return None if into is not None else buf
+                body = await web.read_capped(resp, wanted + (n + 1) * PART_OVERHEAD)
+                ctype = resp.headers.get("Content-Type", "")
+                try:
+                    return body, locate(body, ctype, crange, starts, ends, size)
+                except MalformedRangesError as exc:
+                    raise web.AnswerError(str(exc)) from None
+
+        got = await self._attempts(url, what, once)
+        if n > 1 and got is None:
+            return None
+        return got
+
+    async def _http_probe(self, url: str, nbytes: int, what: str) -> tuple[bytes, ObjectFacts]:
+        headers = {"Range": f"bytes=0-{nbytes - 1}"}
+        async with web.answer(
+            url, headers, allowed=self.allowed, ca_file=self._ca,
+            connect_timeout=self.policy.connect,
+        ) as resp:  # fmt: skip
+            _status(resp.status, resp.reason, url, None, what)
+            if resp.status == 206:
+                crange = resp.headers.get("Content-Range")
+                total = _total_of(crange)
+                if total is None:
+                    raise web.AnswerError(f"a 206 answer with Content-Range {crange!r}")
+                _check_single(crange, 0, min(nbytes, total), total, url)
+                got = await web.read_exact(resp, min(nbytes, total))
+                return bytes(cast(bytearray, got)), _http_facts(resp.headers, total, url)
+            length = web.declared_length(resp)
+            if length is None:
+                raise web.AnswerError("a 200 answer without Content-Length to a ranged request")
+            prefix = await web.read_prefix(resp, nbytes)
+            resp.close()  # the rest of the file is never read
+            if len(prefix) < min(nbytes, length):
+                raise web.AnswerError("the answer was cut short", transient=True)
+            return prefix, _http_facts(resp.headers, length, url)
+
+    async def _http_head(self, url: str, what: str) -> ObjectFacts:
+        async with web.answer(
+            url, {}, allowed=self.allowed, ca_file=self._ca, method="HEAD",
+            connect_timeout=self.policy.connect,
+        ) as resp:  # fmt: skip
+            _status(resp.status, resp.reason, url, None, what)
+            length = web.declared_length(resp)
+            if length is None:
+                raise web.AnswerError("a HEAD answer without Content-Length")
+            return _http_facts(resp.headers, length, url)
+
+    async def _http_fetch(self, url: str, limit: int, what: str) -> bytes:
+        async with web.answer(
+            url, {}, allowed=self.allowed, ca_file=self._ca,
+            connect_timeout=self.policy.connect,
+        ) as resp:  # fmt: skip
+            _status(resp.status, resp.reason, url, None, what)
+            if resp.status != 200:
+                raise web.AnswerError(f"HTTP {resp.status} to a plain GET")
+            return bytes(await web.read_capped(resp, limit))
+
+    def _header_precondition(self, checksum: str, url: str, what: str) -> dict[str, str]:
+        try:
+            return http_precondition(checksum)
+        except ValueError as exc:
+            raise SourceUnavailableError(
+                f"{what}: {url}: the index records {exc}; the repository is damaged or was "
+                "crafted, so this file is not read. Re-index it with `tessera-vz index`"
+            ) from None
+
+    # -- obstore (S3, local files) ---------------------------------------------------
+    def _store(self, root: str) -> Any:
+        if root not in self._stores:
+            opts = dict(self._obstore_options)
+            if root.startswith("file:"):
+                opts = {}
+                if not Path(SourceRoot(root).local_path).is_dir():
+                    raise _gone(root, "the local tree")
+            self._stores[root] = object_store(SourceRoot(root), options=opts)
+        return self._stores[root]
+
+    async def _object_get(
+        self, root: str, url: str, start: int, end: int, checksum: str | None, what: str
+    ) -> Any:
+        opts: dict[str, Any] = {"range": (start, end)}
+        if checksum is not None:
             try:
-                status, reason, got = await send(
-                    root, url, headers, starts, ends, into, self._timeout
-                )
-                if status == 206:
-                    return got
-                if status == 200:
-                    return None  # the body was never read: no whole tile for a few ranges
-                if status == 412:
-                    raise _changed(url, checksum, what)
-                if status in (404, 410):
-                    raise _gone(url, what)
-                error = f"HTTP {status} {reason}".strip()
-                if status not in _RETRY_STATUS:
+                opts.update(precondition(checksum))
+            except ValueError as exc:
+                raise SourceUnavailableError(
+                    f"{what}: {url}: the index records {exc}; the repository is damaged or was "
+                    "crafted, so this file is not read. Re-index it with `tessera-vz index`"
+                ) from None
+        try:
+            got = await obstore.get_async(self._store(root), _path(root, url),
+                                          options=cast("GetOptions", opts))  # fmt: skip
+            data = await got.bytes_async()
+        except PreconditionError:
+            raise _changed(url, checksum, what) from None
+        except (NotFoundError, FileNotFoundError):
+            raise _gone(url, what) from None
+        if len(data) != end - start:
+            raise web.AnswerError(
+                f"{len(data)} bytes for the {end - start} bytes at {start}; the file is "
+                "shorter than indexed or the transfer was cut",
+                transient=True,
+            )
+        return data
+
+    async def _object_probe(
+        self, root: str, url: str, nbytes: int, what: str
+    ) -> tuple[bytes, ObjectFacts]:
+        try:
+            got = await obstore.get_async(self._store(root), _path(root, url),
+                                          options={"range": (0, nbytes)})  # fmt: skip
+            prefix = (await got.bytes_async()).to_bytes()
+        except (NotFoundError, FileNotFoundError):
+            raise _gone(url, what) from None
+        meta = dict(got.meta)
+        return prefix, _object_facts(meta)
+
+    async def _object_head(self, root: str, url: str, what: str) -> ObjectFacts:
+        try:
+            meta = dict(await obstore.head_async(self._store(root), _path(root, url)))
+        except (NotFoundError, FileNotFoundError):
+            raise _gone(url, what) from None
+        return _object_facts(meta)
+
+    # -- attempts ----------------------------------------------------------------------
+    def _limit(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        return self._limits.setdefault(loop, asyncio.Semaphore(CONCURRENCY))
+
+    async def _attempts(self, url: str, what: str, once: Callable[[], Awaitable[T]]) -> T:
+        """Run ``once`` under the retry policy; every failure becomes one of our errors."""
+        reason, tries = "", 0
+        for delay in self.policy.delays():
+            if delay:
+                await asyncio.sleep(delay)
+            tries += 1
+            try:
+                async with self._limit(), asyncio.timeout(self.policy.timeout):
+                    return await once()
+            except _RetryError as exc:
+                reason = str(exc)
+            except (SourceChangedError, SourceUnavailableError, ConfigurationError):
+                raise
+            except MemoryError:
+                reason = "the answer did not fit in memory"
+                break
+            except Exception as exc:  # any client's failure, classified once
+                reason, again = web.classify(exc)
+                if not again:
                     break
-            except (MalformedRangesError, ReceiveError, aiohttp.ClientError, TimeoutError) as exc:
-                text = str(exc).strip()
-                error = text.splitlines()[0] if text else type(exc).__name__
+        attempts = f" (after {tries} attempts)" if tries > 1 else ""
         raise SourceUnavailableError(
-            f"{what}: {url}: {error} (after {attempt + 1} attempts; a cut transfer or a file "
-            "shorter than indexed). Retry, or run `tessera-vz verify`"
+            f"{what + ': ' if what else ''}{url}: {reason}{attempts}. Retry later, or run "
+            "`tessera-vz verify` to check the sources"
         )
 
 
-#: What an HTTP client returns for a ranged request: status, reason, and for
-#: a 206 the body (``None`` if it landed in the caller's views) with where
-#: each range begins in it.
-_Sent = tuple[int, str, tuple[Any, NDArray[np.int64]] | None]
-_AT0 = np.zeros(1, np.int64)
+class _RetryError(SourceUnavailableError):
+    """An answer worth another attempt (503 and the like)."""
 
 
-def _receivable(root: str) -> bool:
-    """Whether :mod:`~tessera_vz.reader.receive` reads ``root`` (plain HTTP, no proxy)."""
-    return receive.handles(root) and client.proxy_for(root) is None
+def _status(status: int, reason: str | None, url: str, checksum: str | None, what: str) -> None:
+    """Turn an answer's status into our errors; 200 and 206 pass."""
+    if status in (200, 206):
+        return
+    if status == 412:
+        raise _changed(url, checksum, what)
+    if status == 416:
+        raise SourceChangedError(
+            f"{what + ': ' if what else ''}{url} is shorter than when it was indexed (416 "
+            "Range Not Satisfiable); re-run `tessera-vz index` for this source"
+        )
+    if status in (404, 410):
+        raise _gone(url, what)
+    text = f"HTTP {status} {reason or ''}".strip()
+    if status in RETRY_STATUS:
+        raise _RetryError(text)
+    raise web.AnswerError(text)
+
+
+def _check_single(
+    crange: str | None, start: int, end: int, size: int | None, url: str = "", what: str = ""
+) -> None:
+    """A 206 for one range must name exactly that range (and the indexed size, if known)."""
+    m = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", crange or "")
+    if m is None or (int(m[1]), int(m[2]) + 1) != (start, end):
+        raise web.AnswerError(
+            f"asked for bytes {start}-{end - 1}, the answer holds "
+            f"{crange[:80] if crange else 'no Content-Range'}"
+        )
+    if size is not None and m[3] != "*" and int(m[3]) != size:
+        raise SourceChangedError(
+            f"{what + ': ' if what else ''}{url}: the server says the file holds {int(m[3])} "
+            f"bytes; it held {size} when indexed. Re-run `tessera-vz index` for this source"
+        )
 
 
 def _spill(data: Any, into: Sequence[memoryview]) -> None:
-    """Copy a range's bytes into consecutive views, for clients that cannot receive in place."""
+    """Copy a range's bytes into consecutive views."""
     got, at = memoryview(data).cast("B"), 0
     for dest in into:
         dest[:] = got[at : at + len(dest)]
         at += len(dest)
 
 
-def _single_part(crange: str | None, start: int, end: int) -> None:
-    """Check that a 206 for one range holds exactly that range."""
-    expect = f"bytes {start}-{end - 1}/"
-    if crange is None or not crange.strip().startswith(expect):
-        raise MalformedRangesError(
-            f"asked for bytes {start}-{end - 1}, the answer holds {crange or 'no Content-Range'}"
-        )
+def _path(root: str, url: str) -> str:
+    """The object path of ``url`` below ``root`` (decoded: obstore encodes it again)."""
+    return unquote(url[len(root) :])
 
 
-async def _by_receive(
-    root: str,
-    url: str,
-    headers: dict[str, str],
-    starts: Sequence[int],
-    ends: Sequence[int],
-    into: Sequence[memoryview] | None,
-    timeout: float,
-) -> _Sent:
-    """A ranged request through :mod:`~tessera_vz.reader.receive`: the body lands in place."""
-    body = bytearray()
-
-    def want(head: receive.Head) -> Sequence[memoryview] | None:
-        nonlocal body
-        if head.status != 206:
-            return None  # an error's page, or a whole file: never read
-        if into is not None:
-            _single_part(head.headers.get("content-range"), starts[0], ends[0])
-            return into
-        length = head.headers.get("content-length", "")
-        if not length.isdigit():
-            raise ReceiveError("a 206 answer without a Content-Length")
-        body = bytearray(int(length))
-        return [memoryview(body)]
-
-    head = await receive.get(url, headers, want, timeout)
-    if head.status != 206:
-        return head.status, head.reason, None
-    if into is not None:
-        return 206, head.reason, (None, _AT0)
-    at = locate(body, head.headers.get("content-type", ""), head.headers.get("content-range"),
-                starts, ends)  # fmt: skip
-    return 206, head.reason, (body, at)
-
-
-async def _by_aiohttp(
-    root: str,
-    url: str,
-    headers: dict[str, str],
-    starts: Sequence[int],
-    ends: Sequence[int],
-    into: Sequence[memoryview] | None,
-    timeout: float,
-) -> _Sent:
-    """A ranged request through the pooled aiohttp client (HTTPS, proxies)."""
-    http, proxy = client.session(), client.proxy_for(root)
-    limit = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 5.0))
-    async with http.get(url, headers=headers, proxy=proxy, timeout=limit) as resp:
-        client.quick_ack(resp)
-        if resp.status != 206:
-            resp.close()  # never read a whole tile for a few ranges, nor an error page
-            return resp.status, resp.reason or "", None
-        body = await client.read_body(resp)
-        ctype, crange = resp.headers.get("Content-Type", ""), resp.headers.get("Content-Range")
-    if into is None:
-        return 206, resp.reason or "", (body, locate(body, ctype, crange, starts, ends))
-    _single_part(crange, starts[0], ends[0])
-    if len(body) != ends[0] - starts[0]:
-        raise MalformedRangesError(f"{len(body)} bytes for a range of {ends[0] - starts[0]}")
-    _spill(body, into)
-    return 206, resp.reason or "", (None, _AT0)
-
-
-def _changed(url: str, checksum: str, what: str) -> SourceChangedError:
+def _changed(url: str, checksum: str | None, what: str) -> SourceChangedError:
     return SourceChangedError(
-        f"{what}: {url} no longer matches the checksum recorded when it was indexed "
-        f"({checksum}). The source file changed after it was indexed; re-run "
+        f"{what + ': ' if what else ''}{url} no longer matches the checksum recorded when it "
+        f"was indexed ({checksum}). The source file changed after it was indexed; re-run "
         "`tessera-vz index` for this source to index its new bytes"
     )
 
 
-def _gone(url: str, what: str) -> SourceUnavailableError:
-    return SourceUnavailableError(
-        f"{what}: {url} is gone (not found); run `tessera-vz verify` to list "
-        "missing tiles and `tessera-vz index` to drop them"
+def _gone(url: str, what: str) -> SourceNotFoundError:
+    return SourceNotFoundError(
+        f"{what + ': ' if what else ''}{url} is gone (not found); run `tessera-vz verify` to "
+        "list missing tiles and `tessera-vz index` to drop them"
     )
 
 
-@functools.lru_cache(maxsize=65536)
-def http_precondition(checksum: str) -> dict[str, str]:
-    """:func:`precondition` as HTTP request headers."""
-    value = checksum_value(checksum)
-    if isinstance(value, dt.datetime):
-        return {"If-Unmodified-Since": email.utils.format_datetime(value.astimezone(dt.UTC), True)}
-    return {"If-Match": value}
-
-
-@functools.lru_cache(maxsize=65536)
-def precondition(checksum: str) -> dict[str, Any]:
-    """The request precondition that enforces a recorded checksum (tiles-table text)."""
-    value = checksum_value(checksum)
-    if isinstance(value, dt.datetime):
-        return {"if_unmodified_since": value}
-    return {"if_match": value}
+__all__ = [
+    "CONCURRENCY",
+    "PART",
+    "ObjectFacts",
+    "SourceFiles",
+    "SourceRoot",
+    "checksum_text",
+    "checksum_value",
+    "http_precondition",
+    "join",
+    "object_store",
+    "precondition",
+]

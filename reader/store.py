@@ -2,18 +2,22 @@
 
 A :class:`TesseraStore` holds the zone repositories under one index root,
 opened with only the virtual chunk containers the caller trusts. Tiles open
-lazily through ``xr.open_zarr``; points are read as byte ranges of virtual
-chunks through the Icechunk store, and reads spanning many rows as merged
-ranges of the source files (:mod:`.ranges`), so checksums and container
-authorisation apply to every byte either way.
+lazily through ``xr.open_zarr``; points, regions and zone mosaics read the
+source files through the boundary (:mod:`.sources`), which checks every
+answer against the index: authorised sources, exact ranges, the recorded
+checksums. This module is the facade: it opens things and hands each reader
+module (:mod:`.points`, :mod:`.mosaic`, :mod:`.zone`) the tables and byte
+sources it needs, so none of them calls back into it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,77 +28,25 @@ import icechunk as ic
 import numpy as np
 import xarray as xr
 from numpy.typing import ArrayLike
-from zarr.abc.store import RangeByteRequest
-from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from . import cache as table_cache
-from .errors import (
-    ConfigurationError,
-    SourceUnavailableError,
-    TileNotFoundError,
-    translate_error,
-)
+from .errors import ConfigurationError, TileNotFoundError
 from .geometry import cell_centre, project, utm_zone
-from .layout import (
-    BAND_COUNT,
-    EMBEDDINGS,
-    SCALES,
-    branch_name,
-    chunk_key,
-    repo_name,
-    tile_name,
-    zone_of_repo,
-)
-from .mosaic import (
-    MAX_PIXELS,
-    TileRects,
-    read_window,
-    tile_rects,
-    window_dataset,
-    window_for_bbox,
-)
-from .points import locate, read_located, years_list
-from .ranges import DEFAULT_GAP, POINT_GAP
-from .repos import (
-    READ_RETRIES,
-    READ_TIMEOUT,
-    credentials,
-    quiet_icechunk,
-    read_config,
-    storage_for,
-    with_read_policy,
-)
+from .georef import grid_dataset
+from .layout import BAND_COUNT, branch_name, tile_name, zone_of_repo
+from .mosaic import read_window
+from .options import ReadOptions
+from .points import Located, locate, read_located, years_list
+from .ranges import DEFAULT_GAP, POINT_GAP, ZoneYear
+from .repos import credentials, quiet_icechunk, read_config, storage_for, with_read_policy
 from .s3 import s3_settings
 from .sources import SourceFiles
-from .table import read_table
+from .table import read_table, refused_rows
+from .values import dequantise, valid_scale
+from .windows import MAX_PIXELS, TileRects, tile_rects, window_for_bbox
 
 log = logging.getLogger(__name__)
-
-
-def dequantise(emb: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """``emb * scale`` as float32, NaN where the scale is invalid (public name)."""
-    return dequantise_values(emb, scale)
-
-
-def valid_scale(scale: np.ndarray) -> np.ndarray:
-    """Where a scale is usable: finite, > 0 and < 1 (else the pixel has no data)."""
-    with np.errstate(invalid="ignore"):
-        return np.isfinite(scale) & (scale > 0) & (scale < 1.0)
-
-
-def dequantise_values(emb: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """``emb * scale`` as float32, NaN where the scale is invalid.
-
-    ``scale`` is per pixel (broadcast over the band axis) or per band.
-    """
-    s = np.asarray(scale, dtype=np.float32)
-    if s.ndim == emb.ndim - 1:
-        s = s[..., None]
-    ok = valid_scale(s)
-    with np.errstate(invalid="ignore", over="ignore"):
-        out = emb.astype(np.float32) * np.where(ok, s, np.float32(np.nan))
-    return out.astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -116,49 +68,28 @@ class TesseraStore:
     ----------
     root
         Local directory or ``s3://`` prefix holding ``utm{zz}.icechunk`` repos.
-    allow_local_sources
-        Authorise ``file://`` containers (local tile trees). Off by default so
-        that opening someone else's repo never reads local files.
-    allowed_sources
-        Explicit allow-list of source URL prefixes; when given, only these
-        containers are authorised.
-    retries, timeout
-        Retries (with backoff) of a failed source read and the limit in
-        seconds of each attempt, so a flaky or stalled mirror fails with
-        :class:`SourceUnavailableError` in bounded time instead of hanging.
-    direct_reads
-        Let windows and clustered points read merged row ranges straight from
-        the authorised source files (checksums sent as preconditions) when
-        that needs fewer requests than one per virtual chunk; ``False``
-        sends every read through the Icechunk store.
+    zones
+        Zone number -> location of its repository (see :func:`open_store`).
+    options
+        How to read: retry policy, trusted sources, S3 settings, extra CA
+        (:class:`~tessera_vz.reader.options.ReadOptions`). The same options
+        travel to the dask tasks of :meth:`open_zone`.
     """
 
     def __init__(
-        self,
-        root: str,
-        zones: dict[int, str],
-        *,
-        allow_local_sources: bool = False,
-        allowed_sources: Iterable[str] | None = None,
-        s3_options: dict[str, Any] | None = None,
-        retries: int = READ_RETRIES,
-        timeout: float = READ_TIMEOUT,
-        direct_reads: bool = True,
+        self, root: str, zones: dict[int, str], options: ReadOptions | None = None
     ) -> None:
         self.root = root
-        self._retries, self._timeout = retries, timeout
-        with_read_policy(read_config(), retries=retries, timeout=timeout)  # validate early
+        self.options = options if options is not None else ReadOptions()
         self._locations = zones
-        self._allow_local = allow_local_sources
-        self._allowed = list(allowed_sources) if allowed_sources is not None else None
-        self._s3 = dict(s3_options or {})
+        self._ca_pem = self.options.ca_pem()
         self._repos: dict[int, Any] = {}
         self._sessions: dict[tuple[int, int], Any] = {}
         self._tables: dict[tuple[int, int], xr.Dataset] = {}
+        self._broken: dict[tuple[int, int], dict[str, str]] = {}
         self._rects: dict[tuple[int, int], TileRects] = {}
         self._snapshots: dict[tuple[int, int], str] = {}
-        self._direct = direct_reads
-        self._files = SourceFiles(s3_options=self._s3, retries=retries, timeout=timeout)
+        self._files = SourceFiles(options=self.options)
 
     def __repr__(self) -> str:
         return f"TesseraStore({self.root!r}, zones={self.zones()})"
@@ -175,23 +106,24 @@ class TesseraStore:
                 f"no repository for UTM zone {zone} under {self.root}; zones here: {self.zones()}"
             )
         if zone not in self._repos:
-            storage = storage_for(self._locations[zone], s3_options=self._s3)
+            storage = storage_for(self._locations[zone], s3_options=self.options.s3)
             cfg = with_read_policy(
-                read_config(ic.Repository.fetch_config(storage)),
-                retries=self._retries,
-                timeout=self._timeout,
+                read_config(ic.Repository.fetch_config(storage)), self.options.policy, self._ca_pem
             )
             wanted = list((cfg.virtual_chunk_containers or {}).keys())
             creds = credentials(
                 wanted,
-                allow_local_sources=self._allow_local,
-                allowed=self._allowed,
-                s3_options=self._s3,
+                allow_local_sources=self.options.allow_local_sources,
+                allowed=self.options.allowed_sources,
+                s3_options=self.options.s3,
             )
             for prefix in wanted:
                 if prefix not in creds:
                     log.warning("not authorising source %s of zone %d", prefix, zone)
             self._files.allow(creds)
+            if self.options.allowed_sources is not None:
+                # Redirect targets the user authorised (a CDN behind the mirror).
+                self._files.allow(self.options.allowed_sources)
             self._repos[zone] = ic.Repository.open(
                 storage, config=cfg, authorize_virtual_chunk_access=creds or None
             )
@@ -199,7 +131,8 @@ class TesseraStore:
 
     def containers(self, zone: int) -> list[str]:
         """Source URL prefixes a zone's repository wants to read from."""
-        cfg = ic.Repository.fetch_config(storage_for(self._locations[zone], s3_options=self._s3))
+        storage = storage_for(self._locations[zone], s3_options=self.options.s3)
+        cfg = ic.Repository.fetch_config(storage)
         return sorted((cfg.virtual_chunk_containers or {}).keys()) if cfg else []
 
     def source_files(self) -> SourceFiles:
@@ -208,8 +141,8 @@ class TesseraStore:
 
     @property
     def direct_reads(self) -> bool:
-        """Whether merged row ranges may be read straight from the source files."""
-        return self._direct
+        """Whether pixels are read through tessera-vz's boundary (else through Icechunk)."""
+        return self.options.direct_reads
 
     def years(self, zone: int | None = None) -> list[int]:
         """Years indexed in one zone, or in any zone."""
@@ -235,7 +168,12 @@ class TesseraStore:
         return self._sessions[key]
 
     def tiles(self, year: int, zone: int) -> xr.Dataset:
-        """The year's tiles table of a zone (one row per tile)."""
+        """The year's tiles table of a zone (one row per tile).
+
+        Loaded once per snapshot (and cached on disk), and checked: a tile
+        whose record holds a value no indexer writes is remembered with the
+        reason, and every read of it fails with that reason, unsent.
+        """
         key = (zone, int(year))
         if key not in self._tables:
             store = self.session(zone, year).store
@@ -246,20 +184,39 @@ class TesseraStore:
                 if table is None:
                     raise TileNotFoundError(f"zone {zone} year {year} has no tiles table")
                 table_cache.save(self._locations[zone], snapshot, table)
+            broken = refused_rows(table)
+            for name, reason in list(broken.items())[:5]:
+                log.warning("zone %d year %s: tile %s: %s", zone, year, name, reason)
+            self._broken[key] = broken
             self._tables[key] = table
         return self._tables[key]
 
-    def _tile_rects(self, zone: int, year: int) -> TileRects:
-        """The tiles table as rectangles on the zone grid, built once like the table."""
+    def zone_year(self, zone: int, year: int) -> tuple[ZoneYear, TileRects]:
+        """A zone-year's byte source and tile rectangles, as reads need them (cached)."""
         key = (zone, int(year))
         if key not in self._rects:
-            self._rects[key] = tile_rects(self, zone, year)
-        return self._rects[key]
+            self._rects[key] = tile_rects(self.tiles(year, zone))
+        source = ZoneYear(
+            zone, int(year), self._files, self.session(zone, year).store,
+            self.options.direct_reads, self._broken[key],
+        )  # fmt: skip
+        return source, self._rects[key]
+
+    def _table_or_none(self, year: int, zone: int) -> xr.Dataset | None:
+        if zone not in self._locations:
+            return None
+        try:
+            return self.tiles(year, zone)
+        except TileNotFoundError:
+            return None
 
     # -- tiles -------------------------------------------------------------
     def _tile(self, lon: float, lat: float, year: int) -> tuple[int, str, dict[str, Any]]:
         if not (math.isfinite(lon) and math.isfinite(lat)) or abs(lat) > 90 or abs(lon) > 180:
-            raise ValueError(f"invalid coordinates lon={lon}, lat={lat}")
+            raise ValueError(
+                f"invalid coordinates lon={lon}, lat={lat}: expected -180 <= lon <= 180 and "
+                "-90 <= lat <= 90"
+            )
         clon, clat = (float(v) for v in cell_centre(lon, lat))
         zone = int(utm_zone(clon))
         name = tile_name(clon, clat)
@@ -291,6 +248,10 @@ class TesseraStore:
             )
         return TileLocation(zone, int(year), name, row, col, facts)
 
+    def locate_points(self, lons: ArrayLike, lats: ArrayLike, year: int) -> Located:
+        """The tile and pixel of many points (``ok`` is False where there is none)."""
+        return locate(functools.partial(self._table_or_none, year), lons, lats, year, self.root)
+
     def point(
         self,
         lon: float,
@@ -303,17 +264,14 @@ class TesseraStore:
 
         NaN everywhere when the pixel's scale is invalid (no data). Reads only
         the pixel's bytes: ``bands`` embedding bytes and its scale, two ranged
-        reads issued together. With a list of years (``years=``), returns
-        ``(time, bands)``, the years read concurrently from their branches.
+        reads issued together (one round trip). With a list of years
+        (``years=``), returns ``(time, bands)``, the years read concurrently.
         """
         ys, series = years_list(years if years is not None else _need_year(year))
-        locs = [self.locate(lon, lat, y) for y in ys]
-
-        async def read_all() -> list[tuple[np.ndarray, np.ndarray]]:
-            return list(await asyncio.gather(*(self._read_pixel(loc) for loc in locs)))
-
-        values = [dequantise(e[None, :], s[None, ...])[0] for e, s in sync(read_all())]
-        return np.stack(values) if series else values[0]
+        for y in ys:
+            self.locate(lon, lat, y)  # a clear error for a point outside the index
+        values = self._read_points([lon], [lat], ys, POINT_GAP)[:, 0]
+        return values if series else values[0]
 
     def points(
         self,
@@ -327,19 +285,27 @@ class TesseraStore:
         """Dequantised embeddings ``(N, bands)`` of many points, in their order.
 
         A point with no indexed tile (or NaN coordinates) or an invalid scale
-        is a row of NaN. Points are grouped by chunk, nearby ranges merged
+        is a row of NaN. Points are grouped by file, nearby ranges merged
         (``gap`` bytes), and fetched concurrently. With a list of years the
         result is ``(time, N, bands)``.
         """
         ys, series = years_list(years if years is not None else _need_year(year))
-        located = [locate(self, lons, lats, y) for y in ys]
+        out = self._read_points(lons, lats, ys, gap)
+        return out if series else out[0]
+
+    def _read_points(
+        self, lons: ArrayLike, lats: ArrayLike, ys: Sequence[int], gap: int
+    ) -> np.ndarray:
+        """``(time, N, bands)`` dequantised values of the points in each year."""
+        located = [self.locate_points(lons, lats, y) for y in ys]
 
         async def read_all() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-            return list(
-                await asyncio.gather(
-                    *(read_located(self, loc, y, gap) for loc, y in zip(located, ys, strict=True))
-                )
-            )
+            reads = []
+            for loc, y in zip(located, ys, strict=True):
+                zones = np.unique(loc.zone[loc.ok]).tolist()
+                sources = {z: self.zone_year(z, y)[0] for z in zones}
+                reads.append(read_located(sources, loc, y, gap))
+            return list(await asyncio.gather(*reads))
 
         out = []
         for emb, scale, ok in sync(read_all()):
@@ -349,7 +315,7 @@ class TesseraStore:
             values = dequantise(emb, scale)
             values[~ok] = np.nan
             out.append(values)
-        return np.stack(out) if series else out[0]
+        return np.stack(out)
 
     def region(
         self,
@@ -383,15 +349,12 @@ class TesseraStore:
             raise TileNotFoundError(
                 f"no repository for UTM zone {window.zone} under {self.root}; zones: {self.zones()}"
             )
-        rects = [self._tile_rects(window.zone, y) for y in ys]
+        parts = [self.zone_year(window.zone, y) for y in ys]
 
         async def read_all() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
             return list(
-                await asyncio.gather(
-                    *(read_window(self, window.zone, y, window, r, gap)
-                      for y, r in zip(ys, rects, strict=True))
-                )
-            )  # fmt: skip
+                await asyncio.gather(*(read_window(src, window, r, gap) for src, r in parts))
+            )
 
         results = sync(read_all())
         if not any(filled.any() for _, _, filled in results):
@@ -399,18 +362,22 @@ class TesseraStore:
                 f"no indexed tile of zone {window.zone} covers bbox {bbox} in {ys}"
             )
         bands = results[0][0].shape[-1]
+        lead = ("time",) if series else ()
+        data_vars: dict[str, Any] = {}
         if dequantise:
             arrays = []
             for emb, scale, filled in results:
-                values = dequantise_values(emb, scale)
+                values = _dequantise(emb, scale)
                 values[~filled] = np.nan
                 arrays.append(values)
-            emb_out, scale_out = (np.stack(arrays) if series else arrays[0]), None
+            data_vars["embeddings"] = ((*lead, "y", "x", "band"), _stack(arrays, series))
         else:
-            emb_out = np.stack([r[0] for r in results]) if series else results[0][0]
-            scale_out = np.stack([r[1] for r in results]) if series else results[0][1]
-        ds = window_dataset(window, emb_out, scale_out, bands,
-                            {"tessera:bbox": list(map(float, bbox))})  # fmt: skip
+            emb_out = _stack([r[0] for r in results], series)
+            scale_out = _stack([r[1] for r in results], series)
+            data_vars["embeddings"] = ((*lead, "y", "x", "band"), emb_out)
+            sdims = ("y", "x") if scale_out.ndim == emb_out.ndim - 1 else ("y", "x", "band")
+            data_vars["scales"] = ((*lead, *sdims), scale_out)
+        ds = grid_dataset(window, data_vars, bands, {"tessera:bbox": list(map(float, bbox))})
         if series:
             ds = ds.assign_coords(time=("time", np.asarray(ys, dtype=np.int32)))
         else:
@@ -424,54 +391,51 @@ class TesseraStore:
 
         Same grid and rule as :meth:`region`, covering every indexed tile of
         the zone; chunks are one tile's size. Selections read only the
-        selected pixels, and the graph runs on a ``dask.distributed`` cluster.
+        selected pixels, and the graph runs on a ``dask.distributed`` cluster,
+        whose workers reopen the index with this store's read options.
         """
         from .zone import zone_dataset
 
         if zone not in self._locations:
             raise TileNotFoundError(f"no repository for UTM zone {zone}; zones: {self.zones()}")
-        return zone_dataset(self, int(zone), int(year), dequantise=dequantise, chunks=chunks)
+        _, rects = self.zone_year(int(zone), int(year))
+        opener = functools.partial(reopen, self.root, self.options)
+        return zone_dataset(
+            opener, int(zone), int(year), rects, dequantise=dequantise, chunks=chunks
+        )
 
     def _bands(self, years: Sequence[int]) -> int:
         for zone in self.zones():
             for y in years:
-                try:
-                    table = self.tiles(y, zone)
-                except TileNotFoundError:
-                    continue
-                if table.sizes["tile"]:
+                table = self._table_or_none(y, zone)
+                if table is not None and table.sizes["tile"]:
                     return int(table["bands"].values[0])
         return BAND_COUNT
 
-    async def _read_pixel(self, loc: TileLocation) -> tuple[np.ndarray, np.ndarray]:
-        f = loc.facts
-        width, bands = int(f["width"]), int(f["bands"])
-        k_e, k_s = int(f["emb_chunk_rows"]), int(f["scales_chunk_rows"])
-        per_band = int(f["scales_ndim"]) == 3
-        e_start = ((loc.row % k_e) * width + loc.col) * bands
-        s_item = 4 * (bands if per_band else 1)
-        s_start = ((loc.row % k_s) * width + loc.col) * s_item
-        e_key = chunk_key(f"{loc.name}/{EMBEDDINGS}", (loc.row // k_e, 0, 0))
-        s_idx = (loc.row // k_s, 0, 0) if per_band else (loc.row // k_s, 0)
-        s_key = chunk_key(f"{loc.name}/{SCALES}", s_idx)
-        store = self.session(loc.zone, loc.year).store
-        proto = default_buffer_prototype()
-        try:
-            eb, sb = await asyncio.gather(
-                store.get(e_key, proto, byte_range=RangeByteRequest(e_start, e_start + bands)),
-                store.get(s_key, proto, byte_range=RangeByteRequest(s_start, s_start + s_item)),
-            )
-        except Exception as exc:
-            raise translate_error(
-                exc, f"reading {loc.name} ({loc.year}) from {f['source']}"
-            ) from None
-        if eb is None or sb is None:
-            raise SourceUnavailableError(
-                f"tile {loc.name} ({loc.year}) has no chunk at row {loc.row}"
-            )
-        emb = np.frombuffer(eb.to_bytes(), dtype=np.int8)
-        scale = np.frombuffer(sb.to_bytes(), dtype=np.dtype(str(f["scales_descr"])))
-        return emb, scale.astype(np.float32)
+
+_dequantise = dequantise
+
+
+def _stack(arrays: list[np.ndarray], series: bool) -> np.ndarray:
+    return np.stack(arrays) if series else arrays[0]
+
+
+_OPEN: dict[tuple[str, ReadOptions], TesseraStore] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def reopen(root: str, options: ReadOptions) -> TesseraStore:
+    """The index at ``root`` opened with ``options``, once per process.
+
+    What a lazy zone mosaic pickles: dask workers call it to open the
+    index the way the caller did (same retries, timeouts, trusted
+    sources), and reuse it for every task.
+    """
+    key = (root, options)
+    with _OPEN_LOCK:
+        if key not in _OPEN:
+            _OPEN[key] = open_store(root, options=options)
+        return _OPEN[key]
 
 
 def _need_year(year: int | Sequence[int] | None) -> int | Sequence[int]:
@@ -515,31 +479,40 @@ def _discover(root: str, s3_options: dict[str, Any] | None = None) -> dict[int, 
 def open_store(
     path: str,
     *,
+    options: ReadOptions | None = None,
     allow_local_sources: bool = False,
     allowed_sources: Iterable[str] | None = None,
     s3_options: dict[str, Any] | None = None,
-    retries: int = READ_RETRIES,
-    timeout: float = READ_TIMEOUT,
+    retries: int | None = None,
+    timeout: float | None = None,
     direct_reads: bool = True,
+    ca_file: str | None = None,
 ) -> TesseraStore:
     """Open the index written by ``tessera-vz index --out PATH``.
 
-    ``retries`` and ``timeout`` (seconds per attempt) bound every source read;
-    ``direct_reads`` lets merged row ranges bypass per-chunk fetches; see
-    :class:`TesseraStore`.
+    Give either ``options`` (a :class:`~tessera_vz.reader.options.ReadOptions`)
+    or its fields as keywords: ``retries`` and ``timeout`` (seconds per
+    attempt) bound every source read, ``allow_local_sources`` /
+    ``allowed_sources`` say which sources may be read, ``s3_options`` how to
+    reach S3, ``ca_file`` an extra CA to trust for HTTPS, and
+    ``direct_reads=False`` sends pixel reads through Icechunk instead of
+    tessera-vz's checked reader.
     """
+    if options is None:
+        options = ReadOptions.of(
+            retries=retries, timeout=timeout, allow_local_sources=allow_local_sources,
+            allowed_sources=allowed_sources, s3_options=s3_options, direct_reads=direct_reads,
+            ca_file=ca_file,
+        )  # fmt: skip
+    elif (allow_local_sources, allowed_sources, s3_options, retries, timeout, ca_file) != (
+        False, None, None, None, None, None
+    ) or not direct_reads:  # fmt: skip
+        raise ConfigurationError(
+            "give either options=ReadOptions(...) or its fields as keywords, not both"
+        )
     quiet_icechunk()
-    zones = _discover(path, s3_options)
-    return TesseraStore(
-        path,
-        zones,
-        allow_local_sources=allow_local_sources,
-        allowed_sources=allowed_sources,
-        s3_options=s3_options,
-        retries=retries,
-        timeout=timeout,
-        direct_reads=direct_reads,
-    )
+    zones = _discover(path, options.s3)
+    return TesseraStore(path, zones, options)
 
 
-__all__ = ["TesseraStore", "dequantise", "open_store", "repo_name", "valid_scale"]
+__all__ = ["TesseraStore", "dequantise", "open_store", "reopen", "valid_scale"]

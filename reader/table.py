@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+from numpy.typing import NDArray
 
 from .layout import TILES
 
@@ -59,3 +60,73 @@ def read_table(store: Any) -> xr.Dataset | None:
     except (FileNotFoundError, KeyError):
         return None
     return ds.load()
+
+
+#: Bounds of a tile no real run produces (H, W, bands): anything beyond is refused.
+_MAX_SIDE = 1 << 20
+_MAX_BANDS = 4096
+
+
+def refused_rows(table: xr.Dataset) -> dict[str, str]:
+    """Tiles whose records cannot be used as they are, each with the reason.
+
+    A repository is an untrusted input: its paths, URLs and checksums become
+    request lines and headers, its offsets and shapes byte ranges. A value
+    no indexer writes (control characters, a path leaving its root, an
+    offset outside the file, a scales dtype that is not 4-byte float) fails
+    that tile with a clear reason, before any request is made for it.
+    """
+    from .sources import checksum_value
+    from .urls import check_path, check_root
+
+    names = [str(n) for n in table["tile"].values]
+    if not names:
+        return {}
+    col = {c: table[c].values for c in COLUMNS if c in table}
+    missing = [c for c in COLUMNS if c not in col]
+    if missing:
+        return dict.fromkeys(names, f"the tiles table lacks columns {missing}")
+    out: dict[str, str] = {}
+
+    def refuse(mask: NDArray[np.bool_], reason: str) -> None:
+        for i in np.flatnonzero(mask).tolist():
+            out.setdefault(names[i], reason)
+
+    with np.errstate(invalid="ignore", over="ignore"):
+        h, w, b = (col[c].astype(np.int64) for c in ("height", "width", "bands"))
+        refuse((h <= 0) | (w <= 0) | (b <= 0) | (h > _MAX_SIDE) | (w > _MAX_SIDE)
+               | (b > _MAX_BANDS), "its height, width or band count is out of range")  # fmt: skip
+        finite = np.isfinite(col["left"]) & np.isfinite(col["top"])
+        finite &= np.isfinite(col["lon"]) & np.isfinite(col["lat"])
+        refuse(~finite, "its coordinates are not finite numbers")
+        epsg = col["epsg"].astype(np.int64)
+        refuse(~(((epsg > 32600) & (epsg <= 32660)) | ((epsg > 32700) & (epsg <= 32760))),
+               "its EPSG code is not a UTM zone")  # fmt: skip
+        per_band = col["scales_ndim"].astype(np.int64) == 3
+        refuse(
+            ~np.isin(col["scales_ndim"].astype(np.int64), (2, 3)), "its scales are not 2-D or 3-D"
+        )
+        for pre, item in (("emb", 1 * b), ("scales", 4 * np.where(per_band, b, 1))):
+            k = col[f"{pre}_chunk_rows"].astype(np.int64)
+            off, size = col[f"{pre}_offset"].astype(np.int64), col[f"{pre}_size"].astype(np.int64)
+            refuse((k <= 0) | (h % np.maximum(k, 1) != 0), f"its {pre} chunk rows do not divide H")
+            refuse((off < 0) | (off + h * w * item > size),
+                   f"its {pre} data does not fit inside the file as indexed")  # fmt: skip
+    for i, name in enumerate(names):
+        if name in out:
+            continue
+        try:
+            descr = np.dtype(str(col["scales_descr"][i]))
+            if descr.kind != "f" or descr.itemsize != 4:
+                raise ValueError(f"scales dtype {descr.str!r} is not a 4-byte float")
+            check_root(str(col["source"][i]))
+            for pre in ("emb", "scales"):
+                check_path(str(col[f"{pre}_path"][i]))
+                checksum_value(str(col[f"{pre}_checksum"][i]))
+        except (TypeError, ValueError) as exc:
+            out[name] = f"{str(exc).strip().splitlines()[0][:200]}"
+    return {
+        n: f"the index records a value no indexer writes ({r}); the repository is damaged or was "
+        "crafted, so this tile is not read. Re-index its source with `tessera-vz index`"
+        for n, r in out.items()
+    }

@@ -286,7 +286,6 @@ def cmd_points(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
     from tessera_vz.reader import open_store
-    from tessera_vz.reader.points import locate
 
     lons, lats = read_points_file(args.input)
     store = open_store(
@@ -298,7 +297,7 @@ def cmd_points(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - t0
     tables = []
     for i, year in enumerate(years):
-        loc = locate(store, lons, lats, year)
+        loc = store.locate_points(lons, lats, year)
         cols: dict[str, Any] = {
             "lon": lons, "lat": lats, "year": np.full(lons.size, year, np.int32),
             "tile": loc.tile.astype(str), "row": np.where(loc.ok, loc.row, -1),

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 from tessera_vz.indexer.run import IndexOptions, run_index
-from tessera_vz.reader import mosaic, open_store, ranges, sources
+from tessera_vz.reader import open_store, placement, ranges
 from tessera_vz.reader.errors import ConfigurationError, SourceChangedError
 from tessera_vz.reader.geometry import unproject
 from tessera_vz.reader.sources import SourceFiles
@@ -283,7 +283,7 @@ def _count_landings(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     is cut into 8 MiB pieces, each a request of its own; a 4-band row is
     3.5 KB and a run of them 1 MB, so both limits scale down with it.
     """
-    monkeypatch.setattr(mosaic, "_LAND", 0)
+    monkeypatch.setattr(placement, "_LAND", 0)
     monkeypatch.setattr(ranges, "PART", 64 * 1024)
     landed: list[tuple[str, int]] = []
     get_into = SourceFiles.get_into
@@ -296,16 +296,12 @@ def _count_landings(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     return landed
 
 
-@pytest.mark.parametrize("client", ["receive", "copy"])
 def test_windows_received_in_place_hold_the_same_bytes(
-    served: dict[str, Any], monkeypatch: pytest.MonkeyPatch, client: str
+    served: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Rows received straight into the window (one view per row span, the bytes
     between spans thrown away) equal the Icechunk path and the source formula,
-    with neighbours' pixels left to the neighbours. Mirrors our own client does
-    not read (HTTPS, proxies) get the same views, filled by aiohttp or obstore."""
-    if client == "copy":
-        monkeypatch.setattr(sources, "_receivable", lambda root: False)
+    with neighbours' pixels left to the neighbours."""
     landed = _count_landings(monkeypatch)
     store = open_store(str(served["out"]))
     plain = open_store(str(served["out"]), direct_reads=False)

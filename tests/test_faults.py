@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 from tessera_vz.indexer.run import IndexOptions, run_index
-from tessera_vz.reader import mosaic, open_store, ranges
+from tessera_vz.reader import open_store, placement, ranges
 from tessera_vz.reader.errors import ConfigurationError, SourceUnavailableError
 from tessera_vz.reader.sources import SourceFiles
 from tessera_vz.reader.store import dequantise
@@ -306,9 +306,8 @@ def test_windows_received_in_place_survive_cut_answers(
     expected = open_store(str(out), direct_reads=False).region(_tile_bbox(spec), YEAR)
     # 4-band rows scaled like real ones (see test_direct._count_landings), and
     # read directly although this index's chunks are many rows tall.
-    monkeypatch.setattr(mosaic, "_LAND", 0)
+    monkeypatch.setattr(placement, "_LAND", 0)
     monkeypatch.setattr(ranges, "PART", 64 * 1024)
-    monkeypatch.setattr(ranges, "DIRECT_SAVING", 0)
     landed: list[int] = []
     get_into = SourceFiles.get_into
 

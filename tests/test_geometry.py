@@ -284,7 +284,8 @@ def test_repo_and_tag_names() -> None:
 def test_ownership_equals_unprojecting_every_pixel(box: tuple[float, ...]) -> None:
     """The quadrilateral shortcut gives exactly the owner the per-pixel rule gives."""
     from tessera_vz.reader.geometry import FALSE_NORTHING, unproject
-    from tessera_vz.reader.mosaic import TileRects, Window, _cell_id, ownership
+    from tessera_vz.reader.ownership import ownership
+    from tessera_vz.reader.windows import TileRects, Window, cell_id
 
     lon0, lat0, lon1, lat1 = box
     lons, lats = np.meshgrid(np.arange(lon0 + 0.05, lon1, 0.1), np.arange(lat0 + 0.05, lat1, 0.1))
@@ -294,7 +295,7 @@ def test_ownership_equals_unprojecting_every_pixel(box: tuple[float, ...]) -> No
     top = g.top - np.where(g.epsg >= 32700, FALSE_NORTHING, 0)
     rects = TileRects(
         names=np.array([f"t{i}" for i in range(lon.size)]), left=g.left, top=top,
-        height=g.height, width=g.width, cell=_cell_id(lon, lat), facts={"lon": lon, "lat": lat},
+        height=g.height, width=g.width, cell=cell_id(lon, lat), facts={"lon": lon, "lat": lat},
     )  # fmt: skip
     win = Window(31, float(g.left.min()) + 3000, float(top.max()) - 2000, 900, 1300)
     got = ownership(win, rects)
@@ -306,7 +307,7 @@ def test_ownership_equals_unprojecting_every_pixel(box: tuple[float, ...]) -> No
     covers = [(xx > rects.left[t]) & (xx < right[t]) & (yy < rects.top[t]) & (yy > bottom[t])
               for t in range(lon.size)]  # fmt: skip
     want = np.full(xx.shape, -1)
-    cells = _cell_id(plon, plat)
+    cells = cell_id(plon, plat)
     for t in range(lon.size):
         want[(cells == rects.cell[t]) & covers[t]] = t
     for t in range(lon.size):

@@ -21,7 +21,8 @@ from tessera_vz.indexer.run import IndexOptions, run_index
 from tessera_vz.reader import open_store
 from tessera_vz.reader.errors import TileNotFoundError
 from tessera_vz.reader.geometry import project, tile_grids, unproject
-from tessera_vz.reader.store import TesseraStore, TileLocation, dequantise
+from tessera_vz.reader.points import Located, read_located
+from tessera_vz.reader.store import TesseraStore, dequantise
 from zarr.core.sync import sync
 
 from tessera_vz.testing.nginx import NginxServer
@@ -89,10 +90,14 @@ def test_points_match_source_in_any_order(world: dict[str, Any], store: TesseraS
     # The generator's invalid-scale patch (rows 0-1, cols 0-5: NaN, 0, <0, inf, 1, >1)
     # reads back as no data; it lies outside the cell, so read it by tile pixel.
     loc = store.locate(0.85, 49.95, 2024)
-    for col in range(6):
-        patch = TileLocation(loc.zone, 2024, loc.name, 1, col, loc.facts)
-        emb, scale = sync(store._read_pixel(patch))
-        assert np.isnan(dequantise(emb[None], scale[None])).all()
+    patch = Located(
+        ok=np.ones(6, bool), tile=np.full(6, loc.name, dtype=object), row=np.ones(6, np.int64),
+        col=np.arange(6, dtype=np.int64), zone=np.full(6, loc.zone, np.int64),
+        facts={k: np.asarray([v] * 6) for k, v in loc.facts.items()},
+    )  # fmt: skip
+    source, _ = store.zone_year(loc.zone, 2024)
+    emb, scale, _ = sync(read_located({loc.zone: source}, patch, 2024))
+    assert np.isnan(dequantise(emb, scale)).all()
     # Order does not matter: a shuffled call gives the same rows, shuffled.
     perm = rng.permutation(lons.size)
     np.testing.assert_array_equal(store.points(lons[perm], lats[perm], 2024), values[perm])

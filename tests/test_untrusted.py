@@ -150,11 +150,15 @@ def test_a_repo_pointing_at_local_files_cannot_read_them(
 
     store = open_store(str(out))
     assert prefix in store.containers(ZONE)
+    # tessera-vz's own reads follow the tiles table to the mirror, never the crafted chunk.
+    honest = open_store(str(http_index)).point(spec.lon, spec.lat, YEAR)
+    np.testing.assert_array_equal(store.point(spec.lon, spec.lat, YEAR), honest)
+    # Through Icechunk (xr.open_zarr, or direct reads off) the crafted chunk is refused.
     with pytest.raises(ConfigurationError, match="not authorised"):
-        store.point(spec.lon, spec.lat, YEAR)
+        open_store(str(out), direct_reads=False).point(spec.lon, spec.lat, YEAR)
     with pytest.raises(Exception, match="authoriz"):
         store.open_tile(spec.lon, spec.lat, YEAR).embeddings.values  # noqa: B018
-    # Allowing only the mirror keeps the local container out even with local sources on.
+    # Allowing only another prefix keeps every container out.
     store = open_store(str(out), allow_local_sources=False, allowed_sources=[prefix[:8] + "nope/"])
     with pytest.raises(ConfigurationError):
         store.point(spec.lon, spec.lat, YEAR)
