@@ -118,7 +118,7 @@ import ssl
 import struct
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import unquote, urlsplit
@@ -263,6 +263,9 @@ class LiarRequest:
     ----------
     method, target, version
         The request line as sent (``target`` is not normalised or decoded).
+    connection
+        Serial number of the connection the request came on (1, 2, …):
+        requests sharing one were kept alive.
     headers
         All request headers, in order, names as sent.
     scenario
@@ -282,6 +285,7 @@ class LiarRequest:
     version: str
     headers: tuple[tuple[str, str], ...]
     scenario: Scenario
+    connection: int
     time: float
     status: int = 0
     bytes_sent: int = 0
@@ -321,7 +325,7 @@ class _File:
             return f.read(max(0, end - start + 1))
 
 
-class _Hangup(Exception):
+class _HangupError(Exception):
     """The answer ended the connection (close, RST or client gone)."""
 
 
@@ -391,6 +395,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         liar = self.server.liar
+        self._conn_id = liar._next_connection()
         if liar._ssl is not None:
             # Handshake here, in the connection's thread: a client that never
             # finishes one (or rejects our certificate) must not block the
@@ -410,7 +415,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def handle(self) -> None:
         if self._broken:
             return
-        with contextlib.suppress(OSError, ValueError, _Hangup):
+        with contextlib.suppress(OSError, ValueError, _HangupError):
             super().handle()
 
     def finish(self) -> None:
@@ -440,6 +445,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             version=self.request_version,
             headers=tuple(self.headers.items()),
             scenario=scenario,
+            connection=self._conn_id,
             time=time.time(),
         )
         liar._record(rec)
@@ -454,7 +460,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(data)
         except OSError as e:
             self.close_connection = True
-            raise _Hangup from e
+            raise _HangupError from e
         self._rec.bytes_sent += len(data)
 
     def _head(
@@ -524,23 +530,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return False
 
     def _answer(self, target: str, scenario: Scenario, opts: Options, *, head: bool) -> None:
-        S = Scenario
+        sc = Scenario
         liar = self.server.liar
         # Scenarios that do not look at the file.
-        if scenario is S.STALL_HEADERS:
+        if scenario is sc.STALL_HEADERS:
             liar._hold(self.connection, None)
             self.close_connection = True
-            raise _Hangup
-        if scenario is S.STATUS_500:
+            raise _HangupError
+        if scenario is sc.STATUS_500:
             self._simple(500, body=b"internal error (liar)\n")
             return
-        if scenario is S.STATUS_503:
+        if scenario is sc.STATUS_503:
             self._simple(503, [("Retry-After", "0")], b"service unavailable (liar)\n")
             return
-        if scenario in (S.REDIRECT_OTHER_ORIGIN, S.REDIRECT_SAME_ORIGIN, S.REDIRECT_LOOP):
-            if scenario is S.REDIRECT_OTHER_ORIGIN:
+        if scenario in (sc.REDIRECT_OTHER_ORIGIN, sc.REDIRECT_SAME_ORIGIN, sc.REDIRECT_LOOP):
+            if scenario is sc.REDIRECT_OTHER_ORIGIN:
                 location = (opts.redirect_to or "").rstrip("/") + "/" + target.lstrip("/")
-            elif scenario is S.REDIRECT_SAME_ORIGIN:
+            elif scenario is sc.REDIRECT_SAME_ORIGIN:
                 location = liar.url.rstrip("/") + MOVED_PREFIX + "/" + target.lstrip("/")
             else:
                 location = liar.url.rstrip("/") + "/" + target.lstrip("/")
@@ -551,18 +557,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if f is None:
             self._simple(404, body=b"not found\n")
             return
-        if scenario is S.BAD_VALIDATORS:
+        if scenario is sc.BAD_VALIDATORS:
             f.etag, f.last_modified = _bad_validators(opts.validators, f)
-        if scenario is S.STATUS_416:
+        if scenario is sc.STATUS_416:
             self._simple(416, [("Content-Range", f"bytes */{f.size}")])
             return
         validators = [("ETag", f.etag), ("Last-Modified", f.last_modified)]
-        if scenario is not S.IGNORE_PRECONDITIONS and self._precondition_failed(f):
+        if scenario is not sc.IGNORE_PRECONDITIONS and self._precondition_failed(f):
             self._simple(412, validators)
             return
 
         ranges = _parse_ranges(self.headers.get("Range"), f.size)
-        if scenario in (S.FULL_200, S.FULL_200_HUGE):
+        if scenario in (sc.FULL_200, sc.FULL_200_HUGE):
             ranges = None
         if ranges == []:
             self._simple(416, [("Content-Range", f"bytes */{f.size}"), *validators])
@@ -590,13 +596,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 body = p.data
         length = len(body) if not head else self._head_length(ranges, f)
 
-        if scenario is S.GZIP:
+        if scenario is sc.GZIP:
             body = gzip.compress(body)
             length = len(body)
             headers.append(("Content-Encoding", "gzip"))
-        elif scenario is S.GZIP_LYING:
+        elif scenario is sc.GZIP_LYING:
             headers.append(("Content-Encoding", "gzip"))
-        elif scenario is S.HEADER_FLOOD:
+        elif scenario is sc.HEADER_FLOOD:
             headers.extend(_flood(opts.flood_bytes))
         self._deliver(scenario, opts, status, headers, body, length, head=head)
 
@@ -621,13 +627,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         head: bool,
     ) -> None:
         """Write head and body, the way ``scenario`` says."""
-        S = Scenario
+        sc = Scenario
         liar = self.server.liar
-        if scenario is S.HTTP09:
+        if scenario is sc.HTTP09:
             self.close_connection = True
             self._write(body)
-            raise _Hangup
-        if scenario in (S.CHUNKED, S.CHUNKED_ENDLESS):
+            raise _HangupError
+        if scenario in (sc.CHUNKED, sc.CHUNKED_ENDLESS):
             self._head(status, [*headers, ("Transfer-Encoding", "chunked")])
             if head:
                 return
@@ -638,7 +644,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self._write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
                 pos += len(piece)
                 i += 1
-            if scenario is S.CHUNKED:
+            if scenario is sc.CHUNKED:
                 self._write(b"0\r\n\r\n")
                 return
             zeros = b"\0" * opts.piece
@@ -648,35 +654,35 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 if opts.interval:
                     liar._stopping.wait(opts.interval)
             self.close_connection = True
-            raise _Hangup
-        if scenario is S.NO_CONTENT_LENGTH_CLOSE:
+            raise _HangupError
+        if scenario is sc.NO_CONTENT_LENGTH_CLOSE:
             self.close_connection = True
             self._head(status, [*headers, ("Connection", "close")])
             if not head:
                 self._write(body)
-            raise _Hangup
-        claimed = HUGE_LENGTH if scenario in (S.HUGE_CONTENT_LENGTH, S.FULL_200_HUGE) else length
+            raise _HangupError
+        claimed = HUGE_LENGTH if scenario in (sc.HUGE_CONTENT_LENGTH, sc.FULL_200_HUGE) else length
         head_kw: dict[str, Any] = {}
-        if scenario is S.BAD_STATUS_LINE:
+        if scenario is sc.BAD_STATUS_LINE:
             head_kw["status_line"] = f"HTTP/1.1 OK {status}"
         self._head(status, [*headers, ("Content-Length", str(claimed))], **head_kw)
         if head:
             return
-        if scenario is S.SHORT_BODY:
+        if scenario is sc.SHORT_BODY:
             self._write(body[: len(body) // 2])
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
             self.close_connection = True
-            raise _Hangup
-        if scenario is S.RESET_MID_BODY:
+            raise _HangupError
+        if scenario is sc.RESET_MID_BODY:
             self._write(body[: len(body) // 2])
             _reset(self.connection)
             self.close_connection = True
-            raise _Hangup
-        if scenario is S.TRICKLE:
+            raise _HangupError
+        if scenario is sc.TRICKLE:
             for pos in range(0, len(body), opts.piece):
                 if pos and opts.interval and liar._stopping.wait(opts.interval):
-                    raise _Hangup
+                    raise _HangupError
                 self._write(body[pos : pos + opts.piece])
             return
         self._write(body)
@@ -684,7 +690,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if opts.keep_open:
                 liar._hold(self.connection, None)
             self.close_connection = True
-            raise _Hangup
+            raise _HangupError
 
 
 def _multipart(parts: list[_Part]) -> bytes:
@@ -704,13 +710,13 @@ def _lie_about_parts(
     scenario: Scenario, parts: list[_Part], f: _File, multipart: bool
 ) -> tuple[list[_Part], bool]:
     """The parts (and multipart or not) ``scenario`` sends instead of ``parts``."""
-    S = Scenario
+    sc = Scenario
     if scenario in MULTIPART_SCENARIOS and not multipart:
         return parts, multipart
-    if scenario is S.DUPLICATE_PART:
+    if scenario is sc.DUPLICATE_PART:
         p = parts[0]
         return [p, replace(p, data=_flip(p.data)), *parts[1:]], True
-    if scenario is S.OVERLAPPING_PARTS:
+    if scenario is sc.OVERLAPPING_PARTS:
         a, b = parts[0], parts[1]
         # b now starts up to 4 bytes inside a, and the shared bytes disagree.
         start = max(a.start, a.end - 3)
@@ -719,7 +725,7 @@ def _lie_about_parts(
         n_shared = max(0, shared_end - start + 1)
         data = _flip(data[:n_shared]) + data[n_shared:]
         return [a, _Part(start, b.end, f.size, data), *parts[2:]], True
-    if scenario is S.EXTRA_PART:
+    if scenario is sc.EXTRA_PART:
         last = max(p.end for p in parts)
         first = min(p.start for p in parts)
         if last + EXTRA_BYTES < f.size:
@@ -729,9 +735,9 @@ def _lie_about_parts(
         else:
             return parts, multipart
         return [parts[0], _Part(s, e, f.size, f.read(s, e)), *parts[1:]], True
-    if scenario is S.MISSING_PART:
+    if scenario is sc.MISSING_PART:
         return parts[:-1], True
-    if scenario is S.MERGED_PARTS:
+    if scenario is sc.MERGED_PARTS:
         ordered = sorted(parts, key=lambda p: p.start)
         merged = []
         for i in range(0, len(ordered), 2):
@@ -739,9 +745,9 @@ def _lie_about_parts(
             s, e = min(p.start for p in group), max(p.end for p in group)
             merged.append(_Part(s, e, f.size, f.read(s, e)))
         return merged, len(merged) > 1
-    if scenario is S.REORDERED_PARTS:
+    if scenario is sc.REORDERED_PARTS:
         return parts[::-1], True
-    if scenario is S.WRONG_CONTENT_RANGE:
+    if scenario is sc.WRONG_CONTENT_RANGE:
         out = []
         for p in parts:
             n = p.end - p.start + 1
@@ -756,14 +762,14 @@ def _lie_about_parts(
                 continue
             out.append(_Part(s, s + n - 1, f.size, f.read(s, s + n - 1)))
         return out, multipart
-    if scenario is S.LONG_BODY:
+    if scenario is sc.LONG_BODY:
         out = []
         for p in parts:
             more = f.read(p.end + 1, p.end + EXTRA_BYTES)
             more += b"\xa5" * (EXTRA_BYTES - len(more))
             out.append(replace(p, data=p.data + more))
         return out, multipart
-    if scenario is S.WRONG_TOTAL:
+    if scenario is sc.WRONG_TOTAL:
         return [replace(p, total=p.total + 1000) for p in parts], multipart
     return parts, multipart
 
@@ -806,8 +812,8 @@ class LiarServer(Service):
     tls
         Serve HTTPS with this test CA's server certificate; :attr:`url` is
         then ``https://127.0.0.1:PORT/``.
-    options
-        The scenario's knobs (:class:`Options`).
+    options, knobs
+        The scenario's knobs (:class:`Options`, or its fields as keywords).
 
     Use as a context manager or call :meth:`start` / :meth:`stop`.
     Connections are served by one thread each (hundreds are fine).
@@ -820,6 +826,7 @@ class LiarServer(Service):
         *,
         tls: TestCA | None = None,
         options: Options | None = None,
+        **knobs: Any,
     ) -> None:
         self.root = Path(root).resolve()
         self.tls = tls
@@ -832,11 +839,12 @@ class LiarServer(Service):
         self._scenario = Scenario.HONEST
         self._options = Options()
         self._matched = 0
-        self.set_scenario(scenario, options)
+        self.set_scenario(scenario, options, **knobs)
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._conns: set[socket.socket] = set()
+        self._conn_count = 0
         self.log: list[LiarRequest] = []
 
     # -- lifecycle -------------------------------------------------------
@@ -939,6 +947,11 @@ class LiarServer(Service):
             if opts.first is not None and self._matched > opts.first:
                 return Scenario.HONEST, opts
             return sc, opts
+
+    def _next_connection(self) -> int:
+        with self._lock:
+            self._conn_count += 1
+            return self._conn_count
 
     def _record(self, rec: LiarRequest) -> None:
         with self._lock:
