@@ -89,8 +89,7 @@ def test_large_body_streams(tree: Path, nginx: NginxServer, window: int | None) 
     that waited for whole bodies would hold all 50 MB; this one holds what
     arrives within one delay, and no more than its window.
     """
-    kwargs = {"window": window} if window else {}
-    with LatencyProxy(nginx.url, **kwargs) as proxy:
+    with LatencyProxy(nginx.url, window=window or DEFAULT_WINDOW) as proxy:
         conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=60)
         conn.request("GET", "/big.bin", headers={"Range": "bytes=0-0"})
         conn.getresponse().read()  # warm the connection
