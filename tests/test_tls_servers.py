@@ -95,6 +95,39 @@ def test_nginx_tls_url_and_plain_default(tree: Path, https: NginxServer) -> None
         assert plain.url.startswith("http://127.0.0.1:")
 
 
+def test_nginx_tls_keeps_keep_alive_log_and_max_ranges(
+    tree: Path, https: NginxServer, test_ca: TestCA
+) -> None:
+    import http.client
+
+    data = _expected(tree)
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", https.port, timeout=10, context=client_context(test_ca)
+    )
+    https.clear_log()
+    for rng in ("bytes=0-9", "bytes=10-19,30-39"):
+        conn.request("GET", "/" + PATH, headers={"Range": rng})
+        resp = conn.getresponse()
+        assert resp.status == 206
+        resp.read()
+    conn.close()
+    first, second = https.requests(min_count=2)
+    assert first["connection"] == second["connection"]
+    assert (first["connection_requests"], second["connection_requests"]) == (1, 2)
+    assert second["range"] == "bytes=10-19,30-39"
+    one_range = serve_tls(tree, test_ca, max_ranges=1)
+    try:
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", one_range.port, timeout=10, context=client_context(test_ca)
+        )
+        conn.request("GET", "/" + PATH, headers={"Range": "bytes=10-19,30-39"})
+        resp = conn.getresponse()
+        assert (resp.status, resp.read()) == (200, data)
+        conn.close()
+    finally:
+        one_range.stop()
+
+
 def test_aiohttp_reads_over_tls_with_the_ca_only(
     tree: Path, https: NginxServer, test_ca: TestCA
 ) -> None:
@@ -233,7 +266,9 @@ def test_icechunk_and_obstore_trust_ssl_cert_file(
 
     It replaces the system bundle for the whole process, which suits a test
     or benchmark process but not a library; run in a child so this process
-    keeps its roots.
+    keeps its roots. (In one process, obstore reads it when a store is
+    built, Icechunk when a Repository instance first fetches from a
+    container: setting it later does not help an open repository.)
     """
     env = dict(os.environ, SSL_CERT_FILE=str(test_ca.ca_cert))
     out = subprocess.run(

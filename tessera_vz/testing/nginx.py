@@ -9,6 +9,8 @@ and benchmarks count requests and bytes exactly.
 The server runs the system's nginx binary in the foreground with a generated
 config whose pid file, logs and temp paths all live in a private temp
 directory, so it runs unprivileged or as root without touching ``/var``.
+Given a test CA (:mod:`tessera_vz.testing.tls`) it serves HTTPS, as the
+real mirrors do.
 """
 
 from __future__ import annotations
