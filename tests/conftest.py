@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tessera_vz.testing.nginx import NginxServer
+from tessera_vz.testing.tls import TestCA, make_test_ca
 
 if TYPE_CHECKING:
     from tessera_vz.testing.s3 import MotoS3
@@ -26,6 +27,21 @@ def _isolated_cache(
 def serve(root: Path) -> NginxServer:
     """Start nginx on ``root``; fails (never skips) when nginx is missing."""
     return NginxServer(root).start()
+
+
+def serve_tls(root: Path, ca: TestCA, **kwargs: Any) -> NginxServer:
+    """Start nginx on ``root`` over HTTPS with ``ca``'s server certificate (``test_ca``)."""
+    return NginxServer(root, tls=ca, **kwargs).start()
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    """A CA and a loopback server certificate it signed, for the whole session.
+
+    Clients trust it explicitly: ``ssl.create_default_context(cafile=test_ca.ca_cert)``
+    (aiohttp), ``client_options={"root_certificate": test_ca.ca_pem()}`` (obstore).
+    """
+    return make_test_ca(tmp_path_factory.mktemp("test-ca"))
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ and benchmarks count requests and bytes exactly.
 The server runs the system's nginx binary in the foreground with a generated
 config whose pid file, logs and temp paths all live in a private temp
 directory, so it runs unprivileged or as root without touching ``/var``.
+Given a test CA (:mod:`tessera_vz.testing.tls`) it serves HTTPS, as the
+real mirrors do.
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from .service import Service
+
+if TYPE_CHECKING:
+    from .tls import TestCA
 
 logger = logging.getLogger(__name__)
 
@@ -142,13 +147,23 @@ class NginxServer(Service):
         nginx's ``max_ranges``: with 1, a multi-range request is answered
         200 with the whole file, as by a mirror that does not serve them
         (S3 behind a CDN, some object gateways). Default: nginx's, no limit.
+    tls
+        Serve HTTPS with this test CA's server certificate
+        (:func:`tessera_vz.testing.tls.make_test_ca`), as the real mirrors
+        do; :attr:`url` is then ``https://127.0.0.1:PORT/``. Default: plain HTTP.
     """
 
     def __init__(
-        self, root: str | Path, *, port: int | None = None, max_ranges: int | None = None
+        self,
+        root: str | Path,
+        *,
+        port: int | None = None,
+        max_ranges: int | None = None,
+        tls: TestCA | None = None,
     ) -> None:
         self.root = Path(root).resolve()
         self._max_ranges = max_ranges
+        self.tls = tls
         self._requested_port = port
         self._port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -165,6 +180,16 @@ class NginxServer(Service):
             f"    {kind}_temp_path {_quote(tmp / kind)};"
             for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
         )
+        listen = f"127.0.0.1:{port}"
+        ssl = ""
+        if self.tls is not None:
+            listen += " ssl"
+            ssl = (
+                f"        ssl_certificate {_quote(self.tls.server_cert)};\n"
+                f"        ssl_certificate_key {_quote(self.tls.server_key)};\n"
+                "        ssl_protocols TLSv1.2 TLSv1.3;\n"
+                "        ssl_session_cache shared:tls:1m;\n"
+            )
         return f"""{user}worker_processes 1;
 daemon off;
 master_process on;
@@ -185,8 +210,8 @@ http {{
     keepalive_requests 100000;
     server_tokens off;
     server {{
-        listen 127.0.0.1:{port};
-        server_name localhost;
+        listen {listen};
+{ssl}        server_name localhost;
         root {_quote(self.root)};
         autoindex off;
         etag on;
@@ -291,8 +316,9 @@ http {{
 
     @property
     def url(self) -> str:
-        """Base URL with a trailing slash: ``http://127.0.0.1:PORT/``."""
-        return f"http://127.0.0.1:{self.port}/"
+        """Base URL with a trailing slash: ``http(s)://127.0.0.1:PORT/``."""
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/"
 
     @property
     def access_log(self) -> Path:
