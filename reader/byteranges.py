@@ -129,9 +129,13 @@ def parts(
     return Parts(*(np.asarray(v, np.int64) for v in (firsts, at, lengths)))
 
 
+class SizeMismatchError(MalformedRangesError):
+    """The answer names a file size other than the one indexed: the file changed."""
+
+
 def _check_total(total: bytes, size: int | None) -> None:
     if size is not None and total != b"*" and int(total) != size:
-        raise MalformedRangesError(
+        raise SizeMismatchError(
             f"the answer says the file holds {int(total)} bytes; it held {size} when indexed"
         )
 

@@ -43,7 +43,7 @@ from numpy.typing import NDArray
 from obstore.exceptions import NotFoundError, PreconditionError
 
 from . import web
-from .byteranges import MalformedRangesError, locate, range_header
+from .byteranges import MalformedRangesError, SizeMismatchError, locate, range_header
 from .errors import (
     ConfigurationError,
     SourceChangedError,
@@ -421,10 +421,17 @@ class SourceFiles:
                     _check_single(crange, starts[0], ends[0], size, url, what)
                     buf = await web.read_exact(resp, wanted, into)
                     return None if into is not None else buf
-                body = await web.read_capped(resp, wanted + (n + 1) * PART_OVERHEAD)
+                # A server may merge nearby ranges into one part (RFC 9110), so the
+                # answer may hold the whole span the ranges touch, never more.
+                span = max(ends) - min(starts)
+                body = await web.read_capped(resp, span + (n + 1) * PART_OVERHEAD)
                 ctype = resp.headers.get("Content-Type", "")
                 try:
                     return body, locate(body, ctype, crange, starts, ends, size)
+                except SizeMismatchError as exc:
+                    raise SourceChangedError(
+                        f"{what}: {url}: {exc}. Re-run `tessera-vz index` for this source"
+                    ) from None
                 except MalformedRangesError as exc:
                     raise web.AnswerError(str(exc)) from None
 

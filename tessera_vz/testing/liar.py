@@ -977,3 +977,93 @@ class LiarServer(Service):
                     return
             except (OSError, ValueError):
                 return
+
+
+def _serve_in_child(
+    conn: Any, root: str, scenario: str, tls: TestCA | None, knobs: dict[str, Any]
+) -> None:
+    """Body of :class:`LiarProcess`'s child: run a server and obey the pipe."""
+    with LiarServer(root, scenario, tls=tls, **knobs) as server:
+        conn.send(server.url)
+        while True:
+            try:
+                command, args, kwargs = conn.recv()
+            except EOFError:
+                return
+            if command == "stop":
+                conn.send(None)
+                return
+            try:
+                conn.send(("ok", getattr(server, command)(*args, **kwargs)))
+            except Exception as exc:  # reported to the parent, which raises it
+                conn.send(("error", exc))
+
+
+class LiarProcess(Service):
+    """A :class:`LiarServer` in a child process, driven the same way.
+
+    The reader's memory bounds are measured with ``tracemalloc``, which sees
+    every thread of a process: a server in the test's own process would count
+    the files it reads to lie with. In a child, only the client is measured.
+    Same constructor, :attr:`url`, :meth:`set_scenario`, :meth:`requests` and
+    :meth:`clear_log` as :class:`LiarServer`.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        scenario: Scenario | str = Scenario.HONEST,
+        *,
+        tls: TestCA | None = None,
+        **knobs: Any,
+    ) -> None:
+        self._args = (str(Path(root).resolve()), str(Scenario(scenario)), tls, knobs)
+        self._proc: Any = None
+        self._conn: Any = None
+        self.url = ""
+
+    def start(self) -> Self:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve_in_child, args=(child, *self._args), daemon=True)
+        self._proc.start()
+        if not parent.poll(30):
+            self._proc.kill()
+            raise RuntimeError("the liar process did not start within 30 s")
+        self.url = parent.recv()
+        self._conn = parent
+        return self
+
+    def _call(self, command: str, *args: Any, **kwargs: Any) -> Any:
+        if self._conn is None:
+            raise RuntimeError("liar process is not running")
+        self._conn.send((command, args, kwargs))
+        status, value = self._conn.recv()
+        if status == "error":
+            raise value
+        return value
+
+    def set_scenario(
+        self, scenario: Scenario | str, options: Options | None = None, **knobs: Any
+    ) -> None:
+        self._call("set_scenario", scenario, options, **knobs)
+
+    def requests(self, min_count: int = 0, timeout: float = 2.0) -> list[LiarRequest]:
+        return list(self._call("requests", min_count, timeout))
+
+    def clear_log(self) -> None:
+        self._call("clear_log")
+
+    def stop(self) -> None:
+        conn, proc, self._conn, self._proc = self._conn, self._proc, None, None
+        if conn is not None:
+            with contextlib.suppress(OSError, EOFError):
+                conn.send(("stop", (), {}))
+                conn.recv()
+            conn.close()
+        if proc is not None:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
