@@ -44,6 +44,20 @@ def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
     return make_test_ca(tmp_path_factory.mktemp("test-ca"))
 
 
+@pytest.fixture(scope="session")
+def https(test_ca: TestCA) -> Iterator[TestCA]:
+    """Trust the test CA as a user of a private mirror would: ``SSL_CERT_FILE``.
+
+    tessera-vz's client, obstore and Icechunk all read it (in this process
+    and in CLI subprocesses), so HTTPS fixtures need no option that weakens
+    TLS, and none is ever written into a repository.
+    """
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SSL_CERT_FILE", str(test_ca.ca_cert))
+    yield test_ca
+    mp.undo()
+
+
 @pytest.fixture
 def nginx_factory() -> Iterator[list[NginxServer]]:
     """Start servers on demand; all are stopped at the end of the test."""

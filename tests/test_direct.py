@@ -27,6 +27,7 @@ from tessera_vz.reader.sources import SourceFiles
 
 from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.tiles import TileSpec, make_tree, write_manifest
+from tessera_vz.testing.tls import TestCA
 
 from .test_reader import _check_region, expected_at
 
@@ -45,11 +46,11 @@ def _index(server: NginxServer, root: Path, out: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def served(tmp_path_factory: pytest.TempPathFactory, https: TestCA) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("direct-tree")
     specs = make_tree(root, bbox=BBOX, years=(YEAR,), bands=4)
     out = tmp_path_factory.mktemp("direct-index")
-    with NginxServer(root) as server:
+    with NginxServer(root, tls=https) as server:
         _index(server, root, out)
         yield {
             "root": root,

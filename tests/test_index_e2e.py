@@ -29,6 +29,7 @@ from tessera_vz.reader.layout import repo_name
 from tessera_vz.cli import main as cli_main
 from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.tiles import TileSpec, make_tree, write_manifest
+from tessera_vz.testing.tls import TestCA
 
 from .npyfiles import resave, truncate, write_with_header
 
@@ -125,8 +126,9 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def served(tree: dict[str, Any]) -> Any:
-    with NginxServer(tree["root"]) as server:
+def served(tree: dict[str, Any], https: TestCA) -> Any:
+    """The tree over HTTPS, as real mirrors serve it."""
+    with NginxServer(tree["root"], tls=https) as server:
         yield server
 
 
@@ -191,11 +193,13 @@ def test_index_over_nginx_roundtrip(
     assert again["indexed"] == 0 and again["unchanged"] == 8 and again["commits"] == []
 
 
-def test_changed_source_fails_loudly_then_reindexes(tree: dict[str, Any], tmp_path: Path) -> None:
+def test_changed_source_fails_loudly_then_reindexes(
+    tree: dict[str, Any], tmp_path: Path, https: TestCA
+) -> None:
     root = tmp_path / "src"
     shutil.copytree(tree["root"], root)
     out = tmp_path / "index"
-    with NginxServer(root) as server:
+    with NginxServer(root, tls=https) as server:
         opts = IndexOptions(
             source=server.url, out=str(out), manifest=str(root / "manifest.parquet")
         )

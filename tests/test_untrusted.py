@@ -27,6 +27,7 @@ from tessera_vz.reader.layout import EMBEDDINGS, chunk_key, repo_name
 from tessera_vz.cli import main as cli_main
 from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.tiles import TileSpec, make_tree
+from tessera_vz.testing.tls import TestCA
 
 YEAR = 2024
 BBOX = (0.8, 49.8, 1.0, 50.0)
@@ -40,8 +41,9 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[TileSpec]
 
 
 @pytest.fixture(scope="module")
-def nginx(tree: tuple[Path, list[TileSpec]]) -> Iterator[NginxServer]:
-    with NginxServer(tree[0]) as server:
+def nginx(tree: tuple[Path, list[TileSpec]], https: TestCA) -> Iterator[NginxServer]:
+    """The tree over HTTPS, as real mirrors serve it."""
+    with NginxServer(tree[0], tls=https) as server:
         yield server
 
 

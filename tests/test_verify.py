@@ -24,6 +24,7 @@ from tessera_vz.reader.errors import ConfigurationError, SourceChangedError
 from tessera_vz.cli import main as cli_main
 from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.tiles import TileSpec, make_tree
+from tessera_vz.testing.tls import TestCA
 
 from .npyfiles import resave
 
@@ -39,8 +40,9 @@ def tree(tmp_path: Path) -> tuple[Path, list[TileSpec]]:
 
 
 @pytest.fixture
-def nginx(tree: tuple[Path, list[TileSpec]]) -> Iterator[NginxServer]:
-    with NginxServer(tree[0]) as server:
+def nginx(tree: tuple[Path, list[TileSpec]], https: TestCA) -> Iterator[NginxServer]:
+    """The tree over HTTPS, as real mirrors serve it."""
+    with NginxServer(tree[0], tls=https) as server:
         yield server
 
 
