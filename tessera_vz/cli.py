@@ -67,6 +67,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         source_options={"anonymous": True} if args.anonymous else {},
         scheduler=args.scheduler,
         workers=args.workers,
+        allowed_sources=list(args.allow_source or []),
+        ca_file=args.ca_file,
     )
     with _progress((not args.quiet and err.is_terminal) or args.progress) as start:
         report = run_index(opts, progress=start)
@@ -87,24 +89,18 @@ def cmd_index(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
-def info(
-    path: str,
-    allow_local: bool,
-    s3_options: dict[str, Any] | None = None,
-    allowed: list[str] | None = None,
-) -> dict[str, Any]:
+def info(path: str, options: Any = None) -> dict[str, Any]:
     """What an index holds: zones, years, tags, tile counts, sources.
 
     ``sources`` are the containers a repository wants to read from;
     ``authorised`` those this reader would read from with the same flags, so
     a user sees what an untrusted repository asks for before trusting it.
     """
-    from tessera_vz.reader import open_store
+    from tessera_vz.reader import ReadOptions, open_store
     from tessera_vz.reader.repos import credentials
 
-    store = open_store(
-        path, allow_local_sources=allow_local, allowed_sources=allowed, s3_options=s3_options
-    )
+    opts = options if options is not None else ReadOptions()
+    store = open_store(path, options=opts)
     zones = []
     for zone in store.zones():
         repo = store.repo(zone)
@@ -131,7 +127,9 @@ def info(
                 "sources": store.containers(zone),
                 "authorised": sorted(
                     credentials(
-                        store.containers(zone), allow_local_sources=allow_local, allowed=allowed
+                        store.containers(zone),
+                        allow_local_sources=opts.allow_local_sources,
+                        allowed=opts.allowed_sources,
                     )
                 ),
             }
@@ -140,7 +138,7 @@ def info(
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    doc = info(args.store, args.allow_local_sources, _s3_options(args), args.allow_source)
+    doc = info(args.store, _read_options(args))
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
@@ -167,12 +165,7 @@ def cmd_point(args: argparse.Namespace) -> int:
 
     from tessera_vz.reader import open_store
 
-    store = open_store(
-        args.store,
-        allow_local_sources=args.allow_local_sources,
-        allowed_sources=args.allow_source,
-        s3_options=_s3_options(args),
-    )
+    store = open_store(args.store, options=_read_options(args))
     t0 = time.perf_counter()
     loc = store.locate(args.lon, args.lat, args.year)
     values = store.point(args.lon, args.lat, args.year)
@@ -203,8 +196,44 @@ def _add_allow_source(p: argparse.ArgumentParser) -> None:
         "--allow-source",
         action="append",
         metavar="PREFIX",
-        help="read only from sources whose URL starts with PREFIX (repeatable); "
-        "default: every remote source the repo records",
+        help="read only from sources whose URL starts with PREFIX (repeatable; also where "
+        "redirects may lead, e.g. a CDN); default: every remote source the repo records",
+    )
+
+
+def _add_read_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of every command that reads an index: one ReadOptions (:func:`_read_options`)."""
+    p.add_argument(
+        "--allow-local-sources",
+        action="store_true",
+        help="read tiles from file:// sources recorded in the repo",
+    )
+    _add_allow_source(p)
+    p.add_argument("--retries", type=int, default=3, help="retries of a failed request")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds allowed per request")
+    p.add_argument(
+        "--ca-file", metavar="PEM", help="extra CA certificates to trust for HTTPS (private mirror)"
+    )
+    p.add_argument(
+        "--through-icechunk",
+        action="store_true",
+        help="read pixels through Icechunk's own fetches instead of tessera-vz's checked reader",
+    )
+    _add_s3_flags(p)
+
+
+def _read_options(args: argparse.Namespace) -> Any:
+    """The :class:`~tessera_vz.reader.options.ReadOptions` the read flags describe."""
+    from tessera_vz.reader.options import ReadOptions
+
+    return ReadOptions.of(
+        retries=args.retries,
+        timeout=args.timeout,
+        allow_local_sources=args.allow_local_sources,
+        allowed_sources=args.allow_source,
+        s3_options=_s3_options(args),
+        direct_reads=not args.through_icechunk,
+        ca_file=args.ca_file,
     )
 
 
@@ -222,6 +251,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         retries=args.retries,
         timeout=args.timeout,
         s3_options=_s3_options(args),
+        ca_file=args.ca_file,
     )
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
@@ -288,9 +318,7 @@ def cmd_points(args: argparse.Namespace) -> int:
     from tessera_vz.reader import open_store
 
     lons, lats = read_points_file(args.input)
-    store = open_store(
-        args.store, allow_local_sources=args.allow_local_sources, s3_options=_s3_options(args)
-    )
+    store = open_store(args.store, options=_read_options(args))
     years = _years(args.year)
     t0 = time.perf_counter()
     values = store.points(lons, lats, years=years)
@@ -329,9 +357,7 @@ def cmd_points(args: argparse.Namespace) -> int:
 def cmd_region(args: argparse.Namespace) -> int:
     from tessera_vz.reader import open_store
 
-    store = open_store(
-        args.store, allow_local_sources=args.allow_local_sources, s3_options=_s3_options(args)
-    )
+    store = open_store(args.store, options=_read_options(args))
     years = _years(args.year)
     bbox = (args.west, args.south, args.east, args.north)
     ds = store.region(bbox, years if len(years) > 1 else years[0], zone=args.zone,
@@ -435,15 +461,22 @@ def build_parser() -> argparse.ArgumentParser:
     ix.add_argument(
         "--workers", type=int, help="run the units on a local Dask cluster of N worker processes"
     )
+    ix.add_argument(
+        "--allow-source",
+        action="append",
+        metavar="PREFIX",
+        help="also trust PREFIX (repeatable): where SOURCE's redirects may lead, e.g. a CDN",
+    )
+    ix.add_argument(
+        "--ca-file", metavar="PEM", help="extra CA certificates to trust for HTTPS (private mirror)"
+    )
     _add_s3_flags(ix, "read the SOURCE bucket unsigned (public buckets); --out uses credentials")
     ix.set_defaults(func=cmd_index)
 
     inf = sub.add_parser("info", help="zones, years, tags and tile counts of an index")
     inf.add_argument("store", help="the --out of `tessera-vz index`")
     inf.add_argument("--json", action="store_true")
-    inf.add_argument("--allow-local-sources", action="store_true")
-    _add_allow_source(inf)
-    _add_s3_flags(inf)
+    _add_read_flags(inf)
     inf.set_defaults(func=cmd_info)
 
     pt = sub.add_parser("point", help="the embedding of one pixel")
@@ -452,13 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--year", type=int, required=True)
     pt.add_argument("--store", required=True)
     pt.add_argument("--json", action="store_true")
-    pt.add_argument(
-        "--allow-local-sources",
-        action="store_true",
-        help="read tiles from file:// sources recorded in the repo",
-    )
-    _add_allow_source(pt)
-    _add_s3_flags(pt)
+    _add_read_flags(pt)
     pt.set_defaults(func=cmd_point)
 
     vf = sub.add_parser("verify", help="find indexed tiles whose source files changed or vanished")
@@ -466,12 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     vf.add_argument("--years", help="comma-separated years, e.g. 2024,2025")
     vf.add_argument("--zones", help="comma-separated UTM zones, e.g. 30,31")
     vf.add_argument("--json", action="store_true", help="print the JSON report on stdout")
-    vf.add_argument("--allow-local-sources", action="store_true")
-    _add_allow_source(vf)
     vf.add_argument("--concurrency", type=int, default=64, help="HEAD requests in flight")
-    vf.add_argument("--retries", type=int, default=3, help="retries of a failed request")
-    vf.add_argument("--timeout", type=float, default=30.0, help="seconds allowed per request")
-    _add_s3_flags(vf)
+    _add_read_flags(vf)
     vf.set_defaults(func=cmd_verify)
 
     pts = sub.add_parser("points", help="embeddings of many points (CSV/Parquet in, Parquet out)")
@@ -480,8 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     pts.add_argument("--store", required=True)
     pts.add_argument("--out", required=True, help="output Parquet file")
     pts.add_argument("--json", action="store_true")
-    pts.add_argument("--allow-local-sources", action="store_true")
-    _add_s3_flags(pts)
+    _add_read_flags(pts)
     pts.set_defaults(func=cmd_points)
 
     rg = sub.add_parser("region", help="a lon/lat box as a zone-lattice mosaic (.zarr, .nc, .tif)")
@@ -493,8 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("--zone", type=int, default=None, help="UTM zone (default: bbox centre)")
     rg.add_argument("--raw", action="store_true", help="int8 embeddings plus scales")
     rg.add_argument("--json", action="store_true")
-    rg.add_argument("--allow-local-sources", action="store_true")
-    _add_s3_flags(rg)
+    _add_read_flags(rg)
     rg.set_defaults(func=cmd_region)
 
     dm = sub.add_parser("demo", help="generate, serve, index and read a small sample tree")

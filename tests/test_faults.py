@@ -328,3 +328,29 @@ def test_windows_received_in_place_survive_cut_answers(
     finally:
         proxy.set_faults([])
     np.testing.assert_array_equal(got.embeddings.values, expected.embeddings.values)
+
+
+def test_open_zone_keeps_the_callers_read_options(
+    tree: tuple[Path, list[TileSpec]], indexed: tuple[FaultProxy, Path]
+) -> None:
+    """A zone mosaic's tasks reopen the index with the options it was opened with:
+    ``retries=0`` fails on the first 503 where the default policy retries it away."""
+    _root, specs = tree
+    proxy, out = indexed
+    spec = specs[1]
+    bbox = _tile_bbox(spec)
+    expected = open_store(str(out)).region(bbox, YEAR)
+    x, y = expected.x.values, expected.y.values
+    pick = {"x": slice(x[0], x[-1]), "y": slice(y[0], y[-1])}
+    try:
+        proxy.set_faults([Fault("503", path=f"{spec.name}.npy", first=1)])
+        strict = open_store(str(out), retries=0, timeout=2.0).open_zone(31, YEAR)
+        with pytest.raises(SourceUnavailableError, match=spec.name):
+            strict.sel(pick).embeddings.values  # noqa: B018
+        proxy.set_faults([Fault("503", path=f"{spec.name}.npy", first=1)])
+        patient = open_store(str(out), retries=2, timeout=2.0).open_zone(31, YEAR)
+        np.testing.assert_array_equal(
+            patient.sel(pick).embeddings.values, expected.embeddings.values
+        )
+    finally:
+        proxy.set_faults([])
