@@ -181,8 +181,3 @@ class ReadOptions:
                 "of the certificate authorities to trust"
             )
         return path
-
-    def ca_pem(self) -> str | None:
-        """The PEM text of :meth:`trusted_ca`, for clients that take certificates inline."""
-        path = self.trusted_ca()
-        return Path(path).read_text() if path is not None else None

@@ -105,15 +105,17 @@ def read_config(base: Any | None = None) -> Any:
     return cfg
 
 
-def with_read_policy(cfg: Any, policy: RetryPolicy, ca_pem: str | None = None) -> Any:
+def with_read_policy(cfg: Any, policy: RetryPolicy) -> Any:
     """Bound every virtual-chunk fetch by the reader's policy: retries, backoff, timeouts.
 
     Icechunk applies ``StorageSettings.retries`` to virtual chunk fetches too,
-    but an HTTP container's timeouts (and any extra CA to trust) live in its
-    store options, which the repository recorded at index time (none). So
-    the reader replaces each HTTP container's store, in memory only, with
-    one carrying them: a stalled mirror then fails after about ``(retries +
-    1) * timeout`` seconds instead of hanging. Never saved to the repository.
+    but an HTTP container's timeouts live in its store options, which the
+    repository recorded at index time (none). So the reader replaces each
+    HTTP container's store, in memory only, with one carrying them: a
+    stalled mirror then fails after about ``(retries + 1) * timeout`` seconds
+    instead of hanging. Never saved to the repository. (Icechunk 2.3 ignores
+    a ``root_certificate`` option here; it trusts a private CA only through
+    ``SSL_CERT_FILE``, see ``docs/reliability.md``.)
     """
     old = cfg.storage
     ms = int(policy.timeout * 1000)
@@ -130,8 +132,6 @@ def with_read_policy(cfg: Any, policy: RetryPolicy, ca_pem: str | None = None) -
         ),
     )
     opts = {"timeout": f"{ms}ms", "connect_timeout": f"{connect_ms}ms"}
-    if ca_pem is not None:
-        opts["root_certificate"] = ca_pem
     for prefix, vcc in dict(cfg.virtual_chunk_containers or {}).items():
         if urlsplit(prefix).scheme in ("http", "https"):
             cfg.set_virtual_chunk_container(

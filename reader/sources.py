@@ -230,8 +230,10 @@ class SourceFiles:
         self._roots: set[str] = set()
         #: HTTP roots that answered a multi-range request with the whole file.
         self._single: set[str] = set()
-        self._obstore_options = {**self.options.s3, **self.policy.obstore()}
         self._ca = self.options.trusted_ca()
+        self._obstore_options = {**self.options.s3, **self.policy.obstore()}
+        if self._ca is not None:  # S3 endpoints behind a private CA (obstore adds it to its roots)
+            self._obstore_options["client_options"]["root_certificate"] = Path(self._ca).read_text()
         self._stores: dict[str, Any] = {}
         self._limits: dict[Any, asyncio.Semaphore] = {}
         self.allow(roots)

@@ -82,7 +82,7 @@ class TesseraStore:
         self.root = root
         self.options = options if options is not None else ReadOptions()
         self._locations = zones
-        self._ca_pem = self.options.ca_pem()
+        self.options.trusted_ca()  # a missing CA file is a clear error now, not at first read
         self._repos: dict[int, Any] = {}
         self._sessions: dict[tuple[int, int], Any] = {}
         self._tables: dict[tuple[int, int], xr.Dataset] = {}
@@ -108,7 +108,7 @@ class TesseraStore:
         if zone not in self._repos:
             storage = storage_for(self._locations[zone], s3_options=self.options.s3)
             cfg = with_read_policy(
-                read_config(ic.Repository.fetch_config(storage)), self.options.policy, self._ca_pem
+                read_config(ic.Repository.fetch_config(storage)), self.options.policy
             )
             wanted = list((cfg.virtual_chunk_containers or {}).keys())
             creds = credentials(
