@@ -285,7 +285,7 @@ class SourceFiles:
         """
         root = self._authorised(url, what)
         if root.startswith(("http:", "https:")):
-            return await self._http_ranges(url, [start], [end], checksum, what, size, single=True)
+            return await self._http_ranges(url, [start], [end], checksum, what, size)
         return await self._attempts(
             url, what, lambda: self._object_get(root, url, start, end, checksum, what)
         )
@@ -390,14 +390,12 @@ class SourceFiles:
         what: str,
         size: int | None,
         *,
-        single: bool = False,
         into: Sequence[memoryview] | None = None,
     ) -> Any:
         """One ranged request (retried); ``None`` if a multi-range request got the whole file.
 
-        With ``single`` the result is the range's bytes, with ``into``
-        ``None`` once they landed there, else ``(body, where each range
-        begins)``.
+        For one range the result is its bytes (``None`` once they landed in
+        ``into``), for several ``(body, where each range begins)``.
         """
         headers = {"Range": range_header(starts, ends)}
         if checksum is not None:

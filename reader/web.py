@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 
 #: Connections per event loop, like Icechunk's partial-value concurrency.
 CONNECTIONS = 64
+#: Seconds an idle connection is kept: a point read a minute after the last
+#: one should not pay TCP and TLS handshakes again (two more round trips);
+#: under the 60-75 s after which nginx and most CDNs close idle connections.
+KEEPALIVE = 55.0
 #: Redirect hops followed (each to an authorised origin) before giving up.
 MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -82,7 +86,7 @@ def session() -> aiohttp.ClientSession:
             for old in [lp for lp in _SESSIONS if lp.is_closed()]:
                 _drop(_SESSIONS.pop(old))
             got = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=CONNECTIONS),
+                connector=aiohttp.TCPConnector(limit=CONNECTIONS, keepalive_timeout=KEEPALIVE),
                 trust_env=False,
                 auto_decompress=False,
                 headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
