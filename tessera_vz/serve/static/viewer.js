@@ -131,8 +131,9 @@
       if (id !== coverageRequest) { return; }
       map.getSource("tiles").setData(tiles);
       map.getSource("gaps").setData(gaps);
-      setStatus(tiles.features.length.toLocaleString() + " tiles, " +
-        gaps.features.length.toLocaleString() + " gaps in " + year);
+      const count = (n, word) => n.toLocaleString() + " " + word + (n === 1 ? "" : "s");
+      setStatus(count(tiles.features.length, "tile") + ", " + count(gaps.features.length, "gap") +
+        " in " + year);
       map.once("idle", () => {
         if (id === coverageRequest) { document.body.dataset.tiles = String(year); }
       });
