@@ -93,17 +93,27 @@
     }
   }
 
-  // An online basemap only when the server was given one and a tile of it loads.
-  function tryBasemap(template) {
+  // An online basemap only when the server was given one and a tile of it loads the way
+  // MapLibre loads tiles (fetch, so CORS applies); otherwise the map stays offline.
+  async function tryBasemap(template) {
     if (!template) { return; }
-    const probe = new Image();
-    probe.onload = () => {
-      map.addSource("basemap", { type: "raster", tiles: [template], tileSize: 256, maxzoom: 19 });
-      map.addLayer({ id: "basemap", type: "raster", source: "basemap",
-        paint: { "raster-opacity": 0.8 } }, "tiles-fill");
-    };
-    probe.onerror = () => setStatus("basemap unreachable: drawing without it");
-    probe.src = template.replace("{z}", "0").replace("{x}", "0").replace("{y}", "0");
+    const note = el("basemap-note");
+    const url = template.replace("{z}", "0").replace("{x}", "0").replace("{y}", "0");
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), 5000);
+    try {
+      const r = await fetch(url, { mode: "cors", signal: abort.signal });
+      if (!r.ok) { throw new Error(r.status + " " + r.statusText); }
+    } catch (e) {
+      note.textContent = "basemap unreachable: drawn without it";
+      return;
+    } finally {
+      clearTimeout(timer);
+    }
+    map.addSource("basemap", { type: "raster", tiles: [template], tileSize: 256, maxzoom: 19 });
+    map.addLayer({ id: "basemap", type: "raster", source: "basemap",
+      paint: { "raster-opacity": 0.8 } }, "tiles-fill");
+    note.textContent = "basemap: " + new URL(template.replace(/[{}]/g, "")).host;
   }
 
   // Footprints and gaps: the whole year when it is small enough, else those in view.
