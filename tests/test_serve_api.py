@@ -417,3 +417,18 @@ def test_cli_serve(world: dict[str, Any], store: TesseraStore) -> None:
         timeout=60,
     )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "error" in bad.stderr
+
+
+def test_preview_of_per_band_scales_equals_per_pixel() -> None:
+    """Older runs' (H, W, bands) scales give the same colours as the same per-pixel scales."""
+    from tessera_vz.serve.preview import principal_rgb
+
+    rng = np.random.default_rng(3)
+    emb = rng.integers(-127, 128, size=(40, 30, BANDS), dtype=np.int8)
+    scale = rng.uniform(0.001, 0.01, size=(40, 30)).astype(np.float32)
+    scale[:3, :5] = np.nan  # no data
+    per_pixel = principal_rgb(emb, scale)
+    per_band = principal_rgb(emb, np.repeat(scale[..., None], BANDS, axis=-1))
+    np.testing.assert_array_equal(per_band[..., 3], per_pixel[..., 3])
+    assert (per_pixel[:3, :5, 3] == 0).all() and (per_pixel[3:, :, 3] == 255).all()
+    assert np.abs(per_band.astype(int) - per_pixel.astype(int)).max() <= 1  # float rounding
