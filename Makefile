@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck nginx clean bench results
+.PHONY: demo test lint typecheck nginx chromium clean bench results
 
 $(BIN)/python:
 	$(PY) -c 'import sys; assert sys.version_info >= (3, 12), "tessera-vz needs Python >= 3.12, found " + sys.version'
@@ -23,6 +23,13 @@ nginx:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; \
 	  else echo "nginx is missing: install it (apt-get install nginx-light)" >&2; exit 1; fi; }
 
+# Debian's chromium runs the viewer's browser test (driven by playwright, nothing downloaded).
+chromium:
+	@command -v chromium >/dev/null || test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium is missing: install it (apt-get install chromium)" >&2; exit 1; fi; }
+
 demo: $(STAMP) nginx
 	$(BIN)/tessera-vz demo
 
@@ -33,7 +40,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy tessera_vz reader indexer
 
-test: $(STAMP) nginx lint typecheck
+test: $(STAMP) nginx chromium lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP) nginx

@@ -355,6 +355,7 @@ def cmd_points(args: argparse.Namespace) -> int:
 
 
 def cmd_region(args: argparse.Namespace) -> int:
+    from tessera_vz.export import write_region
     from tessera_vz.reader import open_store
 
     store = open_store(args.store, options=_read_options(args))
@@ -363,34 +364,39 @@ def cmd_region(args: argparse.Namespace) -> int:
     ds = store.region(bbox, years if len(years) > 1 else years[0], zone=args.zone,
                       dequantise=not args.raw)  # fmt: skip
     out_path = args.out
-    suffix = out_path.rsplit(".", 1)[-1].lower()
-    if suffix == "zarr":
-        ds.to_zarr(out_path, mode="w", zarr_format=3, consolidated=False)
-    elif suffix == "nc":
-        clean = ds.copy()
-        for key in ("spatial:transform", "spatial:shape", "tessera:bbox"):
-            if key in clean.attrs:
-                clean.attrs[key] = " ".join(str(v) for v in clean.attrs[key])
-        clean.to_netcdf(out_path)
-    elif suffix in ("tif", "tiff"):
-        try:
-            import rioxarray  # noqa: F401
-        except ImportError:
-            raise ConfigurationError(
-                "writing GeoTIFF needs rioxarray: pip install 'tessera-vz[geo]'"
-            ) from None
-        if len(years) > 1:
-            raise ConfigurationError("a GeoTIFF holds one year; pass a single --year or use .zarr")
-        da = ds["embeddings"].transpose("band", "y", "x").rio.write_crs(ds.attrs["proj:code"])
-        da.rio.to_raster(out_path)
-    else:
-        raise ConfigurationError(f"--out must end in .zarr, .nc or .tif; got {out_path!r}")
+    write_region(ds, out_path)
     doc = {"out": out_path, "zone": int(ds.attrs["tessera:zone"]), "shape": dict(ds.sizes),
            "proj:code": ds.attrs["proj:code"]}  # fmt: skip
     if args.json:
         print(json.dumps(doc))
     else:
         err.print(f"wrote {out_path}: {doc['shape']} in {doc['proj:code']}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the map viewer (``tessera_vz.serve``) over an index until Ctrl-C."""
+    try:
+        import uvicorn
+
+        from tessera_vz.serve import Limits, create_app
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"`tessera-vz serve` needs the serve extra ({exc.name} is missing): "
+            "pip install 'tessera-vz[serve]'"
+        ) from None
+    from tessera_vz.reader import open_store
+
+    if not 0 <= args.port <= 65535:
+        raise ConfigurationError(f"--port must be 0-65535, got {args.port}")
+    store = open_store(args.store, options=_read_options(args))
+    limits = Limits(preview_pixels=args.max_preview_pixels, region_pixels=args.max_region_pixels)
+    app = create_app(store, limits=limits, basemap=args.basemap)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(f"[yellow]warning[/yellow] serving on {args.host}: anyone who reaches it can "
+                  "read the index's data through this server")  # fmt: skip
+    err.print(f"tessera-vz viewer of {args.store}: http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 
@@ -517,6 +523,31 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("--json", action="store_true")
     _add_read_flags(rg)
     rg.set_defaults(func=cmd_region)
+
+    sv = sub.add_parser("serve", help="a map viewer of an index in the browser (and its HTTP API)")
+    sv.add_argument("store", help="the --out of `tessera-vz index` (path, s3:// or http(s)://)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    sv.add_argument(
+        "--basemap",
+        metavar="URL",
+        help="XYZ raster tiles under the footprints, e.g. "
+        "https://tile.openstreetmap.org/{z}/{x}/{y}.png (default: none, no network)",
+    )
+    sv.add_argument(
+        "--max-preview-pixels",
+        type=int,
+        default=2_000_000,
+        help="largest preview box, in 10 m pixels",
+    )
+    sv.add_argument(
+        "--max-region-pixels",
+        type=int,
+        default=1_000_000,
+        help="largest download box, in 10 m pixels",
+    )
+    _add_read_flags(sv)
+    sv.set_defaults(func=cmd_serve)
 
     dm = sub.add_parser("demo", help="generate, serve, index and read a small sample tree")
     dm.add_argument("--dir", default="demo-out", help="working directory of the demo")
