@@ -169,6 +169,7 @@ def _probe(
     advance: Callable[[int], None],
 ) -> list[TileRecord]:
     """Probe the tiles' files and validate them; failures go into ``report``."""
+    t0 = time.perf_counter()
     paths = [p for t in tiles for p in (t.emb_path, t.scales_path)]
     probes: dict[str, Probe | ProbeError] = asyncio.run(
         probe_all(
@@ -180,6 +181,8 @@ def _probe(
             pass_delays=_pass_delays(opts),
         )
     )
+    t1 = time.perf_counter()
+    report.timings["probe"] = t1 - t0
     for res in probes.values():
         if res.extra_pass:
             report.retried += 1
@@ -213,6 +216,7 @@ def _probe(
         if rec.warning:
             report.warnings.append(TileWarning(tile.year, tile.name, rec.warning))
         records.append(rec)
+    report.timings["validate"] = time.perf_counter() - t1
     return records
 
 
@@ -252,9 +256,8 @@ def index_unit(
         "zone %d year %d: %d tiles listed, %d unchanged in the inventory, reading %d headers",
         zone, year, listed.num_rows, diff.skipped, 2 * len(to_probe),
     )  # fmt: skip
+    report.timings["diff"] = t1 - t0
     records = _probe(to_probe, opts, root, store, report, advance)
-    t2 = time.perf_counter()
-    report.timings.update({"diff": t1 - t0, "probe+validate": t2 - t1})
 
     prev_rows = _rows_of(old, {r.name for r in records})
     updates: dict[str, dict[str, Any]] = {}
