@@ -17,12 +17,11 @@ row-by-row path that names each problem.
 
 from __future__ import annotations
 
-import io
 import itertools
 import logging
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,7 @@ _URL_TAIL = (
     r"^(?:https?|s3|file)://[^/?#]*(?:/[^?#]*)?/(?P<tail>\d{4}/grid_[^/?#]*/grid_[^/?#]*\.npy)$"
 )
 #: Manifest rows validated at once (bounds the memory of the intermediate columns).
-_BATCH_ROWS = 1 << 20
+_BATCH_ROWS = 1 << 19
 
 #: One row per tile. ``emb_listed``/``scales_listed``: the inventory's facts
 #: about each file (``size=…;mtime=…`` from a manifest, ``size=…;etag=…`` or
@@ -95,38 +94,29 @@ def _wanted(year: int, lon: float, years: set[int] | None, zones: set[int] | Non
     return (years is None or year in years) and (zones is None or int(utm_zone(lon)) in zones)
 
 
-def read_manifest_table(
-    manifest: str,
-    *,
-    store_for_url: Any = None,
-    options: dict[str, Any] | None = None,
-    columns: Sequence[str] | None = None,
-) -> pa.Table:
-    """Load a manifest from a local path or a URL (through obstore).
+def open_manifest(
+    manifest: str, *, store_for_url: Any = None, options: dict[str, Any] | None = None
+) -> pq.ParquetFile:
+    """Open a manifest from a local path or a URL (through obstore), without reading rows.
 
     ``options`` are :func:`~tessera_vz.indexer.sources.object_store` options
-    (S3 endpoint, anonymous access, …) for a manifest fetched from a URL.
-    ``columns``: read only these of the columns present (an index run needs
-    :data:`MANIFEST_COLUMNS` and :data:`MANIFEST_FACTS`, not the rest).
+    (S3 endpoint, anonymous access, …) for a manifest fetched from a URL. A
+    remote manifest is fetched whole (one GET); its rows are decoded as read.
     """
     parts = urlsplit(manifest)
     try:
         if parts.scheme in ("", "file"):
             local = unquote(parts.path) if parts.scheme else manifest
-            source: Any = Path(local).expanduser()
-        else:
-            if store_for_url is None:
-                from .sources import object_store, source_root
+            return pq.ParquetFile(Path(local).expanduser())
+        if store_for_url is None:
+            from .sources import object_store, source_root
 
-                base, name = manifest.rsplit("/", 1)
-                store_for_url, key = object_store(source_root(base), options=options), name
-            else:
-                key = parts.path.lstrip("/")
-            source = io.BytesIO(obstore.get(store_for_url, key).bytes().to_bytes())
-        pf = pq.ParquetFile(source)
-        names = pf.schema_arrow.names
-        wanted = None if columns is None else [c for c in columns if c in names]
-        return pf.read(columns=wanted)
+            base, name = manifest.rsplit("/", 1)
+            store_for_url, key = object_store(source_root(base), options=options), name
+        else:
+            key = parts.path.lstrip("/")
+        data = obstore.get(store_for_url, key).bytes()
+        return pq.ParquetFile(pa.py_buffer(data))
     except (OSError, pa.ArrowInvalid) as exc:
         raise ConfigurationError(
             f"cannot read manifest {manifest!r}: {exc}; expected an upstream TESSERA "
@@ -134,6 +124,17 @@ def read_manifest_table(
         ) from None
     except Exception as exc:  # obstore raises its own hierarchy
         raise ConfigurationError(f"cannot fetch manifest {manifest!r}: {exc}") from None
+
+
+def read_manifest_table(
+    manifest: str, *, store_for_url: Any = None, options: dict[str, Any] | None = None
+) -> pa.Table:
+    """Load a whole manifest (see :func:`open_manifest`) as a table."""
+    pf = open_manifest(manifest, store_for_url=store_for_url, options=options)
+    try:
+        return pf.read()
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise ConfigurationError(f"cannot read manifest {manifest!r}: {exc}") from None
 
 
 def _hundredths_text(v: pa.Array) -> pa.Array:
@@ -287,8 +288,45 @@ def _rows_one_by_one(
         good.append((row, year, name, lon, lat, facts["emb"][k], facts["scales"][k]))
 
 
+def _inventory_batch(
+    batch: pa.RecordBatch,
+    offset: int,
+    root: SourceRoot,
+    parts: list[pa.Table],
+    slow_good: list[tuple[int, int, str, float, float, str | None, str | None]],
+    failures: list[tuple[int, Failure]],
+    want_years: set[int] | None,
+    want_zones: set[int] | None,
+) -> int:
+    """Validate one batch of manifest rows; return the row offset of the next batch."""
+    mask, year, lon, lat, name, facts = _fast_rows(batch, root)
+    _rows_one_by_one(batch, np.flatnonzero(~mask), offset, root, slow_good, failures,
+                     want_years, want_zones)  # fmt: skip
+    sel = pa.array(mask)
+    if mask.any():
+        lon_f = pc.filter(lon, sel)
+        zone = pa.array(utm_zone(lon_f.to_numpy()).astype(np.int16))
+        part = pa.table(
+            {
+                "row": pa.array(np.flatnonzero(mask) + offset, pa.int64()),
+                "year": pc.filter(year, sel),
+                "name": pc.filter(name, sel),
+                "lon": lon_f,
+                "lat": pc.filter(lat, sel),
+                "zone": zone,
+                "emb_listed": pc.filter(pc.struct_field(facts, "emb"), sel),
+                "scales_listed": pc.filter(pc.struct_field(facts, "scales"), sel),
+            }
+        )
+        parts.append(part.filter(_wanted_mask(part, want_years, want_zones)))
+    # The batch's intermediate columns are freed; give their pages back, so a
+    # whole-archive manifest costs the inventory, not the allocator's cache.
+    pa.default_memory_pool().release_unused()
+    return offset + batch.num_rows
+
+
 def manifest_inventory(
-    table: pa.Table,
+    manifest: pa.Table | pq.ParquetFile,
     root: SourceRoot,
     *,
     years: Iterable[int] | None = None,
@@ -300,43 +338,37 @@ def manifest_inventory(
     with the row's lon/lat, or duplicates are refused with a reason (in row
     order). Paths may be relative to the tree or URLs of any mirror: only
     their ``{year}/grid_…/file`` tail is kept, rebased onto ``root``.
+
+    ``manifest`` may be an open Parquet file (:func:`open_manifest`): it is
+    then read a batch of rows at a time, only the columns needed, so memory
+    holds the inventory, not the manifest.
     """
-    missing = [c for c in MANIFEST_COLUMNS if c not in table.column_names]
+    is_file = isinstance(manifest, pq.ParquetFile)
+    names = manifest.schema_arrow.names if is_file else manifest.column_names
+    missing = [c for c in MANIFEST_COLUMNS if c not in names]
     if missing:
         raise ConfigurationError(
-            f"manifest lacks columns {missing}; found {table.column_names}. Expected the "
+            f"manifest lacks columns {missing}; found {names}. Expected the "
             "upstream TESSERA manifest.parquet schema"
         )
     want_years = set(years) if years is not None else None
     want_zones = set(zones) if zones is not None else None
-    keep = [c for c in (*MANIFEST_COLUMNS, *MANIFEST_FACTS) if c in table.column_names]
+    keep = [c for c in (*MANIFEST_COLUMNS, *MANIFEST_FACTS) if c in names]
+    batches: Iterable[pa.RecordBatch]
+    if isinstance(manifest, pq.ParquetFile):
+        batches = manifest.iter_batches(batch_size=_BATCH_ROWS, columns=keep)
+    else:
+        batches = manifest.select(keep).to_batches(max_chunksize=_BATCH_ROWS)
     parts: list[pa.Table] = []
     slow_good: list[tuple[int, int, str, float, float, str | None, str | None]] = []
     failures: list[tuple[int, Failure]] = []
     offset = 0
-    for batch in table.select(keep).to_batches(max_chunksize=_BATCH_ROWS):
-        mask, year, lon, lat, name, facts = _fast_rows(batch, root)
-        _rows_one_by_one(batch, np.flatnonzero(~mask), offset, root, slow_good, failures,
-                         want_years, want_zones)  # fmt: skip
-        sel = pa.array(mask)
-        if mask.any():
-            lon_f = pc.filter(lon, sel)
-            zone = pa.array(utm_zone(lon_f.to_numpy()).astype(np.int16))
-            part = pa.table(
-                {
-                    "row": pa.array(np.flatnonzero(mask) + offset, pa.int64()),
-                    "year": pc.filter(year, sel),
-                    "name": pc.filter(name, sel),
-                    "lon": lon_f,
-                    "lat": pc.filter(lat, sel),
-                    "zone": zone,
-                    "emb_listed": pc.filter(pc.struct_field(facts, "emb"), sel),
-                    "scales_listed": pc.filter(pc.struct_field(facts, "scales"), sel),
-                }
-            )
-            part = part.filter(_wanted_mask(part, want_years, want_zones))
-            parts.append(part)
-        offset += batch.num_rows
+    try:
+        for batch in batches:
+            offset = _inventory_batch(batch, offset, root, parts, slow_good, failures,
+                                      want_years, want_zones)  # fmt: skip
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise ConfigurationError(f"cannot read manifest rows: {exc}") from None
     if slow_good:
         r, y, nm, lo, la, fe, fs = zip(*slow_good, strict=True)
         parts.append(pa.table({
@@ -361,27 +393,46 @@ def _wanted_mask(t: pa.Table, years: set[int] | None, zones: set[int] | None) ->
 
 
 def _first_of_duplicates(parts: list[pa.Table], failures: list[tuple[int, Failure]]) -> pa.Table:
-    """Keep the first row of each (year, tile); refuse the others by name."""
+    """Keep the first row of each (year, tile); refuse the others by name.
+
+    Tiles are keyed by integers (the year and the tile name's index among the
+    distinct names), so finding duplicates in millions of rows is a numpy
+    sort, not a Python loop.
+    """
     if not parts:
         return INVENTORY_SCHEMA.empty_table()
-    t = pa.concat_tables(parts).sort_by("row")
-    firsts = t.group_by(["year", "name"], use_threads=False).aggregate([("row", "min")])
-    if firsts.num_rows < t.num_rows:
-        first = pc.is_in(t.column("row"), value_set=firsts.column("row_min"))
-        dup = t.filter(pc.invert(first))
-        for row, year, name, in zip(dup.column("row").to_pylist(), dup.column("year").to_pylist(),
-                                    dup.column("name").to_pylist(), strict=True):  # fmt: skip
+    t = pa.concat_tables(parts)
+    row = t.column("row").to_numpy()
+    names = t.column("name")
+    index = pc.index_in(names, value_set=pc.unique(names)).to_numpy().astype(np.int64)
+    key = (t.column("year").to_numpy().astype(np.int64) << 32) | index
+    order = np.lexsort((row, key))
+    later = np.zeros(t.num_rows, dtype=bool)
+    later[order[1:]] = key[order[1:]] == key[order[:-1]]
+    del order, key, index
+    if later.any():
+        dup = t.filter(pa.array(later))
+        for r, year, name in zip(dup.column("row").to_pylist(), dup.column("year").to_pylist(),
+                                 dup.column("name").to_pylist(), strict=True):  # fmt: skip
             emb, _ = source_paths(year, name)
             failures.append(
                 (
-                    row,
+                    r,
                     Failure(
                         year, name, emb, "duplicate manifest row for this tile; kept the first"
                     ),
                 )
             )
-        t = t.filter(first)
-    return t.select(INVENTORY_SCHEMA.names).cast(INVENTORY_SCHEMA)
+    out = t.select(INVENTORY_SCHEMA.names)
+    if later.any() or np.any(np.diff(row) < 0):
+        # Manifest row order (rows checked one by one were appended last); in
+        # the common case (no duplicates, no odd rows) the parts are used as
+        # they are, without a copy.
+        keep = np.flatnonzero(~later)
+        out = out.take(pa.array(keep[np.argsort(row[keep], kind="stable")]))
+    del t
+    pa.default_memory_pool().release_unused()
+    return out.cast(INVENTORY_SCHEMA)
 
 
 def from_manifest(
@@ -490,13 +541,37 @@ def tile_sources(table: pa.Table) -> list[TileSource]:
     return out
 
 
-def split_units(table: pa.Table) -> dict[tuple[int, int], pa.Table]:
-    """The inventory cut into its (zone, year) units (zero-copy slices of one sorted table)."""
-    if table.num_rows == 0:
-        return {}
-    t = table.sort_by([("zone", "ascending"), ("year", "ascending")])
-    zone = t.column("zone").to_numpy()
-    year = t.column("year").to_numpy()
-    cut = np.flatnonzero((np.diff(zone) != 0) | (np.diff(year) != 0)) + 1
-    bounds = [0, *cut.tolist(), t.num_rows]
-    return {(int(zone[a]), int(year[a])): t.slice(a, b - a) for a, b in itertools.pairwise(bounds)}
+class Units(Mapping[tuple[int, int], pa.Table]):
+    """An inventory's (zone, year) units, each taken from the inventory when asked for.
+
+    Units are processed one at a time, so taking each unit's rows on demand
+    keeps memory at one inventory instead of a sorted copy of it beside the
+    original (0.46 GB for a whole-archive manifest).
+    """
+
+    def __init__(self, table: pa.Table) -> None:
+        self._table = table
+        zone = table.column("zone").to_numpy().astype(np.int64)
+        year = table.column("year").to_numpy().astype(np.int64)
+        key = zone * 10_000 + year
+        order = np.argsort(key, kind="stable")
+        cut = np.flatnonzero(np.diff(key[order]) != 0) + 1
+        bounds = [0, *cut.tolist(), table.num_rows] if table.num_rows else []
+        self._rows = {
+            (int(zone[order[a]]), int(year[order[a]])): order[a:b]
+            for a, b in itertools.pairwise(bounds)
+        }
+
+    def __getitem__(self, key: tuple[int, int]) -> pa.Table:
+        return self._table.take(pa.array(self._rows[key]))
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+
+def split_units(table: pa.Table) -> Units:
+    """The inventory cut into its (zone, year) units (see :class:`Units`)."""
+    return Units(table)

@@ -91,11 +91,8 @@ class IndexOptions:
 
 def _inventory(opts: IndexOptions, root: SourceRoot, store: Any) -> tuple[pa.Table, list[Failure]]:
     if opts.manifest:
-        wanted = (*inventory.MANIFEST_COLUMNS, *inventory.MANIFEST_FACTS)
-        table = inventory.read_manifest_table(
-            opts.manifest, options=source_options(opts), columns=wanted
-        )
-        return inventory.manifest_inventory(table, root, years=opts.years, zones=opts.zones)
+        manifest = inventory.open_manifest(opts.manifest, options=source_options(opts))
+        return inventory.manifest_inventory(manifest, root, years=opts.years, zones=opts.zones)
     if root.scheme in ("http", "https"):
         raise ConfigurationError(
             f"source {root.url} is served over {root.scheme.upper()}, which has no directory "
