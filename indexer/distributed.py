@@ -3,7 +3,7 @@
 Each unit is independent: it probes its own headers, writes its own scratch
 branch and publishes its own year branch and tag, so workers need nothing
 from each other and nothing is merged afterwards. A task gets only picklable
-arguments (the options, zone, year and its tile list), opens its own obstore
+arguments (the options, zone, year and its inventory table), opens its own obstore
 store and repository, and returns its :class:`~tessera_vz.indexer.report.Report`.
 The client then describes each zone on ``main``, exactly as a single-process
 run does, so the summary and exit code are the same.
@@ -19,9 +19,9 @@ from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
 from tessera_vz.reader.errors import ConfigurationError
 
-from .inventory import TileSource
 from .report import Report
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ def _client(opts: IndexOptions, stack: ExitStack) -> Any:
 
 def run_units(
     opts: IndexOptions,
-    units: Mapping[tuple[int, int], list[TileSource]],
+    units: Mapping[tuple[int, int], pa.Table],
     progress: ProgressStart,
 ) -> Iterator[tuple[tuple[int, int], Report]]:
     """Index every unit on the cluster; yield ``((zone, year), report)`` in sorted order.
@@ -92,7 +92,7 @@ def run_units(
                 opts,
                 zone,
                 year,
-                list(units[(zone, year)]),
+                units[(zone, year)],
                 key=f"index-utm{zone:02d}-{year}",
                 pure=False,
             )

@@ -37,11 +37,23 @@ class Commit:
 
 @dataclass
 class Report:
-    """Totals of an index run. Exit code 0 when nothing failed, else 1."""
+    """Totals of an index run. Exit code 0 when nothing failed, else 1.
+
+    ``unchanged`` counts every tile left as it was, of which ``skipped``
+    were not even probed because the inventory shows them unchanged, and
+    ``refreshed`` were probed, found unchanged, and had only the inventory
+    facts in their table row updated. ``retried`` files were re-probed by
+    the extra passes after a transient failure; ``recovered`` of them were
+    read there (without the passes their tiles would have failed).
+    """
 
     indexed: int = 0
     unchanged: int = 0
     removed: int = 0
+    skipped: int = 0
+    refreshed: int = 0
+    retried: int = 0
+    recovered: int = 0
     failed: list[Failure] = field(default_factory=list)
     warnings: list[TileWarning] = field(default_factory=list)
     commits: list[Commit] = field(default_factory=list)
@@ -54,6 +66,10 @@ class Report:
         self.indexed += other.indexed
         self.unchanged += other.unchanged
         self.removed += other.removed
+        self.skipped += other.skipped
+        self.refreshed += other.refreshed
+        self.retried += other.retried
+        self.recovered += other.recovered
         self.failed.extend(other.failed)
         self.warnings.extend(other.warnings)
         self.commits.extend(other.commits)
@@ -72,6 +88,10 @@ class Report:
             "indexed": self.indexed,
             "unchanged": self.unchanged,
             "removed": self.removed,
+            "skipped": self.skipped,
+            "refreshed": self.refreshed,
+            "retried": self.retried,
+            "recovered": self.recovered,
             "failed": [asdict(f) for f in self.failed],
             "warnings": [asdict(w) for w in self.warnings],
             "commits": [asdict(c) for c in self.commits],

@@ -1,21 +1,24 @@
-"""An index run: inventory -> header probes -> records -> one commit per (zone, year).
+"""An index run: inventory -> diff -> header probes -> records -> one commit per (zone, year).
 
 Units of (zone, year) are independent: each has its own repository branch,
 so a failure or a conflict in one never touches another, and a tile that
-fails is reported while the rest of its unit is committed.
+fails is reported while the rest of its unit is committed. Only tiles that
+the inventory shows new or changed are probed (:mod:`.sync`), unless
+``reprobe`` asks for a full pass.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import xarray as xr
 from tessera_vz.reader.errors import ConfigurationError, InvalidTileError, NpyFormatError
 from tessera_vz.reader.geometry import tile_grids
 from tessera_vz.reader.layout import CHUNK_BUDGET, branch_name
@@ -23,15 +26,17 @@ from tessera_vz.reader.options import ReadOptions, RetryPolicy
 from tessera_vz.reader.repos import quiet_icechunk
 from tessera_vz.reader.s3 import split_options
 from tessera_vz.reader.sources import SourceFiles
-from tessera_vz.reader.table import COLUMNS, read_table
+from tessera_vz.reader.table import COLUMN_DEFAULTS, COLUMNS, read_table
+from zarr.core.sync import sync
 
 from . import inventory
 from .locks import repo_lock
 from .memory import limit_arenas
-from .probe import Probe, ProbeError, probe_all
+from .probe import EXTRA_PASSES, PASS_DELAY, Probe, ProbeError, probe_all
 from .record import TileRecord, build_record
 from .report import Failure, Report, TileWarning
 from .sources import SourceRoot, object_store, source_reader, source_root
+from .sync import diff_unit, recorded_table
 from .writer import (
     SCRATCH_MAX_AGE,
     UnitConflictError,
@@ -84,22 +89,25 @@ class IndexOptions:
     #: or ``workers`` worker processes of a LocalCluster (needs ``distributed``).
     scheduler: str | None = None
     workers: int | None = None
+    #: Probe every listed tile, even those the inventory shows unchanged.
+    reprobe: bool = False
+    #: Bounded extra passes over files whose probes failed transiently
+    #: (see :func:`~tessera_vz.indexer.probe.probe_all`); 0 disables them.
+    extra_passes: int = EXTRA_PASSES
 
 
-def _inventory(
-    opts: IndexOptions, root: SourceRoot, store: Any
-) -> tuple[list[inventory.TileSource], list[Failure]]:
+def _inventory(opts: IndexOptions, root: SourceRoot, store: Any) -> tuple[pa.Table, list[Failure]]:
     if opts.manifest:
-        table = inventory.read_manifest_table(
+        manifest = inventory.open_manifest(
             opts.manifest, options=source_options(opts), read=read_options(opts)
         )
-        return inventory.from_manifest(table, root, years=opts.years, zones=opts.zones)
+        return inventory.manifest_inventory(manifest, root, years=opts.years, zones=opts.zones)
     if root.scheme in ("http", "https"):
         raise ConfigurationError(
             f"source {root.url} is served over {root.scheme.upper()}, which has no directory "
             "listing; pass --manifest (the upstream manifest.parquet) to say which tiles exist"
         )
-    return inventory.from_listing(store, years=opts.years, zones=opts.zones)
+    return inventory.listing_inventory(store, years=opts.years, zones=opts.zones)
 
 
 def _year_tip(repo: Any, year: int) -> str | None:
@@ -109,16 +117,34 @@ def _year_tip(repo: Any, year: int) -> str | None:
     return str(repo.lookup_branch(branch_name(year)))
 
 
-def _existing_rows(repo: Any, tip: str | None) -> dict[str, dict[str, Any]]:
+def _existing_table(repo: Any, tip: str | None) -> xr.Dataset | None:
     """The tiles table at snapshot ``tip`` (the state this run's changes are based on)."""
     if repo is None or tip is None:
-        return {}
-    table = read_table(repo.readonly_session(snapshot_id=tip).store)
+        return None
+    return read_table(repo.readonly_session(snapshot_id=tip).store)
+
+
+def _rows_of(table: xr.Dataset | None, only: set[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Rows of a tiles table as dicts (all, or those named in ``only``).
+
+    Columns added to the layout later get their defaults, so a table written
+    before them is rewritten whole with the current columns.
+    """
     if table is None:
         return {}
     names = [str(n) for n in table["tile"].values]
     cols = {c: table[c].values for c in COLUMNS if c in table}
-    return {n: {c: cols[c][i].item() for c in cols} for i, n in enumerate(names)}
+    defaults = {c: v for c, v in COLUMN_DEFAULTS.items() if c not in cols}
+    return {
+        n: {**{c: cols[c][i].item() for c in cols}, **defaults}
+        for i, n in enumerate(names)
+        if only is None or n in only
+    }
+
+
+def _existing_rows(repo: Any, tip: str | None) -> dict[str, dict[str, Any]]:
+    """The tiles table at snapshot ``tip`` as rows."""
+    return _rows_of(_existing_table(repo, tip))
 
 
 def _fingerprint(row: dict[str, Any]) -> tuple[int, int, str, str]:
@@ -130,28 +156,48 @@ def _fingerprint(row: dict[str, Any]) -> tuple[int, int, str, str]:
     )
 
 
-def index_unit(
-    zone: int,
-    year: int,
+def _pass_delays(opts: IndexOptions) -> list[float]:
+    """Pauses before the extra probe passes: the retries' backoff, continued.
+
+    The first pause is what the next retry would have waited (at least
+    :data:`~tessera_vz.indexer.probe.PASS_DELAY`), doubling after it.
+    """
+    first = max(PASS_DELAY, opts.backoff * 2**opts.retries)
+    return [first * 2**k for k in range(opts.extra_passes)]
+
+
+def _probe(
     tiles: list[inventory.TileSource],
     opts: IndexOptions,
     root: SourceRoot,
     files: SourceFiles,
-    progress: ProgressStart = _no_progress,
-) -> Report:
-    """Index one (zone, year) unit and commit it if anything changed."""
-    report = Report()
+    report: Report,
+    advance: Callable[[int], None],
+) -> list[TileRecord]:
+    """Probe the tiles' files and validate them; failures go into ``report``."""
     t0 = time.perf_counter()
     paths = [p for t in tiles for p in (t.emb_path, t.scales_path)]
-    advance = progress(f"headers utm{zone:02d} {year}", len(paths))
-    log.info("zone %d year %d: reading %d headers", zone, year, len(paths))
-    probes: dict[str, Probe | ProbeError] = asyncio.run(
-        probe_all(files, root, paths, concurrency=opts.concurrency, on_done=advance)
+    probes: dict[str, Probe | ProbeError] = sync(
+        probe_all(
+            files,
+            root,
+            paths,
+            concurrency=opts.concurrency,
+            on_done=advance,
+            extra_passes=opts.extra_passes,
+            pass_delays=_pass_delays(opts),
+        )
     )
     t1 = time.perf_counter()
+    report.timings["probe"] = t1 - t0
+    for res in probes.values():
+        if res.extra_pass:
+            report.retried += 1
+            report.recovered += isinstance(res, Probe)
+    if not tiles:
+        return []
     grids = tile_grids(np.array([t.lon for t in tiles]), np.array([t.lat for t in tiles]))
     records: list[TileRecord] = []
-    failed_names: set[str] = set()
     for i, tile in enumerate(tiles):
         emb, sca = probes[tile.emb_path], probes[tile.scales_path]
         for p in (emb, sca):
@@ -167,52 +213,88 @@ def index_unit(
                 raise InvalidTileError(f"scales: {sca.reason}")
             rec = build_record(tile, emb, sca, grids, i, root, opts.chunk_budget)
         except (InvalidTileError, NpyFormatError) as exc:
-            failed_names.add(tile.name)
             bad = (
                 sca.path
                 if isinstance(sca, ProbeError) and not isinstance(emb, ProbeError)
                 else tile.emb_path
             )
-            report.failed.append(Failure(year, tile.name, root.url_of(bad), str(exc)))
+            report.failed.append(Failure(tile.year, tile.name, root.url_of(bad), str(exc)))
             continue
         if rec.warning:
-            report.warnings.append(TileWarning(year, tile.name, rec.warning))
+            report.warnings.append(TileWarning(tile.year, tile.name, rec.warning))
         records.append(rec)
-    t2 = time.perf_counter()
-    report.timings.update({"probe": t1 - t0, "validate": t2 - t1})
+    report.timings["validate"] = time.perf_counter() - t1
+    return records
 
-    repo = open_repo(
-        opts.out, zone, root, create=bool(records), s3_options=opts.s3_options,
-        source_s3_options=source_s3_options(opts),
-    )  # fmt: skip
+
+def index_unit(
+    zone: int,
+    year: int,
+    tiles: pa.Table | Sequence[inventory.TileSource],
+    opts: IndexOptions,
+    root: SourceRoot,
+    files: SourceFiles,
+    progress: ProgressStart = _no_progress,
+) -> Report:
+    """Index one (zone, year) unit and commit it if anything changed.
+
+    ``tiles`` is the unit's inventory (a table of
+    :data:`~tessera_vz.indexer.inventory.INVENTORY_SCHEMA`, or tile sources).
+    """
+    report = Report()
+    listed = tiles if isinstance(tiles, pa.Table) else inventory.inventory_table(tiles)
+    t0 = time.perf_counter()
+    s3 = {"s3_options": opts.s3_options, "source_s3_options": source_s3_options(opts)}
+    repo = open_repo(opts.out, zone, root, create=False, **s3)
     if repo is not None:
         clean_scratch_branches(repo, year, opts.scratch_max_age)
     # The table is read at one snapshot and the new one is published only if
     # the branch still points there, so a concurrent run cannot be overwritten
     # with rows computed from a state it already changed.
     tip = _year_tip(repo, year)
-    old = _existing_rows(repo, tip)
-    rows = dict(old)
+    old = _existing_table(repo, tip)
+    diff = diff_unit(listed, recorded_table(old), root.url, reprobe=opts.reprobe)
+    report.skipped += diff.skipped
+    report.unchanged += diff.skipped
+    t1 = time.perf_counter()
+    to_probe = inventory.tile_sources(diff.probe)
+    advance = progress(f"headers utm{zone:02d} {year}", 2 * len(to_probe))
+    log.info(
+        "zone %d year %d: %d tiles listed, %d unchanged in the inventory, reading %d headers",
+        zone, year, listed.num_rows, diff.skipped, 2 * len(to_probe),
+    )  # fmt: skip
+    report.timings["diff"] = t1 - t0
+    records = _probe(to_probe, opts, root, files, report, advance)
+
+    prev_rows = _rows_of(old, {r.name for r in records})
+    updates: dict[str, dict[str, Any]] = {}
     changed: list[TileRecord] = []
     for rec in records:
-        prev = old.get(rec.name)
+        prev = prev_rows.get(rec.name)
         if (
             prev is not None
             and _fingerprint(prev) == rec.fingerprint
             and prev.get("source") == root.url
         ):
             report.unchanged += 1
+            facts = {"emb_listed": rec.source.emb_listed, "scales_listed": rec.source.scales_listed}
+            if any(prev.get(k) != v for k, v in facts.items()):
+                # Same files, new inventory facts: only the table row changes.
+                updates[rec.name] = {**prev, **facts}
+                report.refreshed += 1
             continue
         changed.append(rec)
-        rows[rec.name] = record_row(rec, root)
-    present = {t.name for t in tiles}
-    removed = [n for n in old if n not in present]
-    for n in removed:
-        del rows[n]
-    drop = removed + [r.name for r in changed if r.name in old]
-    if not changed and not removed:
+        updates[rec.name] = record_row(rec, root)
+    if not changed and not diff.removed and not updates:
         log.info("zone %d year %d: nothing changed", zone, year)
         return report
+    if repo is None:
+        repo = open_repo(opts.out, zone, root, create=True, **s3)
+    rows = _rows_of(old)
+    rows.update(updates)
+    for n in diff.removed:
+        del rows[n]
+    drop = diff.removed + [r.name for r in changed if r.name in prev_rows]
     advance_w = progress(f"commit  utm{zone:02d} {year}", 1)
     commit = write_unit(
         repo, zone, year, changed, drop, rows, root, opts.chunk_budget, report.timings,
@@ -221,7 +303,7 @@ def index_unit(
     advance_w(1)
     report.commits.append(commit)
     report.indexed += len(changed)
-    report.removed += len(removed)
+    report.removed += len(diff.removed)
     return report
 
 
@@ -261,7 +343,7 @@ def run_unit(
     opts: IndexOptions,
     zone: int,
     year: int,
-    tiles: list[inventory.TileSource],
+    tiles: pa.Table | Sequence[inventory.TileSource],
     root: SourceRoot | None = None,
     files: SourceFiles | None = None,
     progress: ProgressStart = _no_progress,
@@ -303,13 +385,14 @@ def run_index(opts: IndexOptions, progress: ProgressStart = _no_progress) -> Rep
         raise ConfigurationError(f"chunk budget must be positive, got {opts.chunk_budget}")
     if opts.workers is not None and opts.workers < 1:
         raise ConfigurationError(f"--workers must be at least 1, got {opts.workers}")
+    if opts.extra_passes < 0:
+        raise ConfigurationError(f"extra passes must be >= 0, got {opts.extra_passes}")
     files = source_files(opts, root)
     store = None if root.is_http else object_store(root, options=source_options(opts))
     tiles, failures = _inventory(opts, root, store)
     report = Report(failed=list(failures))
-    units: dict[tuple[int, int], list[inventory.TileSource]] = defaultdict(list)
-    for t in tiles:
-        units[(t.zone, t.year)].append(t)
+    units = inventory.split_units(tiles)
+    del tiles
     t1 = time.perf_counter()
     report.timings["inventory"] = t1 - t0
     by_zone: dict[int, list[int]] = defaultdict(list)

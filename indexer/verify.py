@@ -5,9 +5,11 @@ already fails (the checksum recorded on every virtual reference no longer
 matches), but only when someone reads that tile. ``tessera-vz verify`` asks
 every source object for its size and checksum (one HEAD request each, no
 data, through the reader's boundary) and compares them with the year's
-tiles table, so drift is found for the whole index at once. The next
-``tessera-vz index`` run re-indexes exactly the drifted tiles, since it
-compares the same facts.
+tiles table, so drift is found for the whole index at once.
+``tessera-vz index --reprobe`` re-indexes exactly the drifted tiles, since it
+compares the same facts (a plain re-run probes only the files its inventory
+shows changed, and a manifest that was not updated with the re-upload does
+not show it).
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ def _compare(
     if now_size != size or now_sum != checksum:
         return "drifted", (
             f"{kind} {url}: indexed size {size}, checksum {checksum}; now size {now_size}, "
-            f"checksum {now_sum}. Re-run `tessera-vz index` on this source to re-index it"
+            f"checksum {now_sum}. Re-run `tessera-vz index --reprobe` on this source to re-index it"
         )
     return "healthy", None
 

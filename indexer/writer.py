@@ -232,6 +232,8 @@ def record_row(r: TileRecord, root: SourceRoot) -> dict[str, Any]:
         "scales_descr": r.scales.dtype.str,
         "scales_ndim": len(r.scales.shape),
         "source": root.url,
+        "emb_listed": r.source.emb_listed,
+        "scales_listed": r.source.scales_listed,
     }
 
 

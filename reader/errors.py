@@ -31,7 +31,14 @@ class SourceChangedError(TesseraError, OSError):
 
 
 class SourceUnavailableError(TesseraError, OSError):
-    """A source file could not be fetched (missing, refused or unreachable)."""
+    """A source file could not be fetched (missing, refused or unreachable).
+
+    ``transient`` is True when the last attempt failed in a way another try
+    later may not (a 503, a reset, a timeout), False for answers that broke
+    the rules or files that are gone.
+    """
+
+    transient: bool = False
 
 
 class SourceNotFoundError(SourceUnavailableError, FileNotFoundError):

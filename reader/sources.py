@@ -559,7 +559,7 @@ class SourceFiles:
 
     async def _attempts(self, url: str, what: str, once: Callable[[], Awaitable[T]]) -> T:
         """Run ``once`` under the retry policy; every failure becomes one of our errors."""
-        reason, tries = "", 0
+        reason, tries, again = "", 0, False
         for delay in self.policy.delays():
             if delay:
                 await asyncio.sleep(delay)
@@ -568,21 +568,23 @@ class SourceFiles:
                 async with self._limit(), asyncio.timeout(self.policy.timeout):
                     return await once()
             except _RetryError as exc:
-                reason = str(exc)
+                reason, again = str(exc), True
             except (SourceChangedError, SourceUnavailableError, ConfigurationError):
                 raise
             except MemoryError:
-                reason = "the answer did not fit in memory"
+                reason, again = "the answer did not fit in memory", False
                 break
             except Exception as exc:  # any client's failure, classified once
                 reason, again = web.classify(exc)
                 if not again:
                     break
         attempts = f" (after {tries} attempts)" if tries > 1 else ""
-        raise SourceUnavailableError(
+        error = SourceUnavailableError(
             f"{what + ': ' if what else ''}{url}: {reason}{attempts}. Retry later, or run "
             "`tessera-vz verify` to check the sources"
         )
+        error.transient = again  # a later try may succeed (503, reset, timeout)
+        raise error
 
 
 class _RetryError(SourceUnavailableError):

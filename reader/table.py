@@ -40,7 +40,15 @@ COLUMNS: dict[str, str] = {
     "scales_descr": "U",
     "scales_ndim": "i1",
     "source": "U",
+    # What the inventory (manifest or listing) said about each file when the
+    # tile was indexed ("size=…;mtime=…", "size=…;etag=…"; "" if nothing):
+    # a re-run whose inventory says the same does not probe the tile again.
+    "emb_listed": "U",
+    "scales_listed": "U",
 }
+
+#: Values of columns added after the first layout, for tables written before them.
+COLUMN_DEFAULTS: dict[str, Any] = {"emb_listed": "", "scales_listed": ""}
 
 
 def table_dataset(names: list[str], columns: dict[str, Any], attrs: dict[str, Any]) -> xr.Dataset:

@@ -69,6 +69,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         workers=args.workers,
         allowed_sources=list(args.allow_source or []),
         ca_file=args.ca_file,
+        reprobe=args.reprobe,
     )
     with _progress((not args.quiet and err.is_terminal) or args.progress) as start:
         report = run_index(opts, progress=start)
@@ -76,7 +77,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_json(), indent=2))
     else:
         err.print(
-            f"indexed {report.indexed}, unchanged {report.unchanged}, removed {report.removed}, "
+            f"indexed {report.indexed}, unchanged {report.unchanged} "
+            f"({report.skipped} not probed), removed {report.removed}, "
             f"failed {len(report.failed)}, commits {len(report.commits)} "
             f"in {report.timings.get('total', 0):.2f}s"
         )
@@ -457,6 +459,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=3600.0,
         help="delete scratch branches of killed runs older than this many seconds",
+    )
+    ix.add_argument(
+        "--reprobe",
+        action="store_true",
+        help="read every header again, even of tiles the inventory shows unchanged",
     )
     ix.add_argument("--json", action="store_true", help="print the JSON report on stdout")
     ix.add_argument("--quiet", action="store_true", help="no progress bars")

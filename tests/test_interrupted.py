@@ -34,7 +34,7 @@ from tessera_vz.reader.layout import WORK_PREFIX, repo_name
 
 from tessera_vz.testing.faults import Fault, FaultProxy
 from tessera_vz.testing.nginx import NginxServer
-from tessera_vz.testing.tiles import TileSpec, make_tree
+from tessera_vz.testing.tiles import TileSpec, make_tree, write_manifest
 
 YEAR = 2024
 BBOX = (0.6, 49.6, 1.0, 50.0)  # 16 cells in UTM zone 31 north
@@ -177,6 +177,7 @@ def test_killed_runs_never_publish_half_a_unit(
     #    then just as it publishes: the year branch stays at 16 correct tiles.
     for s in specs[:6]:
         os.utime(root / s.emb_path, (time.time() + 10, time.time() + 10))
+    write_manifest(root, specs)  # the inventory shows the change, so they are probed
     touched = frozenset(s.name for s in specs[:6])
     run_and_kill(keep, r"committing to scratch branch", occurrence=1)
     assert _repo(out).lookup_branch(str(YEAR)) == tip

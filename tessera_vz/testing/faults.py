@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import logging
+import random
 import socket
 import socketserver
 import struct
@@ -58,6 +59,13 @@ class Fault:
     every
         Only every ``every``-th matching request (1-based: the ``every``-th,
         ``2*every``-th, ...).
+    rate
+        Only a random fraction ``rate`` (0-1) of the matching requests, drawn
+        from a generator seeded with ``seed``: a mirror failing at random
+        under load. Which requests fail depends on the order they arrive in,
+        but the rate and the seed make a run repeatable in distribution.
+    seed
+        Seed of the ``rate`` draws (default 0).
     seconds
         Duration of a stall or delay.
     methods
@@ -70,12 +78,18 @@ class Fault:
     every: int | None = None
     seconds: float = 30.0
     methods: tuple[str, ...] | None = None
+    rate: float | None = None
+    seed: int = 0
     matched: int = field(default=0, init=False)
     applied: int = field(default=0, init=False)
+    _rng: random.Random = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
             raise ValueError(f"fault kind must be one of {_KINDS}, got {self.kind!r}")
+        if self.rate is not None and not 0.0 <= self.rate <= 1.0:
+            raise ValueError(f"fault rate must lie in [0, 1], got {self.rate!r}")
+        self._rng = random.Random(self.seed)
 
     def _decide(self, method: str, path: str) -> bool:
         """Count a matching request and say whether the fault applies to it."""
@@ -88,6 +102,8 @@ class Fault:
         if self.first is not None and n > self.first:
             return False
         if self.every is not None and n % self.every != 0:
+            return False
+        if self.rate is not None and self._rng.random() >= self.rate:
             return False
         self.applied += 1
         return True
