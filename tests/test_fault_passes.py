@@ -27,6 +27,7 @@ from tessera_vz.reader import open_store
 from tessera_vz.testing.faults import Fault, FaultProxy
 from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.tiles import TileSpec, cell_centres, tile_specs, write_manifest
+from tessera_vz.testing.tls import TestCA
 
 YEAR = 2024
 #: 26 x 20 cells of UTM zone 31: 520 tiles, 1,040 files.
@@ -81,11 +82,12 @@ def _check_every_tile(out: Path, root: Path, specs: list[TileSpec], skip: str = 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_random_503_and_resets_lose_no_good_tile(
-    tree: tuple[Path, list[TileSpec]], nginx: NginxServer, tmp_path: Path, seed: int
+    tree: tuple[Path, list[TileSpec]], nginx: NginxServer, tmp_path: Path, seed: int, https: TestCA
 ) -> None:
+    """Over HTTPS, as real mirrors serve it (the proxy ends TLS)."""
     root, specs = tree
     out = tmp_path / "index"
-    with FaultProxy(nginx.url, _random_faults(seed)) as proxy:
+    with FaultProxy(nginx.url, _random_faults(seed), tls=https) as proxy:
         report = run_index(
             IndexOptions(source=proxy.url, out=str(out), manifest=str(root / "manifest.parquet"))
         )

@@ -28,6 +28,7 @@ from tessera_vz.cli import main as cli_main
 from tessera_vz.testing.faults import Fault, FaultProxy
 from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.tiles import TileSpec, make_tree
+from tessera_vz.testing.tls import TestCA
 
 YEAR = 2024
 BBOX = (0.8, 49.8, 1.0, 50.0)  # 2 x 2 cells in UTM zone 31 north
@@ -48,8 +49,9 @@ def nginx(tree: tuple[Path, list[TileSpec]]) -> Iterator[NginxServer]:
 
 
 @pytest.fixture
-def proxy(nginx: NginxServer) -> Iterator[FaultProxy]:
-    with FaultProxy(nginx.url) as p:
+def proxy(nginx: NginxServer, https: TestCA) -> Iterator[FaultProxy]:
+    """An HTTPS mirror (the proxy ends TLS) whose faults are set per test."""
+    with FaultProxy(nginx.url, tls=https) as p:
         yield p
 
 
@@ -165,11 +167,14 @@ def test_index_rejects_nonsense_retry_settings(
 
 @pytest.fixture(scope="module")
 def indexed(
-    tree: tuple[Path, list[TileSpec]], nginx: NginxServer, tmp_path_factory: pytest.TempPathFactory
+    tree: tuple[Path, list[TileSpec]],
+    nginx: NginxServer,
+    tmp_path_factory: pytest.TempPathFactory,
+    https: TestCA,
 ) -> Iterator[tuple[FaultProxy, Path]]:
-    """An index whose recorded source is the proxy's URL, so reads go through it."""
+    """An index whose recorded source is the proxy's HTTPS URL, so reads go through it."""
     out = tmp_path_factory.mktemp("faults-index")
-    with FaultProxy(nginx.url) as p:
+    with FaultProxy(nginx.url, tls=https) as p:
         report = run_index(_opts(p, tree[0], out))
         assert report.exit_code == 0
         yield p, out

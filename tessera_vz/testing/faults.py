@@ -20,15 +20,19 @@ import logging
 import random
 import socket
 import socketserver
+import ssl
 import struct
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal, Self
+from typing import TYPE_CHECKING, Literal, Self
 from urllib.parse import urlsplit
 
 from .service import Service
+
+if TYPE_CHECKING:
+    from .tls import TestCA
 
 logger = logging.getLogger(__name__)
 
@@ -133,8 +137,22 @@ class _Handler(socketserver.StreamRequestHandler):
     """Parse HTTP/1.1 requests off one client connection; forward or break each."""
 
     server: _Server
+    _dead = False
+
+    def setup(self) -> None:
+        # Over TLS the proxy ends the client's TLS here and speaks plain HTTP
+        # to nginx, so its rules see every request as on a plain mirror.
+        ctx = self.server.proxy._ssl
+        if ctx is not None:
+            try:
+                self.request = ctx.wrap_socket(self.request, server_side=True)
+            except (ssl.SSLError, OSError):
+                self._dead = True
+        super().setup()
 
     def handle(self) -> None:
+        if self._dead:
+            return
         proxy = self.server.proxy
         upstream: http.client.HTTPConnection | None = None
         try:
@@ -234,17 +252,28 @@ class FaultProxy(Service):
         Base URL of the real server, e.g. ``NginxServer.url``.
     faults
         Initial rules (see :meth:`set_faults`); none means pure passthrough.
+    tls
+        Serve HTTPS with this test CA's server certificate (clients see an
+        ``https://`` mirror; the proxy forwards to ``upstream`` over HTTP).
 
     Use as a context manager or call :meth:`start` / :meth:`stop`.
     """
 
-    def __init__(self, upstream: str, faults: Iterable[Fault] = ()) -> None:
+    def __init__(
+        self, upstream: str, faults: Iterable[Fault] = (), *, tls: TestCA | None = None
+    ) -> None:
         parts = urlsplit(upstream)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"upstream must be an http:// URL, got {upstream!r}")
         self.upstream_host = parts.hostname
         self.upstream_port = parts.port or 80
         self._faults: list[Fault] = list(faults)
+        self.tls = tls
+        self._ssl: ssl.SSLContext | None = None
+        if tls is not None:
+            from .tls import server_context
+
+            self._ssl = server_context(tls)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._server: _Server | None = None
@@ -285,8 +314,8 @@ class FaultProxy(Service):
 
     @property
     def url(self) -> str:
-        """Base URL with a trailing slash: ``http://127.0.0.1:PORT/``."""
-        return f"http://127.0.0.1:{self.port}/"
+        """Base URL with a trailing slash: ``http(s)://127.0.0.1:PORT/``."""
+        return f"{'https' if self.tls is not None else 'http'}://127.0.0.1:{self.port}/"
 
     def set_faults(self, faults: Iterable[Fault]) -> None:
         """Replace the rules (their counters start from zero); ``[]`` is passthrough."""
