@@ -34,6 +34,7 @@ from .writer import (
     SCRATCH_MAX_AGE,
     UnitConflictError,
     clean_scratch_branches,
+    layout_outdated,
     open_repo,
     record_row,
     update_main,
@@ -201,7 +202,7 @@ def index_unit(
     for n in removed:
         del rows[n]
     drop = removed + [r.name for r in changed if r.name in old]
-    if not changed and not removed:
+    if not changed and not removed and not layout_outdated(repo, tip):
         log.info("zone %d year %d: nothing changed", zone, year)
         return report
     advance_w = progress(f"commit  utm{zone:02d} {year}", 1)
