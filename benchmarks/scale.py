@@ -184,7 +184,6 @@ class S3Index:
         objects: snapshot, manifests, tiles-table chunks, refs), split by kind.
         """
         sizes = self.sizes(prefix)
-        snapshots = {k: v for k, v in sizes.items() if "/snapshots/" in k}
         env = {
             **self.env,
             "AWS_ENDPOINT_URL": self.proxy.url.rstrip("/"),
@@ -212,7 +211,7 @@ class S3Index:
             "gets": len(gets),
             "metadata_bytes": sum(by_kind.values()),
             "metadata_by_kind": by_kind,
-            "snapshot_bytes": max(snapshots.values(), default=0),
+            "snapshot_bytes": by_kind.get("snapshots", 0),
             "stderr": proc.stderr[-500:] if proc.returncode else "",
         }
 
@@ -257,12 +256,15 @@ def metadata_markdown(m: dict[str, Any], tiles: int) -> str:
         if not r:
             continue
         cold, ix = r["cold_point"], r["index"]
-        kinds = ", ".join(f"{k} {v / 1e6:.2f}" for k, v in sorted(cold["metadata_by_kind"].items()))
+        kinds = dict(cold["metadata_by_kind"])
+        parts = [(k, kinds.pop(k, 0)) for k in ("snapshots", "manifests", "chunks")]
+        parts.append(("other", sum(kinds.values())))
+        split = ", ".join(f"{k} {v / 1e6:.2f}" for k, v in parts)
         upgrade = ix["report"]["timings"].get("upgrade_layout")
         wall = f"{ix['wall_s']:.0f} s" + (f" (upgrade {upgrade:.1f} s)" if upgrade else "")
         rows.append(
             f"| {label} | {r['layout']} | {cold['snapshot_bytes'] / 1e6:.2f} MB | "
-            f"{cold['metadata_bytes'] / 1e6:.2f} MB ({kinds}) | {cold['requests']} | "
+            f"{cold['metadata_bytes'] / 1e6:.2f} MB ({split}) | {cold['requests']} | "
             f"{r['objects']:,} | {wall} |"
         )
     return "\n".join(
@@ -272,12 +274,12 @@ def metadata_markdown(m: dict[str, Any], tiles: int) -> str:
             "Every tile group is six nodes of the year's snapshot (layout 1: group, embeddings, "
             "scales, y, x, band; layout 2: group, embeddings, scales, y, x, spatial_ref), and a "
             "cold reader fetches the snapshot whole. Layout 2 adds each tile's CF grid mapping "
-            "(WKT, GeoTransform, CF parameters: ~1.8 kB of text per tile that compresses to a few "
+            "(WKT, GeoTransform, CF parameters: ~2 kB of text per tile that compresses to a few "
             "bytes, since it repeats), drops the band coordinate and the per-tile header facts and "
             "URLs (they are in the tiles table), and compresses metadata at zstd level 9.",
             "",
-            "| repository | layout | snapshot | cold point: metadata read (MB by kind) | requests "
-            "| objects | index run |",
+            "| repository | layout | snapshot read | cold point: metadata read (MB by kind) "
+            "| requests | objects | index run |",
             "| --- | --- | --- | --- | --- | --- | --- |",
             *rows,
             "",
@@ -296,12 +298,12 @@ def splice_section(path: Path, section: str) -> None:
     start = next((i for i, ln in enumerate(lines) if ln.startswith(heading)), None)
     if start is None:
         gaps = next((i for i, ln in enumerate(lines) if ln.startswith("## Gaps")), len(lines))
-        lines[gaps:gaps] = [*section.splitlines()]
+        lines[gaps:gaps] = [*section.splitlines(), ""]
     else:
         end = next(
             (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
         )
-        lines[start:end] = section.splitlines()
+        lines[start:end] = [*section.splitlines(), ""]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -483,7 +485,8 @@ def main(argv: list[str] | None = None) -> int:
         splice_section(
             HERE / "RESULTS.md",
             section.replace("\n\n", f"\n\nMeasured by `python benchmarks/scale.py "
-                            f"--metadata-only` on {results['date']}.\n\n", 1),
+                            f"--metadata-only` on {results['date']}; the sections above "
+                            "are from the last full run.\n\n", 1),
         )  # fmt: skip
         print(section)
         return 0
