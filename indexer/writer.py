@@ -232,8 +232,8 @@ def tile_attributes(g: TileGroup) -> dict[str, Any]:
 
     The source files' URLs and header facts (offsets, sizes, checksums) are
     in the year's tiles table only: every group's attributes are stored in
-    the snapshot a reader fetches whole, and per-tile text that does not
-    compress (checksums, URLs) was about a tenth of it (see benchmarks/RESULTS.md).
+    the snapshot a reader fetches whole, where per-tile text compresses
+    poorly (the two URLs alone were ~6 % of a 7,000-tile snapshot).
     """
     return {
         "proj:code": f"EPSG:{g.epsg}",
