@@ -41,6 +41,7 @@ from .writer import (
     SCRATCH_MAX_AGE,
     UnitConflictError,
     clean_scratch_branches,
+    layout_outdated,
     open_repo,
     record_row,
     update_main,
@@ -285,7 +286,7 @@ def index_unit(
             continue
         changed.append(rec)
         updates[rec.name] = record_row(rec, root)
-    if not changed and not diff.removed and not updates:
+    if not changed and not diff.removed and not updates and not layout_outdated(repo, tip):
         log.info("zone %d year %d: nothing changed", zone, year)
         return report
     if repo is None:

@@ -8,13 +8,32 @@ from __future__ import annotations
 
 import re
 
-#: Bumped when the meaning of what is written changes; recorded on ``main``.
-LAYOUT_VERSION = 1
+#: Bumped when what a tile group holds changes. Each year-branch commit records
+#: the layout its groups follow (``tessera:layout_version`` in the commit's
+#: metadata and the branch's root attributes; none means 1), and ``main`` the
+#: oldest of its years. An index run that finds a year older than this
+#: rewrites every group's metadata from the year's tiles table (no header is
+#: read, no reference rewritten) in the same commit as its other changes.
+#:
+#: 1. groups of ``embeddings``, ``scales`` and the coordinates ``y``, ``x`` and
+#:    ``band``; attributes ``proj:code``, ``spatial:*``, tile lon/lat/year and
+#:    each file's header facts (url, npy version, dtype, shape, offset, size,
+#:    checksum).
+#: 2. a CF grid mapping: a 0-d ``spatial_ref`` coordinate (``crs_wkt``,
+#:    ``spatial_ref``, ``GeoTransform``, CF projection parameters) named by
+#:    ``grid_mapping`` on ``embeddings`` and ``scales``, so rioxarray, odc-geo
+#:    and GDAL see each tile's CRS; no ``band`` coordinate (always 0..bands-1,
+#:    readers take it from the dimension); the source files' URLs and header
+#:    facts leave the group attributes (they are in the year's tiles table).
+LAYOUT_VERSION = 2
 #: Default byte budget of one virtual chunk (a run of whole rows).
 CHUNK_BUDGET = 1 << 20
 EMBEDDINGS = "embeddings"
 SCALES = "scales"
 TILES = "tiles"
+#: The CF grid-mapping variable of every tile group (the name GDAL and
+#: rioxarray use).
+GRID_MAPPING = "spatial_ref"
 BAND_COUNT = 128
 _REPO_RE = re.compile(r"^utm(\d\d)\.icechunk$")
 _TILE_RE = re.compile(r"^grid_(-?\d+\.\d\d)_(-?\d+\.\d\d)$")
