@@ -46,8 +46,9 @@ def _extent(lon: np.ndarray, lat: np.ndarray) -> tuple[float, float, float, floa
     # strip of tiles does not become a sliver of a picture.
     grow_w = max(0.0, (n - s) / 1.2 - (e - w)) / 2
     grow_h = max(0.0, (e - w) / 3.0 - (n - s)) / 2
-    w, e = max(-180.0, math.floor(w - grow_w)), min(180.0, math.ceil(e + grow_w))
-    s, n = max(-90.0, math.floor(s - grow_h)), min(90.0, math.ceil(n + grow_h))
+    # Up to 2 degrees beyond the globe's edges, so a tile at +/-180 is not hidden by the frame.
+    w, e = max(-182.0, math.floor(w - grow_w)), min(182.0, math.ceil(e + grow_w))
+    s, n = max(-92.0, math.floor(s - grow_h)), min(92.0, math.ceil(n + grow_h))
     return float(w), float(s), float(e), float(n)
 
 
@@ -129,9 +130,10 @@ def render(path: Path, lon: ArrayLike, lat: ArrayLike, year: ArrayLike) -> dict[
         f = CELL * factor
         ax.imshow(grid, extent=(w, w + f * grid.shape[1], n - f * grid.shape[0], n), origin="upper", cmap=cmap, vmin=0, vmax=1,
                   interpolation="nearest", aspect="equal")  # fmt: skip
-        for edge in np.arange(-180.0, 181.0, 6.0):
-            if w < edge < e:
-                ax.axvline(edge, color="#999999", linewidth=0.5, zorder=2)
+        if e - w <= 120.0:  # zone edges help at regional scale, clutter a world map
+            for edge in np.arange(-180.0, 181.0, 6.0):
+                if w < edge < e:
+                    ax.axvline(edge, color="#999999", linewidth=0.5, zorder=2)
         ax.set_xlim(w, e)
         ax.set_ylim(s, n)
         ax.set_title(f"{y}: {int(sel.sum())} tiles" if y else "no tiles indexed", fontsize=10)
@@ -139,8 +141,8 @@ def render(path: Path, lon: ArrayLike, lat: ArrayLike, year: ArrayLike) -> dict[
         ax.set_ylabel("latitude", fontsize=8)
         ax.tick_params(labelsize=7)
         panels.append({"year": y, "ax": ax})
-    fig.suptitle("tessera-vz: indexed 0.1° tiles per year (grey lines: UTM zone edges)",
-                 fontsize=11)  # fmt: skip
+    title = "tessera-vz: indexed 0.1° tiles per year"
+    fig.suptitle(title + (" (grey lines: UTM zone edges)" if e - w <= 120.0 else ""), fontsize=11)
     fig.tight_layout()
     fig.canvas.draw()
     height = fig.canvas.get_width_height()[1]
