@@ -103,9 +103,7 @@ def _path_of(url: str) -> Path:
     return Path(unquote(urlsplit(url).path))
 
 
-def test_tiles_parquet_reads_back_with_geopandas(
-    indexed: dict[str, Any], catalog: Path
-) -> None:
+def test_tiles_parquet_reads_back_with_geopandas(indexed: dict[str, Any], catalog: Path) -> None:
     gdf = gpd.read_parquet(catalog / "tiles.parquet")
     specs = _by_name(indexed["specs"])
     assert len(gdf) == len(specs)
@@ -142,17 +140,24 @@ def test_duckdb_reads_geometry_without_extensions(catalog: Path) -> None:
     """A fresh DuckDB (>= 1.5) decodes GeoParquet footprints with no extension loaded."""
     con = duckdb.connect()
     path = catalog / "tiles.parquet"
-    types = {name: kind for name, kind, *_ in con.sql(f"DESCRIBE SELECT * FROM '{path}'").fetchall()}
+    types = {
+        name: kind for name, kind, *_ in con.sql(f"DESCRIBE SELECT * FROM '{path}'").fetchall()
+    }
     assert types["geometry"].startswith("GEOMETRY")
     gdf = gpd.read_parquet(path)
-    want = sorted(gdf[(gdf.year == 2024) & gdf.intersects(shapely.box(0.80, 49.88, 0.90, 49.95))].tile)
+    want = sorted(
+        gdf[(gdf.year == 2024) & gdf.intersects(shapely.box(0.80, 49.88, 0.90, 49.95))].tile
+    )
     got = con.sql(
         f"SELECT tile FROM '{path}' WHERE year = 2024 AND bbox.xmin <= 0.90 AND bbox.xmax >= 0.80 "
         "AND bbox.ymin <= 49.95 AND bbox.ymax >= 49.88 ORDER BY tile"
     ).fetchall()
     assert [t for (t,) in got] == want and want
-    wkt = con.sql(f"SELECT ST_AsText(geometry) FROM '{path}' WHERE tile = '{want[0]}' AND year = 2024")
-    assert shapely.from_wkt(wkt.fetchone()[0]).equals(gdf[(gdf.tile == want[0]) & (gdf.year == 2024)].geometry.iloc[0])  # fmt: skip
+    wkt = con.sql(
+        f"SELECT ST_AsText(geometry) FROM '{path}' WHERE tile = '{want[0]}' AND year = 2024"
+    )
+    footprint = gdf[(gdf.tile == want[0]) & (gdf.year == 2024)].geometry.iloc[0]
+    assert shapely.from_wkt(wkt.fetchone()[0]).equals(footprint)
 
 
 def test_duckdb_spatial_extension_from_its_wheel(catalog: Path, tmp_path: Path) -> None:
@@ -232,9 +237,7 @@ def test_stac_validates_offline_and_matches_the_rows(
         assert shapely.geometry.shape(item.geometry).equals(row.geometry)
 
 
-def test_a_tile_opens_from_its_item_alone(
-    indexed: dict[str, Any], catalog: Path
-) -> None:
+def test_a_tile_opens_from_its_item_alone(indexed: dict[str, Any], catalog: Path) -> None:
     """The index asset says everything a client needs: repository, snapshot, group, containers."""
     coll = pystac.Collection.from_file(str(catalog / "stac" / "collection.json"))
     items = sorted(coll.get_items(recursive=True), key=lambda it: it.id)
@@ -244,7 +247,8 @@ def test_a_tile_opens_from_its_item_alone(
         repo = ic.Repository.open(
             ic.local_filesystem_storage(index.href),
             authorize_virtual_chunk_access={
-                c: ic.credentials.LocalFileSystemAccess for c in f["icechunk:virtual_chunk_containers"]
+                c: ic.credentials.LocalFileSystemAccess
+                for c in f["icechunk:virtual_chunk_containers"]
             },
         )
         ds = xr.open_zarr(repo.readonly_session(snapshot_id=f["icechunk:snapshot_id"]).store,
@@ -310,9 +314,7 @@ def _rgb(hex_colour: str) -> np.ndarray:
     return np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)])
 
 
-def test_coverage_png_draws_each_tile_where_it_is(
-    indexed: dict[str, Any], catalog: Path
-) -> None:
+def test_coverage_png_draws_each_tile_where_it_is(indexed: dict[str, Any], catalog: Path) -> None:
     from PIL import Image
 
     data = (catalog / "coverage.png").read_bytes()
@@ -347,14 +349,20 @@ def test_coverage_png_draws_each_tile_where_it_is(
         assert not is_tile(colour_at(panel, -90.0, 40.0))
 
 
-def test_cli_catalog(indexed: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_catalog(
+    indexed: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "catalog"
     args = ["catalog", str(indexed["index"]), "--out", str(out), "--json", "--allow-local-sources"]
     assert cli_main(args) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["tiles"] == len(indexed["specs"]) and doc["failed"] == []
     assert {(u["zone"], u["year"]) for u in doc["units"]["built"]} == {
-        (31, 2024), (31, 2025), (32, 2024), (60, 2024), (1, 2024)
+        (31, 2024),
+        (31, 2025),
+        (32, 2024),
+        (60, 2024),
+        (1, 2024),
     }
     assert cli_main(args) == 0
     again = json.loads(capsys.readouterr().out)

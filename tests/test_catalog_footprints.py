@@ -45,7 +45,7 @@ def test_footprint_holds_centre_and_matches_cell(centres: list[tuple[float, floa
         assert poly.is_valid, poly
         assert poly.contains(shapely.Point(x, y)), (x, y)
         xmin, _, xmax, _ = poly.bounds
-        assert -180.0 <= xmin and xmax <= 180.0
+        assert xmin >= -180.0 and xmax <= 180.0
         # The tile's pixels are its cell snapped to the 10 m lattice, with sizes
         # rounded from the corners and parallels bowing between them: no point
         # of the cell's outline lies more than 1.5 pixels outside the footprint.
@@ -72,7 +72,9 @@ def test_footprint_follows_the_utm_rectangle() -> None:
             | np.isclose(n, bottom, atol=1e-3) | np.isclose(n, top, atol=1e-3)
         )  # fmt: skip
         assert on_edge.all()
-        assert e.min() == pytest.approx(left, abs=1e-3) and e.max() == pytest.approx(right, abs=1e-3)
+        assert e.min() == pytest.approx(left, abs=1e-3) and e.max() == pytest.approx(
+            right, abs=1e-3
+        )
         # Densified: 8 points per edge, not just the 4 corners.
         assert len(ring) == 33
 

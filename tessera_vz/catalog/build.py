@@ -175,7 +175,8 @@ def _plan(
     stac_dir: Path,
 ) -> tuple[list[UnitVersion], list[UnitVersion]]:
     """Split current units into (kept, to build)."""
-    kept, build = [], []
+    kept: list[UnitVersion] = []
+    build: list[UnitVersion] = []
     for u in units:
         prev = state.units.get(u.key) if state else None
         ok = (
@@ -234,7 +235,9 @@ def _run(
         state = None
     tiles_rg = row_groups(out / TILES_PARQUET, "zone", "year", "snapshot") if state else None
     items_rg = (
-        row_groups(stac_dir / stac.ITEMS_PARQUET, "tessera:zone", "tessera:year", "tessera:snapshot")
+        row_groups(
+            stac_dir / stac.ITEMS_PARQUET, "tessera:zone", "tessera:year", "tessera:snapshot"
+        )
         if state
         else None
     )
@@ -272,8 +275,10 @@ def _run(
             log.error("unit %s: %s", u.key, exc)
             report.failed.append({"zone": u.zone, "year": u.year, "reason": str(exc)})
             prev = state.units.get(u.key) if state else None
-            if prev is not None and _holds(tiles_rg, _as_version(prev), prev.tiles) and _holds(
-                items_rg, _as_version(prev), prev.tiles
+            if (
+                prev is not None
+                and _holds(tiles_rg, _as_version(prev), prev.tiles)
+                and _holds(items_rg, _as_version(prev), prev.tiles)
             ):
                 stale.append(prev)
         advance(1)
@@ -284,6 +289,12 @@ def _run(
     final.update({unit_key(s.zone, s.year): s for s in stale})
     final.update(new_states)
     order = sorted(final.values(), key=lambda s: (s.zone, s.year))
+    report.kept = [_unit_json(u, final[u.key].tiles) for u in kept]
+    report.tiles = sum(s.tiles for s in order)
+    if not new_states and not removed and state is not None and all(p.exists() for p in outputs):
+        # Every unit to rebuild failed: the files still show what they showed.
+        shutil.rmtree(work, ignore_errors=True)
+        return
     t2 = time.perf_counter()
     for s in removed:
         shutil.rmtree(stac_dir / stac.unit_dir(s.zone, s.year), ignore_errors=True)
@@ -309,9 +320,7 @@ def _run(
     report.written.append("catalog-state.json")
     report.timings["assemble"] = time.perf_counter() - t2
     report.built = [_unit_json(u, new_states[u.key].tiles) for u in build if u.key in new_states]
-    report.kept = [_unit_json(u, final[u.key].tiles) for u in kept]
     report.removed = [{"zone": s.zone, "year": s.year, "snapshot": s.snapshot} for s in removed]
-    report.tiles = sum(s.tiles for s in order)
 
 
 def _store_id(root: str) -> str:
@@ -332,7 +341,12 @@ def _unit_json(u: UnitVersion, tiles: int) -> dict[str, Any]:
 
 
 def _build_unit(
-    store: Any, u: UnitVersion, collection_id: str, stac_dir: Path, work: Path, report: CatalogReport
+    store: Any,
+    u: UnitVersion,
+    collection_id: str,
+    stac_dir: Path,
+    work: Path,
+    report: CatalogReport,
 ) -> UnitState:
     """Rows, Items and Item files of one unit; its Parquet parts staged in ``work``."""
     table = store.tiles(u.year, u.zone)
@@ -451,7 +465,11 @@ def _remove_strays(stac_dir: Path, keep: set[tuple[int, int]]) -> None:
         return
     for zdir in stac_dir.glob("utm[0-9][0-9]"):
         for ydir in zdir.iterdir():
-            if ydir.is_dir() and ydir.name.isdigit() and (int(zdir.name[3:]), int(ydir.name)) not in keep:
+            if (
+                ydir.is_dir()
+                and ydir.name.isdigit()
+                and (int(zdir.name[3:]), int(ydir.name)) not in keep
+            ):
                 shutil.rmtree(ydir, ignore_errors=True)
         if not any(zdir.iterdir()):
             zdir.rmdir()

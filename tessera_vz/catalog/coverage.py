@@ -128,7 +128,8 @@ def render(path: Path, lon: ArrayLike, lat: ArrayLike, year: ArrayLike) -> dict[
         if grid.shape[1] > MAX_COLS // 3:
             grid = _dilate(grid)  # a lone cell would otherwise be a 1-pixel speck
         f = CELL * factor
-        ax.imshow(grid, extent=(w, w + f * grid.shape[1], n - f * grid.shape[0], n), origin="upper", cmap=cmap, vmin=0, vmax=1,
+        shown = (w, w + f * grid.shape[1], n - f * grid.shape[0], n)  # a pooled grid is padded
+        ax.imshow(grid, extent=shown, origin="upper", cmap=cmap, vmin=0, vmax=1,
                   interpolation="nearest", aspect="equal")  # fmt: skip
         if e - w <= 120.0:  # zone edges help at regional scale, clutter a world map
             for edge in np.arange(-180.0, 181.0, 6.0):

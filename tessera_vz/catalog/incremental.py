@@ -102,7 +102,9 @@ def load_state(out: Path) -> CatalogState | None:
 
 def save_state(out: Path, state: CatalogState) -> None:
     """Write the state atomically."""
-    replace_with(out / STATE_FILE, lambda tmp: tmp.write_text(json.dumps(state.to_json(), indent=1)))
+    replace_with(
+        out / STATE_FILE, lambda tmp: tmp.write_text(json.dumps(state.to_json(), indent=1))
+    )
 
 
 def replace_with(path: Path, write: Any) -> None:

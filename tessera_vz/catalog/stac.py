@@ -73,7 +73,9 @@ def _links_to_root(depth: int) -> str:
     return "../" * depth + COLLECTION_FILE
 
 
-def item_dicts(rows: UnitRows, unit: UnitVersion, collection_id: str = COLLECTION_ID) -> list[dict[str, Any]]:
+def item_dicts(
+    rows: UnitRows, unit: UnitVersion, collection_id: str = COLLECTION_ID
+) -> list[dict[str, Any]]:
     """The STAC Items of one unit's rows, in row order."""
     t = rows.table.to_pydict()
     start, end = year_interval(unit.year)
@@ -81,7 +83,9 @@ def item_dicts(rows: UnitRows, unit: UnitVersion, collection_id: str = COLLECTIO
     items = []
     for i, tile in enumerate(t["tile"]):
         geom = rows.geometries[i]
-        left, bottom, right, top = (t[k][i] for k in ("utm_left", "utm_bottom", "utm_right", "utm_top"))
+        left, bottom, right, top = (
+            t[k][i] for k in ("utm_left", "utm_bottom", "utm_right", "utm_top")
+        )
         properties: dict[str, Any] = {
             "datetime": None,
             "start_datetime": start,
@@ -280,7 +284,9 @@ def items_schema(collection_id: str = COLLECTION_ID) -> pa.Schema:
     }  # fmt: skip
     table = xr.Dataset({k: ("tile", np.asarray(v)) for k, v in one.items()},
                        coords={"tile": [name]})  # fmt: skip
-    unit = UnitVersion(31, 2000, "0" * 20, "2000-v1", "/index/utm31.icechunk", ("https://example.org/",))
+    unit = UnitVersion(
+        31, 2000, "0" * 20, "2000-v1", "/index/utm31.icechunk", ("https://example.org/",)
+    )
     items = item_dicts(unit_rows(table, unit), unit, collection_id)
     return items_table(items).schema.remove_metadata()
 
@@ -304,7 +310,9 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
         raise
 
 
-def write_unit(stac_dir: Path, unit: UnitVersion, items: Sequence[dict[str, Any]]) -> tuple[int, int]:
+def write_unit(
+    stac_dir: Path, unit: UnitVersion, items: Sequence[dict[str, Any]]
+) -> tuple[int, int]:
     """Write a unit's Items and Catalog; delete Items of tiles no longer indexed.
 
     Returns (items written, items deleted). The catalog is written last: it

@@ -58,9 +58,7 @@ SCHEMA = pa.schema(
         ("geometry", pa.binary()),
         (
             "bbox",
-            pa.struct(
-                [(k, pa.float64()) for k in ("xmin", "ymin", "xmax", "ymax")]
-            ),
+            pa.struct([(k, pa.float64()) for k in ("xmin", "ymin", "xmax", "ymax")]),
         ),
     ]
 )
@@ -143,7 +141,9 @@ def unit_rows(tiles: xr.Dataset, unit: UnitVersion) -> UnitRows:
         "height": col("height").astype(np.int32),
         "width": col("width").astype(np.int32),
         "bands": col("bands").astype(np.int16),
-        "emb_url": [source_url(s, p) for s, p in zip(sources, col("emb_path").astype(str), strict=True)],
+        "emb_url": [
+            source_url(s, p) for s, p in zip(sources, col("emb_path").astype(str), strict=True)
+        ],
         "scales_url": [
             source_url(s, p) for s, p in zip(sources, col("scales_path").astype(str), strict=True)
         ],
@@ -166,13 +166,18 @@ def unit_rows(tiles: xr.Dataset, unit: UnitVersion) -> UnitRows:
     return UnitRows(
         table=pa.table(arrays, schema=SCHEMA),
         geometries=geoms,
-        bbox=[float(env[:, 0].min()), float(env[:, 1].min()),
-              float(env[:, 2].max()), float(env[:, 3].max())] if n else None,  # fmt: skip
+        bbox=_envelope(env) if n else None,
         geometry_types=sorted(_TYPE_NAMES[i] for i in ids),
     )
 
 
 _TYPE_NAMES = {3: "Polygon", 6: "MultiPolygon"}
+
+
+def _envelope(bounds: np.ndarray) -> list[float]:
+    """``[xmin, ymin, xmax, ymax]`` of ``(N, 4)`` bounds."""
+    return [float(bounds[:, 0].min()), float(bounds[:, 1].min()),
+            float(bounds[:, 2].max()), float(bounds[:, 3].max())]  # fmt: skip
 
 
 def merge_bbox(boxes: Sequence[Sequence[float] | None]) -> list[float] | None:
@@ -199,7 +204,11 @@ def geo_metadata(geometry_types: Sequence[str], bbox: Sequence[float] | None) ->
     }
     if bbox is not None:
         column["bbox"] = [float(v) for v in bbox]
-    return {"version": GEOPARQUET_VERSION, "primary_column": "geometry", "columns": {"geometry": column}}
+    return {
+        "version": GEOPARQUET_VERSION,
+        "primary_column": "geometry",
+        "columns": {"geometry": column},
+    }
 
 
 def schema_with_geo(geometry_types: Sequence[str], bbox: Sequence[float] | None) -> pa.Schema:
