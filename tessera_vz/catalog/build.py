@@ -128,11 +128,9 @@ def repo_href(root: str, zone: int) -> str:
 
 def _tag_of(repo: Any, tags: Iterable[str], year: int, snapshot: str) -> str | None:
     """The newest ``{year}-v{n}`` tag pointing at ``snapshot`` (usually the newest tag)."""
-    mine = sorted(
-        ((v, t) for t in tags if (p := parse_tag(t)) is not None and p[0] == year for v in [p[1]]),
-        reverse=True,
-    )
-    for _v, tag in mine:
+    versions = {t: p[1] for t in tags if (p := parse_tag(t)) is not None and p[0] == year}
+    mine = sorted(versions.items(), key=lambda kv: kv[1], reverse=True)
+    for tag, _version in mine:
         if str(repo.lookup_tag(tag)) == snapshot:
             return tag
     return None

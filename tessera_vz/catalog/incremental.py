@@ -161,6 +161,8 @@ class RowGroups:
     def holds(self, zone: int, year: int, snapshot: str, tiles: int) -> bool:
         """Whether the file holds exactly ``tiles`` rows of a unit, all from ``snapshot``."""
         key = (zone, year)
+        if tiles == 0:  # an empty unit has no row group to carry its snapshot
+            return key not in self.rows
         return self.snapshots.get(key) == {snapshot} and self.rows.get(key) == tiles
 
 
