@@ -19,6 +19,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -76,7 +77,7 @@ def catalog(indexed: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -
 
 
 @pytest.fixture
-def offline_stac(monkeypatch: pytest.MonkeyPatch) -> JsonSchemaSTACValidator:
+def offline_stac(monkeypatch: pytest.MonkeyPatch) -> Iterator[JsonSchemaSTACValidator]:
     """pystac validation with local schemas only: any schema fetched over the network fails."""
 
     real = pystac.stac_io.DefaultStacIO.read_text_from_href
@@ -132,6 +133,8 @@ def test_tiles_parquet_reads_back_with_geopandas(indexed: dict[str, Any], catalo
         assert row.snapshot == repo.lookup_branch(str(row.year))
         assert row.tag == f"{row.year}-v1" and repo.lookup_tag(row.tag) == row.snapshot
         assert row.repo == str(indexed["index"].resolve() / f"utm{row.zone:02d}.icechunk")
+    # Exterior rings counter-clockwise, as the metadata says.
+    assert all(p.exterior.is_ccw for g in gdf.geometry for p in shapely.get_parts(g))
     split = gdf[gdf.geometry.geom_type == "MultiPolygon"]
     assert sorted(split["zone"].unique().tolist()) == [1, 60]
 

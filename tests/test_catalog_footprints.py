@@ -75,8 +75,8 @@ def test_footprint_follows_the_utm_rectangle() -> None:
         assert e.min() == pytest.approx(left, abs=1e-3) and e.max() == pytest.approx(
             right, abs=1e-3
         )
-        # Densified: 8 points per edge, not just the 4 corners.
-        assert len(ring) == 33
+        # Densified: 4 segments per edge, not just the 4 corners.
+        assert len(ring) == 17
 
 
 def test_antimeridian_tiles_are_split() -> None:

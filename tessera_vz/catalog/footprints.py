@@ -21,10 +21,11 @@ from numpy.typing import ArrayLike, NDArray
 
 from tessera_vz.reader.geometry import PIXEL, unproject
 
-#: Points inserted along each edge of a rectangle before transforming it.
-#: A 0.1-degree tile edge is ~11 km: 8 segments keep the outline within
-#: centimetres of the true curve at any latitude TESSERA covers.
-SEGMENTS = 8
+#: Segments each edge of a rectangle is cut into before transforming it.
+#: A straight lon/lat line between two corners strays up to 1.3 m (2.4 m at
+#: 84 N) from the true edge of a 0.1-degree tile; 4 segments bring that to
+#: 0.08 m (0.16 m), 2% of a pixel, with 17 points a ring.
+SEGMENTS = 4
 
 
 def utm_bounds(
