@@ -271,6 +271,26 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def cmd_catalog(args: argparse.Namespace) -> int:
+    from tessera_vz.catalog import CatalogOptions, build_catalog
+
+    opts = CatalogOptions(store=args.store, out=args.out, read=_read_options(args))
+    with _progress((not args.quiet and err.is_terminal) or args.progress) as start:
+        report = build_catalog(opts, progress=start)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        err.print(
+            f"{report.tiles} tiles: {len(report.built)} zone-years rebuilt, {len(report.kept)} "
+            f"unchanged, {len(report.removed)} removed, {len(report.failed)} failed; "
+            f"{report.items_written} items written in {report.timings.get('total', 0):.2f}s"
+        )
+        for f in report.failed:
+            err.print(f"[red]failed[/red] utm{f['zone']:02d} {f['year'] or ''}: {f['reason']}")
+        err.print("wrote " + (", ".join(report.written) or f"nothing: {args.out} is up to date"))
+    return report.exit_code
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from tessera_vz.demo import run_demo
 
@@ -555,6 +575,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_read_flags(sv)
     sv.set_defaults(func=cmd_serve)
+
+    ct = sub.add_parser(
+        "catalog", help="GeoParquet, STAC and a coverage map of an index (incremental)"
+    )
+    ct.add_argument("store", help="the --out of `tessera-vz index` (path or s3://)")
+    ct.add_argument("--out", required=True, help="catalog directory (tiles.parquet, stac/, ...)")
+    ct.add_argument("--json", action="store_true", help="print the JSON report on stdout")
+    ct.add_argument("--quiet", action="store_true", help="no progress bars")
+    ct.add_argument("--progress", action="store_true", help="progress bars even when not a tty")
+    _add_read_flags(ct)
+    ct.set_defaults(func=cmd_catalog)
 
     dm = sub.add_parser("demo", help="generate, serve, index and read a small sample tree")
     dm.add_argument("--dir", default="demo-out", help="working directory of the demo")
