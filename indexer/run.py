@@ -33,6 +33,7 @@ from . import inventory
 from .locks import repo_lock
 from .memory import limit_arenas
 from .probe import EXTRA_PASSES, PASS_DELAY, Probe, ProbeError, probe_all
+from .publish import write_zone_list
 from .record import TileRecord, build_record
 from .report import Failure, Report, TileWarning
 from .sources import SourceRoot, object_store, source_reader, source_root
@@ -418,6 +419,8 @@ def run_index(opts: IndexOptions, progress: ProgressStart = _no_progress) -> Rep
                 source_s3_options=source_s3_options(opts),
             )  # fmt: skip
             update_main(repo, zone, [root.url])
+    # The zone list a reader of a published copy needs, in step with the repos.
+    write_zone_list(opts.out, opts.s3_options)
     report.timings["describe"] = time.perf_counter() - t2
     report.timings["total"] = time.perf_counter() - t0
     return report

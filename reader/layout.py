@@ -40,6 +40,42 @@ _TILE_RE = re.compile(r"^grid_(-?\d+\.\d\d)_(-?\d+\.\d\d)$")
 _TAG_RE = re.compile(r"^(\d{4})-v(\d+)$")
 
 
+#: File at an index's root listing its zone repositories (a web server cannot be listed).
+ZONE_LIST = "zones.json"
+ZONE_LIST_FORMAT = "tessera-vz zone list"
+
+
+def zone_list_document(repos: dict[int, str], written: str) -> dict[str, object]:
+    """The ``zones.json`` document naming each zone's repository."""
+    return {
+        "format": ZONE_LIST_FORMAT,
+        "version": 1,
+        "written": written,
+        "zones": [{"zone": z, "repo": n} for z, n in sorted(repos.items())],
+    }
+
+
+def parse_zone_list(doc: object) -> dict[int, str]:
+    """Zone -> repository name from a ``zones.json`` (untrusted: every name is checked).
+
+    Only names of the form ``utmZZ.icechunk`` whose number is their zone are
+    accepted, so a crafted list cannot point a reader outside the index root.
+    """
+    if not isinstance(doc, dict) or doc.get("format") != ZONE_LIST_FORMAT:
+        raise ValueError(f"not a tessera-vz zone list (expected format {ZONE_LIST_FORMAT!r})")
+    zones = doc.get("zones")
+    if not isinstance(zones, list):
+        raise ValueError("the zone list has no 'zones' array")
+    out: dict[int, str] = {}
+    for entry in zones:
+        name = entry.get("repo") if isinstance(entry, dict) else None
+        zone = zone_of_repo(name) if isinstance(name, str) else None
+        if zone is None or not isinstance(name, str) or entry.get("zone") != zone:
+            raise ValueError(f"zone list entry {entry!r} is not a zone and its utmZZ.icechunk")
+        out[zone] = name
+    return out
+
+
 def repo_name(zone: int) -> str:
     """Directory (or key prefix) of a zone's repository: ``utm31.icechunk``."""
     if not 1 <= zone <= 60:

@@ -68,9 +68,13 @@ def storage_for(location: str, *, s3_options: dict[str, Any] | None = None) -> A
         if not parts.netloc:
             raise ConfigurationError(f"repository location {location!r} names no bucket")
         return s3_settings(s3_options).storage(parts.netloc, parts.path.strip("/"))
+    if parts.scheme in ("http", "https"):
+        # A published copy on a web server: Icechunk's read-only HTTP storage.
+        return ic.http_storage(location.rstrip("/") + "/")
     if parts.scheme not in ("", "file"):
         raise ConfigurationError(
-            f"repository location {location!r}: expected a local path or s3:// URL"
+            f"repository location {location!r}: expected a local path, an s3:// URL or an "
+            "http(s):// URL of a published index"
         )
     return ic.local_filesystem_storage(str(Path(parts.path or location).expanduser().resolve()))
 

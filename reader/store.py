@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import math
 import os
@@ -31,10 +32,10 @@ from numpy.typing import ArrayLike
 from zarr.core.sync import sync
 
 from . import cache as table_cache
-from .errors import ConfigurationError, TileNotFoundError
+from .errors import ConfigurationError, SourceNotFoundError, TileNotFoundError
 from .geometry import cell_centre, project, utm_zone
 from .georef import grid_dataset
-from .layout import BAND_COUNT, branch_name, tile_name, zone_of_repo
+from .layout import BAND_COUNT, ZONE_LIST, branch_name, parse_zone_list, tile_name, zone_of_repo
 from .mosaic import read_window
 from .options import ReadOptions
 from .points import Located, locate, read_located, years_list
@@ -444,8 +445,31 @@ def _need_year(year: int | Sequence[int] | None) -> int | Sequence[int]:
     return year
 
 
-def _discover(root: str, s3_options: dict[str, Any] | None = None) -> dict[int, str]:
+def _published_zones(root: str, options: ReadOptions) -> dict[int, str]:
+    """Zone -> repository URL of an index published on a web server, from its zone list."""
+    base = root.rstrip("/") + "/"
+    files = SourceFiles([base], options)
+    url = base + ZONE_LIST
+    try:
+        data = sync(files.fetch(url, "reading the index's zone list", limit=1 << 20))
+        repos = parse_zone_list(json.loads(data))
+    except SourceNotFoundError:
+        raise ConfigurationError(
+            f"{url} not found: a published index needs its {ZONE_LIST} (any `tessera-vz index` "
+            "run writes it at the --out root; copy the whole folder, zones.json included)"
+        ) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"{url} is not a tessera-vz zone list: {exc}") from None
+    if not repos:
+        raise ConfigurationError(f"{url} lists no zone repositories")
+    return {z: base + name for z, name in repos.items()}
+
+
+def _discover(root: str, options: ReadOptions) -> dict[int, str]:
     parts = urlsplit(root)
+    s3_options = options.s3
+    if parts.scheme in ("http", "https"):
+        return _published_zones(root, options)
     if parts.scheme == "s3":
         import obstore
 
@@ -511,7 +535,7 @@ def open_store(
             "give either options=ReadOptions(...) or its fields as keywords, not both"
         )
     quiet_icechunk()
-    zones = _discover(path, options.s3)
+    zones = _discover(path, options)
     return TesseraStore(path, zones, options)
 
 
