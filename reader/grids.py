@@ -30,6 +30,8 @@ from .windows import Window, check_bbox, window_for_bbox
 TARGET_METRES = 10.0
 #: Points per bbox edge projected to find a grid's extent (edges bow in most CRSs).
 _EDGE_POINTS = 65
+#: Fraction of a pixel within which a bbox edge counts as lying on a grid line.
+_SNAP = 1e-6
 
 
 @dataclass(frozen=True)
@@ -196,18 +198,22 @@ def grid_for_bbox(
     xres, yres = res if res is not None else default_resolution(target, (s + n) / 2)
     text = crs_text(target)
     lons, lats = bbox_outline((w, s, e, n))
-    with np.errstate(all="ignore"):
-        x, y = transformer("EPSG:4326", text).transform(lons, lats)
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if text == "EPSG:4326":
+        x, y = lons, lats
+    else:
+        with np.errstate(all="ignore"):
+            x, y = transformer("EPSG:4326", text).transform(lons, lats)
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         raise ConfigurationError(
             f"bbox {bbox!r} lies (partly) outside the area where {_name(target)} is defined; "
             "choose a CRS that covers it"
         )
-    left = math.floor(float(x.min()) / xres) * xres
-    top = math.ceil(float(y.max()) / yres) * yres
-    width = max(1, math.ceil(float(x.max()) / xres) - math.floor(float(x.min()) / xres))
-    height = max(1, math.ceil(float(y.max()) / yres) - math.floor(float(y.min()) / yres))
+    # Edges on a grid line (to rounding: -0.12 / 0.00015 is -800.0000000000001) stay on it.
+    col0, col1 = math.floor(float(x.min()) / xres + _SNAP), math.ceil(float(x.max()) / xres - _SNAP)
+    row0, row1 = math.floor(float(y.min()) / yres + _SNAP), math.ceil(float(y.max()) / yres - _SNAP)
+    left, top = col0 * xres, row1 * yres
+    width, height = max(1, col1 - col0), max(1, row1 - row0)
     lattice = utm_lattice(target) if (xres, yres) == (PIXEL, PIXEL) else None
     grid = Grid(text, left, top, xres, yres, height, width,
                 lattice[0] if lattice else None, lattice[1] if lattice else 0.0)  # fmt: skip

@@ -32,8 +32,8 @@ async def read_grid(
     """Raw embeddings ``(h, w, B)``, scales ``(h, w)`` or ``(h, w, B)`` and the filled mask.
 
     ``sources`` gives each picked zone's byte source and tile rectangles. A
-    pick without ``out`` (the grid's own lattice zone) becomes the output
-    as read, byte for byte; the others overwrite the pixels they own.
+    ``whole`` pick (the grid's own lattice zone) becomes the output as read,
+    byte for byte; the others overwrite the pixels they own.
     """
     bands = {band_count(sources[p.zone][1], p.zone) for p in picks if sources[p.zone][1].names.size}
     if len(bands) > 1:
@@ -44,7 +44,7 @@ async def read_grid(
     )
     per_band = any(scale.ndim == 3 for _, scale, _ in read)
     shape = (grid.height, grid.width)
-    if picks and picks[0].out is None:
+    if picks and picks[0].whole:
         emb, scale, filled = read[0]
         if per_band and scale.ndim == 2:
             scale = _per_band(scale, b)
@@ -52,18 +52,16 @@ async def read_grid(
         emb = np.zeros((*shape, b), np.int8)
         scale = np.full((*shape, b) if per_band else shape, np.nan, np.float32)
         filled = np.zeros(shape, bool)
-    flat_emb = emb.reshape(-1, b)
-    flat_scale = scale.reshape(grid.size, *scale.shape[2:])
-    flat_filled = filled.reshape(-1)
+    flat = (emb.reshape(-1, b), scale.reshape(grid.size, *scale.shape[2:]), filled.reshape(-1))
     for pick, (w_emb, w_scale, w_filled) in zip(picks, read, strict=True):
-        if pick.out is None or pick.row is None or pick.col is None:
-            continue
+        # A whole pick's window is the output itself: its gathers (fancy
+        # indexing copies) run first, before any other zone writes into it.
         got = w_filled[pick.row, pick.col]
         out, rows, cols = pick.out[got], pick.row[got], pick.col[got]
-        flat_emb[out] = w_emb[rows, cols]
+        flat[0][out] = w_emb[rows, cols]
         w_s = w_scale[rows, cols]
-        flat_scale[out] = w_s[:, None] if (per_band and w_s.ndim == 1) else w_s
-        flat_filled[out] = True
+        flat[1][out] = w_s[:, None] if (per_band and w_s.ndim == 1) else w_s
+        flat[2][out] = True
     return emb, scale, filled
 
 

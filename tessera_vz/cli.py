@@ -361,6 +361,7 @@ def cmd_region(args: argparse.Namespace) -> int:
     years = _years(args.year)
     bbox = (args.west, args.south, args.east, args.north)
     ds = store.region(bbox, years if len(years) > 1 else years[0], zone=args.zone,
+                      crs=args.crs, resolution=_resolution(args.resolution),
                       dequantise=not args.raw)  # fmt: skip
     out_path = args.out
     suffix = out_path.rsplit(".", 1)[-1].lower()
@@ -381,17 +382,31 @@ def cmd_region(args: argparse.Namespace) -> int:
             ) from None
         if len(years) > 1:
             raise ConfigurationError("a GeoTIFF holds one year; pass a single --year or use .zarr")
-        da = ds["embeddings"].transpose("band", "y", "x").rio.write_crs(ds.attrs["proj:code"])
+        da = ds["embeddings"].transpose("band", "y", "x").rio.write_crs(ds.rio.crs)
         da.rio.to_raster(out_path)
     else:
         raise ConfigurationError(f"--out must end in .zarr, .nc or .tif; got {out_path!r}")
-    doc = {"out": out_path, "zone": int(ds.attrs["tessera:zone"]), "shape": dict(ds.sizes),
-           "proj:code": ds.attrs["proj:code"]}  # fmt: skip
+    doc = {"out": out_path, "zone": ds.attrs.get("tessera:zone"), "shape": dict(ds.sizes),
+           "proj:code": ds.attrs.get("proj:code"), "grid": ds.attrs["tessera:grid"]}  # fmt: skip
     if args.json:
         print(json.dumps(doc))
     else:
         err.print(f"wrote {out_path}: {doc['shape']} in {doc['proj:code']}")
     return 0
+
+
+def _resolution(text: str | None) -> tuple[float, float] | None:
+    """``--resolution RES`` or ``RES,YRES`` as numbers (the reader checks they are > 0)."""
+    if text is None:
+        return None
+    parts = text.split(",")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2):
+        raise ConfigurationError(f"--resolution must be RES or XRES,YRES; got {text!r}")
+    return (values[0], values[-1])
 
 
 def _add_s3_flags(
@@ -513,6 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("--store", required=True)
     rg.add_argument("--out", required=True, help="FILE.zarr, FILE.nc or FILE.tif")
     rg.add_argument("--zone", type=int, default=None, help="UTM zone (default: bbox centre)")
+    rg.add_argument("--crs", default=None, help="output CRS, e.g. EPSG:4326 (default: --zone's)")
+    rg.add_argument("--resolution", default=None, metavar="RES[,YRES]",
+                    help="pixel size in the CRS's units (default: about 10 m)")  # fmt: skip
     rg.add_argument("--raw", action="store_true", help="int8 embeddings plus scales")
     rg.add_argument("--json", action="store_true")
     _add_read_flags(rg)
