@@ -114,8 +114,10 @@ class Sampler:
         if grid.lattice is not None:
             self._primary, self._rows_near, self._lon_span = self._lattice_zones()
         else:
-            lon, _ = self.lonlat()
-            self._primary = cell_zone(lon).astype(np.int16).reshape(h, w)
+            lon, lat = self.lonlat()
+            zones = cell_zone(lon).astype(np.int16)
+            zones[~(np.isfinite(lon) & np.isfinite(lat))] = 0  # outside the CRS's domain: none
+            self._primary = zones.reshape(h, w)
             self._rows_near = np.ones(h, dtype=bool)
             finite = lon[np.isfinite(lon)]
             self._lon_span = (float(finite.min()), float(finite.max())) if finite.size else (0, 0)
