@@ -88,10 +88,14 @@ class Tiles:
         return (v for v in self.by_cell.values() if int(v[1].zone[0]) == zone)
 
     def values(self, spec: TileSpec, r: np.ndarray, c: np.ndarray) -> np.ndarray:
-        emb = embedding_values(
-            self.year, spec.lon, spec.lat, r[:, None], c[:, None], np.arange(BANDS)[None, :]
-        )
-        scale = scale_values(self.year, spec.lon, spec.lat, r, c, invalid_patch=False)
+        b = np.arange(BANDS)[None, :]
+        emb = embedding_values(self.year, spec.lon, spec.lat, r[:, None], c[:, None], b)
+        if spec.scales_per_band:
+            scale = scale_values(
+                self.year, spec.lon, spec.lat, r[:, None], c[:, None], b, invalid_patch=False
+            )
+        else:
+            scale = scale_values(self.year, spec.lon, spec.lat, r, c, invalid_patch=False)
         return dequantise(emb, scale)
 
 
@@ -412,3 +416,23 @@ def test_cli_region_crs_and_resolution(
     assert tif.rio.transform().almost_equals(reg.rio.transform())
     np.testing.assert_array_equal(tif.values, reg.embeddings.transpose("band", "y", "x").values)
     assert np.isfinite(tif.values).all()  # both zones, no seam
+
+
+def test_per_band_scales_across_zones(tmp_path: Path) -> None:
+    """Older runs' (H, W, bands) scales travel with their pixels across zones too."""
+    src, out = tmp_path / "src", tmp_path / "index"
+    specs = make_tree(
+        src, centres=[(-0.05, 52.15), (0.05, 52.15)], years=(2024,), bands=BANDS,
+        scales_per_band=True, manifest=False, invalid_patch=False,
+    )  # fmt: skip
+    run_index(IndexOptions(source=str(src), out=str(out)))
+    store = open_store(str(out), allow_local_sources=True)
+    for crs in (None, "EPSG:4326"):
+        raw = store.region((-0.03, 52.12, 0.03, 52.18), 2024, crs=crs, dequantise=False)
+        assert raw.scales.dims == ("y", "x", "band")
+        ds = store.region((-0.03, 52.12, 0.03, 52.18), 2024, crs=crs)
+        np.testing.assert_array_equal(
+            dequantise(raw.embeddings.values, raw.scales.values), ds.embeddings.values
+        )
+        got = check_by_rule(ds, Tiles(specs, 2024))
+        assert got["nan"] == 0 and min(got["per_zone"].values()) > 5000, got
