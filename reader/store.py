@@ -172,44 +172,42 @@ class TesseraStore:
         key = (zone, int(year))
         if key not in self._sessions:
             repo = self.repo(zone)
-            tag = self.versions.tag(zone, key[1])
-            snapshot = self.versions.snapshot(zone, key[1])
-            if snapshot is not None:
-                session = self._pinned_snapshot(repo, zone, key[1], snapshot)
-            else:
-                indexed = branch_name(year) in repo.list_branches()
-                tags = repo.list_tags() if tag is not None else set()
-                if not indexed and tag not in tags:
-                    raise TileNotFoundError(
-                        f"year {year} is not indexed in UTM zone {zone}; indexed years: "
-                        f"{self.years(zone)}"
-                    )
-                if tag is not None and tag not in tags:
-                    same = sorted((t for t in tags if (p := parse_tag(t)) and p[0] == key[1]),
-                                  key=lambda t: parse_tag(t) or (0, 0))  # fmt: skip
-                    raise VersionNotFoundError(
-                        f"tag {tag} does not exist in UTM zone {zone} of {self.root}; its tags "
-                        f"of {year}: {', '.join(same) or 'none'}. Tags are numbered per zone: "
-                        f"pin this zone with utm{zone:02d}/<tag> (`tessera-vz info` lists them)"
-                    )
-                if tag is not None:
-                    snapshot = repo.lookup_tag(tag)
-                    self._tags[key] = tag
-                else:
-                    snapshot = repo.lookup_branch(branch_name(year))
-                session = repo.readonly_session(snapshot_id=snapshot)
-            self._sessions[key] = session
+            snapshot = self._snapshot_to_read(repo, zone, key[1])
+            try:
+                self._sessions[key] = repo.readonly_session(snapshot_id=snapshot)
+            except Exception as exc:  # icechunk raises its own error types
+                if self.versions.snapshot(zone, key[1]) is None:
+                    raise
+                raise VersionNotFoundError(
+                    f"snapshot {snapshot} (pinned for {year}) cannot be opened in UTM zone "
+                    f"{zone} of {self.root}: {str(exc).strip().splitlines()[0]}"
+                ) from None
             self._snapshots[key] = snapshot
         return self._sessions[key]
 
-    def _pinned_snapshot(self, repo: Any, zone: int, year: int, snapshot: str) -> Any:
-        try:
-            return repo.readonly_session(snapshot_id=snapshot)
-        except Exception as exc:  # icechunk raises its own error types
+    def _snapshot_to_read(self, repo: Any, zone: int, year: int) -> str:
+        """The snapshot id pinned for a zone-year, or its tag's, or its branch's head."""
+        snapshot = self.versions.snapshot(zone, year)
+        if snapshot is not None:
+            return snapshot
+        tag = self.versions.tag(zone, year)
+        tags = repo.list_tags() if tag is not None else set()
+        if tag is not None and tag in tags:
+            self._tags[(zone, year)] = tag
+            return str(repo.lookup_tag(tag))
+        if branch_name(year) not in repo.list_branches():
+            raise TileNotFoundError(
+                f"year {year} is not indexed in UTM zone {zone}; indexed years: {self.years(zone)}"
+            )
+        if tag is not None:
+            same = sorted((t for t in tags if (p := parse_tag(t)) and p[0] == year),
+                          key=lambda t: parse_tag(t) or (0, 0))  # fmt: skip
             raise VersionNotFoundError(
-                f"snapshot {snapshot} (pinned for {year}) cannot be opened in UTM zone {zone} "
-                f"of {self.root}: {str(exc).strip().splitlines()[0]}"
-            ) from None
+                f"tag {tag} does not exist in UTM zone {zone} of {self.root}; its tags of "
+                f"{year}: {', '.join(same) or 'none'}. Tags are numbered per zone: pin this zone "
+                f"with utm{zone:02d}/<tag> (`tessera-vz info` lists them)"
+            )
+        return str(repo.lookup_branch(branch_name(year)))
 
     def version(self, zone: int, year: int) -> tuple[str | None, str]:
         """The tag (``None`` if no tag points at it) and snapshot id a zone-year is read at."""

@@ -382,7 +382,7 @@ def cmd_region(args: argparse.Namespace) -> int:
             ) from None
         if len(years) > 1:
             raise ConfigurationError("a GeoTIFF holds one year; pass a single --year or use .zarr")
-        da = ds["embeddings"].transpose("band", "y", "x").rio.write_crs(ds.rio.crs)
+        da = ds["embeddings"].transpose("band", "y", "x").rio.write_crs(ds.attrs["proj:code"])
         da.rio.to_raster(out_path)
     else:
         raise ConfigurationError(f"--out must end in .zarr, .nc or .tif; got {out_path!r}")
