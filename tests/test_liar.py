@@ -38,6 +38,14 @@ PATH = "2024/grid_0.85_49.95/grid_0.85_49.95.npy"
 SIZE = 10_000
 
 
+@pytest.fixture(autouse=True)
+def _only_explicit_trust(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests say exactly which CA each client trusts; the session's
+    ``SSL_CERT_FILE`` (set by the ``https`` fixture of other modules) must
+    not trust it for them."""
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+
+
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("liar-tree")

@@ -43,6 +43,14 @@ PATH = "sub/dir/tile.npy"
 OFFSET, LENGTH = 1000, 100
 
 
+@pytest.fixture(autouse=True)
+def _only_explicit_trust(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests say exactly which CA each client trusts; the session's
+    ``SSL_CERT_FILE`` (set by the ``https`` fixture of other modules) must
+    not trust it for them."""
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+
+
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tls-tree")
