@@ -26,6 +26,10 @@ class TileNotFoundError(TesseraError, LookupError):
     """No indexed tile, year or zone matches the request."""
 
 
+class VersionNotFoundError(TileNotFoundError):
+    """A pinned tag or snapshot does not exist in a zone's repository."""
+
+
 class SourceChangedError(TesseraError, OSError):
     """A source file no longer matches the checksum recorded at indexing time."""
 

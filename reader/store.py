@@ -32,20 +32,36 @@ from numpy.typing import ArrayLike
 from zarr.core.sync import sync
 
 from . import cache as table_cache
-from .errors import ConfigurationError, SourceNotFoundError, TileNotFoundError
+from .errors import (
+    ConfigurationError,
+    SourceNotFoundError,
+    TileNotFoundError,
+    VersionNotFoundError,
+)
 from .geometry import cell_centre, project, utm_zone
 from .georef import grid_dataset
-from .layout import BAND_COUNT, ZONE_LIST, branch_name, parse_zone_list, tile_name, zone_of_repo
-from .mosaic import read_window
+from .grids import grid_for_bbox
+from .layout import (
+    BAND_COUNT,
+    ZONE_LIST,
+    branch_name,
+    parse_tag,
+    parse_zone_list,
+    tile_name,
+    zone_of_repo,
+)
 from .options import ReadOptions
 from .points import Located, locate, read_located, years_list
 from .ranges import DEFAULT_GAP, POINT_GAP, ZoneYear
+from .regions import read_grid
 from .repos import credentials, quiet_icechunk, read_config, storage_for, with_read_policy
+from .resample import Sampler
 from .s3 import s3_settings
 from .sources import SourceFiles
 from .table import read_table, refused_rows
 from .values import dequantise, valid_scale
-from .windows import MAX_PIXELS, TileRects, tile_rects, window_for_bbox
+from .versions import Pins, Versions, pins, token
+from .windows import MAX_PIXELS, TileRects, tile_rects
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +91,22 @@ class TesseraStore:
         How to read: retry policy, trusted sources, S3 settings, extra CA
         (:class:`~tessera_vz.reader.options.ReadOptions`). The same options
         travel to the dask tasks of :meth:`open_zone`.
+    versions
+        Which snapshot of each zone-year to read: tags such as ``"2024-v1"``
+        (see :mod:`~tessera_vz.reader.versions`); unpinned years read their
+        branch. Everything the store returns reads the pinned snapshots.
     """
 
     def __init__(
-        self, root: str, zones: dict[int, str], options: ReadOptions | None = None
+        self,
+        root: str,
+        zones: dict[int, str],
+        options: ReadOptions | None = None,
+        versions: Versions = None,
     ) -> None:
         self.root = root
         self.options = options if options is not None else ReadOptions()
+        self.versions: Pins = pins(versions)
         self._locations = zones
         self.options.trusted_ca()  # a missing CA file is a clear error now, not at first read
         self._repos: dict[int, Any] = {}
@@ -90,10 +115,13 @@ class TesseraStore:
         self._broken: dict[tuple[int, int], dict[str, str]] = {}
         self._rects: dict[tuple[int, int], TileRects] = {}
         self._snapshots: dict[tuple[int, int], str] = {}
+        #: The tag of each snapshot read (None: none points at it), found lazily.
+        self._tags: dict[tuple[int, int], str | None] = {}
         self._files = SourceFiles(options=self.options)
 
     def __repr__(self) -> str:
-        return f"TesseraStore({self.root!r}, zones={self.zones()})"
+        pinned = f", versions={' '.join(self.versions.tokens())!r}" if self.versions else ""
+        return f"TesseraStore({self.root!r}, zones={self.zones()}{pinned})"
 
     # -- discovery ---------------------------------------------------------
     def zones(self) -> list[int]:
@@ -154,22 +182,81 @@ class TesseraStore:
         return sorted(found)
 
     def session(self, zone: int, year: int) -> Any:
-        """Read-only session on a zone's year branch (cached)."""
+        """Read-only session on a zone-year's snapshot: the pinned one, else its branch (cached)."""
         key = (zone, int(year))
         if key not in self._sessions:
             repo = self.repo(zone)
-            if branch_name(year) not in repo.list_branches():
-                raise TileNotFoundError(
-                    f"year {year} is not indexed in UTM zone {zone}; indexed years: "
-                    f"{self.years(zone)}"
-                )
-            snapshot = repo.lookup_branch(branch_name(year))
-            self._sessions[key] = repo.readonly_session(snapshot_id=snapshot)
+            snapshot = self._snapshot_to_read(repo, zone, key[1])
+            try:
+                self._sessions[key] = repo.readonly_session(snapshot_id=snapshot)
+            except Exception as exc:  # icechunk raises its own error types
+                if self.versions.snapshot(zone, key[1]) is None:
+                    raise
+                raise VersionNotFoundError(
+                    f"snapshot {snapshot} (pinned for {year}) cannot be opened in UTM zone "
+                    f"{zone} of {self.root}: {str(exc).strip().splitlines()[0]}"
+                ) from None
             self._snapshots[key] = snapshot
         return self._sessions[key]
 
+    def _snapshot_to_read(self, repo: Any, zone: int, year: int) -> str:
+        """The snapshot id pinned for a zone-year, or its tag's, or its branch's head."""
+        snapshot = self.versions.snapshot(zone, year)
+        if snapshot is not None:
+            return snapshot
+        tag = self.versions.tag(zone, year)
+        tags = repo.list_tags() if tag is not None else set()
+        if tag is not None and tag in tags:
+            self._tags[(zone, year)] = tag
+            return str(repo.lookup_tag(tag))
+        if branch_name(year) not in repo.list_branches():
+            raise TileNotFoundError(
+                f"year {year} is not indexed in UTM zone {zone}; indexed years: {self.years(zone)}"
+            )
+        if tag is not None:
+            same = sorted((t for t in tags if (p := parse_tag(t)) and p[0] == year),
+                          key=lambda t: parse_tag(t) or (0, 0))  # fmt: skip
+            raise VersionNotFoundError(
+                f"tag {tag} does not exist in UTM zone {zone} of {self.root}; its tags of "
+                f"{year}: {', '.join(same) or 'none'}. Tags are numbered per zone: pin this zone "
+                f"with utm{zone:02d}/<tag> (`tessera-vz info` lists them)"
+            )
+        return str(repo.lookup_branch(branch_name(year)))
+
+    def version(self, zone: int, year: int) -> tuple[str | None, str]:
+        """The tag (``None`` if no tag points at it) and snapshot id a zone-year is read at."""
+        key = (zone, int(year))
+        self.session(zone, year)
+        if key not in self._tags:
+            repo = self.repo(zone)
+            mine = [(p[1], t) for t in repo.list_tags() if (p := parse_tag(t)) and p[0] == key[1]]
+            self._tags[key] = next(
+                (t for _, t in sorted(mine, reverse=True)
+                 if repo.lookup_tag(t) == self._snapshots[key]),
+                None,
+            )  # fmt: skip
+        return self._tags[key], self._snapshots[key]
+
+    def provenance(self, keys: Iterable[tuple[int, int]]) -> dict[str, str]:
+        """``tessera:versions`` and ``tessera:snapshots`` attributes of what was read.
+
+        Space-separated tokens (``utm31/2024-v2``; ``utm31/2024@SNAPSHOT``),
+        one per zone-year; either attribute passed back as ``versions=`` to
+        :func:`open_store` reads the same snapshots again.
+        """
+        read = sorted({(int(z), int(y)) for z, y in keys})
+        found = [(z, y, *self.version(z, y)) for z, y in read]
+        return {
+            "tessera:versions": " ".join(token(z, y, tag, snap) for z, y, tag, snap in found),
+            "tessera:snapshots": " ".join(f"utm{z:02d}/{y}@{snap}" for z, y, _, snap in found),
+        }
+
     def tiles(self, year: int, zone: int) -> xr.Dataset:
-        """The year's tiles table of a zone (one row per tile).
+        """The year's tiles table of a zone (one row per tile), with the version read."""
+        return self._table(year, zone).assign_attrs(self.provenance([(zone, year)]))
+
+    def _table(self, year: int, zone: int) -> xr.Dataset:
+        """The year's tiles table of a zone, as reads use it.
 
         Loaded once per snapshot (and cached on disk), and checked: a tile
         whose record holds a value no indexer writes is remembered with the
@@ -196,7 +283,7 @@ class TesseraStore:
         """A zone-year's byte source and tile rectangles, as reads need them (cached)."""
         key = (zone, int(year))
         if key not in self._rects:
-            self._rects[key] = tile_rects(self.tiles(year, zone))
+            self._rects[key] = tile_rects(self._table(year, zone))
         source = ZoneYear(
             zone, int(year), self._files, self.session(zone, year).store,
             self.options.direct_reads, self._broken[key],
@@ -207,7 +294,9 @@ class TesseraStore:
         if zone not in self._locations:
             return None
         try:
-            return self.tiles(year, zone)
+            return self._table(year, zone)
+        except VersionNotFoundError:
+            raise
         except TileNotFoundError:
             return None
 
@@ -221,7 +310,7 @@ class TesseraStore:
         clon, clat = (float(v) for v in cell_centre(lon, lat))
         zone = int(utm_zone(clon))
         name = tile_name(clon, clat)
-        table = self.tiles(year, zone)
+        table = self._table(year, zone)
         if name not in table.indexes["tile"]:
             raise TileNotFoundError(
                 f"no tile {name} (covering lon={lon}, lat={lat}) indexed for {year} in zone {zone}"
@@ -230,11 +319,12 @@ class TesseraStore:
         return zone, name, {str(k): row[k].item() for k in table.data_vars}
 
     def open_tile(self, lon: float, lat: float, year: int) -> xr.Dataset:
-        """The tile covering a point, lazily, through ``xr.open_zarr``."""
+        """The tile covering a point, lazily, through ``xr.open_zarr`` (version in its attrs)."""
         zone, name, _ = self._tile(lon, lat, year)
-        return xr.open_zarr(
+        ds = xr.open_zarr(
             self.session(zone, year).store, group=name, consolidated=False, zarr_format=3
         )
+        return ds.assign_attrs(self.provenance([(zone, year)]))
 
     def locate(self, lon: float, lat: float, year: int) -> TileLocation:
         """The tile and pixel (row, col) holding a point."""
@@ -325,42 +415,87 @@ class TesseraStore:
         *,
         years: Sequence[int] | None = None,
         zone: int | None = None,
+        crs: Any = None,
+        resolution: float | Sequence[float] | None = None,
         dequantise: bool = True,
         gap: int = DEFAULT_GAP,
     ) -> xr.Dataset:
-        """A lon/lat box as a mosaic on the 10 m lattice of one UTM zone.
+        """A lon/lat box on one grid, read from every zone it reaches.
 
-        ``bbox`` is ``(west, south, east, north)`` in degrees; ``zone``
-        defaults to the zone of its centre. Each pixel comes from the tile
-        whose 0.1-degree cell holds its centre (else any covering tile of the
-        zone); pixels no tile covers are NaN. Returns ``embeddings`` float32
-        ``(y, x, band)`` dequantised, or raw int8 ``embeddings`` plus
-        ``scales`` with ``dequantise=False``; a ``time`` axis with a list of
-        years. Only the needed columns of each tile row are read.
+        ``bbox`` is ``(west, south, east, north)`` in degrees. The grid is,
+        by default, the 10 m lattice of the UTM zone holding the bbox centre
+        (``zone`` picks another zone's lattice); ``crs`` (``"EPSG:4326"``,
+        any EPSG code or CRS pyproj reads) gives that CRS's grid, and
+        ``resolution`` its pixel size in the CRS's units, one number or
+        ``(xres, yres)``, by default about 10 m (for a geographic CRS, 10 m
+        along the parallel and the meridian at the bbox's centre latitude,
+        rounded to two significant digits: see
+        :func:`~tessera_vz.reader.grids.default_resolution`). The
+        ``tessera:grid`` attribute says which grid and why.
+
+        Pixels are taken by nearest neighbour from the zone mosaics (rule
+        in :mod:`~tessera_vz.reader.resample`): an output pixel takes the
+        pixel of the zone of the 0.1-degree cell holding its centre (the
+        lattice pixel containing the centre, valued as in that zone's
+        mosaic: the tile whose cell holds that pixel's centre, else any
+        covering tile), else, where no tile of that zone covers it, the
+        adjacent zone's pixel there. On the default grid the zone's own
+        pixels are not resampled: a region inside one zone is its mosaic.
+        Pixels no indexed tile covers, or whose scale is invalid, are NaN.
+
+        Returns ``embeddings`` float32 ``(y, x, band)`` dequantised, or raw
+        int8 ``embeddings`` plus ``scales`` with ``dequantise=False`` (both
+        copied from the same source pixel); a ``time`` axis with a list of
+        years. Each zone's window is read once, only the needed columns of
+        each tile row. At most :data:`~tessera_vz.reader.windows.MAX_PIXELS`
+        pixels are returned, and at most as many read per year (the windows
+        of all zones), which bounds memory; larger areas go through
+        :meth:`open_zone`.
         """
         ys, series = years_list(years if years is not None else _need_year(year))
-        window = window_for_bbox(bbox, zone)
-        if window.height * window.width > MAX_PIXELS:
+        grid, why = grid_for_bbox(bbox, crs=crs, resolution=resolution, zone=zone)
+        if grid.size > MAX_PIXELS:
             raise ValueError(
-                f"bbox {bbox} covers {window.height} x {window.width} pixels, over the "
+                f"bbox {bbox} covers {grid.height} x {grid.width} pixels, over the "
                 f"{MAX_PIXELS}-pixel limit of an in-memory region; use open_zone(...).sel(...) "
-                "to read larger areas lazily"
+                "to read larger areas lazily, or a coarser resolution"
             )
-        if window.zone not in self._locations:
+        sampler = Sampler(grid)
+        wanted = sampler.zones()
+        zones = [z for z in wanted if z in self._locations]
+        if not zones:
             raise TileNotFoundError(
-                f"no repository for UTM zone {window.zone} under {self.root}; zones: {self.zones()}"
+                f"no repository for UTM zone(s) {wanted} under {self.root}; zones: {self.zones()}"
             )
-        parts = [self.zone_year(window.zone, y) for y in ys]
+        plans = []
+        for y in ys:
+            sources = {}
+            for z in zones:
+                try:
+                    sources[z] = self.zone_year(z, y)
+                except VersionNotFoundError:
+                    raise
+                except TileNotFoundError:
+                    continue  # this zone has no index of the year
+            if not sources:
+                raise TileNotFoundError(f"year {y} is not indexed in UTM zone(s) {zones}")
+            picks = sampler.picks({z: rects for z, (_, rects) in sources.items()})
+            read = sum(p.window.height * p.window.width for p in picks)
+            if read > MAX_PIXELS:
+                raise ValueError(
+                    f"bbox {bbox} on this grid needs {read} source pixels of zones "
+                    f"{sorted({p.zone for p in picks})}, over the {MAX_PIXELS}-pixel limit of an "
+                    "in-memory region; read a smaller bbox or use open_zone(...).sel(...)"
+                )
+            plans.append((picks, sources))
 
         async def read_all() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-            return list(
-                await asyncio.gather(*(read_window(src, window, r, gap) for src, r in parts))
-            )
+            return list(await asyncio.gather(*(read_grid(grid, p, src, gap) for p, src in plans)))
 
-        results = sync(read_all())
+        results = sync(read_all()) if any(p for p, _ in plans) else []
         if not any(filled.any() for _, _, filled in results):
             raise TileNotFoundError(
-                f"no indexed tile of zone {window.zone} covers bbox {bbox} in {ys}"
+                f"no indexed tile covers bbox {bbox} in {ys} (UTM zones {zones} searched)"
             )
         bands = results[0][0].shape[-1]
         lead = ("time",) if series else ()
@@ -378,7 +513,15 @@ class TesseraStore:
             data_vars["embeddings"] = ((*lead, "y", "x", "band"), emb_out)
             sdims = ("y", "x") if scale_out.ndim == emb_out.ndim - 1 else ("y", "x", "band")
             data_vars["scales"] = ((*lead, *sdims), scale_out)
-        ds = grid_dataset(window, data_vars, bands, {"tessera:bbox": list(map(float, bbox))})
+        read_from = sorted({(z, y) for y, (_, src) in zip(ys, plans, strict=True) for z in src})
+        attrs = {
+            "tessera:bbox": list(map(float, bbox)),
+            "tessera:grid": why,
+            "tessera:resampling": "nearest",
+            "tessera:zones": sorted({z for z, _ in read_from}),
+            **self.provenance(read_from),
+        }
+        ds = grid_dataset(grid, data_vars, bands, attrs)
         if series:
             ds = ds.assign_coords(time=("time", np.asarray(ys, dtype=np.int32)))
         else:
@@ -390,19 +533,29 @@ class TesseraStore:
     ) -> xr.Dataset:
         """The whole mosaic of a zone-year as a lazy, dask-backed Dataset.
 
-        Same grid and rule as :meth:`region`, covering every indexed tile of
-        the zone; chunks are one tile's size. Selections read only the
-        selected pixels, and the graph runs on a ``dask.distributed`` cluster,
-        whose workers reopen the index with this store's read options.
+        The grid and rule of :meth:`region` on the zone's own 10 m lattice,
+        covering every indexed tile *of this zone* (chunks are one tile's
+        size). A selection reaching past the zone's edge holds only this
+        zone's tiles (their overhang, then NaN): for an area across zones
+        use ``region(bbox, year, crs=...)``, which resamples the other
+        zones' pixels onto one grid. Selections read only the selected
+        pixels, and the graph runs on a ``dask.distributed`` cluster, whose
+        workers reopen the index with this store's read options at the
+        snapshot this mosaic was built from (the pinned tag, or the
+        branch's head when it was opened), so a later index run cannot mix
+        into it.
         """
         from .zone import zone_dataset
 
         if zone not in self._locations:
             raise TileNotFoundError(f"no repository for UTM zone {zone}; zones: {self.zones()}")
         _, rects = self.zone_year(int(zone), int(year))
-        opener = functools.partial(reopen, self.root, self.options)
+        snapshot = self._snapshots[(int(zone), int(year))]
+        fixed = self.versions.with_snapshot(int(zone), int(year), snapshot)
+        opener = functools.partial(reopen, self.root, self.options, fixed)
+        attrs = {"tessera:year": int(year), **self.provenance([(int(zone), int(year))])}
         return zone_dataset(
-            opener, int(zone), int(year), rects, dequantise=dequantise, chunks=chunks
+            opener, int(zone), int(year), rects, dequantise=dequantise, chunks=chunks, attrs=attrs
         )
 
     def _bands(self, years: Sequence[int]) -> int:
@@ -421,21 +574,21 @@ def _stack(arrays: list[np.ndarray], series: bool) -> np.ndarray:
     return np.stack(arrays) if series else arrays[0]
 
 
-_OPEN: dict[tuple[str, ReadOptions], TesseraStore] = {}
+_OPEN: dict[tuple[str, ReadOptions, Pins], TesseraStore] = {}
 _OPEN_LOCK = threading.Lock()
 
 
-def reopen(root: str, options: ReadOptions) -> TesseraStore:
-    """The index at ``root`` opened with ``options``, once per process.
+def reopen(root: str, options: ReadOptions, versions: Pins | None = None) -> TesseraStore:
+    """The index at ``root`` opened with ``options`` at ``versions``, once per process.
 
     What a lazy zone mosaic pickles: dask workers call it to open the
     index the way the caller did (same retries, timeouts, trusted
-    sources), and reuse it for every task.
+    sources, the same snapshots), and reuse it for every task.
     """
-    key = (root, options)
+    key = (root, options, versions if versions is not None else Pins())
     with _OPEN_LOCK:
         if key not in _OPEN:
-            _OPEN[key] = open_store(root, options=options)
+            _OPEN[key] = open_store(root, options=options, versions=key[2])
         return _OPEN[key]
 
 
@@ -511,8 +664,16 @@ def open_store(
     timeout: float | None = None,
     direct_reads: bool = True,
     ca_file: str | None = None,
+    versions: Versions = None,
 ) -> TesseraStore:
     """Open the index written by ``tessera-vz index --out PATH``.
+
+    ``versions`` pins what is read (default: each year's branch, the live
+    index): ``"2024-v1"`` reads tag 2024-v1 of every zone,
+    ``{2024: "2024-v1"}`` the same, ``"utm31/2024-v2"`` one zone's tag, and
+    a result's ``tessera:versions`` attribute (or ``tessera:snapshots``)
+    passed back reads exactly what that result was read from. A pinned tag
+    a zone lacks is an error listing its tags (tags are numbered per zone).
 
     Give either ``options`` (a :class:`~tessera_vz.reader.options.ReadOptions`)
     or its fields as keywords: ``retries`` and ``timeout`` (seconds per
@@ -534,9 +695,10 @@ def open_store(
         raise ConfigurationError(
             "give either options=ReadOptions(...) or its fields as keywords, not both"
         )
+    pinned = pins(versions)
     quiet_icechunk()
     zones = _discover(path, options)
-    return TesseraStore(path, zones, options)
+    return TesseraStore(path, zones, options, pinned)
 
 
 __all__ = ["TesseraStore", "dequantise", "open_store", "reopen", "valid_scale"]

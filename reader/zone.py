@@ -5,13 +5,21 @@ the selected window with :func:`~tessera_vz.reader.mosaic.read_window`, so
 ``ds.sel(...)``/``.isel(...)`` read only what is selected, and dask chunks
 (one tile's size, aligned to the tile grid's origin) are independent tasks.
 The array holds a picklable ``opener`` (a recipe to reopen the index with
-the caller's read options, not the open index itself), so it runs on
-``dask.distributed`` workers, which reopen the index once per process.
+the caller's read options and at the snapshot the mosaic was built from,
+not the open index itself), so it runs on ``dask.distributed`` workers,
+which reopen the index once per process and read exactly that version.
+
+A zone mosaic holds that zone's tiles only. Its extent is the bounding box
+of the zone's tiles, whose rectangles overhang their cells by up to a few
+hundred metres into the neighbour zones; a selection that leaves the zone
+gets those overhangs, then NaN, never the neighbour zone's pixels. Areas
+across zones are read with ``TesseraStore.region(bbox, year, crs=...)``,
+which resamples every zone onto one grid.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -87,8 +95,13 @@ class ZoneArray(BackendArray):
 def zone_dataset(
     opener: Callable[[], ZoneSource], zone: int, year: int, rects: TileRects, *,
     dequantise: bool = True, chunks: dict[str, int] | None = None,
+    attrs: Mapping[str, object] | None = None,
 ) -> xr.Dataset:  # fmt: skip
-    """The lazy mosaic of every tile of a zone-year (see :meth:`TesseraStore.open_zone`)."""
+    """The lazy mosaic of every tile of a zone-year (see :meth:`TesseraStore.open_zone`).
+
+    ``opener`` must reopen the index at the snapshot ``rects`` come from;
+    ``attrs`` (the version read, ...) are added to the Dataset's.
+    """
     window = extent(rects, zone)
     bands = band_count(rects, zone)
     per_band = int(rects.facts["scales_ndim"].max()) == 3
@@ -104,7 +117,7 @@ def zone_dataset(
         sdims = ("y", "x", "band") if per_band else ("y", "x")
         data_vars = {"embeddings": (("y", "x", "band"), var("embeddings")),
                      "scales": (sdims, var("scales"))}  # fmt: skip
-    ds = grid_dataset(window, data_vars, bands, {"tessera:year": year})
+    ds = grid_dataset(window, data_vars, bands, {"tessera:year": year, **(attrs or {})})
     tile_h = int(np.median(rects.height))
     tile_w = int(np.median(rects.width))
     return ds.chunk(chunks or {"y": tile_h, "x": tile_w, "band": -1})

@@ -384,11 +384,12 @@ def cmd_region(args: argparse.Namespace) -> int:
     years = _years(args.year)
     bbox = (args.west, args.south, args.east, args.north)
     ds = store.region(bbox, years if len(years) > 1 else years[0], zone=args.zone,
+                      crs=args.crs, resolution=_resolution(args.resolution),
                       dequantise=not args.raw)  # fmt: skip
     out_path = args.out
     write_region(ds, out_path)
-    doc = {"out": out_path, "zone": int(ds.attrs["tessera:zone"]), "shape": dict(ds.sizes),
-           "proj:code": ds.attrs["proj:code"]}  # fmt: skip
+    doc = {"out": out_path, "zone": ds.attrs.get("tessera:zone"), "shape": dict(ds.sizes),
+           "proj:code": ds.attrs.get("proj:code"), "grid": ds.attrs["tessera:grid"]}  # fmt: skip
     if args.json:
         print(json.dumps(doc))
     else:
@@ -420,6 +421,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     err.print(f"tessera-vz viewer of {args.store}: http://{args.host}:{args.port}/ (Ctrl-C stops)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def _resolution(text: str | None) -> tuple[float, float] | None:
+    """``--resolution RES`` or ``RES,YRES`` as numbers (the reader checks they are > 0)."""
+    if text is None:
+        return None
+    parts = text.split(",")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2):
+        raise ConfigurationError(f"--resolution must be RES or XRES,YRES; got {text!r}")
+    return (values[0], values[-1])
 
 
 def _add_s3_flags(
@@ -546,6 +561,9 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("--store", required=True)
     rg.add_argument("--out", required=True, help="FILE.zarr, FILE.nc or FILE.tif")
     rg.add_argument("--zone", type=int, default=None, help="UTM zone (default: bbox centre)")
+    rg.add_argument("--crs", default=None, help="output CRS, e.g. EPSG:4326 (default: --zone's)")
+    rg.add_argument("--resolution", default=None, metavar="RES[,YRES]",
+                    help="pixel size in the CRS's units (default: about 10 m)")  # fmt: skip
     rg.add_argument("--raw", action="store_true", help="int8 embeddings plus scales")
     rg.add_argument("--json", action="store_true")
     _add_read_flags(rg)

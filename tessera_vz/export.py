@@ -51,7 +51,10 @@ def write_region(ds: xr.Dataset, path: str | Path) -> None:
             ) from None
         if "time" in ds.dims:
             raise ConfigurationError("a GeoTIFF holds one year; pass a single --year or use .zarr")
-        da = ds["embeddings"].transpose("band", "y", "x").rio.write_crs(ds.attrs["proj:code"])
+        # The grid mapping's WKT holds any CRS (EPSG:4326, a UTM zone, one without a code).
+        da = ds["embeddings"].transpose("band", "y", "x")
+        if da.rio.crs is None:
+            da = da.rio.write_crs(ds["spatial_ref"].attrs["crs_wkt"])
         da.rio.to_raster(out_path)
     else:
         raise ConfigurationError(f"--out must end in .zarr, .nc or .tif; got {out_path!r}")

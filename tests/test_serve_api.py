@@ -305,7 +305,7 @@ def test_region_downloads_match_region(base: str, store: TesseraStore, tmp_path:
         ("/api/point?lon=0.8&lat=49.95&years=2024,x", 400, "integer"),
         ("/api/preview.png?bbox=0.8,49.9,0.7,49.95&year=2024", 400, "west < east"),
         ("/api/preview.png?bbox=0.7,49.7,1.0,50.0&year=2024", 413, "over the limit"),
-        ("/api/preview.png?bbox=10.0,49.9,10.01,49.91&year=2024", 404, "UTM zone 32"),
+        ("/api/preview.png?bbox=10.0,49.9,10.01,49.91&year=2024", 404, "UTM zone(s) [32]"),
         ("/api/preview.png?bbox=0.851,49.851,0.852,49.852&year=2024", 404, "no indexed tile"),
         ("/api/region?bbox=0.8,49.9,0.81,49.91&year=2024&format=exe", 400, "format must be"),
         ("/api/region?bbox=0.7,49.9,0.9,50.0&year=2024", 413, "over the limit"),
