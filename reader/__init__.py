@@ -1,5 +1,6 @@
 """What the data is: npy headers, tile geometry, the index layout, and reads."""
 
+from . import settle  # noqa: F401  (an exit hook: see the module)
 from .errors import (
     ConfigurationError,
     InvalidTileError,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -629,5 +630,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def run() -> None:
+    """The ``tessera-vz`` command: :func:`main`, then leave without finalizing Python.
+
+    Once the output is flushed nothing is left to do, and skipping
+    interpreter finalization avoids a crash of obstore's and Icechunk's
+    native threads that could turn a finished run's exit code 0 into 134
+    (see :mod:`tessera_vz.reader.settle`).
+    """
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
