@@ -135,7 +135,8 @@ def workload(specs: list[Any], table: xr.Dataset, clustered: int, repeat: int) -
     """Choose the points and windows (seeded, so every run reads the same pixels)."""
     spec = specs[len(specs) // 2]
     lon, lat = spec.lon + 0.011, spec.lat - 0.013
-    points = [(lon + 0.001 * (i + 1), lat) for i in range(repeat)]
+    # A warm point costs a round trip: cheap enough to take the best of 4N.
+    points = [(lon + 0.001 * (i + 1), lat) for i in range(4 * repeat)]
     rng = np.random.default_rng(7)
     per = rng.integers(1, 3, len(specs))
     spread_lon = np.concatenate(
@@ -332,53 +333,55 @@ print(json.dumps({"seconds": time.perf_counter() - t}))
 """
 
 
-def xarray_default(
-    link: Link, prefix: str, index: Path, store: Any, lon: float, lat: float
-) -> dict[str, Any]:
-    """Plain ``xr.open_zarr`` on the repository with icechunk's default settings.
+@dataclass
+class Side:
+    """One link and everything read through it: its index, readers and results."""
 
-    Cold: a new process opens the repository and reads one pixel (as the
-    reader's cold point); warm: the next pixel, in this process, once the
-    dataset is open and its first chunk read.
-    """
-    loc = store.locate(lon, lat, YEAR)
-    repo_path = index / f"utm{ZONE}.icechunk"
-    args = [repo_path, loc.name, loc.row + 2, loc.col, YEAR]
-    cold = run_cold(link, prefix, _COLD_XR, [str(a) for a in args])
-    storage = ic.local_filesystem_storage(str(repo_path))
+    key: str
+    link: Link
+    #: Path prefix of the tiles in nginx's log (``/tiles/``).
+    prefix: str
+    index: Path
+    rewrite: RewrittenStore | None = None
+    res: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.store = open_store(str(self.index))
+        self.plain = open_store(str(self.index), direct_reads=False)
+        self.table = self.store.tiles(YEAR, ZONE)
+        self.plain.tiles(YEAR, ZONE)
+        self.files = self.store.source_files()
+        self.ranges = ceiling_ranges(self.table)
+        self.res["tiles"] = int(self.table.sizes["tile"])
+
+    def timed(self, fn: Callable[[], Any], rewrite: bool = False) -> tuple[float, Traffic, Any]:
+        """:func:`timed` on this link, counting the tiles (or the rewritten store's) requests."""
+        return timed(self.link, f"/{REWRITE}/" if rewrite else self.prefix, fn)
+
+
+def xarray_dataset(side: Side, loc: Any) -> xr.Dataset:
+    """A tile opened as plain ``xr.open_zarr`` users do, with icechunk's default settings."""
+    storage = ic.local_filesystem_storage(str(side.index / f"utm{ZONE}.icechunk"))
     config = ic.Repository.fetch_config(storage)
     prefixes = list((config.virtual_chunk_containers if config else None) or {})
     repo = ic.Repository.open(
         storage, authorize_virtual_chunk_access={p: ic.credentials.HttpAccess for p in prefixes}
     )
-    ds = xr.open_zarr(repo.readonly_session(branch=str(YEAR)).store, group=loc.name)
-    ds.embeddings.isel(y=loc.row, x=loc.col).load()
-    ds.scales.isel(y=loc.row, x=loc.col).load()
-
-    def warm() -> None:
-        ds.embeddings.isel(y=loc.row + 1, x=loc.col).load()
-        ds.scales.isel(y=loc.row + 1, x=loc.col).load()
-
-    ws, wt, _ = timed(link, prefix, warm)
-    return {
-        "warm_ms": ws * 1e3, **wire(wt, "warm_"),
-        "cold_ms": cold["ms"], **{f"cold_{k}": v for k, v in cold.items() if k != "ms"},
-    }  # fmt: skip
+    return xr.open_zarr(repo.readonly_session(branch=str(YEAR)).store, group=loc.name)
 
 
-def whole_tile(link: Link, prefix: str, files: SourceFiles, url: str, spec: Any) -> dict[str, Any]:
+def whole_tile(side: Side, spec: Any) -> tuple[float, Traffic, Any]:
     """Upstream's npy path: both files of the tile, whole, through the same client."""
 
     async def both() -> list[bytes]:
         return list(
             await asyncio.gather(
-                files.fetch(join(url, spec.emb_path), "whole tile"),
-                files.fetch(join(url, spec.scales_path), "whole tile"),
+                side.files.fetch(join(side.link.url, spec.emb_path), "whole tile"),
+                side.files.fetch(join(side.link.url, spec.scales_path), "whole tile"),
             )
         )
 
-    s, t, _ = timed(link, prefix, lambda: sync(both()))
-    return {"ms": s * 1e3, **wire(t)}
+    return side.timed(lambda: sync(both()))
 
 
 def measure(
@@ -391,158 +394,236 @@ def measure(
     tree is at its root. No rewritten store and no proxy counters.
     """
     run_index(IndexOptions(source=url, out=str(index), manifest=str(src / "manifest.parquet")))
-    store = open_store(str(index))
-    w = workload(specs, store.tiles(YEAR, ZONE), clustered, kw.get("repeat", 5))
-    return measure_link(Link("link", url, server), "/", index, w, None, None, **kw)
+    side = Side("link", Link("link", url, server), "/", index)
+    w = workload(specs, side.table, clustered, kw.get("repeat", 5))
+    measure_links([side], w, None, **kw)
+    return side.res
 
 
-def measure_link(
-    link: Link,
-    prefix: str,
-    index: Path,
+def measure_links(
+    sides: list[Side],
     w: Workload,
-    rewrite: RewrittenStore | None,
     grid: ZoneGrid | None,
     *,
     repeat: int = 5,
     heavy_repeat: int = 2,
     ceiling_n: int = 20_000,
-) -> dict[str, Any]:
-    """Every figure on one link; ``rewrite`` (with its ``grid``) adds the rewritten store's."""
-    rprefix = f"/{REWRITE}/"
-    store = open_store(str(index))
-    plain = open_store(str(index), direct_reads=False)
-    table = store.tiles(YEAR, ZONE)
-    plain.tiles(YEAR, ZONE)
-    files = store.source_files()
-    ranges = ceiling_ranges(table)
-    res: dict[str, Any] = {"tiles": int(table.sizes["tile"])}
-    console.print(f"[bold]{link.name}[/]: request-rate ceiling")
-    res["ceiling_req_s"] = ceiling(files, ranges, ceiling_n)
-    res["round_trip_ms"] = round_trip(files, ranges, 4 * repeat)
+) -> None:
+    """Every figure on every link, into each ``side.res``.
 
-    # -- one point, warm: this reader, Icechunk only, the rewritten store -------------
-    console.print(f"[bold]{link.name}[/]: one point")
+    The links take turns inside every repeat loop (a figure and its baseline
+    on one link, then on the next), so that a burst of load from other users
+    of the machine lands on both links alike.
+    """
+    phases = (ceilings, points, spread_points, clustered_points, regions)
+    for phase in phases:
+        phase(sides, w, grid, repeat, heavy_repeat, ceiling_n)
+    for side in sides:
+        if not side.res.get("rewrite"):
+            side.res.pop("rewrite", None)
+
+
+def _say(sides: list[Side], what: str) -> None:
+    console.print(f"[bold]{' and '.join(s.link.name for s in sides)}[/]: {what}")
+
+
+def ceilings(sides: list[Side], w: Workload, grid: Any, repeat: int, heavy: int, n: int) -> None:
+    """The request-rate ceiling and one request's round trip, per link."""
+    _say(sides, "request-rate ceiling, one round trip")
+    for side in sides:
+        side.res["ceiling_req_s"] = ceiling(side.files, side.ranges, n)
+    for side in sides:
+        side.res["round_trip_ms"] = round_trip(side.files, side.ranges, 4 * repeat)
+
+
+def points(sides: list[Side], w: Workload, grid: Any, repeat: int, heavy: int, n: int) -> None:
+    """One point, warm (this reader, Icechunk only, xr.open_zarr, the rewrite) and cold."""
+    _say(sides, "one point")
     lon, lat = w.warmup
-    store.point(lon, lat, YEAR)
-    plain.point(lon, lat, YEAR)
-    rw_px = None
-    if rewrite is not None and grid is not None:
-        rw_px = grid.pixels([p[0] for p in w.points], [p[1] for p in w.points])
-        r0, c0 = grid.pixels([lon], [lat])
-        rewrite.point(int(r0[0]), int(c0[0]))
-    mine, ice, rw = [], [], []
+    spec = w.spec
+    loc = sides[0].store.locate(lon, lat, YEAR)
+    px = grid.pixels([p[0] for p in w.points], [p[1] for p in w.points]) if grid else None
+    datasets = {}
+    for side in sides:
+        side.store.point(lon, lat, YEAR)
+        side.plain.point(lon, lat, YEAR)
+        datasets[side.key] = ds = xarray_dataset(side, loc)
+        ds.embeddings.isel(y=loc.row, x=loc.col).load()
+        ds.scales.isel(y=loc.row, x=loc.col).load()
+        if side.rewrite is not None and grid is not None:
+            r0, c0 = grid.pixels([lon], [lat])
+            side.rewrite.point(int(r0[0]), int(c0[0]))
+    calls: dict[tuple[str, str], list[tuple[float, Traffic, Any]]] = {}
     for i, (plon, plat) in enumerate(w.points):
-        mine.append(timed(link, prefix, partial(store.point, plon, plat, YEAR)))
-        ice.append(timed(link, prefix, partial(plain.point, plon, plat, YEAR)))
-        if rewrite is not None and rw_px is not None:
-            r, c = int(rw_px[0][i]), int(rw_px[1][i])
-            rw.append(timed(link, rprefix, partial(rewrite.point, r, c)))
-    s, t, _ = best(mine)
-    # Where a warm point's time goes besides the round trip: locating its pixel
-    # (point() checks with locate(), then read_points locates it again).
-    plon, plat = w.points[0]
-    res["locate_ms"] = 1e3 * min(
-        timed(link, prefix, lambda: store.locate(plon, plat, YEAR))[0]
-        + timed(link, prefix, lambda: store.locate_points([plon], [plat], YEAR))[0]
-        for _ in range(repeat)
-    )
-    cold = run_cold(link, prefix, _COLD, [str(index), *map(str, w.cold), str(YEAR)])
-    res["reader"] = {
-        "warm_ms": s * 1e3, **wire(t, "warm_"),
-        "cold_ms": cold["ms"], **{f"cold_{k}": v for k, v in cold.items() if k != "ms"},
-    }  # fmt: skip
-    s, t, _ = best(ice)
-    res["icechunk_only_point"] = {"warm_ms": s * 1e3, **wire(t, "warm_")}
-    res["xarray_default"] = xarray_default(link, prefix, index, store, lon, lat)
-    res["whole_tile"] = whole_tile(link, prefix, files, link.url, w.spec)
-    rewrite_res: dict[str, Any] = {}
-    if rw:
-        s, t, _ = best(rw)
-        rewrite_res["point"] = {"ms": s * 1e3, **wire(t)}
+        for side in sides:
+            ds = datasets[side.key]
 
-    # -- points spread 1-2 per tile, each call beside a ceiling measurement -----------
-    console.print(f"[bold]{link.name}[/]: spread points")
+            def xr_point(ds: xr.Dataset = ds, i: int = i) -> None:
+                ds.embeddings.isel(y=loc.row + 1 + i, x=loc.col).load()
+                ds.scales.isel(y=loc.row + 1 + i, x=loc.col).load()
+
+            got = calls.setdefault
+            got((side.key, "reader"), []).append(
+                side.timed(partial(side.store.point, plon, plat, YEAR))
+            )
+            got((side.key, "plain"), []).append(
+                side.timed(partial(side.plain.point, plon, plat, YEAR))
+            )
+            got((side.key, "xarray"), []).append(side.timed(xr_point))
+            if side.rewrite is not None and px is not None:
+                r, c = int(px[0][i]), int(px[1][i])
+                got((side.key, "rewrite"), []).append(
+                    side.timed(partial(side.rewrite.point, r, c), rewrite=True)
+                )
+    plon, plat = w.points[0]
+    for side in sides:
+        res = side.res
+        s, t, _ = best(calls[side.key, "reader"])
+        res["reader"] = {"warm_ms": s * 1e3, **wire(t, "warm_")}
+        s, t, _ = best(calls[side.key, "plain"])
+        res["icechunk_only_point"] = {"warm_ms": s * 1e3, **wire(t, "warm_")}
+        s, t, _ = best(calls[side.key, "xarray"])
+        res["xarray_default"] = {"warm_ms": s * 1e3, **wire(t, "warm_")}
+        if (side.key, "rewrite") in calls:
+            s, t, _ = best(calls[side.key, "rewrite"])
+            res.setdefault("rewrite", {})["point"] = {"ms": s * 1e3, **wire(t)}
+        # Where a warm point's time goes besides the round trip: locating its
+        # pixel (point() checks with locate(), then read_points locates it again).
+        res["locate_ms"] = 1e3 * min(
+            side.timed(partial(side.store.locate, plon, plat, YEAR))[0]
+            + side.timed(partial(side.store.locate_points, [plon], [plat], YEAR))[0]
+            for _ in range(repeat)
+        )
+    _say(sides, "one point from a new process")
+    for side in sides:
+        cold = run_cold(
+            side.link, side.prefix, _COLD, [str(side.index), *map(str, w.cold), str(YEAR)]
+        )
+        side.res["reader"].update(
+            {"cold_ms": cold["ms"], **{f"cold_{k}": v for k, v in cold.items() if k != "ms"}}
+        )
+        args = [side.index / f"utm{ZONE}.icechunk", loc.name, loc.row - 2, loc.col, YEAR]
+        cold = run_cold(side.link, side.prefix, _COLD_XR, [str(a) for a in args])
+        side.res["xarray_default"].update(
+            {"cold_ms": cold["ms"], **{f"cold_{k}": v for k, v in cold.items() if k != "ms"}}
+        )
+    _say(sides, "whole tile")
+    for side in sides:
+        s, t, _ = whole_tile(side, spec)
+        side.res["whole_tile"] = {"ms": s * 1e3, **wire(t)}
+
+
+def spread_points(
+    sides: list[Side], w: Workload, grid: Any, repeat: int, heavy: int, n: int
+) -> None:
+    """Points spread 1-2 per tile, each call beside a ceiling measurement."""
+    _say(sides, "spread points")
     lons, lats = w.spread
+    calls: dict[str, list[tuple[float, Traffic, Any]]] = {s.key: [] for s in sides}
+    near = dict.fromkeys(calls, 0.0)
     # The first call also loads every touched tile's manifest from the repo
     # (not the tile server); later calls find them in Icechunk's cache.
-    calls, near = [], 0.0
-    for i in range(1 + repeat // 2 + 1):
-        near = max(near, ceiling(files, ranges, ceiling_n // 2, seed=i + 1))
-        calls.append(timed(link, prefix, lambda: store.points(lons, lats, YEAR)))
-    first_s = calls[0][0]
-    s, t, _ = best(calls[1:])
-    res["spread"] = {
-        "points": int(lons.size),
-        "seconds": s,
-        "points_per_s": lons.size / s,
-        "requests": t.requests,
-        "requests_per_s": t.requests / s,
-        "ceiling_req_s": near,
-        "ratio_to_ceiling": (t.requests / s) / near,
-        "first_call_s": first_s,
-        "first_call_ratio_to_ceiling": (calls[0][1].requests / first_s) / near,
-        **{k: v for k, v in wire(t).items() if k.startswith("wire") or k == "bytes"},
-    }
+    for i in range(2 + repeat // 2):
+        for side in sides:
+            near[side.key] = max(near[side.key], ceiling(side.files, side.ranges, n // 2, i + 1))
+            calls[side.key].append(side.timed(partial(side.store.points, lons, lats, YEAR)))
+    for side in sides:
+        first_s, first_t, _ = calls[side.key][0]
+        s, t, _ = best(calls[side.key][1:])
+        side.res["spread"] = {
+            "points": int(lons.size),
+            "seconds": s,
+            "points_per_s": lons.size / s,
+            "requests": t.requests,
+            "requests_per_s": t.requests / s,
+            "ceiling_req_s": near[side.key],
+            "ratio_to_ceiling": (t.requests / s) / near[side.key],
+            "first_call_s": first_s,
+            "first_call_ratio_to_ceiling": (first_t.requests / first_s) / near[side.key],
+            "bytes": t.sent,
+            "wire_up": t.up,
+            "wire_down": t.down,
+        }
 
-    # -- clustered points -------------------------------------------------------------
-    console.print(f"[bold]{link.name}[/]: clustered points")
+
+def clustered_points(
+    sides: list[Side], w: Workload, grid: ZoneGrid | None, repeat: int, heavy: int, n: int
+) -> None:
+    """Clustered points: this reader, the rewritten store, and Icechunk only."""
+    _say(sides, "clustered points")
     lons, lats = w.clustered
+    rows, cols = grid.pixels(lons, lats) if grid is not None else (None, None)
+    calls: dict[tuple[str, str], list[tuple[float, Traffic, Any]]] = {}
     # The first call is also nginx's first read of these rows of freshly
     # written sparse files; reported apart, the rate is the best of later calls.
-    first = timed(link, prefix, lambda: store.points(lons, lats, YEAR))
-    mine, rw = [], []
-    rows = cols = None
-    if rewrite is not None and grid is not None:
-        rows, cols = grid.pixels(lons, lats)
-    for _ in range(heavy_repeat):
-        mine.append(timed(link, prefix, lambda: store.points(lons, lats, YEAR)))
-        if rewrite is not None and rows is not None and cols is not None:
-            rw.append(timed(link, rprefix, lambda: rewrite.points(rows, cols)))
-    ps, pt, _ = timed(link, prefix, lambda: plain.points(lons, lats, YEAR))
-    s, t, _ = best(mine)
-    res["clustered"] = {
-        "points": int(lons.size),
-        "per_tile": w.per_tile,
-        "sites": len(w.sites),
-        "seconds": s,
-        "points_per_s": lons.size / s,
-        "first_call_points_per_s": lons.size / first[0],
-        **wire(t),
-        "icechunk_only_seconds": ps,
-        "icechunk_only_points_per_s": lons.size / ps,
-        **wire(pt, "icechunk_only_"),
-    }
-    if rw:
-        s, t, _ = best(rw)
-        rewrite_res["clustered"] = {"seconds": s, "points_per_s": lons.size / s, **wire(t)}
+    first = {s.key: s.timed(partial(s.store.points, lons, lats, YEAR)) for s in sides}
+    for _ in range(heavy):
+        for side in sides:
+            calls.setdefault((side.key, "reader"), []).append(
+                side.timed(partial(side.store.points, lons, lats, YEAR))
+            )
+            if side.rewrite is not None and rows is not None and cols is not None:
+                calls.setdefault((side.key, "rewrite"), []).append(
+                    side.timed(partial(side.rewrite.points, rows, cols), rewrite=True)
+                )
+    for side in sides:
+        ps, pt, _ = side.timed(partial(side.plain.points, lons, lats, YEAR))
+        s, t, _ = best(calls[side.key, "reader"])
+        side.res["clustered"] = {
+            "points": int(lons.size),
+            "per_tile": w.per_tile,
+            "sites": len(w.sites),
+            "seconds": s,
+            "points_per_s": lons.size / s,
+            "first_call_points_per_s": lons.size / first[side.key][0],
+            **wire(t),
+            "icechunk_only_seconds": ps,
+            "icechunk_only_points_per_s": lons.size / ps,
+            **wire(pt, "icechunk_only_"),
+        }
+        if (side.key, "rewrite") in calls:
+            s, t, _ = best(calls[side.key, "rewrite"])
+            side.res.setdefault("rewrite", {})["clustered"] = {
+                "seconds": s, "points_per_s": lons.size / s, **wire(t),
+            }  # fmt: skip
 
-    # -- regions ----------------------------------------------------------------------
+
+def regions(
+    sides: list[Side], w: Workload, grid: ZoneGrid | None, repeat: int, heavy: int, n: int
+) -> None:
+    """Full-width windows: this reader, a sequential read, Icechunk only, the rewrite."""
     for label, (bbox, _rows) in w.regions.items():
-        console.print(f"[bold]{link.name}[/]: {label}")
-        res[label] = region_vs_sequential(
-            link, prefix, store, plain, files, table, w.spec.name, bbox, repeat
-        )
-        if rewrite is not None and grid is not None:
-            rsl, csl = region_pixels(grid, bbox)
-            shape = res[label]["shape"]
+        _say(sides, label)
+        for side in sides:
+            side.res[label] = region_vs_sequential(sides, side, w.spec.name, bbox, repeat)
+        if grid is None:
+            continue
+        rsl, csl = region_pixels(grid, bbox)
+        calls: dict[str, list[tuple[float, Traffic, Any]]] = {}
+        for side in sides:
+            shape = side.res[label]["shape"]
             if (rsl.stop - rsl.start, csl.stop - csl.start) != (shape["y"], shape["x"]):
                 raise RuntimeError(f"{label}: the rewritten store's window is not the reader's")
-            rewrite.region(rsl, csl)
-            rw = [
-                timed(link, rprefix, partial(rewrite.region, rsl, csl)) for _ in range(heavy_repeat)
-            ]
-            s, t, _ = best(rw)
-            nbytes = res[label]["nbytes"]
-            rewrite_res[label] = {"seconds": s, "mb_per_s": nbytes / s / 1e6, **wire(t)}
-    if rewrite_res:
-        res["rewrite"] = rewrite_res
-    return res
+            if side.rewrite is not None:
+                side.rewrite.region(rsl, csl)
+        for _ in range(heavy):
+            for side in sides:
+                if side.rewrite is not None:
+                    calls.setdefault(side.key, []).append(
+                        side.timed(partial(side.rewrite.region, rsl, csl), rewrite=True)
+                    )
+        for side in sides:
+            if side.key in calls:
+                s, t, _ = best(calls[side.key])
+                nbytes = side.res[label]["nbytes"]
+                side.res.setdefault("rewrite", {})[label] = {
+                    "seconds": s, "mb_per_s": nbytes / s / 1e6, **wire(t),
+                }  # fmt: skip
 
 
 def region_vs_sequential(
-    link: Link, prefix: str, store: Any, plain: Any, files: SourceFiles, table: xr.Dataset,
-    name: str, bbox: tuple[float, float, float, float], repeat: int,
+    sides: list[Side], side: Side, name: str, bbox: tuple[float, float, float, float],
+    repeat: int,
 ) -> dict[str, Any]:  # fmt: skip
     """A full-width window against one sequential ranged read of the same rows.
 
@@ -552,10 +633,11 @@ def region_vs_sequential(
     one ranged GET per file (embeddings and scales, issued together) of the
     tile's rows, through the same client. Best of ``repeat``, alternating.
     """
-    facts = table.sel(tile=name)
+    facts = side.table.sel(tile=name)
     width = int(facts.width)
     emb_url = join(str(facts.source.item()), str(facts.emb_path.item()))
     sca_url = join(str(facts.source.item()), str(facts.scales_path.item()))
+    store, plain, files = side.store, side.plain, side.files
     reg = store.region(bbox, YEAR, dequantise=False)
     height = min(reg.sizes["y"], int(facts.height))
     nbytes = int(reg.embeddings.nbytes + reg.scales.nbytes)
@@ -571,9 +653,9 @@ def region_vs_sequential(
 
     mine, seq, ice = [], [], []
     for _ in range(repeat):
-        mine.append(timed(link, prefix, lambda: store.region(bbox, YEAR, dequantise=False)))
-        seq.append(timed(link, prefix, lambda: sync(sequential())))
-        ice.append(timed(link, prefix, lambda: plain.region(bbox, YEAR, dequantise=False)))
+        mine.append(side.timed(lambda: store.region(bbox, YEAR, dequantise=False)))
+        seq.append(side.timed(lambda: sync(sequential())))
+        ice.append(side.timed(lambda: plain.region(bbox, YEAR, dequantise=False)))
     rs, rt, _ = best(mine)
     ss, st, _ = best(seq)
     cs, ct, _ = best(ice)
@@ -808,8 +890,10 @@ def markdown(res: dict[str, Any], notes: list[str]) -> str:
         + f". {cfg['tiles']} real-size tiles (sparse: holes read as zeros) on one nginx with "
         "TLS; the +20 ms link is a streaming delay proxy (10 ms each way, its own process) in "
         "front of the same nginx, and the tiles are indexed once per link. Every time is the "
-        f"best of {cfg['repeat']} calls ({cfg['heavy_repeat']} for clustered points and the "
-        "rewritten store's regions) alternating with its baseline; ratios are within one run. "
+        f"best of {cfg['repeat']} calls ({4 * cfg['repeat']} for warm points, "
+        f"{cfg['heavy_repeat']} for clustered points and the rewritten store's regions) "
+        "alternating with its baseline, the two links taking turns in every round; ratios are "
+        "within one run. "
         "Bytes: what nginx sent (`$bytes_sent`, answers before TLS) and, on the +20 ms link, "
         "what crossed the proxy in both directions (requests, TLS records and handshakes).",
         "",
@@ -939,12 +1023,13 @@ def main(argv: list[str] | None = None) -> int:
         grid = ZoneGrid.of(tiles)
         console.print("writing the rewritten store (the chunks the compared reads touch)")
         res["rewrite"] = write_rewrite(www / REWRITE, grid, rewrite_boxes(grid, w))
-        for key, link in links.items():
-            rewrite = RewrittenStore(link.url.removesuffix(f"{TILES}/") + f"{REWRITE}/")
-            res["links"][key] = measure_link(
-                link, f"/{TILES}/", indexes[key], w, rewrite, grid,
-                repeat=args.repeat, heavy_repeat=heavy, ceiling_n=ceiling_n,
-            )  # fmt: skip
+        sides = [
+            Side(key, link, f"/{TILES}/", indexes[key],
+                 RewrittenStore(link.url.removesuffix(f"{TILES}/") + f"{REWRITE}/"))
+            for key, link in links.items()
+        ]  # fmt: skip
+        measure_links(sides, w, grid, repeat=args.repeat, heavy_repeat=heavy, ceiling_n=ceiling_n)
+        res["links"] = {side.key: side.res for side in sides}
     res["config"]["seconds"] = time.perf_counter() - t0
     notes = notes_for(res)
     console.print(table(res, f"tessera-vz reads over HTTPS ({len(specs)} real-size tiles)"))
