@@ -21,9 +21,11 @@ only on the +20 ms link.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Self
@@ -66,17 +68,19 @@ class ProxyProcess:
         self.delay = delay
         self._proc: subprocess.Popen[str] | None = None
         self.url = ""
+        #: The child's stderr (asyncio logs a callback's exception there).
+        self._log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (lives with the child)
 
     def start(self) -> Self:
         self._proc = subprocess.Popen(
             [sys.executable, "-c", _CHILD, self.upstream, str(self.delay)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
         )  # fmt: skip
         assert self._proc.stdout is not None
         self.url = self._proc.stdout.readline().strip()
         if not self.url.startswith(("http://", "https://")):
             self.stop()
-            raise RuntimeError("the latency proxy process did not start (see its stderr above)")
+            raise RuntimeError(f"the latency proxy did not start: {self.stderr()[-2000:]}")
         return self
 
     def _ask(self, command: str) -> Any:
@@ -95,6 +99,7 @@ class ProxyProcess:
         self._ask("reset")
 
     def stop(self) -> None:
+        """Stop the child (its log stays readable until this object goes)."""
         proc, self._proc = self._proc, None
         if proc is None:
             return
@@ -106,6 +111,18 @@ class ProxyProcess:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+    def stderr(self) -> str:
+        """What the child wrote to stderr so far."""
+        self._log.flush()
+        self._log.seek(0)
+        return self._log.read()
+
+    def errors(self) -> list[str]:
+        """The last line of each traceback the child logged (e.g. by asyncio callbacks)."""
+        lines = self.stderr().splitlines()
+        return [b for a, b in itertools.pairwise(lines) if a.startswith("  ") and
+                b and not b.startswith((" ", "Traceback"))]  # fmt: skip
 
     def __enter__(self) -> Self:
         return self.start()
