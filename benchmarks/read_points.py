@@ -22,12 +22,13 @@ On each link:
 * the request-rate ceiling: small ranged GETs/s through the reader's own
   client stack (:meth:`SourceFiles.get`, aiohttp, the same checks and
   preconditions), 64 in flight;
-* one point, warm and cold (a new process), for this reader, for the
-  reader with ``direct_reads=False`` (Icechunk's own fetches), for plain
-  ``xr.open_zarr`` with icechunk's defaults, for the whole-tile download
-  (upstream's npy path), and for the rewritten store;
+* one request's round trip (a 128-byte GET through the same client);
+* one point, warm (this reader, the reader with ``direct_reads=False``, i.e.
+  Icechunk's own fetches, plain ``xr.open_zarr`` with icechunk's defaults,
+  and the rewritten store) and cold in a new process (this reader and
+  ``xr.open_zarr``), and the whole-tile download (upstream's npy path);
 * points spread 1-2 per tile over ~1,000 tiles: points/s and request rate
-  as a ratio of the ceiling measured beside it;
+  as a ratio of the ceiling measured beside it, and through Icechunk only;
 * points clustered 50+ per tile around one site per tile: points/s, for this
   reader, through Icechunk only, and from the rewritten store;
 * regions of full tile width (300 rows, and the whole tile's height): MB/s
@@ -37,18 +38,23 @@ On each link:
 Bytes on the wire: nginx's ``$bytes_sent`` (answers before TLS) and, on the
 +20 ms link, the proxy's TCP payload counts in both directions (requests,
 answers, TLS records and handshakes). The machine is shared, so every timed
-figure is the best of N calls alternating with its baseline (ratios are taken
-within one run). Prints a table, writes ``benchmarks/results/read_points.json``
-and rewrites its own section of ``benchmarks/RESULTS.md``.
+figure is the best of N calls alternating with its baseline, the two links
+taking turns in every round (ratios are taken within one run); regions also
+report the median ratio and the CPU each call used. Prints a table, writes
+``benchmarks/results/read_points.json`` and rewrites its own section of
+``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ctypes
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -424,8 +430,21 @@ def measure_links(
             side.res.pop("rewrite", None)
 
 
+def _trim() -> None:
+    """Give freed heap back to the OS (glibc), between phases.
+
+    The rewritten store's reads (zarr decoding thousands of 8.4 MB chunks on
+    threads) leave ~1-3 GB of freed memory in glibc's arenas; left there, it
+    fragments the memory the reader maps next (its windows ask for huge
+    pages), and the reader would pay for the baseline's garbage.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def _say(sides: list[Side], what: str) -> None:
     """Say which phase starts, with this process's resident memory (Linux)."""
+    _trim()
     links = " and ".join(s.link.name for s in sides)
     statm = Path("/proc/self/statm")
     rss = int(statm.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") if statm.exists() else 0
@@ -674,14 +693,23 @@ def region_vs_sequential(
 
     mine, seq, ice = [], [], []
     cpu: dict[str, list[float]] = {"reader": [], "sequential": []}
+    kernel: dict[str, list[tuple[float, float, int]]] = {"reader": [], "sequential": []}
 
     def on_cpu(key: str, fn: Callable[[], Any]) -> Callable[[], Any]:
-        """``fn``, also noting the CPU this process spent on it (all threads)."""
+        """``fn``, also noting the CPU this process spent on it (all threads).
+
+        Split into user and kernel time with the page faults taken, which
+        tells computing apart from the memory a call maps.
+        """
 
         def run() -> Any:
-            c = time.process_time()
+            r0, c = resource.getrusage(resource.RUSAGE_SELF), time.process_time()
             out = fn()
             cpu[key].append(time.process_time() - c)
+            r1 = resource.getrusage(resource.RUSAGE_SELF)
+            kernel[key].append(
+                (r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime, r1.ru_minflt - r0.ru_minflt)
+            )
             return out
 
         return run
@@ -721,6 +749,7 @@ def region_vs_sequential(
         "calls_s": {"reader": [c[0] for c in mine], "sequential": [c[0] for c in seq],
                     "icechunk_only": [c[0] for c in ice]},
         "cpu_s": cpu,
+        "user_sys_faults": kernel,
     }  # fmt: skip
 
 
@@ -1019,6 +1048,34 @@ def notes_for(res: dict[str, Any]) -> list[str]:
             )
             + f". On loopback the same window took {loop[key]['seconds'] * 1e3:.0f} ms "
             f"(ratio {loop[key]['ratio']:.2f})."
+        )
+    for key, label in (("region", "300 rows"), ("region_tile", "whole tile")):
+        g = lat[key]
+        if g["median_ratio"] >= REGION_RATIO:
+            continue
+        usf = {
+            k: np.median(np.asarray(v, dtype=float), axis=0)
+            for k, v in g["user_sys_faults"].items()
+        }
+        rd, sq = usf["reader"], usf["sequential"]
+        huge = rd[2] < 0.1 * sq[2] and rd[1] > sq[1]
+        out.append(
+            f"Region ({label}), typical calls: the best of {len(g['calls_s']['reader'])} calls "
+            f"gives {g['ratio']:.2f}, but the median call takes "
+            f"{g['median_s'] * 1e3:.0f} ms against {g['sequential_median_s'] * 1e3:.0f} ms "
+            f"for the sequential read ({g['median_ratio']:.2f}; loopback "
+            f"{loop[key]['median_ratio']:.2f}). Median per call, this reader: "
+            f"{rd[0] * 1e3:.0f} ms user, {rd[1] * 1e3:.0f} ms kernel, {rd[2]:.0f} page faults; "
+            f"the sequential read: {sq[0] * 1e3:.0f} ms user, {sq[1] * 1e3:.0f} ms kernel, "
+            f"{sq[2]:.0f} page faults."
+            + (
+                " Few faults with much kernel time are huge pages: numpy asks for them "
+                "(MADV_HUGEPAGE) on the reader's fresh window, and on a machine whose memory is "
+                "fragmented each 2 MB fault is slow; the sequential read's bytearray takes 4 KB "
+                "pages. Compare with `NUMPY_MADVISE_HUGEPAGE=0 python benchmarks/read_points.py`."
+                if huge
+                else ""
+            )
         )
     if r["warm_bytes"] < POINT_BYTES <= (r["warm_wire_up"] or 0) + (r["warm_wire_down"] or 0):
         out.append(
