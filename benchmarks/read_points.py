@@ -1083,6 +1083,14 @@ def notes_for(res: dict[str, Any]) -> list[str]:
             "including the If-Unmodified-Since precondition) and TLS framing the exchange is over "
             "1 KiB in both directions."
         )
+    errors = res.get("proxy_errors")
+    if errors:
+        out.append(
+            f"The delay proxy logged {errors['count']} errors of its own "
+            f"({'; '.join(errors['distinct'])}): passing a half-close on to a socket whose "
+            "far end had already gone (`LatencyProxy._Direction._end`, `write_eof`). No read "
+            "failed; each figure above comes from calls that returned their bytes."
+        )
     rw = lat.get("rewrite")
     if rw:
         for key, label in (("region", "300 rows"), ("region_tile", "whole tile")):

@@ -1,9 +1,10 @@
 """One section of ``benchmarks/RESULTS.md`` that belongs to ``read_points.py``.
 
-``scale.py`` regenerates RESULTS.md as a whole; ``read_points.py`` owns the
-section between the two markers below. Each script keeps the other's part:
-``read_points.py`` rewrites only its section, and ``scale.py`` carries the
-section over (:func:`keep`) when it writes the rest.
+``scale.py`` regenerates RESULTS.md as a whole; ``read_points.py`` owns one
+section, from its ``## `` heading (which carries the ``BEGIN`` marker) to the
+``END`` marker. Each script keeps the other's part: ``read_points.py``
+rewrites only its section, and ``scale.py`` carries the section over
+(:func:`keep`) when it writes the rest.
 """
 
 from __future__ import annotations
@@ -15,11 +16,16 @@ END = "<!-- read_points.py: end -->"
 
 
 def _split(text: str) -> tuple[str, str | None, str]:
-    """``(before, section or None, after)``; the section includes its markers."""
-    start = text.find(BEGIN)
-    stop = text.find(END, start + 1) if start >= 0 else -1
-    if start < 0 or stop < 0:
+    """``(before, section or None, after)``; the section includes its markers.
+
+    The section starts at the line holding ``BEGIN`` (its ``## `` heading,
+    so that a script replacing the ``## `` section above it stops there).
+    """
+    at = text.find(BEGIN)
+    stop = text.find(END, at + 1) if at >= 0 else -1
+    if at < 0 or stop < 0:
         return text, None, ""
+    start = text.rfind("\n", 0, at) + 1
     stop += len(END)
     return text[:start], text[start:stop], text[stop:]
 
@@ -27,7 +33,8 @@ def _split(text: str) -> tuple[str, str | None, str]:
 def replace(text: str, body: str) -> str:
     """``text`` with the section set to ``body`` (appended if it had none)."""
     before, _, after = _split(text)
-    section = f"{BEGIN}\n{body.strip()}\n{END}"
+    head, _, rest = body.strip().partition("\n")
+    section = f"{head} {BEGIN}\n\n{rest.strip()}\n{END}"
     if not before.strip() and not after.strip():
         return section + "\n"
     if _split(text)[1] is None:

@@ -124,6 +124,9 @@ def test_results_section_survives_regeneration(tmp_path: Path) -> None:
     text = path.read_text()
     assert text.startswith("# Scale results\n\nold tables\n")
     assert "second" in text and "first" not in text and text.count(results_section.BEGIN) == 1
+    # The marker rides on the section's heading, so a script that replaces the
+    # "## " section above it (up to the next heading) leaves it whole.
+    assert f"## Reads {results_section.BEGIN}\n" in text
     regenerated = results_section.keep(path, "# Scale results\n\nnew tables\n")
     assert "new tables" in regenerated and "old tables" not in regenerated
     assert "second" in regenerated and regenerated.count(results_section.END) == 1
