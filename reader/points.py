@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import xarray as xr
 from numpy.typing import ArrayLike, NDArray
 
 from .errors import TileNotFoundError
 from .geometry import cell_centre, project, utm_zone
 from .ranges import POINT_GAP, ZoneYear, gather, read, tile_ranges
+from .table import TileLookup
 
 
 @dataclass
@@ -54,7 +54,7 @@ def as_points(lons: ArrayLike, lats: ArrayLike) -> tuple[NDArray[np.float64], ND
 
 
 def locate(
-    table_of: Callable[[int], xr.Dataset | None],
+    table_of: Callable[[int], TileLookup | None],
     lons: ArrayLike,
     lats: ArrayLike,
     year: int,
@@ -89,10 +89,10 @@ def locate(
         tables_seen += 1
         sel = np.flatnonzero(finite & (zone == z))
         names = [f"grid_{a:.2f}_{b:.2f}" for a, b in zip(clon[sel], clat[sel], strict=True)]
-        pos = table.indexes["tile"].get_indexer(names)
+        pos = table.positions(names)
         have = pos >= 0
         sel, pos = sel[have], pos[have]
-        cols = {k: table[k].values[pos] for k in (*_FACTS, "epsg")}
+        cols = {k: table.cols[k][pos] for k in (*_FACTS, "epsg")}
         for code in np.unique(cols["epsg"]):
             m = cols["epsg"] == code
             e, nn = project(lon[sel[m]], lat[sel[m]], int(code))

@@ -58,7 +58,7 @@ from .repos import credentials, quiet_icechunk, read_config, storage_for, with_r
 from .resample import Sampler
 from .s3 import s3_settings
 from .sources import SourceFiles
-from .table import read_table, refused_rows
+from .table import TileLookup, read_table, refused_rows
 from .values import dequantise, valid_scale
 from .versions import Pins, Versions, pins, token
 from .windows import MAX_PIXELS, TileRects, tile_rects
@@ -112,6 +112,7 @@ class TesseraStore:
         self._repos: dict[int, Any] = {}
         self._sessions: dict[tuple[int, int], Any] = {}
         self._tables: dict[tuple[int, int], xr.Dataset] = {}
+        self._lookups: dict[tuple[int, int], TileLookup] = {}
         self._broken: dict[tuple[int, int], dict[str, str]] = {}
         self._rects: dict[tuple[int, int], TileRects] = {}
         self._snapshots: dict[tuple[int, int], str] = {}
@@ -276,8 +277,14 @@ class TesseraStore:
             for name, reason in list(broken.items())[:5]:
                 log.warning("zone %d year %s: tile %s: %s", zone, year, name, reason)
             self._broken[key] = broken
+            self._lookups[key] = TileLookup(table)
             self._tables[key] = table
         return self._tables[key]
+
+    def _lookup(self, year: int, zone: int) -> TileLookup:
+        """The year's tiles table of a zone as NumPy columns (see :class:`TileLookup`)."""
+        self._table(year, zone)
+        return self._lookups[(zone, int(year))]
 
     def zone_year(self, zone: int, year: int) -> tuple[ZoneYear, TileRects]:
         """A zone-year's byte source and tile rectangles, as reads need them (cached)."""
@@ -290,11 +297,11 @@ class TesseraStore:
         )  # fmt: skip
         return source, self._rects[key]
 
-    def _table_or_none(self, year: int, zone: int) -> xr.Dataset | None:
+    def _table_or_none(self, year: int, zone: int) -> TileLookup | None:
         if zone not in self._locations:
             return None
         try:
-            return self._table(year, zone)
+            return self._lookup(year, zone)
         except VersionNotFoundError:
             raise
         except TileNotFoundError:
@@ -310,13 +317,12 @@ class TesseraStore:
         clon, clat = (float(v) for v in cell_centre(lon, lat))
         zone = int(utm_zone(clon))
         name = tile_name(clon, clat)
-        table = self._table(year, zone)
-        if name not in table.indexes["tile"]:
+        facts = self._lookup(year, zone).row(name)
+        if facts is None:
             raise TileNotFoundError(
                 f"no tile {name} (covering lon={lon}, lat={lat}) indexed for {year} in zone {zone}"
             )
-        row = table.sel(tile=name)
-        return zone, name, {str(k): row[k].item() for k in table.data_vars}
+        return zone, name, facts
 
     def open_tile(self, lon: float, lat: float, year: int) -> xr.Dataset:
         """The tile covering a point, lazily, through ``xr.open_zarr`` (version in its attrs)."""
@@ -359,9 +365,11 @@ class TesseraStore:
         (``years=``), returns ``(time, bands)``, the years read concurrently.
         """
         ys, series = years_list(years if years is not None else _need_year(year))
-        for y in ys:
-            self.locate(lon, lat, y)  # a clear error for a point outside the index
-        values = self._read_points([lon], [lat], ys, POINT_GAP)[:, 0]
+        located = [self.locate_points([lon], [lat], y) for y in ys]
+        for loc, y in zip(located, ys, strict=True):
+            if not loc.ok[0]:
+                self.locate(lon, lat, y)  # raises the precise reason
+        values = self._read_located(located, ys, POINT_GAP)[:, 0]
         return values if series else values[0]
 
     def points(
@@ -388,7 +396,10 @@ class TesseraStore:
         self, lons: ArrayLike, lats: ArrayLike, ys: Sequence[int], gap: int
     ) -> np.ndarray:
         """``(time, N, bands)`` dequantised values of the points in each year."""
-        located = [self.locate_points(lons, lats, y) for y in ys]
+        return self._read_located([self.locate_points(lons, lats, y) for y in ys], ys, gap)
+
+    def _read_located(self, located: list[Located], ys: Sequence[int], gap: int) -> np.ndarray:
+        """``(time, N, bands)`` dequantised values of located points, the years concurrently."""
 
         async def read_all() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
             reads = []
@@ -562,8 +573,8 @@ class TesseraStore:
         for zone in self.zones():
             for y in years:
                 table = self._table_or_none(y, zone)
-                if table is not None and table.sizes["tile"]:
-                    return int(table["bands"].values[0])
+                if table is not None and table.names.size:
+                    return int(table.cols["bands"][0])
         return BAND_COUNT
 
 
