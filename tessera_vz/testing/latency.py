@@ -140,10 +140,15 @@ class _Direction:
             # (after what is buffered); nothing more can go upstream.
             self.pipe.close()
             return
-        if sink.can_write_eof():
-            sink.write_eof()
-        else:
-            sink.close()
+        try:
+            if sink.can_write_eof():
+                sink.write_eof()
+            else:
+                sink.close()
+        except OSError:
+            # The far end went away first (ENOTCONN): nothing left to half-close.
+            self.pipe.close()
+            return
         self.pipe.maybe_close()
 
     def _throttle(self) -> None:
