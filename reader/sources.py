@@ -30,12 +30,14 @@ import email.utils
 import functools
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import unquote
 
+import aiohttp
 import numpy as np
 import obstore
 import obstore.store
@@ -381,6 +383,15 @@ class SourceFiles:
         return await self._attempts(url, what, once)
 
     # -- HTTP ------------------------------------------------------------------------
+    def _answer(
+        self, url: str, headers: Mapping[str, str], method: str = "GET"
+    ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        """One request under this reader's trust: redirects to authorised roots, its CA."""
+        return web.answer(
+            url, headers, allowed=self.allowed, ca_file=self._ca,
+            connect_timeout=self.policy.connect, method=method,
+        )  # fmt: skip
+
     async def _http_ranges(
         self,
         url: str,
@@ -404,10 +415,7 @@ class SourceFiles:
         wanted = sum(e - s for s, e in zip(starts, ends, strict=True))
 
         async def once() -> Any:
-            async with web.answer(
-                url, headers, allowed=self.allowed, ca_file=self._ca,
-                connect_timeout=self.policy.connect,
-            ) as resp:  # fmt: skip
+            async with self._answer(url, headers) as resp:
                 _status(resp.status, resp.reason, url, checksum, what)
                 if resp.status == 200:
                     if n > 1:
@@ -442,10 +450,7 @@ class SourceFiles:
 
     async def _http_probe(self, url: str, nbytes: int, what: str) -> tuple[bytes, ObjectFacts]:
         headers = {"Range": f"bytes=0-{nbytes - 1}"}
-        async with web.answer(
-            url, headers, allowed=self.allowed, ca_file=self._ca,
-            connect_timeout=self.policy.connect,
-        ) as resp:  # fmt: skip
+        async with self._answer(url, headers) as resp:
             _status(resp.status, resp.reason, url, None, what)
             if resp.status == 206:
                 crange = resp.headers.get("Content-Range")
@@ -465,10 +470,7 @@ class SourceFiles:
             return prefix, _http_facts(resp.headers, length, url)
 
     async def _http_head(self, url: str, what: str) -> ObjectFacts:
-        async with web.answer(
-            url, {}, allowed=self.allowed, ca_file=self._ca, method="HEAD",
-            connect_timeout=self.policy.connect,
-        ) as resp:  # fmt: skip
+        async with self._answer(url, {}, "HEAD") as resp:
             _status(resp.status, resp.reason, url, None, what)
             length = web.declared_length(resp)
             if length is None:
@@ -476,10 +478,7 @@ class SourceFiles:
             return _http_facts(resp.headers, length, url)
 
     async def _http_fetch(self, url: str, limit: int, what: str) -> bytes:
-        async with web.answer(
-            url, {}, allowed=self.allowed, ca_file=self._ca,
-            connect_timeout=self.policy.connect,
-        ) as resp:  # fmt: skip
+        async with self._answer(url, {}) as resp:
             _status(resp.status, resp.reason, url, None, what)
             if resp.status != 200:
                 raise web.AnswerError(f"HTTP {resp.status} to a plain GET")
