@@ -464,14 +464,11 @@ class TesseraStore:
         tables too big for one result, :meth:`sample_batches` yields the
         batches.
         """
-        read: set[tuple[int, int]] = set()
         inp = self.points_input(points, lon=lon, lat=lat, geometry=geometry, crs=crs)
-        parts = list(self.sample_batches(inp, years, batch_size=batch_size,
-                                         progress=progress, read=read))  # fmt: skip
-        if not parts:  # no rows: the schema of one empty batch
-            parts = [empty_table(inp, self._bands(years_list(years)[0]))]
-        table = pa.concat_tables(parts)
-        return with_metadata(table, geo_metadata(inp), self.sample_provenance(read, years))
+        provenance = self.sample_provenance(inp, years)
+        parts = list(self.sample_batches(inp, years, batch_size=batch_size, progress=progress))
+        table = pa.concat_tables(parts) if parts else self.empty_sample(inp, years)
+        return with_metadata(table, geo_metadata(inp), provenance)
 
     def points_input(self, points: Any, **where: Any) -> PointsInput:
         """The coordinates and kept columns of ``points`` (:func:`.samples.points_input`)."""
@@ -484,12 +481,11 @@ class TesseraStore:
         *,
         batch_size: int = SAMPLE_BATCH,
         progress: Callable[[int], None] | None = None,
-        read: set[tuple[int, int]] | None = None,
     ) -> Iterator[pa.Table]:
         """The rows of :meth:`sample`, batch by batch (without the file metadata).
 
-        ``read`` collects the (zone, year) pairs whose index was consulted,
-        for :meth:`sample_provenance`.
+        ``inp`` comes from :meth:`points_input`; :meth:`sample_provenance`
+        gives the metadata to write with the batches.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -501,7 +497,7 @@ class TesseraStore:
             empty = inp.empty[start:stop]
 
             # Tables are loaded (sync) before the reads of every year run together.
-            plans = [self._sample_plan(lon, lat, empty, y, read) for y in ys]
+            plans = [self._sample_plan(lon, lat, empty, y) for y in ys]
 
             async def read_years(plans: list[Any] = plans) -> list[YearSample]:
                 return list(await asyncio.gather(*(self._sample_year(*p) for p in plans)))
@@ -515,11 +511,20 @@ class TesseraStore:
         """A table of :meth:`sample`'s columns and no rows (for input without points)."""
         return empty_table(inp, self._bands(years_list(years)[0]))
 
-    def sample_provenance(
-        self, read: Iterable[tuple[int, int]], years: int | Sequence[int]
-    ) -> dict[str, str]:
-        """Provenance of a sampled table: the versions read, the index, the years."""
+    def sample_provenance(self, inp: PointsInput, years: int | Sequence[int]) -> dict[str, str]:
+        """Provenance of a sampled table: the versions it reads, the index, the years.
+
+        Known before any pixel is read: the zone-years are those of the
+        points' cells in which the year is indexed (each one's tiles table
+        says where the points are, or that no tile is), so a pinned version
+        that does not exist fails here, and a writer can put the provenance
+        in the file's schema up front.
+        """
         ys, _ = years_list(years)
+        valid = valid_coordinates(inp.lon, inp.lat) & ~inp.empty
+        clon, _ = cell_centre(inp.lon[valid], inp.lat[valid])
+        zones = np.unique(utm_zone(clon)).tolist() if valid.any() else []
+        read = [(z, y) for y in ys for z in zones if self._table_or_none(y, z) is not None]
         return {
             **self.provenance(read),
             "tessera:store": self.root,
@@ -532,16 +537,11 @@ class TesseraStore:
         lat: np.ndarray,
         empty: np.ndarray,
         year: int,
-        read: set[tuple[int, int]] | None,
     ) -> tuple[Located, dict[int, ZoneYear], np.ndarray, np.ndarray, int]:
         """Locate one year of a batch: where each point is, and the byte sources to read."""
         valid = valid_coordinates(lon, lat) & ~empty
         loc = locate(functools.partial(self._table_or_none, year), np.where(valid, lon, np.nan),
                      np.where(valid, lat, np.nan), year, self.root, strict=False)  # fmt: skip
-        zones = np.unique(loc.zone[valid]).tolist()
-        consulted = [z for z in zones if self._table_or_none(year, z) is not None]
-        if read is not None:
-            read.update((int(z), int(year)) for z in consulted)
         located = np.unique(loc.zone[loc.ok]).tolist()
         sources = {z: self.zone_year(z, year)[0] for z in located}
         return loc, sources, empty, valid_coordinates(lon, lat), int(year)

@@ -125,7 +125,11 @@ def check_csv_columns(inp: PointsInput) -> None:
 
 
 class TableWriter:
-    """Batches of a sampled table into GeoParquet or CSV, renamed into place when complete."""
+    """Batches of a sampled table into GeoParquet or CSV, renamed into place when complete.
+
+    ``metadata`` (the ``geo`` document and the provenance) goes into a
+    Parquet file's schema; CSV has no place for it.
+    """
 
     def __init__(self, path: str | Path, fmt: str, metadata: Mapping[str, str]) -> None:
         self.path = Path(path)
@@ -150,18 +154,17 @@ class TableWriter:
         if self.fmt == "parquet":
             import pyarrow.parquet as pq
 
-            meta = {k: v for k, v in self.metadata.items() if k == "geo"}
-            return pq.ParquetWriter(self.tmp, schema.with_metadata(meta), compression="zstd")
+            return pq.ParquetWriter(
+                self.tmp, schema.with_metadata(self.metadata), compression="zstd"
+            )
         import pyarrow.csv as pacsv
 
         return pacsv.CSVWriter(self.tmp, schema)
 
-    def close(self, provenance: Mapping[str, str], empty: pa.Table) -> None:
+    def close(self, empty: pa.Table) -> None:
         """Finish the file and move it into place (``empty``: the schema if no batch came)."""
         if self._writer is None:
             self.write(empty)
-        if self.fmt == "parquet":
-            self._writer.add_key_value_metadata(dict(provenance))
         self._writer.close()
         os.replace(self.tmp, self.path)
 

@@ -91,10 +91,11 @@ def read_options(args: argparse.Namespace) -> Any:
 
 
 def versions(args: argparse.Namespace) -> Any:
-    """The pins of ``--version-tag`` (checked for their form now, for existence at open)."""
+    """The pins of ``--version-tag`` (checked for their form now, for existence before reading)."""
     from tessera_vz.reader.versions import pins
 
-    return pins(list(getattr(args, "version_tag", None) or []))
+    # Each value may hold several tokens: a result's whole tessera:versions.
+    return pins(" ".join(getattr(args, "version_tag", None) or []))
 
 
 def open_index(args: argparse.Namespace, path: str | None = None) -> Any:

@@ -50,22 +50,20 @@ def cmd_points(args: argparse.Namespace) -> int:
     check_years(store, years)
     check_versions(store, years)
 
+    provenance = store.sample_provenance(inp, years)
+
     t0 = time.perf_counter()
     counts: Counter[str] = Counter()
-    read: set[tuple[int, int]] = set()
-    geo = json.dumps(geo_metadata(inp))
+    metadata = {"geo": json.dumps(geo_metadata(inp)), **provenance}
     with (
-        TableWriter(args.out, fmt, {"geo": geo}) as writer,
+        TableWriter(args.out, fmt, metadata) as writer,
         progress(wants_progress(args)) as start,
     ):
         advance = start(f"{inp.size} points x {len(years)} years", inp.size)
-        for batch in store.sample_batches(
-            inp, years, batch_size=args.batch_size, progress=advance, read=read
-        ):
+        for batch in store.sample_batches(inp, years, batch_size=args.batch_size, progress=advance):
             counts.update(batch.column("status").to_pylist())
             writer.write(batch)
-        provenance = store.sample_provenance(read, years)
-        writer.close(provenance, store.empty_sample(inp, years))
+        writer.close(store.empty_sample(inp, years))
     elapsed = time.perf_counter() - t0
     doc = {
         "points": inp.size,
