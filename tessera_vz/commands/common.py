@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -124,28 +124,44 @@ def parse_years(text: str) -> list[int]:
     return years
 
 
-def check_years(store: Any, years: Sequence[int]) -> None:
-    """Every year asked is indexed in some zone of the index (else exit 2, listing them)."""
-    indexed = store.years()
+def check_years(store: Any, years: Sequence[int], zones: Iterable[int] | None = None) -> None:
+    """Every year asked is indexed in the index, or in one of ``zones`` (else exit 2).
+
+    Given the zones a read reaches (a point's, a bbox's), only their
+    repositories are opened: a global index has 60, and a point should not
+    wait for all of them.
+    """
+    where = sorted(set(zones) & set(store.zones())) if zones is not None else None
+    indexed = sorted({y for z in where for y in store.years(z)}) if where is not None else (
+        store.years()
+    )  # fmt: skip
     missing = [y for y in years if y not in indexed]
     if missing:
         what = "years" if len(missing) > 1 else "year"
+        there = store.root
+        if zones is not None:
+            names = ", ".join(map(str, sorted(set(zones))))
+            there = f"UTM zone{'s' if len(set(zones)) > 1 else ''} {names} of {store.root}"
         raise ConfigurationError(
-            f"{what} {', '.join(map(str, missing))} not indexed in {store.root}; indexed years: "
+            f"{what} {', '.join(map(str, missing))} not indexed in {there}; indexed years: "
             f"{', '.join(map(str, indexed)) or 'none'}"
         )
 
 
-def check_versions(store: Any, years: Sequence[int] | None = None) -> None:
+def check_versions(
+    store: Any, years: Sequence[int] | None = None, zones: Iterable[int] | None = None
+) -> None:
     """Every pinned version exists where it will be read (else exit 2, listing the tags).
 
-    Opens the pinned snapshot of each zone-year (of ``years``, or every
-    year) that ``--version-tag`` pins: a few small reads, before any pixel.
+    Opens the pinned snapshot of each zone-year (of ``years`` and ``zones``,
+    or all) that ``--version-tag`` pins: a few small reads, before any pixel.
     """
     pins = store.versions
     if not pins:
         return
     for zone in store.zones():
+        if zones is not None and zone not in set(zones):
+            continue
         for year in store.years(zone):
             if years is not None and year not in years:
                 continue

@@ -12,9 +12,12 @@ from .common import check_lonlat, check_versions, check_years, open_index, out, 
 def cmd_point(args: argparse.Namespace) -> int:
     check_lonlat(args.lon, args.lat)
     years = parse_years(str(args.year))
+    from tessera_vz.reader.geometry import cell_centre, utm_zone
+
     store = open_index(args)
-    check_years(store, years)
-    check_versions(store, years)
+    zone = int(utm_zone(cell_centre(args.lon, args.lat)[0]))
+    check_years(store, years, [zone])
+    check_versions(store, years, [zone])
     t0 = time.perf_counter()
     loc = store.locate(args.lon, args.lat, args.year)
     values = store.point(args.lon, args.lat, args.year)

@@ -56,9 +56,13 @@ def cmd_region(args: argparse.Namespace) -> int:
             f"{MAX_PIXELS}-pixel limit of a region; read a smaller bbox or pass a coarser "
             "--resolution (open_zone in Python reads larger areas lazily)"
         )
+    from tessera_vz.reader.geometry import utm_zone
+
     store = open_index(args)
-    check_years(store, years)
-    check_versions(store, years)
+    zones = set(range(int(utm_zone(args.west)), int(utm_zone(args.east)) + 1))
+    zones |= {args.zone} if args.zone else set()
+    check_years(store, years, zones)
+    check_versions(store, years, zones)
     ds = store.region(bbox, years if len(years) > 1 else years[0], zone=args.zone,
                       crs=args.crs, resolution=res, dequantise=False)  # fmt: skip
     written = write_region(ds, args.out, raw=args.raw)
