@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -269,9 +270,7 @@ def _cog(
     grid.attrs = {"long_name": names}
     grid.encoding = {}
     grid = grid.rio.write_crs(crs).rio.write_nodata(nodata, encoded=False)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp.tif", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp, cog = (hidden_beside(out, kind) for kind in ("blocks.tif", "cog.tif"))
     try:
         with rasterio.Env(GDAL_CACHEMAX=CACHE_MB):
             # windowed: one tile of the temporary file at a time, each the
@@ -280,6 +279,17 @@ def _cog(
                 tmp, driver="GTiff", tiled=True, blockxsize=BLOCK, blockysize=BLOCK,
                 interleave="pixel", BIGTIFF="IF_SAFER", windowed=True, tags=tags,
             )  # fmt: skip
-            rasterio.shutil.copy(tmp, out, driver="COG", **COG_OPTIONS)
+            rasterio.shutil.copy(tmp, cog, driver="COG", **COG_OPTIONS)
+        os.replace(cog, out)  # a reader never sees half a file
     finally:
         tmp.unlink(missing_ok=True)
+        cog.unlink(missing_ok=True)
+
+
+def hidden_beside(out: Path, kind: str) -> Path:
+    """An unused hidden name beside ``out``: same file system, so it can be renamed into place.
+
+    Not created here (unlike ``mkstemp``), so the file gets the usual
+    permissions of the user's umask, not 0600.
+    """
+    return out.parent / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.{kind}"

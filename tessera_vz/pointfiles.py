@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -23,7 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from tessera_vz.export import check_writable_folder
+from tessera_vz.export import check_writable_folder, hidden_beside
 from tessera_vz.reader.errors import ConfigurationError
 from tessera_vz.reader.samples import GEOMETRY, PointsInput, points_input
 
@@ -135,10 +134,7 @@ class TableWriter:
         self.path = Path(path)
         self.fmt = fmt
         self.metadata = dict(metadata)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".partial",
-                                   dir=self.path.parent)  # fmt: skip
-        os.close(fd)
-        self.tmp = Path(tmp)
+        self.tmp = hidden_beside(self.path, "partial")
         self._writer: Any = None
         self.rows = 0
 
