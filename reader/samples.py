@@ -264,6 +264,21 @@ def point_wkb(
     return pa.array(shapely.to_wkb(geoms, output_dimension=2), pa.binary())
 
 
+def geometry_field() -> pa.Field:
+    """The point column, also tagged as a GeoArrow WKB array in EPSG:4326.
+
+    GeoParquet readers go by the file's ``geo`` metadata; the field's GeoArrow
+    extension metadata lets Arrow-native tools (``GeoDataFrame.from_arrow``,
+    lonboard) see the geometry of an in-memory table too.
+    """
+    from pyproj import CRS
+
+    meta = {"crs": CRS.from_epsg(4326).to_json_dict()}
+    return pa.field(GEOMETRY, pa.binary(), metadata={
+        "ARROW:extension:name": "geoarrow.wkb", "ARROW:extension:metadata": json.dumps(meta),
+    })  # fmt: skip
+
+
 def geo_metadata(inp: PointsInput) -> dict[str, Any]:
     """GeoParquet 1.1 ``geo`` metadata of the output's point column (EPSG:4326, with its bbox)."""
     from pyproj import CRS
@@ -323,7 +338,9 @@ def batch_table(
         for b, name in enumerate(band_names(bands)):
             cols[name] = pa.array(np.ascontiguousarray(values[:, b]), pa.float32(), mask=~ok)
         cols[GEOMETRY] = geometry
-        parts.append(pa.table(cols))
+        table = pa.table(cols)
+        i = table.schema.get_field_index(GEOMETRY)
+        parts.append(table.cast(table.schema.set(i, geometry_field())))
     table = pa.concat_tables(parts)
     if len(samples) > 1:  # point 0's years, then point 1's, ...
         order = np.arange(n * len(samples)).reshape(len(samples), n).T.ravel()

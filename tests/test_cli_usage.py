@@ -129,7 +129,7 @@ def _cases(s: dict[str, Any]) -> list[tuple[list[str], int, str]]:
         (["info", str(b / "pts.csv")], 2, "not a directory"),
         (["verify", str(b / "nope")], 2, "not a directory"),
         (["catalog", ix, "--out", str(b / "no" / "such" / "cat")], 2, "does not exist"),
-        (["catalog", ix, "--out", str(b / "pts.csv")], 2, "is a file"),
+        (["catalog", ix, "--out", str(b / "pts.csv")], 2, "is not a directory but a file"),
         (["catalog", str(b / "nope"), "--out", str(b / "cat")], 2, "not a directory"),
         (["serve", ix, "--port", "70000"], 2, "--port must be 0-65535"),
         (["serve", str(b / "nope")], 2, "not a directory"),

@@ -273,6 +273,8 @@ def test_sample_api_equals_the_cli_and_batches_do_not_matter(
     pq.write_table(whole, tmp_path / "api.parquet")
     gdf = gpd.read_parquet(tmp_path / "api.parquet")
     assert gdf.crs.to_epsg() == 4326
+    arrow = gpd.GeoDataFrame.from_arrow(whole)  # GeoArrow field metadata: no file needed
+    assert arrow.crs.to_epsg() == 4326 and arrow.geometry.x.iloc[0] == ROWS[0][2]
     # A GeoDataFrame in, its geometry used in its CRS.
     pts = gpd.GeoDataFrame({"id": [1]}, geometry=gpd.points_from_xy([ROWS[0][2]], [ROWS[0][3]]),
                            crs=4326).to_crs(32630)  # fmt: skip

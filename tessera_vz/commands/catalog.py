@@ -19,7 +19,9 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     if "://" not in args.out:
         target = Path(args.out)
         if target.exists() and not target.is_dir():
-            raise ConfigurationError(f"--out {args.out!r} is a file; the catalog is a folder")
+            raise ConfigurationError(
+                f"--out {args.out!r} is not a directory but a file; the catalog is a folder"
+            )
         if not target.parent.is_dir():
             raise ConfigurationError(
                 f"--out {args.out!r}: the folder {str(target.parent)!r} does not exist; create it"
