@@ -389,11 +389,16 @@ def run_index(opts: IndexOptions, progress: ProgressStart = _no_progress) -> Rep
         raise ConfigurationError(f"--workers must be at least 1, got {opts.workers}")
     if opts.extra_passes < 0:
         raise ConfigurationError(f"extra passes must be >= 0, got {opts.extra_passes}")
+    bad = [z for z in opts.zones or [] if not 1 <= z <= 60]
+    if bad:
+        raise ConfigurationError(f"UTM zones are 1-60; --zones names {bad[0]}")
     files = source_files(opts, root)
     store = None if root.is_http else object_store(root, options=source_options(opts))
     tiles, failures = _inventory(opts, root, store)
     report = Report(failed=list(failures))
     units = inventory.split_units(tiles)
+    if not units and not failures:
+        raise ConfigurationError(_nothing_selected(opts, root.url))
     del tiles
     t1 = time.perf_counter()
     report.timings["inventory"] = t1 - t0
@@ -424,6 +429,25 @@ def run_index(opts: IndexOptions, progress: ProgressStart = _no_progress) -> Rep
     report.timings["describe"] = time.perf_counter() - t2
     report.timings["total"] = time.perf_counter() - t0
     return report
+
+
+def _nothing_selected(opts: IndexOptions, url: str) -> str:
+    """Why a run has nothing to do: the source holds no tile, or none the filters select."""
+    where = f"the manifest {opts.manifest}" if opts.manifest else url
+    only = []
+    if opts.years:
+        only.append(f"years {','.join(map(str, opts.years))}")
+    if opts.zones:
+        only.append(f"UTM zones {','.join(map(str, opts.zones))}")
+    if only:
+        return (
+            f"nothing to index: {where} lists no tile of {' in '.join(only)}; check --years and "
+            "--zones (nothing was written)"
+        )
+    return (
+        f"nothing to index: {where} lists no tile ({{year}}/grid_LON_LAT/grid_LON_LAT.npy); "
+        "check the path (nothing was written)"
+    )
 
 
 def parse_int_list(text: str | None, what: str) -> list[int] | None:

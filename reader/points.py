@@ -3,8 +3,10 @@
 Points are located in vectorised steps (cell -> tile -> pixel), then every
 point becomes two byte ranges (its ``bands`` embedding bytes and its scale),
 ranges are coalesced and fetched concurrently (:mod:`.ranges`). A point
-with no indexed tile, or with an invalid scale, is NaN. These functions are
-given the tables and byte sources they need; they never open an index.
+with no indexed tile, or with an invalid scale, is NaN, and
+:func:`point_status` says which of those it was (a table of points carries
+it per row). These functions are given the tables and byte sources they
+need; they never open an index.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .errors import TileNotFoundError
+from .errors import SourceChangedError, SourceUnavailableError, TileNotFoundError
 from .geometry import cell_centre, project, utm_zone
 from .ranges import POINT_GAP, ZoneYear, gather, read, tile_ranges
 from .table import TileLookup
@@ -34,6 +36,15 @@ class Located:
     zone: NDArray[np.int64]
     facts: dict[str, NDArray[Any]]
 
+
+#: Why a point has a value or not, per row of a sampled table (:func:`point_status`).
+OK = "ok"
+NO_TILE = "no tile"  # a valid coordinate no indexed tile of the year covers
+NO_DATA = "no data"  # covered, but the pixel's scale is invalid (no-data)
+INVALID = "invalid coordinate"  # not finite, or outside lon [-180, 180] / lat [-90, 90]
+EMPTY = "empty"  # the coordinate cell (or geometry) is missing
+ERROR = "error"  # the tile could not be read (its source failed); the rest were read
+STATUSES = (OK, NO_TILE, NO_DATA, INVALID, EMPTY, ERROR)
 
 _FACTS = (
     "left", "top", "height", "width", "bands", "emb_chunk_rows", "scales_chunk_rows",
@@ -53,24 +64,31 @@ def as_points(lons: ArrayLike, lats: ArrayLike) -> tuple[NDArray[np.float64], ND
     return lon, lat
 
 
+def valid_coordinates(lon: NDArray[np.float64], lat: NDArray[np.float64]) -> NDArray[np.bool_]:
+    """Coordinates a point may be read at: finite, lon in [-180, 180], lat in [-90, 90]."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(lon) & np.isfinite(lat) & (np.abs(lon) <= 180) & (np.abs(lat) <= 90)
+
+
 def locate(
     table_of: Callable[[int], TileLookup | None],
     lons: ArrayLike,
     lats: ArrayLike,
     year: int,
     where: str = "the index",
+    strict: bool = True,
 ) -> Located:
     """Find the tile and pixel of every point (vectorised, per zone and CRS).
 
     ``table_of(zone)`` gives the year's tiles table of a zone, or ``None``
     when the zone or year is not indexed. Raises :class:`TileNotFoundError`
-    only when ``year`` is indexed in none of the zones the points fall in;
-    single missing tiles are no-data.
+    only when ``year`` is indexed in none of the zones the points fall in
+    (unless ``strict`` is False: a batch of a table may fall there only);
+    single missing tiles are no-data. Invalid coordinates are never located.
     """
     lon, lat = as_points(lons, lats)
     n = lon.size
-    with np.errstate(invalid="ignore"):
-        finite = np.isfinite(lon) & np.isfinite(lat) & (np.abs(lon) <= 180) & (np.abs(lat) <= 90)
+    finite = valid_coordinates(lon, lat)
     clon = np.full(n, np.nan)
     clat = np.full(n, np.nan)
     clon[finite], clat[finite] = cell_centre(lon[finite], lat[finite])
@@ -106,7 +124,7 @@ def locate(
             loc.tile[idx] = np.asarray(names, dtype=object)[have][m][inside]
             for k in _FACTS:
                 facts.setdefault(k, []).append((idx, cols[k][m][inside]))
-    if tables_seen == 0 and finite.any():
+    if strict and tables_seen == 0 and finite.any():
         raise TileNotFoundError(
             f"year {year} is not indexed in UTM zone(s) {sorted(set(zone[finite].tolist()))} "
             f"of {where}"
@@ -170,3 +188,72 @@ def years_list(year: int | Sequence[int]) -> tuple[list[int], bool]:
     if not years:
         raise ValueError("years must name at least one year")
     return years, True
+
+
+def only(loc: Located, mask: NDArray[np.bool_]) -> Located:
+    """``loc`` with only the points under ``mask`` located (the rest read as absent)."""
+    return Located(loc.ok & mask, loc.tile, loc.row, loc.col, loc.zone, loc.facts)
+
+
+async def read_isolated(
+    sources: Mapping[int, ZoneYear], loc: Located, year: int, gap: int = POINT_GAP
+) -> tuple[NDArray[np.int8], NDArray[np.float32], NDArray[np.bool_], dict[str, str]]:
+    """:func:`read_located`, but a tile whose source fails fails only its own points.
+
+    Everything is read at once; if that fails for a source reason, each tile
+    is read on its own (concurrently) and the points of the tiles that still
+    fail are left out of ``found``. Returns embeddings, scales, the found
+    mask and ``{tile: reason}`` of the tiles that failed.
+    """
+    try:
+        emb, scale, found = await read_located(sources, loc, year, gap)
+        return emb, scale, found, {}
+    except (SourceUnavailableError, SourceChangedError):
+        pass
+    names = np.unique(loc.tile[loc.ok]).tolist()
+    parts = await asyncio.gather(
+        *(read_located(sources, only(loc, loc.tile == name), year, gap) for name in names),
+        return_exceptions=True,
+    )
+    n = loc.ok.size
+    emb = np.zeros((n, 0), np.int8)
+    scale = np.full(n, np.nan, np.float32)
+    found = np.zeros(n, bool)
+    failed: dict[str, str] = {}
+    for name, part in zip(names, parts, strict=True):
+        if isinstance(part, (SourceUnavailableError, SourceChangedError)):
+            failed[name] = str(part)
+            continue
+        if isinstance(part, BaseException):
+            raise part
+        e, sc, ok = part
+        if emb.shape[1] == 0:
+            emb = np.zeros((n, e.shape[1]), np.int8)
+            scale = np.full((n, *sc.shape[1:]), np.nan, np.float32)
+        emb[ok], scale[ok] = e[ok], sc[ok]
+        found |= ok
+    return emb, scale, found, failed
+
+
+def point_status(
+    empty: NDArray[np.bool_],
+    valid: NDArray[np.bool_],
+    located: NDArray[np.bool_],
+    has_data: NDArray[np.bool_],
+    failed: NDArray[np.bool_] | None = None,
+) -> NDArray[np.object_]:
+    """Why each point has a value or not (one of :data:`STATUSES`), first reason first.
+
+    ``empty``: the coordinate was missing; ``valid``: it was a coordinate
+    (:func:`valid_coordinates`); ``located``: an indexed tile covers it;
+    ``has_data``: its value has at least one finite band (a valid scale);
+    ``failed``: its tile's source could not be read.
+    """
+    status = np.full(empty.size, OK, dtype=object)
+    status[~has_data] = NO_DATA
+    if failed is not None:
+        status[failed] = ERROR
+    status[~located] = NO_TILE
+    status[~valid] = INVALID
+    status[empty] = EMPTY
+    return status

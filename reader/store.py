@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import icechunk as ic
 import numpy as np
+import pyarrow as pa
 import xarray as xr
 from numpy.typing import ArrayLike
 from zarr.core.sync import sync
@@ -51,12 +52,29 @@ from .layout import (
     zone_of_repo,
 )
 from .options import ReadOptions
-from .points import Located, locate, read_located, years_list
+from .points import (
+    Located,
+    locate,
+    point_status,
+    read_isolated,
+    read_located,
+    valid_coordinates,
+    years_list,
+)
 from .ranges import DEFAULT_GAP, POINT_GAP, ZoneYear
 from .regions import read_grid
 from .repos import credentials, quiet_icechunk, read_config, storage_for, with_read_policy
 from .resample import Sampler
 from .s3 import s3_settings
+from .samples import (
+    PointsInput,
+    YearSample,
+    batch_table,
+    empty_table,
+    geo_metadata,
+    points_input,
+    with_metadata,
+)
 from .sources import SourceFiles
 from .table import TileLookup, read_table, refused_rows
 from .values import dequantise, valid_scale
@@ -64,6 +82,10 @@ from .versions import Pins, Versions, pins, token
 from .windows import MAX_PIXELS, TileRects, tile_rects
 
 log = logging.getLogger(__name__)
+
+#: Points read at a time by :meth:`TesseraStore.sample` (values of a batch:
+#: 100,000 x 128 float32 = 51 MB per year).
+SAMPLE_BATCH = 100_000
 
 
 @dataclass(frozen=True)
@@ -418,6 +440,146 @@ class TesseraStore:
             values[~ok] = np.nan
             out.append(values)
         return np.stack(out)
+
+    def sample(
+        self,
+        points: Any,
+        years: int | Sequence[int],
+        *,
+        lon: str | None = None,
+        lat: str | None = None,
+        geometry: str | None = None,
+        crs: Any = None,
+        batch_size: int = SAMPLE_BATCH,
+        progress: Callable[[int], None] | None = None,
+    ) -> pa.Table:
+        """Points as a training table: one row per input row and year, every input column kept.
+
+        ``points`` is a ``pyarrow.Table`` or a pandas / geopandas DataFrame
+        (see :func:`~tessera_vz.reader.samples.points_input` for where the
+        coordinates come from: ``lon``/``lat`` columns, by default named
+        ``lon``/``longitude`` and ``lat``/``latitude``, or a point
+        ``geometry`` column in ``crs``). Each row gains ``point_id`` (its input
+        row), ``year``, ``status`` (``ok``, ``no tile``, ``no data`` for an
+        invalid scale, ``invalid coordinate``, ``empty`` for a missing
+        coordinate, ``error`` when its tile's source failed), the ``tile``,
+        ``row`` and ``col`` read, the dequantised bands ``b000``.. (null unless
+        ``ok``) and a ``geometry`` (WKB point, EPSG:4326). Coordinates outside
+        lon [-180, 180] / lat [-90, 90] are never read. The schema carries
+        GeoParquet 1.1 ``geo`` metadata and the provenance
+        (``tessera:versions``, ``tessera:snapshots``), so
+        ``pyarrow.parquet.write_table(t, "x.parquet")`` writes GeoParquet.
+
+        Points are read ``batch_size`` at a time (every year of a batch
+        concurrently); ``progress(n)`` is called after each batch. For
+        tables too big for one result, :meth:`sample_batches` yields the
+        batches.
+        """
+        inp = self.points_input(points, lon=lon, lat=lat, geometry=geometry, crs=crs)
+        provenance = self.sample_provenance(inp, years)
+        parts = list(self.sample_batches(inp, years, batch_size=batch_size, progress=progress))
+        table = pa.concat_tables(parts) if parts else self.empty_sample(inp, years)
+        return with_metadata(table, geo_metadata(inp), provenance)
+
+    def points_input(self, points: Any, **where: Any) -> PointsInput:
+        """The coordinates and kept columns of ``points`` (:func:`.samples.points_input`)."""
+        return points_input(points, **where)
+
+    def sample_batches(
+        self,
+        inp: PointsInput,
+        years: int | Sequence[int],
+        *,
+        batch_size: int = SAMPLE_BATCH,
+        progress: Callable[[int], None] | None = None,
+    ) -> Iterator[pa.Table]:
+        """The rows of :meth:`sample`, batch by batch (without the file metadata).
+
+        ``inp`` comes from :meth:`points_input`; :meth:`sample_provenance`
+        gives the metadata to write with the batches.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        ys, _ = years_list(years)
+        bands = self._bands(ys)
+        for start in range(0, inp.size, batch_size):
+            stop = min(start + batch_size, inp.size)
+            lon, lat = inp.lon[start:stop], inp.lat[start:stop]
+            empty = inp.empty[start:stop]
+
+            # Tables are loaded (sync) before the reads of every year run together.
+            plans = [self._sample_plan(lon, lat, empty, y) for y in ys]
+
+            async def read_years(plans: list[Any] = plans) -> list[YearSample]:
+                return list(await asyncio.gather(*(self._sample_year(*p) for p in plans)))
+
+            samples = sync(read_years())
+            yield batch_table(inp, start, stop, samples, bands)
+            if progress is not None:
+                progress(stop - start)
+
+    def empty_sample(self, inp: PointsInput, years: int | Sequence[int]) -> pa.Table:
+        """A table of :meth:`sample`'s columns and no rows (for input without points)."""
+        return empty_table(inp, self._bands(years_list(years)[0]))
+
+    def sample_provenance(self, inp: PointsInput, years: int | Sequence[int]) -> dict[str, str]:
+        """Provenance of a sampled table: the versions it reads, the index, the years.
+
+        Known before any pixel is read: the zone-years are those of the
+        points' cells in which the year is indexed (each one's tiles table
+        says where the points are, or that no tile is), so a pinned version
+        that does not exist fails here, and a writer can put the provenance
+        in the file's schema up front.
+        """
+        ys, _ = years_list(years)
+        valid = valid_coordinates(inp.lon, inp.lat) & ~inp.empty
+        clon, _ = cell_centre(inp.lon[valid], inp.lat[valid])
+        zones = np.unique(utm_zone(clon)).tolist() if valid.any() else []
+        read = [(z, y) for y in ys for z in zones if self._table_or_none(y, z) is not None]
+        return {
+            **self.provenance(read),
+            "tessera:store": self.root,
+            "tessera:years": " ".join(map(str, ys)),
+        }
+
+    def _sample_plan(
+        self,
+        lon: np.ndarray,
+        lat: np.ndarray,
+        empty: np.ndarray,
+        year: int,
+    ) -> tuple[Located, dict[int, ZoneYear], np.ndarray, np.ndarray, int]:
+        """Locate one year of a batch: where each point is, and the byte sources to read."""
+        valid = valid_coordinates(lon, lat) & ~empty
+        loc = locate(functools.partial(self._table_or_none, year), np.where(valid, lon, np.nan),
+                     np.where(valid, lat, np.nan), year, self.root, strict=False)  # fmt: skip
+        located = np.unique(loc.zone[loc.ok]).tolist()
+        sources = {z: self.zone_year(z, year)[0] for z in located}
+        return loc, sources, empty, valid_coordinates(lon, lat), int(year)
+
+    async def _sample_year(
+        self,
+        loc: Located,
+        sources: dict[int, ZoneYear],
+        empty: np.ndarray,
+        valid: np.ndarray,
+        year: int,
+    ) -> YearSample:
+        """Read one located year of a batch, and say why each point has a value or not."""
+        n = loc.ok.size
+        values = np.full((n, 0), np.nan, np.float32)
+        failed = np.zeros(n, bool)
+        if loc.ok.any():
+            emb, scale, found, broken = await read_isolated(sources, loc, year, POINT_GAP)
+            for name, reason in broken.items():
+                log.warning("year %d: tile %s could not be read: %s", year, name, reason)
+            failed = loc.ok & ~found
+            if emb.shape[1]:
+                values = _dequantise(emb, scale)
+                values[~found] = np.nan
+        has = np.isfinite(values).any(axis=1) if values.shape[1] else np.zeros(n, bool)
+        status = point_status(empty, valid, loc.ok, has, failed)
+        return YearSample(year, status, loc.tile, loc.row, loc.col, loc.ok, values)
 
     def region(
         self,

@@ -211,3 +211,50 @@ def test_a_tag_whose_source_was_overwritten_fails_loudly(tmp_path: Path) -> None
     np.testing.assert_array_equal(head.point(*POINT, YEAR), _truth(src, head, *POINT))
     with pytest.raises(SourceChangedError):
         open_store(str(out), allow_local_sources=True, versions="2024-v1").point(*POINT, YEAR)
+
+
+def test_cli_reads_a_pinned_version(
+    runs: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--version-tag` on point, points and region gives the old run's values after re-indexing;
+    the tags a points table records, passed back, read the same snapshots."""
+    import json
+
+    import pyarrow.parquet as pq
+    import rioxarray
+
+    from tessera_vz.cli import main as cli
+
+    v1, head = runs["reads"]["v1"], _open(runs)
+    read = ["--store", str(runs["out"]), "--allow-local-sources"]
+    point = ["point", *map(str, POINT), "--year", str(YEAR), *read, "--json"]
+    assert cli([*point, "--version-tag", "2024-v1"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    np.testing.assert_array_equal(np.array(doc["embedding"], np.float32), v1["point"])
+    assert doc["version"] == "2024-v1"
+    assert cli(point) == 0
+    now = np.array(json.loads(capsys.readouterr().out)["embedding"], np.float32)
+    np.testing.assert_array_equal(now, head.point(*POINT, YEAR))
+    assert not np.array_equal(now, v1["point"])
+
+    csv = tmp_path / "pts.csv"
+    csv.write_text("lon,lat\n" + "".join(f"{a},{b}\n" for a, b in zip(LONS, LATS, strict=True)))
+    out = tmp_path / "v1.parquet"
+    pins = ["--version-tag", "utm30/2024-v1", "--version-tag", "utm31/2024-v1"]
+    assert cli(["points", str(csv), "--year", str(YEAR), *read, "--out", str(out), *pins]) == 0
+    table = pq.read_table(out)
+    values = table.select([f"b{b:03d}" for b in range(4)]).to_pandas().to_numpy(np.float32)
+    np.testing.assert_array_equal(values, v1["points"])
+    versions = table.schema.metadata[b"tessera:versions"].decode()
+    assert versions == "utm30/2024-v1 utm31/2024-v1"
+
+    tif = tmp_path / "v1.tif"
+    assert cli(["region", *map(str, REGION), "--year", str(YEAR), *read, "--out", str(tif),
+                "--version-tag", versions]) == 0  # fmt: skip
+    got = rioxarray.open_rasterio(tif)
+    want = v1["region"].embeddings.transpose("band", "y", "x").values
+    np.testing.assert_array_equal(got.values, want)
+    assert got.attrs["tessera_versions"] == versions
+    capsys.readouterr()
+    assert cli([*point, "--version-tag", "utm31/2024-v99"]) == 2
+    assert "tag 2024-v99 does not exist in UTM zone 31" in capsys.readouterr().err
