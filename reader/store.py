@@ -171,7 +171,7 @@ class TesseraStore:
             )
             for prefix in wanted:
                 if prefix not in creds:
-                    log.warning("not authorising source %s of zone %d", prefix, zone)
+                    log.info("not authorising source %s of zone %d", prefix, zone)
             self._files.allow(creds)
             if self.options.allowed_sources is not None:
                 # Redirect targets the user authorised (a CDN behind the mirror).
