@@ -37,6 +37,15 @@ _PART = re.compile(
 )
 
 
+def parse_content_range(text: str | None) -> tuple[int, int, int | None] | None:
+    """``(first, last, total)`` of a ``Content-Range: bytes a-b/total`` value (total ``None``
+    for ``*``), or ``None`` when the value is missing or not of that form."""
+    m = _SINGLE.fullmatch((text or "").strip())
+    if m is None:
+        return None
+    return int(m[1]), int(m[2]), None if m[3] == "*" else int(m[3])
+
+
 class MalformedRangesError(ValueError):
     """The answer to a ranged request is not what HTTP says it should be."""
 
@@ -82,13 +91,13 @@ def parts(
     """
     boundary = boundary_of(content_type)
     if boundary is None:
-        single = _SINGLE.fullmatch((content_range or "").strip())
+        single = parse_content_range(content_range)
         if single is None:
             raise MalformedRangesError(
                 f"a 206 answer without a multipart body needs Content-Range; got {content_range!r}"
             )
-        _check_total(single[3].encode(), size)
-        first, last = int(single[1]), int(single[2])
+        first, last, total = single
+        _check_total(str(total).encode() if total is not None else b"*", size)
         if last - first + 1 != len(body):
             raise MalformedRangesError(
                 f"Content-Range {content_range!r} names {last - first + 1} bytes, the body "

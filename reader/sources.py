@@ -45,7 +45,13 @@ from numpy.typing import NDArray
 from obstore.exceptions import NotFoundError, PreconditionError
 
 from . import web
-from .byteranges import MalformedRangesError, SizeMismatchError, locate, range_header
+from .byteranges import (
+    MalformedRangesError,
+    SizeMismatchError,
+    locate,
+    parse_content_range,
+    range_header,
+)
 from .errors import (
     ConfigurationError,
     SourceChangedError,
@@ -198,11 +204,6 @@ def _object_facts(meta: dict[str, Any]) -> ObjectFacts:
         _valid_etag(meta.get("e_tag")),
         modified if isinstance(modified, dt.datetime) else None,
     )
-
-
-def _total_of(content_range: str | None) -> int | None:
-    m = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", content_range or "")
-    return int(m[3]) if m and m[3] != "*" else None
 
 
 # -- the reader -----------------------------------------------------------------------
@@ -454,7 +455,8 @@ class SourceFiles:
             _status(resp.status, resp.reason, url, None, what)
             if resp.status == 206:
                 crange = resp.headers.get("Content-Range")
-                total = _total_of(crange)
+                parsed = parse_content_range(crange)
+                total = parsed[2] if parsed is not None else None
                 if total is None:
                     raise web.AnswerError(f"a 206 answer with Content-Range {crange!r}")
                 _check_single(crange, 0, min(nbytes, total), total, url)
@@ -488,10 +490,7 @@ class SourceFiles:
         try:
             return http_precondition(checksum)
         except ValueError as exc:
-            raise SourceUnavailableError(
-                f"{what}: {url}: the index records {exc}; the repository is damaged or was "
-                "crafted, so this file is not read. Re-index it with `tessera-vz index`"
-            ) from None
+            raise _refused_checksum(url, what, exc) from None
 
     # -- obstore (S3, local files) ---------------------------------------------------
     def _store(self, root: str) -> Any:
@@ -512,10 +511,7 @@ class SourceFiles:
             try:
                 opts.update(precondition(checksum))
             except ValueError as exc:
-                raise SourceUnavailableError(
-                    f"{what}: {url}: the index records {exc}; the repository is damaged or was "
-                    "crafted, so this file is not read. Re-index it with `tessera-vz index`"
-                ) from None
+                raise _refused_checksum(url, what, exc) from None
         try:
             got = await obstore.get_async(self._store(root), _path(root, url),
                                           options=cast("GetOptions", opts))  # fmt: skip
@@ -613,15 +609,16 @@ def _check_single(
     crange: str | None, start: int, end: int, size: int | None, url: str = "", what: str = ""
 ) -> None:
     """A 206 for one range must name exactly that range (and the indexed size, if known)."""
-    m = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", crange or "")
-    if m is None or (int(m[1]), int(m[2]) + 1) != (start, end):
+    parsed = parse_content_range(crange)
+    if parsed is None or (parsed[0], parsed[1] + 1) != (start, end):
         raise web.AnswerError(
             f"asked for bytes {start}-{end - 1}, the answer holds "
             f"{crange[:80] if crange else 'no Content-Range'}"
         )
-    if size is not None and m[3] != "*" and int(m[3]) != size:
+    total = parsed[2]
+    if size is not None and total is not None and total != size:
         raise SourceChangedError(
-            f"{what + ': ' if what else ''}{url}: the server says the file holds {int(m[3])} "
+            f"{what + ': ' if what else ''}{url}: the server says the file holds {total} "
             f"bytes; it held {size} when indexed. Re-run `tessera-vz index` for this source"
         )
 
@@ -644,6 +641,14 @@ def _changed(url: str, checksum: str | None, what: str) -> SourceChangedError:
         f"{what + ': ' if what else ''}{url} no longer matches the checksum recorded when it "
         f"was indexed ({checksum}). The source file changed after it was indexed; re-run "
         "`tessera-vz index` for this source to index its new bytes"
+    )
+
+
+def _refused_checksum(url: str, what: str, exc: ValueError) -> SourceUnavailableError:
+    """A checksum from the repository that must not become a request header."""
+    return SourceUnavailableError(
+        f"{what}: {url}: the index records {exc}; the repository is damaged or was "
+        "crafted, so this file is not read. Re-index it with `tessera-vz index`"
     )
 
 
