@@ -22,23 +22,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import obstore
-from tessera_vz.reader.layout import ZONE_LIST, zone_list_document, zone_of_repo
+from tessera_vz.reader.layout import ZONE_LIST, zone_list_document
+from tessera_vz.reader.repos import repositories
 from tessera_vz.reader.s3 import s3_settings
 
 log = logging.getLogger(__name__)
-
-
-def repositories(out: str, s3_options: dict[str, Any] | None = None) -> dict[int, str]:
-    """Zone -> repository name of the repositories under an index root (local or S3)."""
-    parts = urlsplit(out)
-    if parts.scheme == "s3":
-        store = s3_settings(s3_options).obstore(out.rstrip("/") + "/")
-        listed = obstore.list_with_delimiter(store, None)
-        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in listed["common_prefixes"]]
-    else:
-        path = Path(parts.path if parts.scheme == "file" else out).expanduser()
-        names = os.listdir(path) if path.is_dir() else []
-    return {z: n for n in names if (z := zone_of_repo(n)) is not None}
 
 
 def write_zone_list(out: str, s3_options: dict[str, Any] | None = None) -> dict[str, Any] | None:

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import icechunk as ic
 
 from .errors import ConfigurationError
+from .layout import zone_of_repo
 from .options import RetryPolicy
 from .s3 import s3_settings
 
@@ -77,6 +78,33 @@ def storage_for(location: str, *, s3_options: dict[str, Any] | None = None) -> A
             "http(s):// URL of a published index"
         )
     return ic.local_filesystem_storage(str(Path(parts.path or location).expanduser().resolve()))
+
+
+def repositories(root: str, s3_options: dict[str, Any] | None = None) -> dict[int, str]:
+    """Zone -> repository name (``utm31.icechunk``) under a local or ``s3://`` index root.
+
+    The reader finds an index's zones this way and the indexer writes the
+    same list to ``zones.json`` for published copies. A local root that does
+    not exist holds none; an S3 listing that fails is a clear error.
+    """
+    parts = urlsplit(root)
+    if parts.scheme == "s3":
+        import obstore
+
+        store = s3_settings(s3_options).obstore(root.rstrip("/") + "/")
+        try:
+            listed = obstore.list_with_delimiter(store, None)
+        except Exception as exc:  # obstore raises its own hierarchy
+            raise ConfigurationError(
+                f"cannot list index {root!r}: {str(exc).strip().splitlines()[0]}. Check the "
+                "bucket, the endpoint (--s3-endpoint, AWS_ENDPOINT_URL) and credentials "
+                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or --anonymous for a public bucket)"
+            ) from None
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in listed["common_prefixes"]]
+    else:
+        path = Path(parts.path if parts.scheme == "file" else root).expanduser()
+        names = os.listdir(path) if path.is_dir() else []
+    return {z: n for n in names if (z := zone_of_repo(n)) is not None}
 
 
 def read_config(base: Any | None = None) -> Any:

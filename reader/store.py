@@ -17,7 +17,6 @@ import functools
 import json
 import logging
 import math
-import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -49,7 +48,6 @@ from .layout import (
     parse_tag,
     parse_zone_list,
     tile_name,
-    zone_of_repo,
 )
 from .options import ReadOptions
 from .points import (
@@ -63,9 +61,15 @@ from .points import (
 )
 from .ranges import DEFAULT_GAP, POINT_GAP, ZoneYear
 from .regions import read_grid
-from .repos import credentials, quiet_icechunk, read_config, storage_for, with_read_policy
+from .repos import (
+    credentials,
+    quiet_icechunk,
+    read_config,
+    repositories,
+    storage_for,
+    with_read_policy,
+)
 from .resample import Sampler
-from .s3 import s3_settings
 from .samples import (
     PointsInput,
     YearSample,
@@ -797,18 +801,6 @@ def _discover(root: str, options: ReadOptions) -> dict[int, str]:
     if parts.scheme in ("http", "https"):
         return _published_zones(root, options)
     if parts.scheme == "s3":
-        import obstore
-
-        store = s3_settings(s3_options).obstore(root.rstrip("/") + "/")
-        try:
-            listed = obstore.list_with_delimiter(store, None)
-        except Exception as exc:  # obstore raises its own hierarchy
-            raise ConfigurationError(
-                f"cannot list index {root!r}: {str(exc).strip().splitlines()[0]}. Check the "
-                "bucket, the endpoint (--s3-endpoint, AWS_ENDPOINT_URL) and credentials "
-                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or --anonymous for a public bucket)"
-            ) from None
-        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in listed["common_prefixes"]]
         base = root.rstrip("/")
     else:
         path = Path(parts.path if parts.scheme == "file" else root).expanduser()
@@ -816,9 +808,8 @@ def _discover(root: str, options: ReadOptions) -> dict[int, str]:
             raise ConfigurationError(
                 f"index {root!r} is not a directory; expected the --out of `tessera-vz index`"
             )
-        names = os.listdir(path)
         base = str(path.resolve())
-    zones = {z: f"{base}/{n}" for n in names if (z := zone_of_repo(n)) is not None}
+    zones = {z: f"{base}/{n}" for z, n in repositories(root, s3_options).items()}
     if not zones:
         raise ConfigurationError(
             f"no zone repositories (utm??.icechunk) under {root!r}; run `tessera-vz index` first"
