@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Self
 from urllib.parse import urlsplit
 
-from .service import Service
+from .service import Service, serve_in_thread, stop_server
 
 if TYPE_CHECKING:
     from .tls import TestCA
@@ -288,10 +288,7 @@ class FaultProxy(Service):
         server = _Server(("127.0.0.1", 0), _Handler)
         server.proxy = self
         self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        self._thread = serve_in_thread(server)
         logger.info("fault proxy on %s -> %s:%d", self.url, self.upstream_host, self.upstream_port)
         return self
 
@@ -299,12 +296,8 @@ class FaultProxy(Service):
         """Stop serving; stalled connections are released at once."""
         self._stopping.set()
         server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        stop_server(server, self._thread)
+        self._thread = None
 
     @property
     def port(self) -> int:

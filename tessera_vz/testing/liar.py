@@ -123,7 +123,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import unquote, urlsplit
 
-from .service import Service
+from .service import Service, serve_in_thread, stop_server
 
 if TYPE_CHECKING:
     from .tls import TestCA
@@ -859,10 +859,7 @@ class LiarServer(Service):
         server = _Server(("127.0.0.1", 0), _Handler)
         server.liar = self
         self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        self._thread = serve_in_thread(server)
         logger.info("liar serving %s at %s (%s)", self.root, self.url, self._scenario)
         return self
 
@@ -870,17 +867,13 @@ class LiarServer(Service):
         """Stop serving; stalled, trickling and idle connections are cut at once."""
         self._stopping.set()
         server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
+        stop_server(server, self._thread)
+        self._thread = None
         with self._lock:
             conns = list(self._conns)
         for c in conns:
             with contextlib.suppress(OSError):
                 c.shutdown(socket.SHUT_RDWR)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
 
     @property
     def port(self) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socketserver
+import threading
 from types import TracebackType
 from typing import Self
 
@@ -25,3 +27,21 @@ class Service:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def serve_in_thread(server: socketserver.BaseServer) -> threading.Thread:
+    """Run ``server`` in a daemon thread (polling often, so :func:`stop_server` is quick)."""
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
+    thread.start()
+    return thread
+
+
+def stop_server(server: socketserver.BaseServer | None, thread: threading.Thread | None) -> None:
+    """Stop a server started by :func:`serve_in_thread` and wait for its thread."""
+    if server is not None:
+        server.shutdown()
+        server.server_close()
+    if thread is not None:
+        thread.join(timeout=5)
