@@ -313,15 +313,19 @@ class TesseraStore:
         return self._lookups[(zone, int(year))]
 
     def zone_year(self, zone: int, year: int) -> tuple[ZoneYear, TileRects]:
-        """A zone-year's byte source and tile rectangles, as reads need them (cached)."""
+        """A zone-year's byte source and tile rectangles, as windows need them (cached)."""
         key = (zone, int(year))
         if key not in self._rects:
             self._rects[key] = tile_rects(self._table(year, zone))
-        source = ZoneYear(
+        return self._source(zone, year), self._rects[key]
+
+    def _source(self, zone: int, year: int) -> ZoneYear:
+        """A zone-year's byte source alone: what point reads need (no tile rectangles)."""
+        self._table(year, zone)  # loads and checks the table: the refused tiles
+        return ZoneYear(
             zone, int(year), self._files, self.session(zone, year).store,
-            self.options.direct_reads, self._broken[key],
+            self.options.direct_reads, self._broken[(zone, int(year))],
         )  # fmt: skip
-        return source, self._rects[key]
 
     def _table_or_none(self, year: int, zone: int) -> TileLookup | None:
         if zone not in self._locations:
@@ -431,7 +435,7 @@ class TesseraStore:
             reads = []
             for loc, y in zip(located, ys, strict=True):
                 zones = np.unique(loc.zone[loc.ok]).tolist()
-                sources = {z: self.zone_year(z, y)[0] for z in zones}
+                sources = {z: self._source(z, y) for z in zones}
                 reads.append(read_located(sources, loc, y, gap))
             return list(await asyncio.gather(*reads))
 
@@ -558,7 +562,7 @@ class TesseraStore:
         loc = locate(functools.partial(self._table_or_none, year), np.where(valid, lon, np.nan),
                      np.where(valid, lat, np.nan), year, self.root, strict=False)  # fmt: skip
         located = np.unique(loc.zone[loc.ok]).tolist()
-        sources = {z: self.zone_year(z, year)[0] for z in located}
+        sources = {z: self._source(z, year) for z in located}
         return loc, sources, empty, valid_coordinates(lon, lat), int(year)
 
     async def _sample_year(
