@@ -134,7 +134,6 @@ class TesseraStore:
         self.options = options if options is not None else ReadOptions()
         self.versions: Pins = pins(versions)
         self._locations = zones
-        self.options.trusted_ca()  # a missing CA file is a clear error now, not at first read
         self._repos: dict[int, Any] = {}
         self._sessions: dict[tuple[int, int], Any] = {}
         self._tables: dict[tuple[int, int], xr.Dataset] = {}
@@ -144,6 +143,7 @@ class TesseraStore:
         self._snapshots: dict[tuple[int, int], str] = {}
         #: The tag of each snapshot read (None: none points at it), found lazily.
         self._tags: dict[tuple[int, int], str | None] = {}
+        # Checks the CA file too: a missing one is a clear error now, not at first read.
         self._files = SourceFiles(options=self.options)
 
     def __repr__(self) -> str:
