@@ -38,7 +38,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy tessera_vz reader indexer
+	$(BIN)/mypy src/tessera_vz
 
 test: $(STAMP) nginx chromium lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider

@@ -36,8 +36,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-from tessera_vz.indexer.run import IndexOptions, run_index
 
+from tessera_vz.indexer.run import IndexOptions, run_index
 from tessera_vz.testing.tiles import make_tree
 
 HERE = Path(__file__).parent

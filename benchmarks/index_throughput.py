@@ -36,12 +36,12 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 from rich.table import Table
-from tessera_vz.indexer.probe import probe_all
-from tessera_vz.indexer.run import IndexOptions, run_index
-from tessera_vz.indexer.sources import object_store, source_root
-from tessera_vz.reader import open_store
-from tessera_vz.reader.layout import source_paths
 
+from tessera_vz.core.layout import source_paths
+from tessera_vz.indexer.probe import probe_all
+from tessera_vz.indexer.roots import source_reader, source_root
+from tessera_vz.indexer.run import IndexOptions, run_index
+from tessera_vz.reader import ReadOptions, open_store
 from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.tiles import make_tree
 
@@ -116,8 +116,9 @@ def naive_baseline(src: Path, specs: list[Any], out: Path) -> float:
     """Seconds per tile writing groups the usual way (create_array per array)."""
     import icechunk as ic
     import zarr
-    from tessera_vz.reader.header import PROBE_BYTES, parse_header
-    from tessera_vz.reader.parser import row_chunk_ranges, row_chunk_shape
+
+    from tessera_vz.core.npy import PROBE_BYTES, parse_header
+    from tessera_vz.indexer.parser import row_chunk_ranges, row_chunk_shape
 
     ic.set_logs_filter("error")
     cfg = ic.RepositoryConfig.default()
@@ -183,10 +184,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # Floor: the probes alone.
     root = source_root(str(src))
-    store = object_store(root)
+    files = source_reader(root, ReadOptions(allow_local_sources=True))
     paths = [p for s in specs for p in source_paths(s.year, s.name)]
     t = time.perf_counter()
-    probes = asyncio.run(probe_all(store, paths, concurrency=64))
+    probes = asyncio.run(probe_all(files, root, paths, concurrency=64))
     probe_s = time.perf_counter() - t
     results["probe_only"] = {
         "seconds": probe_s,

@@ -71,14 +71,15 @@ import numpy as np
 import xarray as xr
 from rich.console import Console
 from rich.table import Table
+from zarr.core.sync import sync
+
+from tessera_vz.core.boundary import SourceFiles
+from tessera_vz.core.geometry import unproject
+from tessera_vz.core.urls import join
 from tessera_vz.indexer.run import IndexOptions, run_index
 from tessera_vz.reader import open_store
-from tessera_vz.reader.geometry import unproject
 from tessera_vz.reader.points import read_located
-from tessera_vz.reader.sources import SourceFiles
-from tessera_vz.reader.urls import join
 from tessera_vz.reader.windows import window_for_bbox
-from zarr.core.sync import sync
 
 sys.path.insert(0, str(Path(__file__).parent))
 

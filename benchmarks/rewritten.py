@@ -47,10 +47,11 @@ import xarray as xr
 import zarr
 from numpy.typing import NDArray
 from obstore.store import HTTPStore
-from tessera_vz.reader.geometry import project
 from zarr.codecs import ZstdCodec
 from zarr.core.sync import sync
 from zarr.storage import LocalStore, ObjectStore
+
+from tessera_vz.core.geometry import project
 
 CHUNK = 256
 SHARD = 2048

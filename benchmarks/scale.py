@@ -49,8 +49,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import results_section
 from index_throughput import index_in_child, repo_stats, tree_stats, zone_centres
 from read_points import centres, measure
-from tessera_vz.reader.layout import LAYOUT_VERSION
 
+from tessera_vz.core.layout import LAYOUT_VERSION
 from tessera_vz.testing.faults import Fault, FaultProxy
 from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.s3 import MotoS3
@@ -65,8 +65,9 @@ ALL_TILES = 3_800_000
 def rewrite_baseline(src: Path, specs: list[Any], out: Path) -> dict[str, Any]:
     """Upstream's path: read every tile byte, write a sharded zone Zarr."""
     import zarr
-    from tessera_vz.reader.geometry import tile_grids
     from zarr.codecs import ZstdCodec
+
+    from tessera_vz.core.geometry import tile_grids
 
     g = tile_grids([s.lon for s in specs], [s.lat for s in specs])
     left, top = float(g.left.min()), float(g.top.max())

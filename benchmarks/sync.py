@@ -43,13 +43,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
-from tessera_vz.indexer import inventory
-from tessera_vz.indexer.run import IndexOptions, run_index
-from tessera_vz.indexer.sources import SourceRoot
-from tessera_vz.indexer.sync import diff_unit, recorded_table
-from tessera_vz.reader.layout import source_paths
-from tessera_vz.reader.table import COLUMNS, table_dataset
 
+from tessera_vz.core.layout import source_paths
+from tessera_vz.core.table import COLUMNS, table_dataset
+from tessera_vz.indexer import inventory
+from tessera_vz.indexer.roots import SourceRoot
+from tessera_vz.indexer.run import IndexOptions, run_index
+from tessera_vz.indexer.sync import diff_unit, recorded_table
 from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.tiles import MANIFEST_SCHEMA, make_tree
 

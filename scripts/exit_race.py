@@ -19,7 +19,7 @@ from pathlib import Path
 
 _SCRIPT = """
 import atexit, sys
-import tessera_vz.reader.settle as settle
+import tessera_vz.core.shutdown as settle
 if sys.argv[2] == "off":
     atexit.unregister(settle._settle)
 from tessera_vz.reader import open_store
@@ -33,7 +33,6 @@ def main() -> int:
     ap.add_argument("--parallel", type=int, default=6)
     args = ap.parse_args()
     from tessera_vz.indexer.run import IndexOptions, run_index
-
     from tessera_vz.testing.tiles import make_tree
 
     work = Path(tempfile.mkdtemp(prefix="tvz-exit-"))

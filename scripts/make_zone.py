@@ -24,8 +24,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tessera_vz.reader.geometry import utm_zone
-
+from tessera_vz.core.geometry import utm_zone
 from tessera_vz.testing.tiles import MANIFEST_NAME, cell_centres, make_tree
 
 logger = logging.getLogger(__name__)

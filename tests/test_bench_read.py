@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from tessera_vz.indexer.run import IndexOptions, run_index
 from tessera_vz.reader import open_store
-
 from tessera_vz.testing.tiles import make_tree
 from tessera_vz.testing.tls import TestCA
 

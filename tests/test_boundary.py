@@ -23,17 +23,17 @@ import icechunk as ic
 import numpy as np
 import pytest
 import zarr
-from tessera_vz.indexer.run import IndexOptions, run_index
-from tessera_vz.reader import open_store
-from tessera_vz.reader.errors import (
+
+from tessera_vz.core.errors import (
     ConfigurationError,
     SourceChangedError,
     SourceUnavailableError,
 )
-from tessera_vz.reader.layout import repo_name
+from tessera_vz.core.layout import repo_name
+from tessera_vz.core.urls import check_root, join
+from tessera_vz.indexer.run import IndexOptions, run_index
+from tessera_vz.reader import open_store
 from tessera_vz.reader.store import TesseraStore
-from tessera_vz.reader.urls import check_root, join
-
 from tessera_vz.testing.liar import LiarProcess, Scenario
 from tessera_vz.testing.tiles import TileSpec, make_tree
 from tessera_vz.testing.tls import TestCA

@@ -7,7 +7,9 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import pytest
-from tessera_vz.reader.byteranges import (
+from zarr.core.sync import sync
+
+from tessera_vz.core.byteranges import (
     MalformedRangesError,
     boundary_of,
     cut,
@@ -15,8 +17,6 @@ from tessera_vz.reader.byteranges import (
     parts,
     range_header,
 )
-from zarr.core.sync import sync
-
 from tessera_vz.testing.nginx import NginxServer
 
 BOUNDARY = "00000000000000000042"

@@ -34,14 +34,14 @@ import pytest
 import shapely
 import xarray as xr
 from pystac.validation import JsonSchemaSTACValidator, set_validator
-from tessera_vz.indexer.run import IndexOptions, run_index
-from tessera_vz.reader import open_store
-from tessera_vz.reader.geometry import tile_grids
 
 from tessera_vz.catalog import CatalogOptions, build_catalog
 from tessera_vz.catalog.coverage import BACKGROUND, PANELS_KEY, TILE_COLOUR
 from tessera_vz.catalog.stac import PROJECTION_EXTENSION
 from tessera_vz.cli import main as cli_main
+from tessera_vz.core.geometry import tile_grids
+from tessera_vz.indexer.run import IndexOptions, run_index
+from tessera_vz.reader import open_store
 from tessera_vz.testing.tiles import TileSpec, make_tree
 
 HERE = Path(__file__).parent

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import shapely
-from tessera_vz.reader.geometry import HALF_CELL, PIXEL, project, tile_grids
 
 from tessera_vz.catalog.footprints import footprints, stac_bbox, utm_bounds
+from tessera_vz.core.geometry import HALF_CELL, PIXEL, project, tile_grids
 
 CENTRES = [
     (0.85, 49.95),  # zone 31 north

@@ -21,11 +21,11 @@ import icechunk as ic
 import pyarrow.parquet as pq
 import pytest
 import zarr
-from tessera_vz.indexer.run import IndexOptions, run_index
-from tessera_vz.reader.errors import ConfigurationError
-from tessera_vz.reader.layout import repo_name
 
 from tessera_vz.catalog import CatalogOptions, CatalogReport, build_catalog
+from tessera_vz.core.errors import ConfigurationError
+from tessera_vz.core.layout import repo_name
+from tessera_vz.indexer.run import IndexOptions, run_index
 from tessera_vz.testing.tiles import make_tree
 
 NORTH = (0.7, 49.8, 0.9, 50.0)  # 2 x 2 cells in zone 31

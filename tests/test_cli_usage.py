@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tessera_vz.indexer.run import IndexOptions, run_index
 
 from tessera_vz.cli import main as cli
+from tessera_vz.indexer.run import IndexOptions, run_index
 from tessera_vz.testing.tiles import make_tree
 
 YEAR = 2024

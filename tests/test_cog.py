@@ -20,13 +20,13 @@ import rasterio
 import rioxarray
 import xarray as xr
 from pyproj import Transformer
-from tessera_vz.indexer.run import IndexOptions, run_index
-from tessera_vz.reader import open_store
-from tessera_vz.reader.geometry import cell_centre, project, tile_grids
-from tessera_vz.reader.store import TesseraStore, dequantise
 
 from tessera_vz.cli import main as cli
+from tessera_vz.core.geometry import cell_centre, project, tile_grids
 from tessera_vz.export import RAW_NODATA, write_region
+from tessera_vz.indexer.run import IndexOptions, run_index
+from tessera_vz.reader import open_store
+from tessera_vz.reader.store import TesseraStore, dequantise
 from tessera_vz.testing.tiles import make_tree
 
 YEARS = (2024, 2025)

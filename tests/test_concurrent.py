@@ -31,8 +31,8 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-from tessera_vz.reader.layout import WORK_PREFIX, repo_name
 
+from tessera_vz.core.layout import WORK_PREFIX, repo_name
 from tessera_vz.testing.tiles import TileSpec, make_tree
 
 BBOX = (0.6, 49.8, 1.0, 50.0)  # 8 cells in UTM zone 31 north
@@ -161,8 +161,8 @@ def test_publishing_on_a_moved_branch_is_a_conflict(
     replays the losing writer's last step against Icechunk's conditional
     branch update, which is what protects S3 repositories.
     """
+    from tessera_vz.indexer.roots import source_root
     from tessera_vz.indexer.run import IndexOptions, _existing_rows, run_index
-    from tessera_vz.indexer.sources import source_root
     from tessera_vz.indexer.writer import UnitConflictError, write_unit
 
     root, specs = tree

@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+
+from tessera_vz.core.boundary import SourceFiles
+from tessera_vz.core.errors import ConfigurationError, SourceChangedError
+from tessera_vz.core.geometry import unproject
 from tessera_vz.indexer.run import IndexOptions, run_index
 from tessera_vz.reader import open_store, placement, ranges
-from tessera_vz.reader.errors import ConfigurationError, SourceChangedError
-from tessera_vz.reader.geometry import unproject
-from tessera_vz.reader.sources import SourceFiles
-
 from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.tiles import TileSpec, make_tree, write_manifest
 from tessera_vz.testing.tls import TestCA
@@ -219,7 +219,7 @@ def test_server_without_multi_range_is_read_range_by_range(
         store.tiles(YEAR, 31)
         lons, lats = _cluster(spec, 60, seed=12)
         server.clear_log()
-        with caplog.at_level("WARNING", logger="tessera_vz.reader.sources"):
+        with caplog.at_level("WARNING", logger="tessera_vz.core.boundary"):
             values = store.points(lons, lats, YEAR, gap=64)
         whole = [r for r in server.requests() if r["status"] == 200]
         ranged = [r for r in server.requests() if r["status"] == 206]

@@ -18,13 +18,13 @@ from typing import Any
 import icechunk as ic
 import numpy as np
 import pytest
-from tessera_vz.indexer import inventory
-from tessera_vz.indexer.run import IndexOptions, run_index, run_unit
-from tessera_vz.indexer.sources import object_store, source_root
-from tessera_vz.reader import open_store
-from tessera_vz.reader.layout import repo_name
 
 from tessera_vz.cli import main as cli_main
+from tessera_vz.core.layout import repo_name
+from tessera_vz.indexer import inventory
+from tessera_vz.indexer.roots import object_store, source_root
+from tessera_vz.indexer.run import IndexOptions, run_index, run_unit
+from tessera_vz.reader import open_store
 from tessera_vz.testing.tiles import TileSpec, make_tree
 
 YEARS = (2023, 2024)
@@ -141,7 +141,7 @@ def test_without_distributed_single_process_still_works(
     monkeypatch.setitem(sys.modules, "distributed", None)  # import now fails
     report = run_index(IndexOptions(source=str(root), out=str(tmp_path / "a"), years=[2024]))
     assert report.indexed == len(specs) // 2
-    from tessera_vz.reader.errors import ConfigurationError
+    from tessera_vz.core.errors import ConfigurationError
 
     with pytest.raises(ConfigurationError, match="tessera-vz\\[dask\\]"):
         run_index(IndexOptions(source=str(root), out=str(tmp_path / "b"), workers=2))

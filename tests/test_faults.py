@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tessera_vz.indexer.run import IndexOptions, run_index
-from tessera_vz.reader import open_store, placement, ranges
-from tessera_vz.reader.errors import ConfigurationError, SourceUnavailableError
-from tessera_vz.reader.sources import SourceFiles
-from tessera_vz.reader.store import dequantise
 
 from tessera_vz.cli import main as cli_main
+from tessera_vz.core.boundary import SourceFiles
+from tessera_vz.core.errors import ConfigurationError, SourceUnavailableError
+from tessera_vz.indexer.run import IndexOptions, run_index
+from tessera_vz.reader import open_store, placement, ranges
+from tessera_vz.reader.store import dequantise
 from tessera_vz.testing.faults import Fault, FaultProxy
 from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.tiles import TileSpec, make_tree

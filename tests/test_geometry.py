@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tessera_vz.reader.geometry import (
+
+from tessera_vz.core.geometry import (
     PIXEL,
     cell_centre,
     pixel_centres,
@@ -17,7 +18,7 @@ from tessera_vz.reader.geometry import (
     utm_epsg,
     utm_zone,
 )
-from tessera_vz.reader.layout import (
+from tessera_vz.core.layout import (
     CHUNK_BUDGET,
     chunk_rows,
     parse_tag,
@@ -283,7 +284,7 @@ def test_repo_and_tag_names() -> None:
 )
 def test_ownership_equals_unprojecting_every_pixel(box: tuple[float, ...]) -> None:
     """The quadrilateral shortcut gives exactly the owner the per-pixel rule gives."""
-    from tessera_vz.reader.geometry import FALSE_NORTHING, unproject
+    from tessera_vz.core.geometry import FALSE_NORTHING, unproject
     from tessera_vz.reader.ownership import ownership
     from tessera_vz.reader.windows import TileRects, Window, cell_id
 

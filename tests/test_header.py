@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tessera_vz.reader.errors import NpyFormatError, TesseraError
-from tessera_vz.reader.header import (
+
+from tessera_vz.core.errors import NpyFormatError, TesseraError
+from tessera_vz.core.npy import (
     MAGIC,
     MAX_HEADER_BYTES,
     NpyHeader,
@@ -28,7 +29,6 @@ from tessera_vz.reader.header import (
     header_length,
     parse_header,
 )
-
 from tests.npyfiles import raw_header
 
 GOOD_DICT = "{'descr': '<i4', 'fortran_order': False, 'shape': (3, 4), }"

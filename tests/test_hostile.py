@@ -20,11 +20,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tessera_vz.indexer.inventory import from_manifest
-from tessera_vz.indexer.run import IndexOptions, run_index
-from tessera_vz.indexer.sources import SourceRoot
-from tessera_vz.reader.layout import source_paths
 
+from tessera_vz.core.layout import source_paths
+from tessera_vz.indexer.inventory import from_manifest
+from tessera_vz.indexer.roots import SourceRoot
+from tessera_vz.indexer.run import IndexOptions, run_index
 from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.tiles import make_tree
 

@@ -20,13 +20,13 @@ import icechunk as ic
 import numpy as np
 import pytest
 import xarray as xr
-from tessera_vz.indexer.run import IndexOptions, run_index
-from tessera_vz.reader import open_store
-from tessera_vz.reader.errors import SourceChangedError
-from tessera_vz.reader.geometry import tile_grids
-from tessera_vz.reader.layout import repo_name
 
 from tessera_vz.cli import main as cli_main
+from tessera_vz.core.errors import SourceChangedError
+from tessera_vz.core.geometry import tile_grids
+from tessera_vz.core.layout import repo_name
+from tessera_vz.indexer.run import IndexOptions, run_index
+from tessera_vz.reader import open_store
 from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.tiles import TileSpec, make_tree, write_manifest
 from tessera_vz.testing.tls import TestCA

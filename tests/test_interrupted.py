@@ -30,8 +30,8 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-from tessera_vz.reader.layout import WORK_PREFIX, repo_name
 
+from tessera_vz.core.layout import WORK_PREFIX, repo_name
 from tessera_vz.testing.faults import Fault, FaultProxy
 from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.tiles import TileSpec, make_tree, write_manifest

@@ -12,6 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from obstore.store import LocalStore
+
+from tessera_vz.core.errors import ConfigurationError
+from tessera_vz.core.layout import source_paths
 from tessera_vz.indexer.inventory import (
     TileSource,
     from_listing,
@@ -19,10 +22,7 @@ from tessera_vz.indexer.inventory import (
     read_manifest_table,
 )
 from tessera_vz.indexer.report import Failure
-from tessera_vz.indexer.sources import SourceRoot, rebase, source_root
-from tessera_vz.reader.errors import ConfigurationError
-from tessera_vz.reader.layout import source_paths
-
+from tessera_vz.indexer.roots import SourceRoot, rebase, source_root
 from tessera_vz.testing.tiles import make_tree, write_manifest
 
 EMB = "2024/grid_0.85_49.95/grid_0.85_49.95.npy"

@@ -20,9 +20,9 @@ from types import ModuleType
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from tessera_vz.reader.geometry import tile_grids
-from tessera_vz.reader.layout import source_paths, tile_name
 
+from tessera_vz.core.geometry import tile_grids
+from tessera_vz.core.layout import source_paths, tile_name
 from tessera_vz.testing import nginx as nginx_mod
 from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.tiles import (

@@ -10,8 +10,8 @@ from types import ModuleType
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from tessera_vz.reader.geometry import tile_grids, utm_zone
 
+from tessera_vz.core.geometry import tile_grids, utm_zone
 from tessera_vz.testing.tiles import MANIFEST_NAME
 
 

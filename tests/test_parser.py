@@ -21,11 +21,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from obspec_utils.registry import ObjectStoreRegistry
 from obstore.store import HTTPStore, LocalStore
-from tessera_vz.reader.errors import NpyFormatError
-from tessera_vz.reader.header import PROBE_BYTES, parse_header
-from tessera_vz.reader.parser import NpyParser, row_chunk_ranges
 from virtualizarr.manifests import ManifestStore
 
+from tessera_vz.core.errors import NpyFormatError
+from tessera_vz.core.npy import PROBE_BYTES, parse_header
+from tessera_vz.indexer.parser import NpyParser, row_chunk_ranges
 from tessera_vz.testing.nginx import NginxServer
 from tests.npyfiles import raw_header
 

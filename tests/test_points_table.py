@@ -26,12 +26,12 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 import shapely
-from tessera_vz.indexer.run import IndexOptions, run_index
-from tessera_vz.reader import open_store
-from tessera_vz.reader.geometry import cell_centre, project, tile_grids, unproject
-from tessera_vz.reader.store import TesseraStore, dequantise
 
 from tessera_vz.cli import main as cli
+from tessera_vz.core.geometry import cell_centre, project, tile_grids, unproject
+from tessera_vz.indexer.run import IndexOptions, run_index
+from tessera_vz.reader import open_store
+from tessera_vz.reader.store import TesseraStore, dequantise
 from tessera_vz.testing.tiles import make_tree
 
 HERE = Path(__file__).parent

@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tessera_vz.indexer.run import IndexOptions, run_index
-from tessera_vz.reader import open_store
-from tessera_vz.reader.errors import ConfigurationError
-from tessera_vz.reader.layout import ZONE_LIST
 
 from tessera_vz.cli import main as cli_main
+from tessera_vz.core.errors import ConfigurationError
+from tessera_vz.core.layout import ZONE_LIST
+from tessera_vz.indexer.run import IndexOptions, run_index
+from tessera_vz.reader import open_store
 from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.tiles import make_tree
 from tessera_vz.testing.tls import TestCA

@@ -5,9 +5,10 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-from tessera_vz.reader.byteranges import MAX_RANGES
+
+from tessera_vz.core.boundary import PART, SourceFiles
+from tessera_vz.core.byteranges import MAX_RANGES
 from tessera_vz.reader.ranges import coalesce, requests
-from tessera_vz.reader.sources import PART, SourceFiles
 
 FILES = ["http://mirror/a.npy", "http://mirror/b.npy", "file:///data/c.npy"]
 

@@ -17,14 +17,14 @@ from typing import Any
 import numpy as np
 import pytest
 import xarray as xr
-from tessera_vz.indexer.run import IndexOptions, run_index
-from tessera_vz.reader import open_store
-from tessera_vz.reader.errors import TileNotFoundError
-from tessera_vz.reader.geometry import project, tile_grids, unproject
-from tessera_vz.reader.points import Located, read_located
-from tessera_vz.reader.store import TesseraStore, dequantise
 from zarr.core.sync import sync
 
+from tessera_vz.core.errors import TileNotFoundError
+from tessera_vz.core.geometry import project, tile_grids, unproject
+from tessera_vz.indexer.run import IndexOptions, run_index
+from tessera_vz.reader import open_store
+from tessera_vz.reader.points import Located, read_located
+from tessera_vz.reader.store import TesseraStore, dequantise
 from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.tiles import TileSpec, embedding_values, make_tree, scale_values
 

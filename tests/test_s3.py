@@ -19,14 +19,14 @@ from pathlib import Path
 import icechunk as ic
 import numpy as np
 import pytest
-from tessera_vz.indexer.run import IndexOptions, run_index
-from tessera_vz.reader import open_store
-from tessera_vz.reader.errors import ConfigurationError, SourceChangedError
-from tessera_vz.reader.layout import repo_name
-from tessera_vz.reader.repos import container_for, credentials, storage_for
-from tessera_vz.reader.s3 import s3_settings
 
 from tessera_vz.cli import main as cli_main
+from tessera_vz.core.errors import ConfigurationError, SourceChangedError
+from tessera_vz.core.layout import repo_name
+from tessera_vz.core.repos import container_for, credentials, storage_for
+from tessera_vz.core.s3 import s3_settings
+from tessera_vz.indexer.run import IndexOptions, run_index
+from tessera_vz.reader import open_store
 from tessera_vz.testing.s3 import ACCESS_KEY, SECRET_KEY, MotoS3
 from tessera_vz.testing.tiles import TileSpec, make_tree
 

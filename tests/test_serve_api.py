@@ -29,11 +29,11 @@ import numpy as np
 import pytest
 import xarray as xr
 from PIL import Image
+
+from tessera_vz.core.geometry import project, tile_grids
 from tessera_vz.indexer.run import IndexOptions, run_index
 from tessera_vz.reader import TesseraStore, open_store
-from tessera_vz.reader.geometry import project, tile_grids
 from tessera_vz.reader.store import dequantise
-
 from tessera_vz.serve import Limits, create_app
 from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.tiles import (

@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 from PIL import Image
 from playwright.sync_api import Page, sync_playwright
+
 from tessera_vz.indexer.run import IndexOptions, run_index
 from tessera_vz.reader import TesseraStore, open_store
-
 from tessera_vz.serve import create_app
 from tessera_vz.testing.nginx import NginxServer
 

@@ -23,11 +23,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import xarray as xr
-from tessera_vz.indexer.run import IndexOptions, run_index
-from tessera_vz.reader import open_store
-from tessera_vz.reader.layout import repo_name
 
 from tessera_vz.cli import main as cli_main
+from tessera_vz.core.layout import repo_name
+from tessera_vz.indexer.run import IndexOptions, run_index
+from tessera_vz.reader import open_store
 from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.tiles import TileSpec, make_tree, write_manifest
 

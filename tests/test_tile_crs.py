@@ -23,13 +23,13 @@ import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 import zarr
 from affine import Affine
+
+from tessera_vz.core.errors import ConfigurationError
+from tessera_vz.core.geometry import tile_grids
+from tessera_vz.core.layout import LAYOUT_VERSION, repo_name
 from tessera_vz.indexer import writer
 from tessera_vz.indexer.run import IndexOptions, run_index
 from tessera_vz.reader import open_store
-from tessera_vz.reader.errors import ConfigurationError
-from tessera_vz.reader.geometry import tile_grids
-from tessera_vz.reader.layout import LAYOUT_VERSION, repo_name
-
 from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.tiles import TileSpec, make_tree, write_manifest
 

@@ -19,12 +19,12 @@ from pathlib import Path
 import icechunk as ic
 import numpy as np
 import pytest
-from tessera_vz.indexer.run import IndexOptions, run_index
-from tessera_vz.reader import open_store
-from tessera_vz.reader.errors import ConfigurationError
-from tessera_vz.reader.layout import EMBEDDINGS, chunk_key, repo_name
 
 from tessera_vz.cli import main as cli_main
+from tessera_vz.core.errors import ConfigurationError
+from tessera_vz.core.layout import EMBEDDINGS, chunk_key, repo_name
+from tessera_vz.indexer.run import IndexOptions, run_index
+from tessera_vz.reader import open_store
 from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.tiles import TileSpec, make_tree
 from tessera_vz.testing.tls import TestCA

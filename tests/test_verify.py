@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tessera_vz.cli import main as cli_main
+from tessera_vz.core.errors import ConfigurationError, SourceChangedError
 from tessera_vz.indexer.run import IndexOptions, run_index
 from tessera_vz.indexer.verify import verify_index
 from tessera_vz.reader import open_store
-from tessera_vz.reader.errors import ConfigurationError, SourceChangedError
-
-from tessera_vz.cli import main as cli_main
 from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.tiles import TileSpec, make_tree
 from tessera_vz.testing.tls import TestCA

@@ -17,15 +17,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tessera_vz.indexer.run import IndexOptions, run_index
-from tessera_vz.reader import open_store
-from tessera_vz.reader.errors import (
+
+from tessera_vz.core.errors import (
     ConfigurationError,
     SourceChangedError,
     VersionNotFoundError,
 )
+from tessera_vz.indexer.run import IndexOptions, run_index
+from tessera_vz.reader import open_store
 from tessera_vz.reader.store import TesseraStore, dequantise
-
 from tessera_vz.testing.tiles import make_tree
 
 from .npyfiles import resave

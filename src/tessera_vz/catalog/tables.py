@@ -1,0 +1,216 @@
+"""``tiles.parquet``: one GeoParquet row per indexed tile-year.
+
+The row is what a GIS tool, DuckDB or geopandas needs to find tiles without
+opening a repository: where the tile is (centre, UTM rectangle, footprint in
+EPSG:4326), what it is (zone, EPSG, size, bands), where its bytes are (source
+URLs, sizes, checksums) and which version of the index said so (repository,
+branch, tag, snapshot id). The schema is fixed here, so files written by
+different runs concatenate row group by row group (see
+:mod:`.incremental`).
+
+GeoParquet 1.1 metadata is written by hand with pyarrow (a few keys), with a
+``bbox`` covering column so readers can prune row groups by bounding box
+without decoding geometries.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import shapely
+import xarray as xr
+from pyproj import CRS
+
+from tessera_vz.catalog.footprints import footprints, utm_bounds
+
+GEOPARQUET_VERSION = "1.1.0"
+
+SCHEMA = pa.schema(
+    [
+        ("tile", pa.string()),
+        ("year", pa.int16()),
+        ("zone", pa.int8()),
+        ("epsg", pa.int32()),
+        ("lon", pa.float64()),
+        ("lat", pa.float64()),
+        ("utm_left", pa.float64()),
+        ("utm_bottom", pa.float64()),
+        ("utm_right", pa.float64()),
+        ("utm_top", pa.float64()),
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("bands", pa.int16()),
+        ("emb_url", pa.string()),
+        ("scales_url", pa.string()),
+        ("emb_size", pa.int64()),
+        ("scales_size", pa.int64()),
+        ("emb_checksum", pa.string()),
+        ("scales_checksum", pa.string()),
+        ("repo", pa.string()),
+        ("branch", pa.string()),
+        ("tag", pa.string()),
+        ("snapshot", pa.string()),
+        ("geometry", pa.binary()),
+        (
+            "bbox",
+            pa.struct([(k, pa.float64()) for k in ("xmin", "ymin", "xmax", "ymax")]),
+        ),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class UnitVersion:
+    """One (zone, year) of an index as one snapshot: the key of incremental runs.
+
+    ``tag`` is the immutable ``{year}-v{n}`` tag pointing at ``snapshot``
+    (``None`` if no tag does); ``repo`` is where a client opens the zone's
+    repository; ``containers`` the source URL prefixes it must authorise.
+    """
+
+    zone: int
+    year: int
+    snapshot: str
+    tag: str | None
+    repo: str
+    containers: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return unit_key(self.zone, self.year)
+
+    @property
+    def branch(self) -> str:
+        return str(self.year)
+
+
+def unit_key(zone: int, year: int) -> str:
+    """``"31/2024"``: how a unit is named in the state file and reports."""
+    return f"{int(zone)}/{int(year)}"
+
+
+def source_url(source: str, path: str) -> str:
+    """Absolute URL of a file recorded as a path relative to its tree's root."""
+    if "://" in path:
+        return path
+    return source.rstrip("/") + "/" + path.lstrip("/")
+
+
+@dataclass
+class UnitRows:
+    """The rows of one unit: the Arrow table plus what the file metadata needs."""
+
+    table: pa.Table
+    geometries: np.ndarray
+    bbox: list[float] | None
+    geometry_types: list[str]
+
+
+def unit_rows(tiles: xr.Dataset, unit: UnitVersion) -> UnitRows:
+    """Rows of ``tiles.parquet`` for one unit's tiles table (sorted by tile name)."""
+    names = np.asarray(tiles["tile"].values).astype(str)
+    order = np.argsort(names, kind="stable")
+    names = names[order]
+
+    def col(name: str) -> np.ndarray:
+        return np.asarray(tiles[name].values)[order]
+
+    n = names.size
+    bounds = utm_bounds(col("left"), col("top"), col("height"), col("width"))
+    lon = col("lon").astype(np.float64)
+    geoms = footprints(col("epsg"), bounds, lon)
+    geoms = shapely.orient_polygons(geoms, exterior_cw=False)
+    env = shapely.bounds(geoms)
+    sources = col("source").astype(str)
+    data: dict[str, Any] = {
+        "tile": names,
+        "year": np.full(n, unit.year, np.int16),
+        "zone": col("zone").astype(np.int8),
+        "epsg": col("epsg").astype(np.int32),
+        "lon": lon,
+        "lat": col("lat").astype(np.float64),
+        "utm_left": bounds[:, 0],
+        "utm_bottom": bounds[:, 1],
+        "utm_right": bounds[:, 2],
+        "utm_top": bounds[:, 3],
+        "height": col("height").astype(np.int32),
+        "width": col("width").astype(np.int32),
+        "bands": col("bands").astype(np.int16),
+        "emb_url": [
+            source_url(s, p) for s, p in zip(sources, col("emb_path").astype(str), strict=True)
+        ],
+        "scales_url": [
+            source_url(s, p) for s, p in zip(sources, col("scales_path").astype(str), strict=True)
+        ],
+        "emb_size": col("emb_size").astype(np.int64),
+        "scales_size": col("scales_size").astype(np.int64),
+        "emb_checksum": col("emb_checksum").astype(str),
+        "scales_checksum": col("scales_checksum").astype(str),
+        "repo": [unit.repo] * n,
+        "branch": [unit.branch] * n,
+        "tag": [unit.tag] * n,
+        "snapshot": [unit.snapshot] * n,
+        "geometry": shapely.to_wkb(geoms, output_dimension=2),
+        "bbox": pa.StructArray.from_arrays(
+            [pa.array(env[:, i]) for i in range(4)], names=["xmin", "ymin", "xmax", "ymax"]
+        ),
+    }
+    arrays = {k: v if k == "bbox" else pa.array(v, type=SCHEMA.field(k).type)
+              for k, v in data.items()}  # fmt: skip
+    ids = set(shapely.get_type_id(geoms).tolist())
+    return UnitRows(
+        table=pa.table(arrays, schema=SCHEMA),
+        geometries=geoms,
+        bbox=_envelope(env) if n else None,
+        geometry_types=sorted(_TYPE_NAMES[i] for i in ids),
+    )
+
+
+_TYPE_NAMES = {3: "Polygon", 6: "MultiPolygon"}
+
+
+def _envelope(bounds: np.ndarray) -> list[float]:
+    """``[xmin, ymin, xmax, ymax]`` of ``(N, 4)`` bounds."""
+    return [float(bounds[:, 0].min()), float(bounds[:, 1].min()),
+            float(bounds[:, 2].max()), float(bounds[:, 3].max())]  # fmt: skip
+
+
+def merge_bbox(boxes: Sequence[Sequence[float] | None]) -> list[float] | None:
+    """Union of ``[xmin, ymin, xmax, ymax]`` boxes (``None`` entries ignored)."""
+    real = [b for b in boxes if b is not None]
+    if not real:
+        return None
+    arr = np.asarray(real, dtype=np.float64)
+    return [float(arr[:, 0].min()), float(arr[:, 1].min()),
+            float(arr[:, 2].max()), float(arr[:, 3].max())]  # fmt: skip
+
+
+def geo_metadata(geometry_types: Sequence[str], bbox: Sequence[float] | None) -> dict[str, Any]:
+    """The GeoParquet 1.1 ``geo`` metadata of a footprint column in EPSG:4326."""
+    column: dict[str, Any] = {
+        "encoding": "WKB",
+        "geometry_types": sorted(set(geometry_types)),
+        "crs": CRS.from_epsg(4326).to_json_dict(),
+        "edges": "planar",
+        "orientation": "counterclockwise",
+        "covering": {
+            "bbox": {k: ["bbox", k] for k in ("xmin", "ymin", "xmax", "ymax")},
+        },
+    }
+    if bbox is not None:
+        column["bbox"] = [float(v) for v in bbox]
+    return {
+        "version": GEOPARQUET_VERSION,
+        "primary_column": "geometry",
+        "columns": {"geometry": column},
+    }
+
+
+def schema_with_geo(geometry_types: Sequence[str], bbox: Sequence[float] | None) -> pa.Schema:
+    """:data:`SCHEMA` carrying the ``geo`` metadata of the whole file."""
+    return SCHEMA.with_metadata({"geo": json.dumps(geo_metadata(geometry_types, bbox))})

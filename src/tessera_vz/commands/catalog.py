@@ -1,0 +1,47 @@
+"""``tessera-vz catalog``: GeoParquet, STAC and a coverage map of an index."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.markup import escape
+
+from tessera_vz.commands.common import err, progress, read_options, wants_progress
+from tessera_vz.core.errors import ConfigurationError
+
+
+def cmd_catalog(args: argparse.Namespace) -> int:
+    from tessera_vz.catalog import CatalogOptions, build_catalog
+
+    if "://" not in args.out:
+        target = Path(args.out)
+        if target.exists() and not target.is_dir():
+            raise ConfigurationError(
+                f"--out {args.out!r} is not a directory but a file; the catalog is a folder"
+            )
+        if not target.parent.is_dir():
+            raise ConfigurationError(
+                f"--out {args.out!r}: the folder {str(target.parent)!r} does not exist; create it"
+            )
+    opts = CatalogOptions(store=args.store, out=args.out, read=read_options(args))
+    with progress(wants_progress(args)) as start:
+        report = build_catalog(opts, progress=start)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        err.print(
+            f"{report.tiles} tiles: {len(report.built)} zone-years rebuilt, {len(report.kept)} "
+            f"unchanged, {len(report.removed)} removed, {len(report.failed)} failed; "
+            f"{report.items_written} items written in {report.timings.get('total', 0):.2f}s"
+        )
+        for f in report.failed:
+            err.print(
+                f"[red]failed[/red] utm{f['zone']:02d} {f['year'] or ''}: {escape(f['reason'])}"
+            )
+        err.print(
+            "wrote " + (", ".join(report.written) or f"nothing: {args.out} is up to date"),
+            markup=False,
+        )
+    return report.exit_code

@@ -1,0 +1,173 @@
+"""The per-year ``tiles`` table: one row per indexed tile.
+
+It lets a reader find a tile and the byte layout of its files without
+listing or opening tile groups, and a re-run decide what changed. It is an
+ordinary xarray Dataset along a ``tile`` dimension whose coordinate is the
+tile name, so ``xr.open_zarr(store, group="tiles")`` shows the inventory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from numpy.typing import NDArray
+
+from tessera_vz.core.layout import TILES
+
+#: Column name -> numpy dtype of the stored table.
+COLUMNS: dict[str, str] = {
+    "lon": "f8",
+    "lat": "f8",
+    "zone": "i2",
+    "epsg": "i4",
+    "left": "f8",
+    "top": "f8",
+    "height": "i4",
+    "width": "i4",
+    "bands": "i4",
+    "emb_path": "U",
+    "scales_path": "U",
+    "emb_offset": "i8",
+    "scales_offset": "i8",
+    "emb_size": "i8",
+    "scales_size": "i8",
+    "emb_checksum": "U",
+    "scales_checksum": "U",
+    "emb_chunk_rows": "i4",
+    "scales_chunk_rows": "i4",
+    "scales_descr": "U",
+    "scales_ndim": "i1",
+    "source": "U",
+    # What the inventory (manifest or listing) said about each file when the
+    # tile was indexed ("size=…;mtime=…", "size=…;etag=…"; "" if nothing):
+    # a re-run whose inventory says the same does not probe the tile again.
+    "emb_listed": "U",
+    "scales_listed": "U",
+}
+
+#: Values of columns added after the first layout, for tables written before them.
+COLUMN_DEFAULTS: dict[str, Any] = {"emb_listed": "", "scales_listed": ""}
+
+
+def table_dataset(names: list[str], columns: dict[str, Any], attrs: dict[str, Any]) -> xr.Dataset:
+    """Build the table Dataset from column arrays (sorted by tile name)."""
+    order = np.argsort(np.asarray(names, dtype=str), kind="stable")
+    data = {
+        col: ("tile", np.asarray(columns[col], dtype=dtype)[order])
+        for col, dtype in COLUMNS.items()
+    }
+    return xr.Dataset(data, coords={"tile": np.asarray(names, dtype=str)[order]}, attrs=attrs)
+
+
+def read_table(store: Any) -> xr.Dataset | None:
+    """Load a year's table from a session store, or ``None`` if it has none."""
+    try:
+        ds = xr.open_zarr(store, group=TILES, consolidated=False, zarr_format=3, chunks=None)
+    except (FileNotFoundError, KeyError):
+        return None
+    return ds.load()
+
+
+#: Bounds of a tile no real run produces (H, W, bands): anything beyond is refused.
+_MAX_SIDE = 1 << 20
+_MAX_BANDS = 4096
+
+
+def refused_rows(table: xr.Dataset) -> dict[str, str]:
+    """Tiles whose records cannot be used as they are, each with the reason.
+
+    A repository is an untrusted input: its paths, URLs and checksums become
+    request lines and headers, its offsets and shapes byte ranges. A value
+    no indexer writes (control characters, a path leaving its root, an
+    offset outside the file, a scales dtype that is not 4-byte float) fails
+    that tile with a clear reason, before any request is made for it.
+    """
+    from tessera_vz.core.boundary import checksum_value
+    from tessera_vz.core.urls import check_path, check_root
+
+    names = [str(n) for n in table["tile"].values]
+    if not names:
+        return {}
+    col = {c: table[c].values for c in COLUMNS if c in table}
+    missing = [c for c in COLUMNS if c not in col]
+    if missing:
+        return dict.fromkeys(names, f"the tiles table lacks columns {missing}")
+    out: dict[str, str] = {}
+
+    def refuse(mask: NDArray[np.bool_], reason: str) -> None:
+        for i in np.flatnonzero(mask).tolist():
+            out.setdefault(names[i], reason)
+
+    with np.errstate(invalid="ignore", over="ignore"):
+        h, w, b = (col[c].astype(np.int64) for c in ("height", "width", "bands"))
+        refuse((h <= 0) | (w <= 0) | (b <= 0) | (h > _MAX_SIDE) | (w > _MAX_SIDE)
+               | (b > _MAX_BANDS), "its height, width or band count is out of range")  # fmt: skip
+        finite = np.isfinite(col["left"]) & np.isfinite(col["top"])
+        finite &= np.isfinite(col["lon"]) & np.isfinite(col["lat"])
+        refuse(~finite, "its coordinates are not finite numbers")
+        epsg = col["epsg"].astype(np.int64)
+        refuse(~(((epsg > 32600) & (epsg <= 32660)) | ((epsg > 32700) & (epsg <= 32760))),
+               "its EPSG code is not a UTM zone")  # fmt: skip
+        per_band = col["scales_ndim"].astype(np.int64) == 3
+        refuse(
+            ~np.isin(col["scales_ndim"].astype(np.int64), (2, 3)), "its scales are not 2-D or 3-D"
+        )
+        for pre, item in (("emb", 1 * b), ("scales", 4 * np.where(per_band, b, 1))):
+            k = col[f"{pre}_chunk_rows"].astype(np.int64)
+            off, size = col[f"{pre}_offset"].astype(np.int64), col[f"{pre}_size"].astype(np.int64)
+            refuse((k <= 0) | (h % np.maximum(k, 1) != 0), f"its {pre} chunk rows do not divide H")
+            refuse((off < 0) | (off + h * w * item > size),
+                   f"its {pre} data does not fit inside the file as indexed")  # fmt: skip
+    for i, name in enumerate(names):
+        if name in out:
+            continue
+        try:
+            descr = np.dtype(str(col["scales_descr"][i]))
+            if descr.kind != "f" or descr.itemsize != 4:
+                raise ValueError(f"scales dtype {descr.str!r} is not a 4-byte float")
+            check_root(str(col["source"][i]))
+            for pre in ("emb", "scales"):
+                check_path(str(col[f"{pre}_path"][i]))
+                checksum_value(str(col[f"{pre}_checksum"][i]))
+        except (TypeError, ValueError) as exc:
+            out[name] = f"{str(exc).strip().splitlines()[0][:200]}"
+    return {
+        n: f"the index records a value no indexer writes ({r}); the repository is damaged or was "
+        "crafted, so this tile is not read. Re-index its source with `tessera-vz index`"
+        for n, r in out.items()
+    }
+
+
+class TileLookup:
+    """A year's tiles table as NumPy columns and a name index, for the hot path.
+
+    Reading a point through the xarray Dataset (``sel``, a ``DataArray`` per
+    column) cost ~1.5 ms of Python per call, more than the point's bytes take
+    to arrive on loopback; the same facts as plain arrays cost microseconds.
+    Built once per snapshot, like the table itself. State is real (the index),
+    hence a class.
+    """
+
+    #: Up to this many names are looked up in a dict; more through pandas.
+    _SMALL = 256
+
+    def __init__(self, table: xr.Dataset) -> None:
+        self.names = np.asarray(table["tile"].values).astype(str)
+        self.cols: dict[str, NDArray[Any]] = {
+            str(k): np.asarray(table[k].values) for k in table.data_vars
+        }
+        self._row = {n: i for i, n in enumerate(self.names.tolist())}
+        self._index = table.indexes["tile"]
+
+    def positions(self, names: list[str]) -> NDArray[np.int64]:
+        """Row of each name in the table, -1 where the table has no such tile."""
+        if len(names) <= self._SMALL:
+            return np.fromiter((self._row.get(n, -1) for n in names), np.int64, len(names))
+        return np.asarray(self._index.get_indexer(names), np.int64)
+
+    def row(self, name: str) -> dict[str, Any] | None:
+        """One tile's facts as Python scalars, or ``None``."""
+        i = self._row.get(name)
+        return None if i is None else {k: v[i].item() for k, v in self.cols.items()}

@@ -1,0 +1,56 @@
+"""The zone list at an index's root, so the index can be read from a web server.
+
+An index published next to the tiles on a static web server (nginx, a CDN,
+an S3 website) cannot be listed, so a reader could not find its
+``utm??.icechunk`` repositories. Every index run therefore writes a small
+``zones.json`` at the index root naming the repositories that are there
+(:data:`~tessera_vz.core.layout.ZONE_LIST`), rewritten at the end of each
+run from what the root really holds, so it stays in step with them whether
+the run changed anything or not. Publishing an index is then copying or
+syncing its folder; the reader opens ``https://…/index/`` through it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import obstore
+
+from tessera_vz.core.layout import ZONE_LIST, zone_list_document
+from tessera_vz.core.repos import repositories
+from tessera_vz.core.s3 import s3_settings
+
+log = logging.getLogger(__name__)
+
+
+def write_zone_list(out: str, s3_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Write ``zones.json`` at ``out`` from the repositories there; return the document.
+
+    Nothing is written where no repository exists yet (a run that indexed
+    nothing). Local files are replaced atomically; on S3 a put is atomic.
+    """
+    repos = repositories(out, s3_options)
+    if not repos:
+        return None
+    doc = zone_list_document(repos, written=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    data = (json.dumps(doc, indent=1) + "\n").encode()
+    parts = urlsplit(out)
+    if parts.scheme == "s3":
+        store = s3_settings(s3_options).obstore(out.rstrip("/") + "/")
+        obstore.put(store, ZONE_LIST, data)
+    else:
+        root = Path(parts.path if parts.scheme == "file" else out).expanduser()
+        fd, tmp = tempfile.mkstemp(dir=root, prefix=".zones-", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # readable by the web server that publishes it
+        os.replace(tmp, root / ZONE_LIST)
+    log.info("wrote %s/%s (%d zones)", out.rstrip("/"), ZONE_LIST, len(repos))
+    return doc

@@ -1,0 +1,192 @@
+"""Files of points: CSV, Parquet or GeoParquet in; GeoParquet 1.1 or CSV out.
+
+The file side of ``tessera-vz points``; the table itself is
+:meth:`~tessera_vz.reader.store.TesseraStore.sample`'s. Inputs are read
+whole (a table of observations is small next to its embeddings), then
+sampled and written batch by batch: :class:`TableWriter` writes each batch
+as it comes into a hidden file beside the output, and renames it into place
+only when the last batch and the provenance are in, so an interrupted run
+never leaves a file that looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pyarrow as pa
+
+from tessera_vz.core.errors import ConfigurationError
+from tessera_vz.export import check_writable_folder, hidden_beside
+from tessera_vz.reader.samples import GEOMETRY, PointsInput, points_input
+
+log = logging.getLogger(__name__)
+
+#: Input suffixes -> format.
+INPUTS = {"csv": "csv", "parquet": "parquet", "geoparquet": "parquet", "pq": "parquet"}
+#: Output suffixes -> format.
+OUTPUTS = {"parquet": "parquet", "geoparquet": "parquet", "pq": "parquet", "csv": "csv"}
+
+
+def _suffix(path: str | Path) -> str:
+    return Path(path).suffix.lower().lstrip(".")
+
+
+def check_points_output(path: str | Path) -> str:
+    """The output format of ``path`` (``parquet`` or ``csv``), its folder checked writable."""
+    fmt = OUTPUTS.get(_suffix(path))
+    if fmt is None:
+        found = f"'.{_suffix(path)}'" if _suffix(path) else "no suffix"
+        raise ConfigurationError(
+            f"--out must end in .parquet (GeoParquet) or .csv; got {found} in {str(path)!r}"
+        )
+    target = Path(path)
+    check_writable_folder(target)
+    if target.is_dir():
+        raise ConfigurationError(f"cannot write {str(path)!r}: a folder of that name exists")
+    return fmt
+
+
+def read_points_file(
+    path: str | Path, *, lon: str | None = None, lat: str | None = None
+) -> PointsInput:
+    """The points of a CSV, Parquet or GeoParquet file.
+
+    Coordinates come from the ``lon``/``lat`` columns when named, else from
+    a GeoParquet file's primary (point) geometry in its CRS, else from
+    columns named ``lon``/``longitude`` and ``lat``/``latitude``.
+
+    Raises
+    ------
+    ConfigurationError
+        The file is missing, unreadable, of an unknown kind, or has no usable
+        coordinates (the message lists its columns).
+    """
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    p = Path(path)
+    if not p.is_file():
+        what = "is a folder" if p.is_dir() else "does not exist"
+        raise ConfigurationError(f"points file {str(path)!r} {what}")
+    fmt = INPUTS.get(_suffix(p))
+    if fmt is None:
+        found = f"'.{_suffix(p)}'" if _suffix(p) else "no suffix"
+        raise ConfigurationError(
+            f"points file {str(path)!r} must be .csv, .parquet or .geoparquet; got {found}"
+        )
+    what = f"points file {str(path)!r}"
+    try:
+        table = pq.read_table(p) if fmt == "parquet" else pacsv.read_csv(p)
+    except (OSError, pa.ArrowException) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigurationError(f"cannot read {what} as {fmt.upper()}: {first}") from None
+    geo = _geo(table.schema.metadata)
+    if geo is not None and lon is None and lat is None:
+        name = geo.get("primary_column", GEOMETRY)
+        column = geo.get("columns", {}).get(name, {})
+        if "crs" in column and column["crs"] is None:
+            log.warning("%s: geometry CRS unknown (crs null); taking lon/lat", what)
+        inp = points_input(
+            table.replace_schema_metadata(None), geometry=name, crs=column.get("crs"), what=what
+        )
+    else:
+        inp = points_input(table.replace_schema_metadata(None), lon=lon, lat=lat, what=what)
+    log.info("%s: %d points from %s", what, inp.size, inp.source)
+    return inp
+
+
+def _geo(metadata: Mapping[bytes, bytes] | None) -> dict[str, Any] | None:
+    raw = (metadata or {}).get(b"geo")
+    if raw is None:
+        return None
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def check_csv_columns(inp: PointsInput) -> None:
+    """CSV holds only flat columns: refuse lists, structs and maps up front."""
+    for field in inp.table.schema:
+        if pa.types.is_nested(field.type):
+            raise ConfigurationError(
+                f"input column {field.name!r} holds {field.type}, which CSV cannot hold; "
+                "write .parquet instead"
+            )
+
+
+class TableWriter:
+    """Batches of a sampled table into GeoParquet or CSV, renamed into place when complete.
+
+    ``metadata`` (the ``geo`` document and the provenance) goes into a
+    Parquet file's schema; CSV has no place for it.
+    """
+
+    def __init__(self, path: str | Path, fmt: str, metadata: Mapping[str, str]) -> None:
+        self.path = Path(path)
+        self.fmt = fmt
+        self.metadata = dict(metadata)
+        self.tmp = hidden_beside(self.path, "partial")
+        self._writer: Any = None
+        self.rows = 0
+
+    def write(self, batch: pa.Table) -> None:
+        if self.fmt == "csv":
+            batch = _as_csv(batch)
+        if self._writer is None:
+            self._writer = self._open(batch.schema)
+        self._writer.write_table(batch) if self.fmt == "parquet" else self._writer.write(batch)
+        self.rows += batch.num_rows
+
+    def _open(self, schema: pa.Schema) -> Any:
+        if self.fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.ParquetWriter(
+                self.tmp, schema.with_metadata(self.metadata), compression="zstd"
+            )
+        import pyarrow.csv as pacsv
+
+        return pacsv.CSVWriter(self.tmp, schema)
+
+    def close(self, empty: pa.Table) -> None:
+        """Finish the file and move it into place (``empty``: the schema if no batch came)."""
+        if self._writer is None:
+            self.write(empty)
+        self._writer.close()
+        os.replace(self.tmp, self.path)
+
+    def __enter__(self) -> TableWriter:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if kind is not None:
+            if self._writer is not None:
+                with contextlib.suppress(Exception):  # the file is discarded anyway
+                    self._writer.close()
+            self.tmp.unlink(missing_ok=True)
+
+
+def _as_csv(batch: pa.Table) -> pa.Table:
+    """The geometry as WKT text, which GDAL's CSV driver and every spreadsheet read."""
+    import shapely
+
+    i = batch.schema.get_field_index(GEOMETRY)
+    if i < 0:
+        return batch
+    wkb = batch.column(i).to_numpy(zero_copy_only=False)
+    wkt = shapely.to_wkt(shapely.from_wkb(wkb), rounding_precision=-1)
+    return batch.set_column(i, GEOMETRY, pa.array(wkt, pa.string()))

@@ -1,5 +1,0 @@
-"""``tessera-vz serve``: a MapLibre map viewer over an index, and its public HTTP API."""
-
-from .app import Limits, create_app
-
-__all__ = ["Limits", "create_app"]
