@@ -23,9 +23,9 @@ from typing import Any, Literal
 import icechunk as ic
 import numpy as np
 import zarr
-from zarr.core.common import JSON
 from pyproj import CRS
 from zarr.core.buffer import Buffer, default_buffer_prototype
+from zarr.core.common import JSON
 
 from tessera_vz.core.errors import ConfigurationError
 from tessera_vz.core.geometry import affine, pixel_centres
