@@ -27,6 +27,7 @@ ProgressStart = Callable[[str, int], Callable[[int], None]]
 
 
 def no_progress(_label: str, _total: int) -> Callable[[int], None]:
+    """The default :data:`ProgressStart`: draws nothing."""
     return lambda _n: None
 
 
