@@ -123,10 +123,10 @@ def rewrite_baseline(src: Path, specs: list[Any], out: Path) -> dict[str, Any]:
 #: The layout indexes had before tile groups carried a CRS (for before/after).
 LEGACY_LAYOUT = 1
 _LEGACY_INDEX = (
-    "import sys\nfrom tessera_vz.indexer import writer\n"
-    # Layout 1 as the release before layout 2 wrote it (the writer keeps its
-    # documents, byte for byte), with Icechunk's default compression level.
-    f"writer.LAYOUT_VERSION = {LEGACY_LAYOUT}\nwriter.METADATA_COMPRESSION_LEVEL = 3\n"
+    "import sys\nfrom tessera_vz.indexer import migration, repository\n"
+    # Layout 1 as the release before layout 2 wrote it (indexer.documents keeps
+    # its documents, byte for byte), with Icechunk's default compression level.
+    f"migration.LAYOUT_VERSION = {LEGACY_LAYOUT}\nrepository.METADATA_COMPRESSION_LEVEL = 3\n"
     "from tessera_vz.cli import main\nsys.exit(main(sys.argv[1:]))\n"
 )
 _COLD_POINT = (

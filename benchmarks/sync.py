@@ -6,7 +6,7 @@ measures, in one run on this machine:
 * the diff of a synthetic whole-archive ``manifest.parquet`` (default
   3.8 million rows, 9 years of ~420,000 tiles, the upstream columns) against
   an index holding the same tiles: reading the manifest, validating it into
-  the inventory (:func:`~tessera_vz.indexer.inventory.manifest_inventory`,
+  the inventory (:func:`~tessera_vz.indexer.manifest.manifest_inventory`,
   which reads the needed columns batch by batch),
   cutting it into (zone, year) units, and per unit
   :func:`~tessera_vz.indexer.sync.recorded_table` +
@@ -47,6 +47,7 @@ from rich.table import Table
 from tessera_vz.core.layout import source_paths
 from tessera_vz.core.table import COLUMNS, table_dataset
 from tessera_vz.indexer import inventory
+from tessera_vz.indexer.manifest import manifest_inventory, open_manifest
 from tessera_vz.indexer.roots import SourceRoot
 from tessera_vz.indexer.run import IndexOptions, run_index
 from tessera_vz.indexer.sync import diff_unit, recorded_table
@@ -135,10 +136,10 @@ def index_side(unit: pa.Table) -> Any:
 def measure(manifest: Path) -> dict[str, Any]:
     """The diff, as an index run does it (run in a child process)."""
     t0 = time.perf_counter()
-    pf = inventory.open_manifest(str(manifest))
+    pf = open_manifest(str(manifest))
     rows = pf.metadata.num_rows
     t1 = time.perf_counter()
-    tiles, failures = inventory.manifest_inventory(pf, ROOT)  # reads it batch by batch
+    tiles, failures = manifest_inventory(pf, ROOT)  # reads it batch by batch
     del pf
     t2 = time.perf_counter()
     units = inventory.split_units(tiles)

@@ -162,8 +162,9 @@ def test_publishing_on_a_moved_branch_is_a_conflict(
     branch update, which is what protects S3 repositories.
     """
     from tessera_vz.indexer.roots import source_root
-    from tessera_vz.indexer.run import IndexOptions, _existing_rows, run_index
-    from tessera_vz.indexer.writer import UnitConflictError, write_unit
+    from tessera_vz.indexer.run import IndexOptions, run_index
+    from tessera_vz.indexer.transaction import UnitConflictError, write_unit
+    from tessera_vz.indexer.unit import _existing_rows
 
     root, specs = tree
     out = tmp_path / "index"

@@ -22,8 +22,10 @@ import pytest
 from tessera_vz.cli import main as cli_main
 from tessera_vz.core.layout import repo_name
 from tessera_vz.indexer import inventory
+from tessera_vz.indexer.listing import from_listing
 from tessera_vz.indexer.roots import object_store, source_root
-from tessera_vz.indexer.run import IndexOptions, run_index, run_unit
+from tessera_vz.indexer.run import IndexOptions, run_index
+from tessera_vz.indexer.unit import run_unit
 from tessera_vz.reader import open_store
 from tessera_vz.testing.tiles import TileSpec, make_tree
 
@@ -119,7 +121,7 @@ def test_concurrent_units_of_one_local_zone(tmp_path: Path) -> None:
     root = tmp_path / "tree"
     make_tree(root, bbox=(0.6, 49.7, 0.8, 49.9), years=years, bands=4, manifest=False)
     opts = IndexOptions(source=str(root), out=str(tmp_path / "index"), batch_tiles=1)
-    tiles, failures = inventory.from_listing(object_store(source_root(opts.source)))
+    tiles, failures = from_listing(object_store(source_root(opts.source)))
     assert not failures
     start = time.time() + 6.0  # after the spawned processes have imported everything
     jobs = [(opts, 31, y, [t for t in tiles if t.year == y], start) for y in years]

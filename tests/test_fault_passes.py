@@ -22,7 +22,8 @@ import zarr
 
 from tessera_vz.indexer.probe import PASS_MIN_FILES, Probe, ProbeError, probe_all
 from tessera_vz.indexer.roots import source_root
-from tessera_vz.indexer.run import IndexOptions, run_index, source_files
+from tessera_vz.indexer.run import IndexOptions, run_index
+from tessera_vz.indexer.run_options import source_files
 from tessera_vz.reader import open_store
 from tessera_vz.testing.faults import Fault, FaultProxy
 from tessera_vz.testing.nginx import NginxServer

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tessera_vz.core.layout import source_paths
-from tessera_vz.indexer.inventory import from_manifest
+from tessera_vz.indexer.manifest import from_manifest
 from tessera_vz.indexer.roots import SourceRoot
 from tessera_vz.indexer.run import IndexOptions, run_index
 from tessera_vz.testing.nginx import NginxServer

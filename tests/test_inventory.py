@@ -15,12 +15,9 @@ from obstore.store import LocalStore
 
 from tessera_vz.core.errors import ConfigurationError
 from tessera_vz.core.layout import source_paths
-from tessera_vz.indexer.inventory import (
-    TileSource,
-    from_listing,
-    from_manifest,
-    read_manifest_table,
-)
+from tessera_vz.indexer.inventory import TileSource
+from tessera_vz.indexer.listing import from_listing
+from tessera_vz.indexer.manifest import from_manifest, read_manifest_table
 from tessera_vz.indexer.report import Failure
 from tessera_vz.indexer.roots import SourceRoot, rebase, source_root
 from tessera_vz.testing.tiles import make_tree, write_manifest

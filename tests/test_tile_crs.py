@@ -27,7 +27,7 @@ from affine import Affine
 from tessera_vz.core.errors import ConfigurationError
 from tessera_vz.core.geometry import tile_grids
 from tessera_vz.core.layout import LAYOUT_VERSION, repo_name
-from tessera_vz.indexer import writer
+from tessera_vz.indexer import migration
 from tessera_vz.indexer.run import IndexOptions, run_index
 from tessera_vz.reader import open_store
 from tessera_vz.testing.nginx import NginxServer
@@ -124,9 +124,9 @@ def test_open_tile_and_geotiff_carry_crs(indexed: dict[str, Any], tmp_path: Path
 
 
 def _write_old_index(monkeypatch: pytest.MonkeyPatch, opts: IndexOptions) -> None:
-    """Index as a release before layout 2 did (its documents are kept in the writer)."""
+    """Index as a release before layout 2 did (its documents are kept in indexer.documents)."""
     with monkeypatch.context() as m:
-        m.setattr(writer, "LAYOUT_VERSION", 1)
+        m.setattr(migration, "LAYOUT_VERSION", 1)
         assert run_index(opts).exit_code == 0
 
 
@@ -250,7 +250,7 @@ def test_older_code_refuses_a_newer_layout(
     # The same tree from another server (another URL): every tile must be re-indexed.
     root = indexed["root"]
     with NginxServer(root) as server:
-        monkeypatch.setattr(writer, "LAYOUT_VERSION", 1)
+        monkeypatch.setattr(migration, "LAYOUT_VERSION", 1)
         opts = IndexOptions(
             source=server.url, out=str(out), manifest=str(root / "manifest.parquet")
         )

@@ -17,20 +17,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from tessera_vz.core.errors import ConfigurationError
 from tessera_vz.indexer.report import Report
+from tessera_vz.indexer.run_options import IndexOptions, ProgressStart
+from tessera_vz.indexer.unit import run_unit
 
 if TYPE_CHECKING:
-    from tessera_vz.indexer.run import IndexOptions, ProgressStart
+    from distributed import Client
 
 log = logging.getLogger(__name__)
 
 
-def _client(opts: IndexOptions, stack: ExitStack) -> Any:
+def _client(opts: IndexOptions, stack: ExitStack) -> Client:
     """A client of ``opts.scheduler``, or of a LocalCluster of ``opts.workers`` processes."""
     try:
         from distributed import Client, LocalCluster
@@ -76,8 +78,6 @@ def run_units(
     every other unit has finished (their commits stand; ``main`` is derived
     from tags and is rebuilt by the next run).
     """
-    from tessera_vz.indexer.run import run_unit
-
     keys = sorted(units)
     if not keys:
         return

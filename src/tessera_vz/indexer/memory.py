@@ -14,7 +14,6 @@ import ctypes
 import ctypes.util
 import logging
 from functools import lru_cache
-from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +21,8 @@ _M_ARENA_MAX = -8
 
 
 @lru_cache(maxsize=1)
-def _libc() -> Any | None:
+def _libc() -> ctypes.CDLL | None:
+    """glibc, if it is the C library here (``None`` elsewhere: then nothing is tuned)."""
     name = ctypes.util.find_library("c")
     if not name:
         return None

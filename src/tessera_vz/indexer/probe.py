@@ -32,6 +32,7 @@ from tessera_vz.core.errors import (
     SourceChangedError,
     SourceNotFoundError,
     SourceUnavailableError,
+    TesseraError,
 )
 from tessera_vz.core.npy import PROBE_BYTES, NpyHeader, header_length, parse_header
 from tessera_vz.core.urls import SourceRoot
@@ -61,8 +62,12 @@ class Probe:
     extra_pass: int = 0
 
 
-class ProbeError(Exception):
+class ProbeError(TesseraError, OSError):
     """A file's header could not be read; ``reason`` is for the report.
+
+    An ``OSError`` like :class:`~tessera_vz.core.errors.SourceUnavailableError`:
+    the file could not be read as a tile header (missing, unreachable, or not
+    a header we can map).
 
     ``transient`` says the failure may clear on another try (a 503, a reset,
     a timeout), as opposed to a missing file or a malformed header;

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from zarr.core.sync import sync
 
 from tessera_vz.core.boundary import ObjectFacts, SourceFiles
-from tessera_vz.core.errors import ConfigurationError, SourceNotFoundError
+from tessera_vz.core.errors import ConfigurationError, SourceNotFoundError, TesseraError
 from tessera_vz.core.options import ReadOptions, RetryPolicy
 from tessera_vz.core.repos import quiet_icechunk
 from tessera_vz.indexer.roots import SourceRoot, checksum_of, checksum_text
@@ -68,21 +68,29 @@ class VerifyReport:
         }
 
 
-async def _head(files: SourceFiles, url: str, limit: asyncio.Semaphore) -> ObjectFacts | Exception:
+async def _head(
+    files: SourceFiles, url: str, limit: asyncio.Semaphore
+) -> ObjectFacts | TesseraError:
+    """The object's facts, or the error the boundary turned its failure into."""
     async with limit:
         try:
             return await files.head(url, "verifying")
-        except Exception as exc:  # our errors; classified by the caller
+        except TesseraError as exc:  # every failure the boundary raises; classified by _compare
             return exc
 
 
 def _compare(
-    root: SourceRoot, kind: str, path: str, size: int, checksum: str, found: Any
+    root: SourceRoot,
+    kind: str,
+    path: str,
+    size: int,
+    checksum: str,
+    found: ObjectFacts | TesseraError,
 ) -> tuple[Status, str | None]:
     url = root.url_of(path)
     if isinstance(found, SourceNotFoundError):
         return "missing", f"{kind} {url}: not found"
-    if isinstance(found, Exception):
+    if isinstance(found, TesseraError):
         first = str(found).strip().splitlines()[0] if str(found).strip() else ""
         return "unreachable", f"{kind} {url}: {type(found).__name__}: {first}"
     now_size = found.size
