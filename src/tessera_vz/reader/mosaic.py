@@ -16,17 +16,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from tessera_vz.core.boundary import SourceFiles
 from tessera_vz.reader.ownership import ownership, row_spans
 from tessera_vz.reader.placement import kind_of, landing, layout, place_blocks, place_small
-from tessera_vz.reader.ranges import (
-    DEFAULT_GAP,
-    Arrival,
-    Plan,
-    ZoneYear,
-    arrivals,
-    choose,
-    tile_ranges,
-)
+from tessera_vz.reader.range_fetch import Arrival, ByteSource, arrivals
+from tessera_vz.reader.range_plan import DEFAULT_GAP, Plan, Wanted, choose, tile_ranges
 from tessera_vz.reader.windows import TileRects, Window
 
 
@@ -54,7 +48,7 @@ def band_count(rects: TileRects, zone: int) -> int:
 
 
 async def read_window(
-    source: ZoneYear,
+    source: ByteSource,
     window: Window,
     rects: TileRects,
     gap: int = DEFAULT_GAP,
@@ -85,7 +79,9 @@ async def read_window(
     e_plan, e_direct = choose(files, e_want, gap, what, direct=source.direct)
     s_plan, s_direct = choose(files, s_want, gap, what, direct=source.direct)
 
-    async def place(out: NDArray[Any], plan: Plan, direct: Any, item: int, want: Any) -> None:
+    async def place(
+        out: NDArray[Any], plan: Plan, direct: SourceFiles | None, item: int, want: Wanted
+    ) -> None:
         same = np.array([kind_of(out, rects, t) == out.dtype for t in used.tolist()], bool)
         native = same[np.searchsorted(used, cat["tile"])]  # used is sorted
         lay = layout(cat, plan, item, native)
