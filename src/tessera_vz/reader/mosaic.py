@@ -2,9 +2,10 @@
 
 The I/O of a mosaic, in one place: :func:`read_window` decides which tile
 each pixel comes from (:mod:`.ownership`), asks for only the needed columns
-of each tile row (planned by :mod:`.range_plan`, fetched by :mod:`.range_fetch`
-through the boundary), and places the bytes as they arrive (:mod:`.placement`). Which tile wins a pixel, and how
-the rule treats southern tiles, is described in :mod:`.ownership` and
+of each tile row (planned by :mod:`.range_plan`, fetched by
+:mod:`.range_fetch` through the boundary), and places the bytes as they
+arrive (:mod:`.placement`). Which tile wins a pixel, and how the rule
+treats southern tiles, is described in :mod:`.ownership` and
 :mod:`.windows`.
 """
 
