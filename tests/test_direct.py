@@ -24,7 +24,7 @@ from tessera_vz.core.boundary import SourceFiles
 from tessera_vz.core.errors import ConfigurationError, SourceChangedError
 from tessera_vz.core.geometry import unproject
 from tessera_vz.indexer.run import IndexOptions, run_index
-from tessera_vz.reader import open_store, placement, ranges
+from tessera_vz.reader import open_store, placement, range_plan
 from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.tiles import TileSpec, make_tree, write_manifest
 from tessera_vz.testing.tls import TestCA
@@ -285,7 +285,7 @@ def _count_landings(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     3.5 KB and a run of them 1 MB, so both limits scale down with it.
     """
     monkeypatch.setattr(placement, "_LAND", 0)
-    monkeypatch.setattr(ranges, "PART", 64 * 1024)
+    monkeypatch.setattr(range_plan, "PART", 64 * 1024)
     landed: list[tuple[str, int]] = []
     get_into = SourceFiles.get_into
 

@@ -23,7 +23,7 @@ from tessera_vz.cli import main as cli_main
 from tessera_vz.core.boundary import SourceFiles
 from tessera_vz.core.errors import ConfigurationError, SourceUnavailableError
 from tessera_vz.indexer.run import IndexOptions, run_index
-from tessera_vz.reader import open_store, placement, ranges
+from tessera_vz.reader import open_store, placement, range_plan
 from tessera_vz.reader.store import dequantise
 from tessera_vz.testing.faults import Fault, FaultProxy
 from tessera_vz.testing.nginx import NginxServer
@@ -312,7 +312,7 @@ def test_windows_received_in_place_survive_cut_answers(
     # 4-band rows scaled like real ones (see test_direct._count_landings), and
     # read directly although this index's chunks are many rows tall.
     monkeypatch.setattr(placement, "_LAND", 0)
-    monkeypatch.setattr(ranges, "PART", 64 * 1024)
+    monkeypatch.setattr(range_plan, "PART", 64 * 1024)
     landed: list[int] = []
     get_into = SourceFiles.get_into
 

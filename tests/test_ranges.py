@@ -8,7 +8,7 @@ import numpy as np
 
 from tessera_vz.core.boundary import PART, SourceFiles
 from tessera_vz.core.byteranges import MAX_RANGES
-from tessera_vz.reader.ranges import coalesce, requests
+from tessera_vz.reader.range_plan import coalesce, requests
 
 FILES = ["http://mirror/a.npy", "http://mirror/b.npy", "file:///data/c.npy"]
 

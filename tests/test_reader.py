@@ -23,7 +23,8 @@ from tessera_vz.core.errors import TileNotFoundError
 from tessera_vz.core.geometry import project, tile_grids, unproject
 from tessera_vz.indexer.run import IndexOptions, run_index
 from tessera_vz.reader import open_store
-from tessera_vz.reader.points import Located, read_located
+from tessera_vz.reader.pixels import Located
+from tessera_vz.reader.points import read_located
 from tessera_vz.reader.store import TesseraStore, dequantise
 from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.tiles import TileSpec, embedding_values, make_tree, scale_values

@@ -379,7 +379,7 @@ def test_region_argument_errors(store: TesseraStore, monkeypatch: pytest.MonkeyP
     with pytest.raises(ConfigurationError, match="UTM zone number"):
         store.region(bbox, 2024, zone=61)
     # A coarse grid: few output pixels, but each zone's window is read whole.
-    monkeypatch.setattr("tessera_vz.reader.store.MAX_PIXELS", 1_000_000)
+    monkeypatch.setattr("tessera_vz.reader.regions.MAX_PIXELS", 1_000_000)
     with pytest.raises(ValueError, match="source pixels"):
         store.region(REGIONS["greenwich"], 2024, crs="EPSG:4326", resolution=0.001)
     monkeypatch.undo()

@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from tessera_vz.core.errors import ConfigurationError
 from tessera_vz.export import check_writable_folder, hidden_beside
-from tessera_vz.reader.samples import GEOMETRY, PointsInput, points_input
+from tessera_vz.reader.point_columns import GEOMETRY, PointsInput, points_input
 
 log = logging.getLogger(__name__)
 

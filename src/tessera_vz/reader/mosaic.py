@@ -2,9 +2,10 @@
 
 The I/O of a mosaic, in one place: :func:`read_window` decides which tile
 each pixel comes from (:mod:`.ownership`), asks for only the needed columns
-of each tile row (:mod:`.ranges`, through the boundary), and places the
-bytes as they arrive (:mod:`.placement`). Which tile wins a pixel, and how
-the rule treats southern tiles, is described in :mod:`.ownership` and
+of each tile row (planned by :mod:`.range_plan`, fetched by
+:mod:`.range_fetch` through the boundary), and places the bytes as they
+arrive (:mod:`.placement`). Which tile wins a pixel, and how the rule
+treats southern tiles, is described in :mod:`.ownership` and
 :mod:`.windows`.
 """
 
@@ -16,17 +17,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from tessera_vz.core.boundary import SourceFiles
 from tessera_vz.reader.ownership import ownership, row_spans
 from tessera_vz.reader.placement import kind_of, landing, layout, place_blocks, place_small
-from tessera_vz.reader.ranges import (
-    DEFAULT_GAP,
-    Arrival,
-    Plan,
-    ZoneYear,
-    arrivals,
-    choose,
-    tile_ranges,
-)
+from tessera_vz.reader.range_fetch import Arrival, ByteSource, arrivals
+from tessera_vz.reader.range_plan import DEFAULT_GAP, Plan, Wanted, choose, tile_ranges
 from tessera_vz.reader.windows import TileRects, Window
 
 
@@ -54,7 +49,7 @@ def band_count(rects: TileRects, zone: int) -> int:
 
 
 async def read_window(
-    source: ZoneYear,
+    source: ByteSource,
     window: Window,
     rects: TileRects,
     gap: int = DEFAULT_GAP,
@@ -85,7 +80,9 @@ async def read_window(
     e_plan, e_direct = choose(files, e_want, gap, what, direct=source.direct)
     s_plan, s_direct = choose(files, s_want, gap, what, direct=source.direct)
 
-    async def place(out: NDArray[Any], plan: Plan, direct: Any, item: int, want: Any) -> None:
+    async def place(
+        out: NDArray[Any], plan: Plan, direct: SourceFiles | None, item: int, want: Wanted
+    ) -> None:
         same = np.array([kind_of(out, rects, t) == out.dtype for t in used.tolist()], bool)
         native = same[np.searchsorted(used, cat["tile"])]  # used is sorted
         lay = layout(cat, plan, item, native)

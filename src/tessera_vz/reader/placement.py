@@ -20,7 +20,8 @@ from tessera_vz.core.errors import SourceUnavailableError
 from tessera_vz.reader.windows import TileRects
 
 if TYPE_CHECKING:
-    from tessera_vz.reader.ranges import Arrival, Plan
+    from tessera_vz.reader.range_fetch import Arrival
+    from tessera_vz.reader.range_plan import Plan
 
 #: A single row shorter than this (bytes) is a short span: a byte copy placed
 #: after the blocks. Longer rows, and runs of rows, are strided block copies

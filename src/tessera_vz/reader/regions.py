@@ -1,7 +1,11 @@
 """Regions on any grid: each zone's window read once, gathered onto the output grid.
 
-The I/O half of :mod:`.resample`: given where every output pixel comes from
-(a :class:`~tessera_vz.reader.resample.Pick` per zone), read each zone's
+:func:`read_region` is :meth:`~tessera_vz.reader.store.TesseraStore.region`:
+it picks the grid, plans which zone pixel every output pixel takes (the
+rule is :mod:`.resample`'s), bounds what is read, and wraps the result as a
+georeferenced Dataset naming the versions read. :func:`read_grid` is the
+I/O half: given where every output pixel comes from (a
+:class:`~tessera_vz.reader.resample.Pick` per zone), read each zone's
 window with :func:`~tessera_vz.reader.mosaic.read_window` (only the needed
 columns of each tile row; zones read concurrently) and copy the picked
 pixels into the output with one vectorised gather per zone. Embeddings and
@@ -15,13 +19,20 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import xarray as xr
 from numpy.typing import NDArray
+from zarr.core.sync import sync
 
-from tessera_vz.reader.grids import Grid
+from tessera_vz.core.errors import TileNotFoundError, VersionNotFoundError
+from tessera_vz.core.quantisation import dequantise as dequantise_values
+from tessera_vz.reader.georef import grid_dataset
+from tessera_vz.reader.grids import Grid, grid_for_bbox
 from tessera_vz.reader.mosaic import band_count, read_window
-from tessera_vz.reader.ranges import DEFAULT_GAP, ZoneYear
-from tessera_vz.reader.resample import Pick
-from tessera_vz.reader.windows import TileRects
+from tessera_vz.reader.range_fetch import ByteSource
+from tessera_vz.reader.range_plan import DEFAULT_GAP
+from tessera_vz.reader.resample import Pick, Sampler
+from tessera_vz.reader.windows import MAX_PIXELS, TileRects
+from tessera_vz.reader.zone_year import ZoneYears
 
 #: Pixels gathered per step: bounds the temporary copy (8 MiB of 128-band pixels).
 _GATHER = 1 << 16
@@ -30,7 +41,7 @@ _GATHER = 1 << 16
 async def read_grid(
     grid: Grid,
     picks: Sequence[Pick],
-    sources: Mapping[int, tuple[ZoneYear, TileRects]],
+    sources: Mapping[int, tuple[ByteSource, TileRects]],
     gap: int = DEFAULT_GAP,
 ) -> tuple[NDArray[np.int8], NDArray[np.float32], NDArray[np.bool_]]:
     """Raw embeddings ``(h, w, B)``, scales ``(h, w)`` or ``(h, w, B)`` and the filled mask.
@@ -71,6 +82,116 @@ async def read_grid(
             out_scale[o] = _pixels(_per_band(in_scale[i], b)) if widen else in_scale[i]
         filled.reshape(-1)[out] = True
     return emb, scale, filled
+
+
+def read_region(
+    zone_years: ZoneYears,
+    bbox: tuple[float, float, float, float],
+    years: Sequence[int],
+    series: bool,
+    *,
+    zone: int | None = None,
+    crs: Any = None,
+    resolution: float | Sequence[float] | None = None,
+    dequantise: bool = True,
+    gap: int = DEFAULT_GAP,
+) -> xr.Dataset:
+    """A lon/lat box on one grid, read from every zone it reaches (see ``TesseraStore.region``).
+
+    ``series`` adds a ``time`` axis over ``years``; without it ``years``
+    holds the one year read. Raises :class:`ValueError` before any read
+    when the output, or the source windows of one year, exceed
+    :data:`~tessera_vz.reader.windows.MAX_PIXELS`.
+    """
+    grid, why = grid_for_bbox(bbox, crs=crs, resolution=resolution, zone=zone)
+    if grid.size > MAX_PIXELS:
+        raise ValueError(
+            f"bbox {bbox} covers {grid.height} x {grid.width} pixels, over the "
+            f"{MAX_PIXELS}-pixel limit of an in-memory region; use open_zone(...).sel(...) "
+            "to read larger areas lazily, or a coarser resolution"
+        )
+    sampler = Sampler(grid)
+    wanted = sampler.zones()
+    zones = [z for z in wanted if z in zone_years.locations]
+    if not zones:
+        raise TileNotFoundError(
+            f"no repository for UTM zone(s) {wanted} under {zone_years.root}; "
+            f"zones: {zone_years.zones()}"
+        )
+    plans = [_plan_year(zone_years, sampler, bbox, zones, y) for y in years]
+
+    async def read_all() -> list[tuple[NDArray[np.int8], NDArray[np.float32], NDArray[np.bool_]]]:
+        return list(await asyncio.gather(*(read_grid(grid, p, src, gap) for p, src in plans)))
+
+    results = sync(read_all()) if any(p for p, _ in plans) else []
+    if not any(filled.any() for _, _, filled in results):
+        raise TileNotFoundError(
+            f"no indexed tile covers bbox {bbox} in {list(years)} (UTM zones {zones} searched)"
+        )
+    bands = results[0][0].shape[-1]
+    lead = ("time",) if series else ()
+    data_vars: dict[str, Any] = {}
+    if dequantise:
+        arrays = []
+        for emb, scale, filled in results:
+            values = dequantise_values(emb, scale)
+            values[~filled] = np.nan
+            arrays.append(values)
+        data_vars["embeddings"] = ((*lead, "y", "x", "band"), _stack(arrays, series))
+    else:
+        emb_out = _stack([r[0] for r in results], series)
+        scale_out = _stack([r[1] for r in results], series)
+        data_vars["embeddings"] = ((*lead, "y", "x", "band"), emb_out)
+        sdims = ("y", "x") if scale_out.ndim == emb_out.ndim - 1 else ("y", "x", "band")
+        data_vars["scales"] = ((*lead, *sdims), scale_out)
+    read_from = sorted({(z, y) for y, (_, src) in zip(years, plans, strict=True) for z in src})
+    attrs = {
+        "tessera:bbox": list(map(float, bbox)),
+        "tessera:grid": why,
+        "tessera:resampling": "nearest",
+        "tessera:zones": sorted({z for z, _ in read_from}),
+        **zone_years.provenance(read_from),
+    }
+    ds = grid_dataset(grid, data_vars, bands, attrs)
+    if series:
+        ds = ds.assign_coords(time=("time", np.asarray(years, dtype=np.int32)))
+    else:
+        ds.attrs["tessera:year"] = years[0]
+    return ds
+
+
+def _plan_year(
+    zone_years: ZoneYears,
+    sampler: Sampler,
+    bbox: tuple[float, float, float, float],
+    zones: Sequence[int],
+    year: int,
+) -> tuple[list[Pick], dict[int, tuple[ByteSource, TileRects]]]:
+    """One year's picks, and the byte source and tiles of each zone that indexed the year."""
+    sources = {}
+    for z in zones:
+        try:
+            index = zone_years.get(z, year)
+            sources[z] = (index.source, index.rects)
+        except VersionNotFoundError:
+            raise
+        except TileNotFoundError:
+            continue  # this zone has no index of the year
+    if not sources:
+        raise TileNotFoundError(f"year {year} is not indexed in UTM zone(s) {list(zones)}")
+    picks = sampler.picks({z: rects for z, (_, rects) in sources.items()})
+    read = sum(p.window.height * p.window.width for p in picks)
+    if read > MAX_PIXELS:
+        raise ValueError(
+            f"bbox {bbox} on this grid needs {read} source pixels of zones "
+            f"{sorted({p.zone for p in picks})}, over the {MAX_PIXELS}-pixel limit of an "
+            "in-memory region; read a smaller bbox or use open_zone(...).sel(...)"
+        )
+    return picks, sources
+
+
+def _stack(arrays: list[NDArray[Any]], series: bool) -> NDArray[Any]:
+    return np.stack(arrays) if series else arrays[0]
 
 
 def _pixels(a: NDArray[Any]) -> NDArray[Any]:

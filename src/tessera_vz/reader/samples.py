@@ -1,256 +1,61 @@
-"""Points as a training table: the input's rows, a status and an embedding per year.
+"""Sample points from an open index: arrays of embeddings, or a training table.
 
 :meth:`~tessera_vz.reader.store.TesseraStore.sample` turns a table of
-observations (an Arrow table, a pandas or geopandas frame) into one row per
-point and year that an ML pipeline can join back to its labels: every input
-column kept, ``point_id`` (the 0-based input row), ``year``, ``status`` (why
-a row has values or not: :data:`~tessera_vz.reader.points.STATUSES`), the
-``tile``, ``row`` and ``col`` of the pixel read, ``b000``..``b127`` (float32,
-null unless the status is ``ok``), and a point ``geometry`` in EPSG:4326
-(WKB), described by GeoParquet 1.1 ``geo`` metadata so that writing the
-table with ``pyarrow.parquet.write_table`` gives a file geopandas, DuckDB and
-GDAL read as points.
+observations (an Arrow table, a pandas or geopandas frame; the coordinates
+are found by :mod:`.point_columns`) into one row per point and year that an
+ML pipeline can join back to its labels: every input column kept,
+``point_id`` (the 0-based input row), ``year``, ``status`` (why a row has
+values or not: :data:`~tessera_vz.reader.points.STATUSES`), the ``tile``,
+``row`` and ``col`` of the pixel read, ``b000``..``b127`` (float32, null
+unless the status is ``ok``), and a point ``geometry`` in EPSG:4326 (WKB),
+described by GeoParquet 1.1 ``geo`` metadata so that writing the table with
+``pyarrow.parquet.write_table`` gives a file geopandas, DuckDB and GDAL read
+as points.
 
-This module only shapes tables (no I/O): where the coordinates come from
-(:func:`points_input`), and the rows of one batch (:func:`batch_table`).
+The orchestration: each batch of points is located per year
+(:func:`~tessera_vz.reader.pixels.locate_pixels`), every year of it read
+concurrently (a tile whose source fails fails only its points), and shaped
+into rows (:func:`batch_table`). :func:`point_values` is the same read for
+``point``/``points``, as plain arrays. The zone-years come from
+:class:`~tessera_vz.reader.zone_year.ZoneYears`.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from numpy.typing import NDArray
+from zarr.core.sync import sync
 
-from tessera_vz.core.errors import ConfigurationError
-from tessera_vz.reader.points import valid_coordinates
+from tessera_vz.core.geometry import cell_centre, utm_zone
+from tessera_vz.core.quantisation import dequantise
+from tessera_vz.reader.pixels import Located, locate_pixels, valid_coordinates
+from tessera_vz.reader.point_columns import GEOMETRY, PointsInput
+from tessera_vz.reader.points import point_status, read_isolated, read_located, years_list
+from tessera_vz.reader.range_fetch import ByteSource
+from tessera_vz.reader.range_plan import POINT_GAP
+from tessera_vz.reader.zone_year import ZoneYears
 
 log = logging.getLogger(__name__)
 
+#: Points read at a time by :func:`sample_batches` (values of a batch:
+#: 100,000 x 128 float32 = 51 MB per year).
+SAMPLE_BATCH = 100_000
 GEOPARQUET_VERSION = "1.1.0"
-#: Column names taken as longitude / latitude when none is named (case-insensitive).
-LON_NAMES = ("lon", "longitude", "lng")
-LAT_NAMES = ("lat", "latitude")
-#: The name of the output's point geometry column.
-GEOMETRY = "geometry"
-#: Columns every sampled row gets, before the bands and the geometry.
-ADDED = ("point_id", "year", "status", "tile", "row", "col")
 #: Schema metadata keys of the provenance (as the ``tessera:*`` attributes of Datasets).
 PROVENANCE_KEYS = ("tessera:versions", "tessera:snapshots", "tessera:store", "tessera:years")
-
-
-@dataclass
-class PointsInput:
-    """Points to sample: the columns to keep and each row's coordinates.
-
-    ``lon``/``lat`` are float64 degrees (EPSG:4326), NaN where ``empty``
-    (a missing cell or geometry) or where the input held something that is
-    not a number; ``source`` says where they came from, for messages.
-    """
-
-    table: pa.Table
-    lon: NDArray[np.float64]
-    lat: NDArray[np.float64]
-    empty: NDArray[np.bool_]
-    source: str
-
-    @property
-    def size(self) -> int:
-        return int(self.lon.size)
 
 
 def band_names(bands: int) -> list[str]:
     """``b000``..: the band columns, named as the bands of region GeoTIFFs."""
     return [f"b{b:03d}" for b in range(bands)]
-
-
-def points_input(
-    points: Any,
-    *,
-    lon: str | None = None,
-    lat: str | None = None,
-    geometry: str | None = None,
-    crs: Any = None,
-    what: str = "the points",
-) -> PointsInput:
-    """Where each point is, from lon/lat columns or a point geometry column.
-
-    ``points`` is a ``pyarrow.Table``, a pandas ``DataFrame``, a geopandas
-    ``GeoDataFrame`` (its active geometry is used, in its CRS) or anything
-    exposing the Arrow C stream. Coordinates come from ``geometry`` (a WKB or
-    GeoArrow point column in ``crs``, default EPSG:4326 / OGC:CRS84) when
-    given, else from the ``lon`` and ``lat`` columns, which default to a
-    column named ``lon``/``longitude``/``lng`` and ``lat``/``latitude`` (in
-    any case). ``x``/``y`` are never taken for lon/lat: name them.
-
-    Raises
-    ------
-    ConfigurationError
-        A named column is missing, no lon/lat column is found (the message
-        lists the columns there are), or a column cannot hold coordinates.
-    """
-    table, geometry, crs = _as_table(points, geometry, crs)
-    if geometry is not None and lon is None and lat is None:
-        if geometry not in table.column_names:
-            raise ConfigurationError(
-                f"{what} have no geometry column {geometry!r}; columns: {table.column_names}"
-            )
-        x, y, empty = _from_geometry(table.column(geometry), geometry, crs, what)
-        kept = table.drop_columns([geometry])
-        source = f"geometry column {geometry!r}"
-    else:
-        lon_col = _column(table, lon, LON_NAMES, "--lon", "longitude", what)
-        lat_col = _column(table, lat, LAT_NAMES, "--lat", "latitude", what)
-        x, ex = _numbers(table.column(lon_col), lon_col, what)
-        y, ey = _numbers(table.column(lat_col), lat_col, what)
-        empty = ex | ey
-        kept = table
-        source = f"columns {lon_col!r}/{lat_col!r}"
-    return PointsInput(_renamed(kept), x, y, empty, source)
-
-
-def _as_table(points: Any, geometry: str | None, crs: Any) -> tuple[pa.Table, str | None, Any]:
-    """An Arrow table of ``points``; a GeoDataFrame's geometry as WKB with its CRS."""
-    if isinstance(points, pa.Table):
-        return points, geometry, crs
-    if isinstance(points, pa.RecordBatch):
-        return pa.Table.from_batches([points]), geometry, crs
-    active = getattr(points, "geometry", None)
-    if hasattr(points, "to_wkb") and active is not None and hasattr(active, "crs"):
-        import shapely
-
-        name = geometry or active.name
-        frame = points.drop(columns=[active.name]) if active.name in points.columns else points
-        table = pa.Table.from_pandas(frame, preserve_index=False)
-        wkb = shapely.to_wkb(np.asarray(active.values), output_dimension=2)
-        table = table.append_column(name, pa.array(wkb, pa.binary()))
-        own = active.crs.to_json_dict() if active.crs is not None else None
-        return table, name, crs if crs is not None else own
-    if hasattr(points, "columns") and hasattr(points, "iloc"):  # pandas
-        return pa.Table.from_pandas(points, preserve_index=False), geometry, crs
-    if hasattr(points, "__arrow_c_stream__"):
-        return pa.table(points), geometry, crs
-    raise ConfigurationError(
-        f"points must be a pyarrow Table or a pandas/geopandas DataFrame; got "
-        f"{type(points).__name__}"
-    )
-
-
-def _column(
-    table: pa.Table, given: str | None, names: Sequence[str], flag: str, what_axis: str, what: str
-) -> str:
-    if given is not None:
-        if given not in table.column_names:
-            raise ConfigurationError(
-                f"{what} have no column {given!r} ({flag}); columns: {table.column_names}"
-            )
-        return given
-    lower = {c.lower(): c for c in table.column_names}
-    for name in names:
-        if name in lower:
-            return lower[name]
-    raise ConfigurationError(
-        f"{what} have no {what_axis} column (looked for {', '.join(names)}); columns: "
-        f"{table.column_names}. Name it with {flag} COLUMN"
-    )
-
-
-def _numbers(col: pa.ChunkedArray, name: str, what: str) -> tuple[NDArray[Any], NDArray[Any]]:
-    """A coordinate column as float64 (NaN where not a number) and where it is empty."""
-    t = col.type
-    if pa.types.is_null(t):
-        return np.full(len(col), np.nan), np.ones(len(col), bool)
-    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
-        empty = col.is_null().to_numpy(zero_copy_only=False)
-        values = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
-        return np.where(empty, np.nan, values).astype(np.float64), empty
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        # A CSV column with a stray word in it: that row's coordinate is invalid.
-        text = pc.utf8_trim_whitespace(col)
-        empty = pc.fill_null(pc.equal(text, ""), True).to_numpy(zero_copy_only=False)
-        values = np.full(len(col), np.nan)
-        for i, v in enumerate(text.to_pylist()):
-            if not empty[i]:
-                with contextlib.suppress(ValueError):  # not a number: invalid coordinate
-                    values[i] = float(v)
-        return values, empty
-    raise ConfigurationError(f"column {name!r} of {what} holds {t}, not coordinates in degrees")
-
-
-def _from_geometry(
-    col: pa.ChunkedArray, name: str, crs: Any, what: str
-) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
-    """Point coordinates of a WKB or GeoArrow column, in EPSG:4326 lon/lat."""
-    import shapely
-
-    t = col.type
-    if pa.types.is_struct(t) and {"x", "y"} <= {t.field(i).name for i in range(t.num_fields)}:
-        empty = col.is_null().to_numpy(zero_copy_only=False)
-        x = pc.struct_field(col, "x").to_numpy(zero_copy_only=False).astype(np.float64)
-        y = pc.struct_field(col, "y").to_numpy(zero_copy_only=False).astype(np.float64)
-    elif pa.types.is_binary(t) or pa.types.is_large_binary(t):
-        geoms = shapely.from_wkb(col.to_numpy(zero_copy_only=False), on_invalid="raise")
-        empty = shapely.is_missing(geoms) | shapely.is_empty(geoms)
-        kinds = shapely.get_type_id(geoms)
-        bad = np.flatnonzero(~empty & (kinds != 0))
-        if bad.size:
-            kind = shapely.get_type_id(geoms[bad[0]])
-            names = {1: "LineString", 3: "Polygon", 4: "MultiPoint", 5: "MultiLineString",
-                     6: "MultiPolygon", 7: "GeometryCollection"}  # fmt: skip
-            raise ConfigurationError(
-                f"geometry column {name!r} of {what} holds a {names.get(int(kind), 'non-point')} "
-                f"in row {int(bad[0])} ({bad.size} such rows); points are expected"
-            )
-        x = np.where(empty, np.nan, shapely.get_x(geoms))
-        y = np.where(empty, np.nan, shapely.get_y(geoms))
-    else:
-        raise ConfigurationError(
-            f"geometry column {name!r} of {what} holds {t}; expected WKB points (GeoParquet)"
-        )
-    x, y = _to_lonlat(x, y, crs, name)
-    return x, y, np.asarray(empty, bool)
-
-
-def _to_lonlat(x: NDArray[Any], y: NDArray[Any], crs: Any, name: str) -> tuple[Any, Any]:
-    from pyproj import CRS, Transformer
-
-    if crs is None:
-        return x, y  # GeoParquet's default: OGC:CRS84, lon/lat
-    try:
-        c = CRS.from_json_dict(dict(crs)) if isinstance(crs, Mapping) else CRS.from_user_input(crs)
-    except Exception as exc:  # pyproj raises CRSError and others
-        raise ConfigurationError(
-            f"the CRS of geometry column {name!r} is not readable: {exc}"
-        ) from None
-    wgs84 = CRS.from_epsg(4326)
-    if c.equals(wgs84, ignore_axis_order=True):
-        return x, y  # GeoParquet coordinates are x = lon, y = lat whatever the axis order
-    t = Transformer.from_crs(c, wgs84, always_xy=True)
-    with np.errstate(invalid="ignore"):
-        lon, lat = t.transform(x, y, errcheck=False)
-    return np.asarray(lon, np.float64), np.asarray(lat, np.float64)
-
-
-def _renamed(table: pa.Table) -> pa.Table:
-    """Input columns whose names the output adds are kept as ``NAME_input``."""
-    taken = set(ADDED) | {GEOMETRY}
-    names = []
-    for name in table.column_names:
-        if name in taken or (len(name) == 4 and name[0] == "b" and name[1:].isdigit()):
-            new = f"{name}_input"
-            while new in table.column_names:
-                new += "_"
-            log.warning("input column %r kept as %r: the output adds its own %r", name, new, name)
-            name = new
-        names.append(name)
-    return table.rename_columns(names)
 
 
 def point_wkb(
@@ -365,3 +170,129 @@ def with_metadata(
     for key, value in (provenance or {}).items():
         meta[key.encode()] = str(value).encode()
     return table.replace_schema_metadata(meta)
+
+
+def point_values(
+    zone_years: ZoneYears, located: Sequence[Located], years: Sequence[int], gap: int = POINT_GAP
+) -> NDArray[np.float32]:
+    """``(time, N, bands)`` dequantised values of located points, the years read concurrently.
+
+    A point without a pixel, or whose scale is invalid, is a row of NaN.
+    """
+
+    async def read_all() -> list[tuple[NDArray[np.int8], NDArray[np.float32], NDArray[np.bool_]]]:
+        reads = []
+        for loc, y in zip(located, years, strict=True):
+            zones = np.unique(loc.zone[loc.ok]).tolist()
+            sources = {z: zone_years.get(z, y).source for z in zones}
+            reads.append(read_located(sources, loc, y, gap))
+        return list(await asyncio.gather(*reads))
+
+    out = []
+    for emb, scale, ok in sync(read_all()):
+        if emb.shape[1] == 0:
+            out.append(np.full((ok.size, zone_years.bands(years)), np.nan, np.float32))
+            continue
+        values = dequantise(emb, scale)
+        values[~ok] = np.nan
+        out.append(values)
+    return np.stack(out)
+
+
+def sample_batches(
+    zone_years: ZoneYears,
+    inp: PointsInput,
+    years: int | Sequence[int],
+    *,
+    batch_size: int = SAMPLE_BATCH,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[pa.Table]:
+    """The rows of ``TesseraStore.sample``, batch by batch (without the file metadata)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    ys, _ = years_list(years)
+    bands = zone_years.bands(ys)
+    for start in range(0, inp.size, batch_size):
+        stop = min(start + batch_size, inp.size)
+        lon, lat = inp.lon[start:stop], inp.lat[start:stop]
+        empty = inp.empty[start:stop]
+
+        # Tables are loaded (sync) before the reads of every year run together.
+        plans = [_sample_plan(zone_years, lon, lat, empty, y) for y in ys]
+
+        async def read_years(plans: list[Any] = plans) -> list[YearSample]:
+            return list(await asyncio.gather(*(_sample_year(*p) for p in plans)))
+
+        samples = sync(read_years())
+        yield batch_table(inp, start, stop, samples, bands)
+        if progress is not None:
+            progress(stop - start)
+
+
+def empty_sample(zone_years: ZoneYears, inp: PointsInput, years: int | Sequence[int]) -> pa.Table:
+    """A table of the sampled columns and no rows (for input without points)."""
+    return empty_table(inp, zone_years.bands(years_list(years)[0]))
+
+
+def sample_provenance(
+    zone_years: ZoneYears, inp: PointsInput, years: int | Sequence[int]
+) -> dict[str, str]:
+    """Provenance of a sampled table: the versions it reads, the index, the years.
+
+    Known before any pixel is read: the zone-years are those of the
+    points' cells in which the year is indexed (each one's tiles table
+    says where the points are, or that no tile is), so a pinned version
+    that does not exist fails here, and a writer can put the provenance
+    in the file's schema up front.
+    """
+    ys, _ = years_list(years)
+    valid = valid_coordinates(inp.lon, inp.lat) & ~inp.empty
+    clon, _ = cell_centre(inp.lon[valid], inp.lat[valid])
+    zones = np.unique(utm_zone(clon)).tolist() if valid.any() else []
+    read = [(z, y) for y in ys for z in zones if zone_years.find(z, y) is not None]
+    return {
+        **zone_years.provenance(read),
+        "tessera:store": zone_years.root,
+        "tessera:years": " ".join(map(str, ys)),
+    }
+
+
+def _sample_plan(
+    zone_years: ZoneYears,
+    lon: NDArray[np.float64],
+    lat: NDArray[np.float64],
+    empty: NDArray[np.bool_],
+    year: int,
+) -> tuple[Located, dict[int, ByteSource], NDArray[np.bool_], NDArray[np.bool_], int]:
+    """Locate one year of a batch: where each point is, and the byte sources to read."""
+    valid = valid_coordinates(lon, lat) & ~empty
+    lookups = zone_years.lookups_or_none(year)
+    loc = locate_pixels(lookups, np.where(valid, lon, np.nan), np.where(valid, lat, np.nan),
+                        year, zone_years.root, strict=False)  # fmt: skip
+    located = np.unique(loc.zone[loc.ok]).tolist()
+    sources = {z: zone_years.get(z, year).source for z in located}
+    return loc, sources, empty, valid_coordinates(lon, lat), int(year)
+
+
+async def _sample_year(
+    loc: Located,
+    sources: dict[int, ByteSource],
+    empty: NDArray[np.bool_],
+    valid: NDArray[np.bool_],
+    year: int,
+) -> YearSample:
+    """Read one located year of a batch, and say why each point has a value or not."""
+    n = loc.ok.size
+    values = np.full((n, 0), np.nan, np.float32)
+    failed = np.zeros(n, bool)
+    if loc.ok.any():
+        emb, scale, found, broken = await read_isolated(sources, loc, year, POINT_GAP)
+        for name, reason in broken.items():
+            log.warning("year %d: tile %s could not be read: %s", year, name, reason)
+        failed = loc.ok & ~found
+        if emb.shape[1]:
+            values = dequantise(emb, scale)
+            values[~found] = np.nan
+    has = np.isfinite(values).any(axis=1) if values.shape[1] else np.zeros(n, bool)
+    status = point_status(empty, valid, loc.ok, has, failed)
+    return YearSample(year, status, loc.tile, loc.row, loc.col, loc.ok, values)

@@ -1,4 +1,4 @@
-"""Pinned versions: which snapshot of each zone-year a store reads (pure, no I/O).
+"""Pinned versions: which snapshot of each zone-year a store reads, and what was read.
 
 Every index run that changes a year commits to the year's branch and tags
 the commit ``{year}-v{n}``, numbered per zone repository (a run that
@@ -13,6 +13,11 @@ Results carry the tokens they were read at (``tessera:versions``, with the
 tag of the snapshot read, and ``tessera:snapshots``), space-separated, so
 passing them back (``open_store(root, versions=ds.attrs["tessera:versions"])``)
 reads exactly the same snapshots after the index has moved on.
+
+Pins are pure values (:class:`Pins`, :func:`pins`); resolving them asks a
+zone's repository for its tags and branches (:func:`snapshot_to_read`,
+:func:`tag_of`), and :func:`provenance` writes what was read as the two
+attributes.
 """
 
 from __future__ import annotations
@@ -20,10 +25,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tessera_vz.core.errors import ConfigurationError
-from tessera_vz.core.layout import parse_tag
+from tessera_vz.core.errors import ConfigurationError, TileNotFoundError, VersionNotFoundError
+from tessera_vz.core.layout import branch_name, parse_tag
+
+if TYPE_CHECKING:
+    import icechunk as ic
 
 _TOKEN = re.compile(r"^(?:utm(\d\d)/)?((\d{4})-v(\d+))$")
 _SNAPSHOT = re.compile(r"^utm(\d\d)/(\d{4})@([0-9A-Z]{20})$")
@@ -156,3 +164,64 @@ def _put(into: dict[Any, str], key: Any, value: str, item: str) -> None:
     if into.get(key, value) != value:
         raise ConfigurationError(f"version {item!r} conflicts with {into[key]!r} pinned before")
     into[key] = value
+
+
+def snapshot_to_read(
+    repo: ic.Repository, pinned: Pins, zone: int, year: int, where: str
+) -> tuple[str, str | None]:
+    """The snapshot id a zone-year is read at, and the tag it was found by (``None``: not by a tag).
+
+    The snapshot pinned for the zone-year, else its pinned tag's, else the
+    head of its branch. ``where`` (the index root) is for messages.
+
+    Raises
+    ------
+    TileNotFoundError
+        The year is not indexed in the zone.
+    VersionNotFoundError
+        The pinned tag does not exist in the zone (the message lists the
+        zone's tags of that year: tags are numbered per zone).
+    """
+    snapshot = pinned.snapshot(zone, year)
+    if snapshot is not None:
+        return snapshot, None
+    tag = pinned.tag(zone, year)
+    tags = repo.list_tags() if tag is not None else set()
+    if tag is not None and tag in tags:
+        return str(repo.lookup_tag(tag)), tag
+    branches = repo.list_branches()
+    if branch_name(year) not in branches:
+        indexed = sorted({int(b) for b in branches if b.isdigit()})
+        raise TileNotFoundError(
+            f"year {year} is not indexed in UTM zone {zone}; indexed years: {indexed}"
+        )
+    if tag is not None:
+        same = sorted((t for t in tags if (p := parse_tag(t)) and p[0] == year),
+                      key=lambda t: parse_tag(t) or (0, 0))  # fmt: skip
+        raise VersionNotFoundError(
+            f"tag {tag} does not exist in UTM zone {zone} of {where}; its tags of "
+            f"{year}: {', '.join(same) or 'none'}. Tags are numbered per zone: pin this zone "
+            f"with utm{zone:02d}/<tag> (`tessera-vz info` lists them)"
+        )
+    return str(repo.lookup_branch(branch_name(year))), None
+
+
+def tag_of(repo: ic.Repository, year: int, snapshot: str) -> str | None:
+    """The newest tag of ``year`` that points at ``snapshot``, or ``None``."""
+    mine = [(p[1], t) for t in repo.list_tags() if (p := parse_tag(t)) and p[0] == year]
+    return next((t for _, t in sorted(mine, reverse=True) if repo.lookup_tag(t) == snapshot), None)
+
+
+def provenance(read: Iterable[tuple[int, int, str | None, str]]) -> dict[str, str]:
+    """``tessera:versions`` and ``tessera:snapshots`` of what was read.
+
+    ``read`` holds ``(zone, year, tag, snapshot)`` per zone-year read, in
+    order. Space-separated tokens (``utm31/2024-v2``; ``utm31/2024@SNAPSHOT``),
+    one per zone-year; either attribute passed back as ``versions=`` reads
+    the same snapshots again.
+    """
+    found = list(read)
+    return {
+        "tessera:versions": " ".join(token(z, y, tag, snap) for z, y, tag, snap in found),
+        "tessera:snapshots": " ".join(f"utm{z:02d}/{y}@{snap}" for z, y, _, snap in found),
+    }

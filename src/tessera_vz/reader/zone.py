@@ -31,14 +31,14 @@ from zarr.core.sync import sync
 from tessera_vz.core.quantisation import dequantise as dequantise_values
 from tessera_vz.reader.georef import grid_dataset
 from tessera_vz.reader.mosaic import band_count, read_window
-from tessera_vz.reader.ranges import ZoneYear
+from tessera_vz.reader.range_fetch import ByteSource
 from tessera_vz.reader.windows import TileRects, Window, extent
 
 
 class ZoneSource(Protocol):
     """What a zone mosaic needs of an open index: a zone-year's byte source and tiles."""
 
-    def zone_year(self, zone: int, year: int) -> tuple[ZoneYear, TileRects]: ...
+    def zone_year(self, zone: int, year: int) -> tuple[ByteSource, TileRects]: ...
 
 
 class ZoneArray(BackendArray):

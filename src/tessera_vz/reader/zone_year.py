@@ -1,0 +1,235 @@
+"""One zone-year of an open index, and the registry that opens each one once.
+
+Everything a read needs of a (zone, year) hangs off one
+:class:`ZoneYearIndex`: the snapshot read (pinned, or the branch's head when
+first asked), its read-only Icechunk session, the tag pointing at it, the
+tiles table (checked, and cached on disk per snapshot), its NumPy lookup,
+the refused rows, the tile rectangles and the byte source. Each is found on
+first use and kept, so a store answers every later read of the zone-year
+from memory, at the same snapshot. :class:`ZoneYears` opens each zone's
+repository and each zone-year's handle once, and is what the reader modules
+(:mod:`.regions`, :mod:`.samples`) are given instead of the store.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import icechunk as ic
+import xarray as xr
+
+from tessera_vz.core.boundary import SourceFiles
+from tessera_vz.core.errors import TileNotFoundError, VersionNotFoundError
+from tessera_vz.core.layout import BAND_COUNT
+from tessera_vz.core.options import ReadOptions
+from tessera_vz.core.table import TileLookup, read_table, refused_rows
+from tessera_vz.reader import table_cache
+from tessera_vz.reader.discovery import open_repository
+from tessera_vz.reader.range_fetch import ByteSource
+from tessera_vz.reader.versions import Pins, provenance, snapshot_to_read, tag_of
+from tessera_vz.reader.windows import TileRects, tile_rects
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class ZoneYearIndex:
+    """The index of one zone-year, as reads use it, each part found once.
+
+    ``location`` is the zone repository's (the key of the table cache),
+    ``root`` the index root (for messages), ``pins`` the versions asked for,
+    ``files`` the boundary that reads source bytes, and ``direct`` whether
+    it does (else Icechunk reads them).
+    """
+
+    zone: int
+    year: int
+    repo: ic.Repository
+    location: str
+    root: str
+    pins: Pins
+    files: SourceFiles
+    direct: bool = True
+    _refused: dict[str, str] = field(default_factory=dict, init=False, repr=False)
+
+    @cached_property
+    def _resolved(self) -> tuple[str, str | None]:
+        return snapshot_to_read(self.repo, self.pins, self.zone, self.year, self.root)
+
+    @property
+    def snapshot(self) -> str:
+        """The snapshot id read: the pinned one, its tag's, or the branch's head."""
+        return self._resolved[0]
+
+    @cached_property
+    def session(self) -> ic.Session:
+        """A read-only session on :attr:`snapshot`."""
+        snapshot = self.snapshot
+        try:
+            return self.repo.readonly_session(snapshot_id=snapshot)
+        except ic.IcechunkError as exc:
+            if self.pins.snapshot(self.zone, self.year) is None:
+                raise
+            raise VersionNotFoundError(
+                f"snapshot {snapshot} (pinned for {self.year}) cannot be opened in UTM zone "
+                f"{self.zone} of {self.root}: {str(exc).strip().splitlines()[0]}"
+            ) from None
+
+    @cached_property
+    def tag(self) -> str | None:
+        """The tag :attr:`snapshot` was pinned by, else the newest pointing at it (or ``None``)."""
+        return self._resolved[1] or tag_of(self.repo, self.year, self.snapshot)
+
+    def version(self) -> tuple[str | None, str]:
+        """The tag (``None`` if no tag points at it) and the snapshot id read."""
+        self.session  # noqa: B018 - a snapshot that cannot be opened is no version
+        return self.tag, self.snapshot
+
+    @cached_property
+    def table(self) -> xr.Dataset:
+        """The tiles table, loaded once per snapshot (and cached on disk), and checked.
+
+        A tile whose record holds a value no indexer writes is remembered
+        with the reason (:attr:`refused`), and every read of it fails with
+        that reason, unsent.
+        """
+        store = self.session.store
+        table = table_cache.load(self.location, self.snapshot)
+        if table is None:
+            table = read_table(store)
+            if table is None:
+                raise TileNotFoundError(f"zone {self.zone} year {self.year} has no tiles table")
+            table_cache.save(self.location, self.snapshot, table)
+        self._refused = refused_rows(table)
+        for name, reason in list(self._refused.items())[:5]:
+            log.warning("zone %d year %s: tile %s: %s", self.zone, self.year, name, reason)
+        return table
+
+    @property
+    def refused(self) -> dict[str, str]:
+        """Tile name -> why its record in the index is not read."""
+        self.table  # noqa: B018 - loading the table checks it
+        return self._refused
+
+    @cached_property
+    def lookup(self) -> TileLookup:
+        """The tiles table as NumPy columns (see :class:`TileLookup`)."""
+        return TileLookup(self.table)
+
+    @cached_property
+    def rects(self) -> TileRects:
+        """The tiles as rectangles on the zone's lattice, as windows need them."""
+        return tile_rects(self.table)
+
+    @cached_property
+    def source(self) -> ByteSource:
+        """Where the tiles' bytes come from, with the refused tiles named."""
+        refused = self.refused
+        return ByteSource(
+            self.zone, self.year, self.files, self.session.store, self.direct, refused
+        )
+
+
+class ZoneYears:
+    """The zone repositories of one index root and their zone-years, each opened once.
+
+    State is real (the open repositories and the ``{(zone, year): handle}``
+    cache), hence a class.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        locations: dict[int, str],
+        options: ReadOptions,
+        pins: Pins,
+        files: SourceFiles,
+    ) -> None:
+        self.root = root
+        self.locations = locations
+        self.options = options
+        self.pins = pins
+        self.files = files
+        self._repos: dict[int, ic.Repository] = {}
+        self._indexes: dict[tuple[int, int], ZoneYearIndex] = {}
+
+    def zones(self) -> list[int]:
+        """UTM zones that have a repository here."""
+        return sorted(self.locations)
+
+    def repo(self, zone: int) -> ic.Repository:
+        """The repository of a zone, opened with trusted containers only."""
+        if zone not in self.locations:
+            raise TileNotFoundError(
+                f"no repository for UTM zone {zone} under {self.root}; zones here: {self.zones()}"
+            )
+        if zone not in self._repos:
+            self._repos[zone] = open_repository(
+                self.locations[zone], zone, self.options, self.files
+            )
+        return self._repos[zone]
+
+    def years(self, zone: int | None = None) -> list[int]:
+        """Years indexed in one zone, or in any zone."""
+        zones = [zone] if zone is not None else self.zones()
+        found: set[int] = set()
+        for z in zones:
+            found |= {int(b) for b in self.repo(z).list_branches() if b.isdigit()}
+        return sorted(found)
+
+    def get(self, zone: int, year: int) -> ZoneYearIndex:
+        """The handle of a zone-year (its parts are found when first used)."""
+        key = (int(zone), int(year))
+        if key not in self._indexes:
+            self._indexes[key] = ZoneYearIndex(
+                *key, self.repo(key[0]), self.locations[key[0]], self.root, self.pins,
+                self.files, self.options.direct_reads,
+            )  # fmt: skip
+        return self._indexes[key]
+
+    def find(self, zone: int, year: int) -> ZoneYearIndex | None:
+        """The handle of a zone-year that has a tiles table, else ``None``.
+
+        A zone without a repository or a year it has not indexed is
+        ``None``; a pinned version that does not exist is still an error.
+        """
+        if zone not in self.locations:
+            return None
+        try:
+            index = self.get(zone, year)
+            index.table  # noqa: B018 - loads it, or says there is none
+        except VersionNotFoundError:
+            raise
+        except TileNotFoundError:
+            return None
+        return index
+
+    def lookups(self, year: int) -> Callable[[int], TileLookup]:
+        """Zone -> the year's tiles lookup (:class:`TileNotFoundError` if none)."""
+        return lambda zone: self.get(zone, year).lookup
+
+    def lookups_or_none(self, year: int) -> Callable[[int], TileLookup | None]:
+        """Zone -> the year's tiles lookup, or ``None`` where :meth:`find` finds none."""
+
+        def lookup(zone: int) -> TileLookup | None:
+            index = self.find(zone, year)
+            return index.lookup if index is not None else None
+
+        return lookup
+
+    def provenance(self, keys: Iterable[tuple[int, int]]) -> dict[str, str]:
+        """``tessera:versions`` and ``tessera:snapshots`` of the zone-years ``keys``."""
+        read = sorted({(int(z), int(y)) for z, y in keys})
+        return provenance((z, y, *self.get(z, y).version()) for z, y in read)
+
+    def bands(self, years: Sequence[int]) -> int:
+        """The band count of the first tile indexed in any of ``years`` (128 if none)."""
+        for zone in self.zones():
+            for y in years:
+                lookup = self.lookups_or_none(y)(zone)
+                if lookup is not None and lookup.names.size:
+                    return int(lookup.cols["bands"][0])
+        return BAND_COUNT
