@@ -89,7 +89,8 @@ def imports(module: str, path: Path, known: set[str]) -> set[str]:
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                origin = ".".join([*base[: len(base) - node.level + 1], *filter(None, [node.module])])
+                parent = base[: len(base) - node.level + 1]
+                origin = ".".join([*parent, *filter(None, [node.module])])
             else:
                 origin = node.module or ""
             targets = [f"{origin}.{a.name}" if f"{origin}.{a.name}" in known else origin
