@@ -42,12 +42,12 @@ from tessera_vz.catalog.incremental import (
     UnitState,
     catalog_lock,
     load_state,
-    replace_with,
     row_groups,
     save_state,
 )
 from tessera_vz.catalog.tables import UnitVersion, unit_key
 from tessera_vz.core.errors import ConfigurationError
+from tessera_vz.core.files import atomic_path
 from tessera_vz.core.layout import parse_tag, repo_name
 from tessera_vz.reader import ReadOptions, open_store
 
@@ -420,14 +420,11 @@ def _assemble_tiles(
     def count(n: int) -> None:
         report.rows_copied += n
 
-    def write(tmp: Path) -> None:
-        parts = _unit_tables(order, new, old, lambda s: work / f"tiles-{s.zone}-{s.year}.parquet",
-                             count)  # fmt: skip
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as w:
-            for t in parts:
-                w.write_table(t.replace_schema_metadata(schema.metadata).cast(schema))
-
-    replace_with(path, write)
+    parts = _unit_tables(order, new, old, lambda s: work / f"tiles-{s.zone}-{s.year}.parquet",
+                         count)  # fmt: skip
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as w:
+        for t in parts:
+            w.write_table(t.replace_schema_metadata(schema.metadata).cast(schema))
     report.written.append(TILES_PARQUET)
 
 
@@ -446,16 +443,15 @@ def _assemble_items(
     parts = _unit_tables(order, new, old, lambda s: work / f"items-{s.zone}-{s.year}.parquet")
     batches = (b for t in parts for b in t.cast(schema).to_batches())
     coll = {"id": opts.collection_id, "type": "Collection"}
-    replace_with(
-        path,
-        lambda tmp: to_parquet(
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        to_parquet(
             pa.RecordBatchReader.from_batches(schema, batches),
             tmp,
             schema_version="1.1.0",
             collections={opts.collection_id: coll},
             compression="zstd",
-        ),
-    )
+        )
     report.written.append(f"{STAC_DIR}/{stac.ITEMS_PARQUET}")
 
 
