@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import icechunk as ic
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -46,9 +47,10 @@ from tessera_vz.catalog.incremental import (
     save_state,
 )
 from tessera_vz.catalog.tables import UnitVersion, unit_key
-from tessera_vz.core.errors import ConfigurationError
+from tessera_vz.core.errors import ConfigurationError, TesseraError
 from tessera_vz.core.files import atomic_path
 from tessera_vz.core.layout import parse_tag, repo_name
+from tessera_vz.core.progress import ProgressStart, no_progress
 from tessera_vz.reader import ReadOptions, open_store
 
 log = logging.getLogger(__name__)
@@ -56,13 +58,6 @@ log = logging.getLogger(__name__)
 TILES_PARQUET = "tiles.parquet"
 COVERAGE_PNG = "coverage.png"
 STAC_DIR = "stac"
-
-#: ``start(label, total)`` returns an ``advance(n)`` callable (rich progress in the CLI).
-ProgressStart = Callable[[str, int], Callable[[int], None]]
-
-
-def _no_progress(_label: str, _total: int) -> Callable[[int], None]:
-    return lambda _n: None
 
 
 @dataclass
@@ -154,7 +149,9 @@ def _units(store: Any, report: CatalogReport) -> tuple[list[UnitVersion], set[in
                     UnitVersion(zone, year, snap, _tag_of(repo, tags, year, snap),
                                 repo_href(store.root, zone), containers)
                 )  # fmt: skip
-        except Exception as exc:  # any failure of one zone must not stop the others
+        except (ic.IcechunkError, TesseraError, OSError, ValueError) as exc:
+            # A zone that cannot be opened or listed (missing, damaged, unauthorised):
+            # reported, and its units keep what the catalog had; the other zones go on.
             log.error("zone %d: %s", zone, exc)
             failed_zones.add(zone)
             report.failed.append(
@@ -190,7 +187,7 @@ def _plan(
     return kept, build
 
 
-def build_catalog(opts: CatalogOptions, progress: ProgressStart = _no_progress) -> CatalogReport:
+def build_catalog(opts: CatalogOptions, progress: ProgressStart = no_progress) -> CatalogReport:
     """Bring the catalog in ``opts.out`` up to date with the index ``opts.store``.
 
     Raises :class:`ConfigurationError` (nothing written) when the index
@@ -271,7 +268,11 @@ def _run(
     for u in build:
         try:
             new_states[u.key] = _build_unit(store, u, opts.collection_id, stac_dir, work, report)
-        except Exception as exc:  # one unit's failure must not stop the others
+        except Exception as exc:
+            # A deliberate catch-all: a unit is read (Icechunk, our reader), computed
+            # (shapely, pyproj, pyarrow) and written (stac-geoparquet, files), and
+            # whatever fails in one unit must not stop the others; it is reported
+            # and keeps its previous rows.
             log.error("unit %s: %s", u.key, exc)
             report.failed.append({"zone": u.zone, "year": u.year, "reason": str(exc)})
             prev = state.units.get(u.key) if state else None
