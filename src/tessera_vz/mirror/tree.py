@@ -4,9 +4,10 @@ The demo, the tests and the benchmarks need trees laid out exactly as
 upstream publishes them (``{year}/grid_{lon}_{lat}/grid_{lon}_{lat}.npy``
 plus ``_scales.npy`` and a ``manifest.parquet``), with each tile's shape
 taken from :func:`tessera_vz.core.geometry.tile_grids`, and with values that
-any check can recompute for any pixel without keeping the files in memory. Every value
-is therefore a closed formula of (year, tile, row, column, band):
-:func:`embedding_values` and :func:`scale_values`.
+any check can recompute for any pixel without keeping the files in memory.
+Every value is therefore a closed formula of (year, tile, row, column,
+band): :func:`embedding_values` and :func:`scale_values`. The manifest is
+:mod:`tessera_vz.mirror.manifest`'s.
 
 Files are genuine ``.npy`` v1.0 (numpy's own header writer) and are written
 in row blocks, so a real-size 128-band tile (~100 MB) never sits in memory at
@@ -29,49 +30,20 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from numpy.typing import ArrayLike, NDArray
 
 from tessera_vz.core.geometry import tile_grids
 from tessera_vz.core.layout import source_paths, tile_name
+from tessera_vz.mirror.manifest import hundredths, write_manifest
 
 logger = logging.getLogger(__name__)
 
-#: Upstream manifest constants.
-MANIFEST_VERSION = "v1"
-MANIFEST_VARIANT = "global_0.1_degree_representation"
-MANIFEST_NAME = "manifest.parquet"
 #: Bytes of generated data held in memory at once (int16 work arrays included).
 BLOCK_BUDGET = 16 << 20
 #: Scale values written into the invalid patch (rows < 2, cols < 6), by column.
 #: Each one is no-data by the valid-scale rule (finite, > 0 and < 1).
 INVALID_SCALES = np.array([np.nan, 0.0, -0.5, np.inf, 1.0, 2.5], dtype=np.float32)
 INVALID_ROWS = 2
-
-MANIFEST_SCHEMA = pa.schema(
-    [
-        ("version", pa.string()),
-        ("variant", pa.string()),
-        ("year", pa.int32()),
-        ("lon", pa.float64()),
-        ("lat", pa.float64()),
-        ("directory", pa.string()),
-        ("grid_path", pa.string()),
-        ("scales_path", pa.string()),
-        ("grid_mtime", pa.float64()),
-        ("scales_mtime", pa.float64()),
-        ("grid_size", pa.int64()),
-        ("scales_size", pa.int64()),
-        ("lon_i", pa.int32()),
-        ("lat_i", pa.int32()),
-    ]
-)
-
-
-def _hundredths(x: float) -> int:
-    """Coordinate in integer hundredths of a degree, as upstream's ``lon_i``."""
-    return round(float(x) * 100)
 
 
 def cell_centres(bbox: tuple[float, float, float, float]) -> list[tuple[float, float]]:
@@ -126,7 +98,7 @@ def embedding_values(
     divisor) so the broadcast sum fits int16 and a large block costs 2 bytes
     per value instead of 8.
     """
-    base = (_hundredths(lon) * 3 + _hundredths(lat) * 5 + int(year) * 11) % 251
+    base = (hundredths(lon) * 3 + hundredths(lat) * 5 + int(year) * 11) % 251
     r = ((np.asarray(rows, dtype=np.int64) * 7 + base) % 251).astype(np.int16)
     c = ((np.asarray(cols, dtype=np.int64) * 13) % 251).astype(np.int16)
     b = ((np.asarray(bands, dtype=np.int64) * 17) % 251).astype(np.int16)
@@ -157,7 +129,7 @@ def scale_values(
     """
     r = np.asarray(rows, dtype=np.int64)
     c = np.asarray(cols, dtype=np.int64)
-    k = r * 3 + c * 5 + (_hundredths(lon) + _hundredths(lat) + int(year))
+    k = r * 3 + c * 5 + (hundredths(lon) + hundredths(lat) + int(year))
     if bands is not None:
         k = k + np.asarray(bands, dtype=np.int64) * 11
     out = (0.001 + (k % 97) / 1e4).astype(np.float32)
@@ -246,7 +218,7 @@ def _emb_block(spec: TileSpec, r0: int, r1: int, inner: NDArray[np.intp]) -> NDA
     faster than evaluating the modular sum per value, which keeps a test tree
     of tens of tiles within a second or two.
     """
-    base = (_hundredths(spec.lon) * 3 + _hundredths(spec.lat) * 5 + spec.year * 11) % 251
+    base = (hundredths(spec.lon) * 3 + hundredths(spec.lat) * 5 + spec.year * 11) % 251
     rt = (np.arange(r0, r1, dtype=np.int64) * 7 + base) % 251
     return np.take(_emb_table()[rt], inner, axis=1)
 
@@ -255,7 +227,7 @@ def _scale_block(
     spec: TileSpec, r0: int, r1: int, inner: NDArray[np.intp], invalid_patch: bool
 ) -> NDArray[np.float32]:
     """Rows ``r0:r1`` of a tile's scales (flattened inner axes), as :func:`scale_values`."""
-    k = _hundredths(spec.lon) + _hundredths(spec.lat) + spec.year
+    k = hundredths(spec.lon) + hundredths(spec.lat) + spec.year
     rt = (np.arange(r0, r1, dtype=np.int64) * 3 + k) % 97
     out = np.take(_scale_table()[rt], inner, axis=1)
     if invalid_patch and r0 < INVALID_ROWS:
@@ -340,71 +312,6 @@ def tile_specs(
                 )
             )
     return specs
-
-
-def _url(rel: str, url_base: str | None) -> str:
-    return rel if url_base is None else url_base.rstrip("/") + "/" + rel
-
-
-def write_manifest(
-    root: str | Path,
-    specs: Sequence[TileSpec],
-    url_base: str | None = None,
-    path: str | Path | None = None,
-) -> Path:
-    """Write an upstream-schema ``manifest.parquet`` listing ``specs``.
-
-    Sizes and mtimes are read from the files on disk, as upstream records
-    them; a spec whose file is absent gets size 0 and mtime NaN, so tests can
-    list objects that do not exist (a known upstream defect) by passing extra
-    specs, or omit existing tiles by passing fewer.
-
-    Parameters
-    ----------
-    root
-        Root of the tree the relative paths refer to.
-    specs
-        The rows to list, in order.
-    url_base
-        When given, ``grid_path``/``scales_path`` become absolute URLs
-        ``url_base.rstrip('/') + '/' + relative_path``, as a manifest of
-        another mirror lists them.
-    path
-        Output file; default ``{root}/manifest.parquet``.
-    """
-    root = Path(root)
-    out = Path(path) if path is not None else root / MANIFEST_NAME
-
-    def stat(rel: str) -> tuple[float, int]:
-        try:
-            st = os.stat(root / rel)
-        except FileNotFoundError:
-            return math.nan, 0
-        return st.st_mtime, st.st_size
-
-    cols: dict[str, list] = {name: [] for name in MANIFEST_SCHEMA.names}
-    for s in specs:
-        g_mtime, g_size = stat(s.emb_path)
-        s_mtime, s_size = stat(s.scales_path)
-        cols["version"].append(MANIFEST_VERSION)
-        cols["variant"].append(MANIFEST_VARIANT)
-        cols["year"].append(s.year)
-        cols["lon"].append(s.lon)
-        cols["lat"].append(s.lat)
-        cols["directory"].append(s.directory)
-        cols["grid_path"].append(_url(s.emb_path, url_base))
-        cols["scales_path"].append(_url(s.scales_path, url_base))
-        cols["grid_mtime"].append(g_mtime)
-        cols["scales_mtime"].append(s_mtime)
-        cols["grid_size"].append(g_size)
-        cols["scales_size"].append(s_size)
-        cols["lon_i"].append(_hundredths(s.lon))
-        cols["lat_i"].append(_hundredths(s.lat))
-    table = pa.table(cols, schema=MANIFEST_SCHEMA)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, out)
-    logger.debug("wrote manifest %s with %d rows", out, len(specs))
-    return out
 
 
 def make_tree(
