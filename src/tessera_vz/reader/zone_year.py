@@ -220,6 +220,15 @@ class ZoneYears:
 
         return lookup
 
+    def rects_or_none(self, year: int) -> Callable[[int], TileRects | None]:
+        """Zone -> the year's tile rectangles, or ``None`` where :meth:`find` finds none."""
+
+        def rects(zone: int) -> TileRects | None:
+            index = self.find(zone, year)
+            return index.rects if index is not None else None
+
+        return rects
+
     def provenance(self, keys: Iterable[tuple[int, int]]) -> dict[str, str]:
         """``tessera:versions`` and ``tessera:snapshots`` of the zone-years ``keys``."""
         read = sorted({(int(z), int(y)) for z, y in keys})
