@@ -33,10 +33,11 @@ def cmd_point(args: argparse.Namespace) -> int:
         values = store.point(args.lon, args.lat, year)
         elapsed = time.perf_counter() - t0
         tag, snapshot = store.version(loc.zone, year)
+        embedding = [None if v != v else float(v) for v in values]
         doc = {
             "lon": args.lon, "lat": args.lat, "year": year, "zone": loc.zone, "tile": loc.name,
-            "row": loc.row, "col": loc.col, "embedding": [None if v != v else float(v) for v in values],
-            "version": tag, "snapshot": snapshot, "seconds": round(elapsed, 4),
+            "row": loc.row, "col": loc.col, "embedding": embedding, "version": tag,
+            "snapshot": snapshot, "seconds": round(elapsed, 4),
         }  # fmt: skip
         if args.json:
             print(json.dumps(doc))  # one JSON line per year

@@ -181,8 +181,11 @@ def owners_at(
     t_col = np.rint(rects.left / PIXEL).astype(np.int64)
 
     def covers(t: NDArray[np.int64], r: NDArray[np.int64], c: NDArray[np.int64]) -> NDArray[Any]:
-        return (r >= t_row[t]) & (r < t_row[t] + rects.height[t]) & (c >= t_col[t]) & (
-            c < t_col[t] + rects.width[t]
+        return (
+            (r >= t_row[t])
+            & (r < t_row[t] + rects.height[t])
+            & (c >= t_col[t])
+            & (c < t_col[t] + rects.width[t])
         )
 
     at, match = tile_of_cell(rects.cell, cell_id(lon, lat))

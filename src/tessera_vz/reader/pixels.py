@@ -92,10 +92,8 @@ def locate_pixels(
         zone=np.where(ok, picked.zone, picked.home), facts={},
     )  # fmt: skip
     if strict and not seen and finite.any():
-        raise TileNotFoundError(
-            f"year {year} is not indexed in UTM zone(s) {sorted(set(picked.home[finite].tolist()))} "
-            f"of {where}"
-        )
+        zones = sorted(set(picked.home[finite].tolist()))
+        raise TileNotFoundError(f"year {year} is not indexed in UTM zone(s) {zones} of {where}")
     facts: dict[str, list[Any]] = {}
     for z, rects in seen.items():
         idx = np.flatnonzero(ok & (picked.zone == z))

@@ -117,7 +117,8 @@ def _pick(
     e, nn = project(lon, lat, 32600 + native)
     rows = np.floor(-nn / PIXEL).astype(np.int64)
     cols = np.floor(e / PIXEL).astype(np.int64)
-    x, y = PIXEL * cols + PIXEL / 2, -PIXEL * rows - PIXEL / 2  # P's centre
+    x = (PIXEL * cols + PIXEL / 2).astype(np.float64)  # P's centre
+    y = (-PIXEL * rows - PIXEL / 2).astype(np.float64)
     lon_p, _ = unproject(x, y, 32600 + native)
     zp = cell_zone(lon_p)
     zone = np.zeros(lon.size, np.int64)

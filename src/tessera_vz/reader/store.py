@@ -27,8 +27,8 @@ from numpy.typing import ArrayLike
 
 from tessera_vz.core.boundary import SourceFiles
 from tessera_vz.core.errors import ConfigurationError, TileNotFoundError
-from tessera_vz.core.options import ReadOptions
 from tessera_vz.core.geometry import cell_centre, utm_zone
+from tessera_vz.core.options import ReadOptions
 from tessera_vz.core.quantisation import dequantise, valid_scale
 from tessera_vz.core.repos import quiet_icechunk
 from tessera_vz.reader import pixels, regions, samples
@@ -158,13 +158,12 @@ class TesseraStore:
             loc = self.locate_points([lon], [lat], y)
         except TileNotFoundError as exc:
             self._explain(lon, lat, y, exc)
+            raise  # (explained above)
         if not loc.ok[0]:
             self._explain(lon, lat, y, None)
         return pixels.location(loc, lon, lat, y)
 
-    def _explain(
-        self, lon: float, lat: float, year: int, exc: TileNotFoundError | None
-    ) -> None:
+    def _explain(self, lon: float, lat: float, year: int, exc: TileNotFoundError | None) -> None:
         """Raise why no tile of ``year`` holds a point: the zone's own reason, and a hint
         when lon/lat look swapped."""
         zone = int(utm_zone(cell_centre(lon, lat)[0]))
@@ -209,13 +208,14 @@ class TesseraStore:
         the years read concurrently.
         """
         ys, series = years_asked(year, years)
-        located = []
+        located: list[Located] = []
         for y in ys:
             try:
                 loc = self.locate_points([lon], [lat], y)
             except TileNotFoundError:
-                loc = None
-            if loc is None or not loc.ok[0]:
+                self.locate(lon, lat, y)  # raises the precise reason
+                raise
+            if not loc.ok[0]:
                 self.locate(lon, lat, y)  # raises the precise reason
             located.append(loc)
         values = samples.point_values(self._zone_years, located, ys, POINT_GAP)[:, 0]
