@@ -7,14 +7,8 @@ import json
 import time
 from typing import Any
 
-from tessera_vz.commands.common import (
-    check_lonlat,
-    check_versions,
-    check_years,
-    open_index,
-    out,
-    parse_years,
-)
+from tessera_vz.commands.common import check_versions, check_years, open_index, out, parse_years
+from tessera_vz.core.coords import check_lonlat
 from tessera_vz.core.errors import ConfigurationError
 
 

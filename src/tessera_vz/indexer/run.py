@@ -19,6 +19,7 @@ import pyarrow as pa
 from obstore.store import ObjectStore
 
 from tessera_vz.core.errors import ConfigurationError
+from tessera_vz.core.progress import ProgressStart, no_progress
 from tessera_vz.core.repos import quiet_icechunk
 from tessera_vz.indexer.distributed import run_units
 from tessera_vz.indexer.inventory import TileSource, split_units
@@ -32,8 +33,6 @@ from tessera_vz.indexer.repository import open_repo, update_main
 from tessera_vz.indexer.roots import SourceRoot, object_store, source_root
 from tessera_vz.indexer.run_options import (
     IndexOptions,
-    ProgressStart,
-    no_progress,
     read_options,
     source_files,
     source_options,

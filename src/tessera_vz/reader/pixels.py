@@ -12,7 +12,6 @@ the tile rectangles are given, no bytes are read (reading is
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from tessera_vz.core.coords import valid_lonlat_mask
 from tessera_vz.core.errors import TileNotFoundError
 from tessera_vz.core.geometry import cell_centre
 from tessera_vz.core.layout import tile_name
@@ -50,12 +50,6 @@ def as_points(lons: ArrayLike, lats: ArrayLike) -> tuple[NDArray[np.float64], ND
     return lon, lat
 
 
-def valid_coordinates(lon: NDArray[np.float64], lat: NDArray[np.float64]) -> NDArray[np.bool_]:
-    """Coordinates a point may be read at: finite, lon in [-180, 180], lat in [-90, 90]."""
-    with np.errstate(invalid="ignore"):
-        return np.isfinite(lon) & np.isfinite(lat) & (np.abs(lon) <= 180) & (np.abs(lat) <= 90)
-
-
 def locate_pixels(
     rects_of: Callable[[int], TileRects | None],
     lons: ArrayLike,
@@ -76,7 +70,7 @@ def locate_pixels(
     """
     lon, lat = as_points(lons, lats)
     n = lon.size
-    finite = valid_coordinates(lon, lat)
+    finite = valid_lonlat_mask(lon, lat)
     seen: dict[int, TileRects] = {}
 
     def recorded(zone: int) -> TileRects | None:
@@ -144,15 +138,6 @@ def location(loc: Located, lon: float, lat: float, year: int) -> TileLocation:
     return TileLocation(
         int(loc.zone[0]), int(year), str(loc.tile[0]), int(loc.row[0]), int(loc.col[0]), facts
     )
-
-
-def check_lonlat(lon: float, lat: float) -> None:
-    """A point may be read: finite, lon in [-180, 180], lat in [-90, 90] (else ValueError)."""
-    if not (math.isfinite(lon) and math.isfinite(lat)) or abs(lat) > 90 or abs(lon) > 180:
-        raise ValueError(
-            f"invalid coordinates lon={lon}, lat={lat}: expected -180 <= lon <= 180 and "
-            "-90 <= lat <= 90"
-        )
 
 
 def swapped_hint(located: Callable[[float, float], bool], lon: float, lat: float) -> str:

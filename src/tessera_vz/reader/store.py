@@ -26,6 +26,7 @@ import xarray as xr
 from numpy.typing import ArrayLike
 
 from tessera_vz.core.boundary import SourceFiles
+from tessera_vz.core.coords import check_lonlat
 from tessera_vz.core.errors import ConfigurationError, TileNotFoundError
 from tessera_vz.core.geometry import cell_centre, utm_zone
 from tessera_vz.core.options import ReadOptions
@@ -152,7 +153,7 @@ class TesseraStore:
         where it covers the pixel, else a neighbour that does. Raises
         :class:`TileNotFoundError` with the reason when no tile does.
         """
-        pixels.check_lonlat(lon, lat)
+        check_lonlat(lon, lat)
         y = check_year(year)
         try:
             loc = self.locate_points([lon], [lat], y)
