@@ -207,10 +207,6 @@ class ZoneYears:
             return None
         return index
 
-    def lookups(self, year: int) -> Callable[[int], TileLookup]:
-        """Zone -> the year's tiles lookup (:class:`TileNotFoundError` if none)."""
-        return lambda zone: self.get(zone, year).lookup
-
     def lookups_or_none(self, year: int) -> Callable[[int], TileLookup | None]:
         """Zone -> the year's tiles lookup, or ``None`` where :meth:`find` finds none."""
 
