@@ -192,12 +192,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="a training table: embeddings of many points (CSV/Parquet/GeoParquet in, "
         "GeoParquet or CSV out)",
     )
-    pts.add_argument("input", help="CSV, Parquet or GeoParquet (point geometry) of the points")
-    pts.add_argument("--year", required=True, help="a year, or comma-separated years")
+    pts.add_argument(
+        "input",
+        help="CSV/TSV (GBIF downloads too), Parquet, GeoParquet, GeoPackage, GeoJSON or "
+        "shapefile of the points",
+    )
+    pts.add_argument(
+        "--year",
+        help="a year, or comma-separated years (default: each row's own year, from a 'year' "
+        "column)",
+    )
+    pts.add_argument(
+        "--year-column", metavar="COLUMN", help="read each row in the year this column holds"
+    )
     pts.add_argument("--store", required=True)
     pts.add_argument("--out", required=True, help="FILE.parquet (GeoParquet 1.1) or FILE.csv")
     pts.add_argument("--lon", metavar="COLUMN", help="longitude column (default: lon/longitude)")
     pts.add_argument("--lat", metavar="COLUMN", help="latitude column (default: lat/latitude)")
+    pts.add_argument("--geometry", metavar="COLUMN", help="a WKT (or WKB) point column, lon/lat")
     pts.add_argument(
         "--batch-size", type=int, default=100_000, help="points read at a time (default 100000)"
     )

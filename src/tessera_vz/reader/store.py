@@ -36,6 +36,7 @@ from tessera_vz.reader import pixels, regions, samples
 from tessera_vz.reader.discovery import containers, discover_zones
 from tessera_vz.reader.pixels import Located, TileLocation, locate_pixels
 from tessera_vz.reader.point_columns import PointsInput, points_input
+from tessera_vz.reader.point_columns import year_column as own_year_column
 from tessera_vz.reader.points import check_year, years_asked
 from tessera_vz.reader.range_fetch import ByteSource
 from tessera_vz.reader.range_plan import DEFAULT_GAP, POINT_GAP
@@ -239,9 +240,10 @@ class TesseraStore:
         return out if series else out[0]
 
     def sample(
-        self, points: Any, years: int | Sequence[int], *, lon: str | None = None,
+        self, points: Any, years: int | Sequence[int] | None = None, *, lon: str | None = None,
         lat: str | None = None, geometry: str | None = None, crs: Any = None,
-        batch_size: int = SAMPLE_BATCH, progress: Callable[[int], None] | None = None,
+        year_column: str | None = None, batch_size: int = SAMPLE_BATCH,
+        progress: Callable[[int], None] | None = None,
     ) -> pa.Table:  # fmt: skip
         """Points as a training table: one row per input row and year, every input column kept.
 
@@ -254,7 +256,13 @@ class TesseraStore:
         invalid scale, ``invalid coordinate``, ``empty`` for a missing
         coordinate, ``error`` when its tile's source failed), the ``tile``,
         ``row`` and ``col`` read, the dequantised bands ``b000``.. (null unless
-        ``ok``) and a ``geometry`` (WKB point, EPSG:4326). Coordinates outside
+        ``ok``) and a ``geometry`` (WKB point, EPSG:4326). Without ``years``
+        each observation is read in its own year, from ``year_column``
+        (default: a column named ``year``, as GBIF's): one row per input row,
+        ``year`` the embedding year read (the input's column is kept as
+        ``year_input``), status ``no year`` where the cell is missing or not
+        a year and ``year not indexed`` where no zone indexed it — never
+        another year's value. Coordinates outside
         lon [-180, 180] / lat [-90, 90] are never read. The schema carries
         GeoParquet 1.1 ``geo`` metadata and the provenance
         (``tessera:versions``, ``tessera:snapshots``), so
@@ -265,7 +273,14 @@ class TesseraStore:
         tables too big for one result, :meth:`sample_batches` yields the
         batches.
         """
-        inp = self.points_input(points, lon=lon, lat=lat, geometry=geometry, crs=crs)
+        if years is None:
+            year_column = year_column or own_year_column(points)
+        elif year_column is not None:
+            raise ConfigurationError(
+                f"give years ({years!r}) or year_column ({year_column!r}), not both"
+            )
+        inp = self.points_input(points, lon=lon, lat=lat, geometry=geometry, crs=crs,
+                                year=year_column)  # fmt: skip
         provenance = self.sample_provenance(inp, years)
         parts = list(self.sample_batches(inp, years, batch_size=batch_size, progress=progress))
         table = pa.concat_tables(parts) if parts else self.empty_sample(inp, years)
@@ -276,7 +291,7 @@ class TesseraStore:
         return points_input(points, **where)
 
     def sample_batches(
-        self, inp: PointsInput, years: int | Sequence[int], *, batch_size: int = SAMPLE_BATCH,
+        self, inp: PointsInput, years: int | Sequence[int] | None, *, batch_size: int = SAMPLE_BATCH,
         progress: Callable[[int], None] | None = None,
     ) -> Iterator[pa.Table]:  # fmt: skip
         """The rows of :meth:`sample`, batch by batch (without the file metadata).
@@ -288,11 +303,13 @@ class TesseraStore:
             self._zone_years, inp, years, batch_size=batch_size, progress=progress
         )
 
-    def empty_sample(self, inp: PointsInput, years: int | Sequence[int]) -> pa.Table:
+    def empty_sample(self, inp: PointsInput, years: int | Sequence[int] | None) -> pa.Table:
         """A table of :meth:`sample`'s columns and no rows (for input without points)."""
         return samples.empty_sample(self._zone_years, inp, years)
 
-    def sample_provenance(self, inp: PointsInput, years: int | Sequence[int]) -> dict[str, str]:
+    def sample_provenance(
+        self, inp: PointsInput, years: int | Sequence[int] | None
+    ) -> dict[str, str]:
         """Provenance of a sampled table (:func:`.samples.sample_provenance`), before any read."""
         return samples.sample_provenance(self._zone_years, inp, years)
 
