@@ -57,8 +57,12 @@ class Grid:
     false_northing: float = 0.0
 
     @classmethod
-    def of_window(cls, window: Window) -> Grid:
-        """The grid of a zone window (the zone's northern 10 m lattice)."""
+    def of_window(cls, window: Window, *, south: bool = False) -> Grid:
+        """The grid of a zone window: on the zone's northern CRS, or its southern (``327zz``,
+        northings 10,000,000 m higher, the same pixels) with ``south``."""
+        if south:
+            return cls(f"EPSG:{32700 + window.zone}", window.left, window.top + FALSE_NORTHING,
+                       PIXEL, PIXEL, window.height, window.width, window.zone, FALSE_NORTHING)  # fmt: skip
         return cls(f"EPSG:{window.epsg}", window.left, window.top, PIXEL, PIXEL,
                    window.height, window.width, window.zone)  # fmt: skip
 
@@ -176,8 +180,10 @@ def grid_for_bbox(
     """The grid a region of ``bbox`` is returned on, and a sentence saying why.
 
     ``crs=None``: the 10 m lattice of UTM zone ``zone`` (default: the zone
-    of the bbox centre), on the zone's northern CRS as the tiles' mosaic is
-    (southern pixels have negative northings). Otherwise the smallest grid
+    of the bbox centre), on the zone's northern CRS (``326zz``) as the
+    tiles' mosaic is where the bbox reaches north of the equator (southern
+    pixels then have negative northings), on its southern CRS (``327zz``)
+    for a bbox wholly south of it (north edge at most 0). Otherwise the smallest grid
     of ``crs`` aligned to whole multiples of the resolution that covers the
     bbox's outline. ``resolution`` is one number or ``(xres, yres)`` in the
     CRS's units (default :func:`default_resolution`).
@@ -189,10 +195,11 @@ def grid_for_bbox(
     if crs is None:
         z = int(utm_zone((w + e) / 2)) if zone is None else _zone(zone)
         why = "the zone of the bbox centre" if zone is None else "as requested"
+        epsg = (32700 if n <= 0 else 32600) + z
         if res is None or res == (PIXEL, PIXEL):
-            grid = Grid.of_window(window_for_bbox((w, s, e, n), z))
-            return grid, f"10 m lattice of UTM zone {z} (EPSG:{32600 + z}), {why}"
-        target = CRS.from_epsg(32600 + z)
+            grid = Grid.of_window(window_for_bbox((w, s, e, n), z), south=n <= 0)
+            return grid, f"10 m lattice of UTM zone {z} (EPSG:{epsg}), {why}"
+        target = CRS.from_epsg(epsg)
     else:
         target = parse_crs(crs)
         why = "as requested"

@@ -103,6 +103,7 @@ def read_region(
     when the output, or the source windows of one year, exceed
     :data:`~tessera_vz.reader.windows.MAX_PIXELS`.
     """
+    years = sorted(years)  # the time axis ascends, whatever order the years were asked in
     grid, why = grid_for_bbox(bbox, crs=crs, resolution=resolution, zone=zone)
     if grid.size > MAX_PIXELS:
         raise ValueError(
