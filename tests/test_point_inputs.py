@@ -175,7 +175,7 @@ def gdf_of_obs() -> gpd.GeoDataFrame:
 def test_vector_files_in_their_crs(
     tree: dict[str, Any], tmp_path: Path, suffix: str, crs: int
 ) -> None:
-    """GeoPackage (British National Grid), GeoJSON and a shapefile (UTM 31N) written by geopandas."""
+    """A GeoPackage (British National Grid), GeoJSON, a shapefile (UTM 31N), by geopandas."""
     src = tmp_path / f"obs.{suffix}"
     gdf_of_obs().to_crs(crs).to_file(src)
     out = tmp_path / "emb.parquet"
@@ -219,8 +219,8 @@ def test_polygons_are_refused_for_points_with_the_way_out(
     tree: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     src = tmp_path / "fields.geojson"
-    gpd.GeoDataFrame({"id": [1]}, geometry=gpd.GeoSeries.from_wkt(
-        ["POLYGON ((0 52.1, 0.1 52.1, 0.1 52.2, 0 52.2, 0 52.1))"]), crs=4326).to_file(src)  # fmt: skip
+    field = gpd.GeoSeries.from_wkt(["POLYGON ((0 52.1, 0.1 52.1, 0.1 52.2, 0 52.2, 0 52.1))"])
+    gpd.GeoDataFrame({"id": [1]}, geometry=field, crs=4326).to_file(src)
     assert points(tree, str(src), "--out", str(tmp_path / "o.parquet"), "--year", "2024") == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Polygon" in err and "--region-file" in err

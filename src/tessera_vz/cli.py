@@ -184,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     vf.add_argument("--zones", help="comma-separated UTM zones, e.g. 30,31")
     vf.add_argument("--json", action="store_true", help="print the JSON report on stdout")
     vf.add_argument("--concurrency", type=int, default=64, help="HEAD requests in flight")
+    _add_progress(vf)
     _add_read_flags(vf, versions=False)
     _command(vf, "verify:cmd_verify")
 
@@ -222,7 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
         "region", help="a lon/lat box on one grid across zones (.tif COG, .zarr, .nc)"
     )
     for name in ("west", "south", "east", "north"):
-        rg.add_argument(name, type=float)
+        rg.add_argument(name, type=float, nargs="?", help=f"bbox {name} (degrees)")
+    rg.add_argument(
+        "--region-file",
+        metavar="AREA",
+        help="a polygon (.geojson, .gpkg, .shp) instead of the bbox: its box on the grid, "
+        "no-data outside it",
+    )
+    rg.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     rg.add_argument("--year", required=True, help="a year, or comma-separated years")
     rg.add_argument("--store", required=True)
     rg.add_argument("--out", required=True, help="FILE.tif (Cloud-Optimised GeoTIFF), .zarr or .nc")
@@ -236,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="int8 embeddings plus float32 scales (a .tif writes the scales to FILE_scales.tif)",
     )
     rg.add_argument("--json", action="store_true")
+    _add_progress(rg)
     _add_read_flags(rg)
     _command(rg, "region:cmd_region")
 

@@ -25,9 +25,11 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+from dask.callbacks import Callback
 
 from tessera_vz.core.errors import ConfigurationError
 from tessera_vz.core.files import atomic_path, hidden_beside
+from tessera_vz.core.progress import Advance, ProgressStart, no_progress
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +136,9 @@ def check_writable_folder(target: Path) -> None:
         raise ConfigurationError(f"cannot write {str(target)!r}: a folder of that name exists")
 
 
-def write_region(ds: xr.Dataset, path: str | Path, *, raw: bool = False) -> list[Path]:
+def write_region(
+    ds: xr.Dataset, path: str | Path, *, raw: bool = False, progress: ProgressStart = no_progress
+) -> list[Path]:
     """Write ``ds`` (a ``TesseraStore.region`` result) to ``path``, by its suffix.
 
     ``ds`` may be dequantised (float32 ``embeddings``) or raw (int8
@@ -151,6 +155,7 @@ def write_region(ds: xr.Dataset, path: str | Path, *, raw: bool = False) -> list
     - ``.zarr``: a Zarr v3 store; ``.nc``: NetCDF (list attributes joined with
       spaces). Both keep a time axis and carry the CRS as a CF grid mapping.
 
+    ``progress`` (a ``start(label, total)``) is told of the blocks written.
     Returns the files written.
 
     Raises
@@ -165,12 +170,18 @@ def write_region(ds: xr.Dataset, path: str | Path, *, raw: bool = False) -> list
             "raw output needs a raw region: region(..., dequantise=False) holds the scales"
         )
     out = Path(str(path).rstrip("/"))
+    blocks = int(np.prod([-(-ds.sizes[d] // BLOCK) for d in ("y", "x")]))
+    steps = blocks * (ds.sizes.get("time", 1) if fmt != "tif" else 1) * (1 + (fmt == "tif" and raw))
     if fmt == "tif":
-        written = _write_geotiff(ds, out, raw)
+        with _Blocks(progress(f"writing {out.name}", steps)):
+            written = _write_geotiff(ds, out, raw)
     else:
         data = ds if raw else dequantised(ds)
         # Like the COGs, written beside and renamed into place: never half a store or file.
-        with atomic_path(out, kind=f"partial.{fmt}") as tmp:
+        with (
+            atomic_path(out, kind=f"partial.{fmt}") as tmp,
+            _Blocks(progress(f"writing {out.name}", steps), per_task=True),
+        ):
             if fmt == "zarr":
                 _write_zarr(data, tmp)
             else:
@@ -178,6 +189,28 @@ def write_region(ds: xr.Dataset, path: str | Path, *, raw: bool = False) -> list
         written = [out]
     log.debug("wrote region %s", ", ".join(map(str, written)))
     return written
+
+
+class _Blocks(Callback):  # type: ignore[misc]
+    """Dask callback advancing a progress bar as blocks are written.
+
+    A GeoTIFF is written window by window, one compute each (``per_task``
+    off: one step per compute); Zarr and NetCDF compute once, and each
+    storing task of a chunk is a step (``per_task``).
+    """
+
+    def __init__(self, advance: Advance, per_task: bool = False) -> None:
+        super().__init__()
+        self.advance, self.per_task = advance, per_task
+
+    def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+        name = key[0] if isinstance(key, tuple) else key
+        if self.per_task and isinstance(name, str) and name.startswith("store-"):
+            self.advance(1)
+
+    def _finish(self, dsk: Any, state: Any, errored: bool) -> None:
+        if not self.per_task:
+            self.advance(1)
 
 
 def _write_zarr(data: xr.Dataset, tmp: Path) -> None:

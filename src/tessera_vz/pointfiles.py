@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 #: Input suffixes -> format.
 INPUTS = {"csv": "csv", "tsv": "csv", "txt": "csv", "parquet": "parquet",
-          "geoparquet": "parquet", "pq": "parquet", **dict.fromkeys(VECTOR_SUFFIXES, "vector")}  # fmt: skip
+          "geoparquet": "parquet", "pq": "parquet",
+          **dict.fromkeys(VECTOR_SUFFIXES, "vector")}  # fmt: skip
 #: Delimiters a text table may use, sniffed from its header line.
 DELIMITERS = ("\t", ",", ";", "|")
 #: Output suffixes -> format.

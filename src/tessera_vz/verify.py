@@ -28,6 +28,7 @@ from zarr.core.sync import sync
 from tessera_vz.core.boundary import ObjectFacts, SourceFiles
 from tessera_vz.core.errors import ConfigurationError, SourceNotFoundError, TesseraError
 from tessera_vz.core.options import ReadOptions, RetryPolicy
+from tessera_vz.core.progress import Advance, ProgressStart, no_progress
 from tessera_vz.core.repos import quiet_icechunk
 from tessera_vz.indexer.roots import SourceRoot, checksum_of, checksum_text
 
@@ -72,7 +73,7 @@ class VerifyReport:
 
 
 async def _head(
-    files: SourceFiles, url: str, limit: asyncio.Semaphore
+    files: SourceFiles, url: str, limit: asyncio.Semaphore, advance: Advance
 ) -> ObjectFacts | TesseraError:
     """The object's facts, or the error the boundary turned its failure into."""
     async with limit:
@@ -80,6 +81,8 @@ async def _head(
             return await files.head(url, "verifying")
         except TesseraError as exc:  # every failure the boundary raises; classified by _compare
             return exc
+        finally:
+            advance(1)
 
 
 def _compare(
@@ -113,11 +116,15 @@ _RANK: dict[Status, int] = {"healthy": 0, "drifted": 1, "unreachable": 2, "missi
 
 
 async def _check_source(
-    root: SourceRoot, rows: list[dict[str, Any]], files: SourceFiles, concurrency: int
+    root: SourceRoot,
+    rows: list[dict[str, Any]],
+    files: SourceFiles,
+    concurrency: int,
+    advance: Advance,
 ) -> list[TileCheck]:
     limit = asyncio.Semaphore(concurrency)
     paths = [p for r in rows for p in (r["emb_path"], r["scales_path"])]
-    heads = await asyncio.gather(*(_head(files, root.url_of(p), limit) for p in paths))
+    heads = await asyncio.gather(*(_head(files, root.url_of(p), limit, advance) for p in paths))
     found = dict(zip(paths, heads, strict=True))
     out = []
     for r in rows:
@@ -144,6 +151,7 @@ def verify_index(
     timeout: float = 30.0,
     s3_options: dict[str, Any] | None = None,
     ca_file: str | None = None,
+    progress: ProgressStart = no_progress,
 ) -> VerifyReport:
     """Compare every indexed tile's source objects with what the index recorded.
 
@@ -169,6 +177,8 @@ def verify_index(
                 row.update(tile=str(name), year=year, zone=zone)
                 by_source[str(row["source"])].append(row)
     report = VerifyReport()
+    total = 2 * sum(len(rows) for rows in by_source.values())
+    advance = progress(f"verifying {total // 2} tiles ({total} files)", total)
     read = ReadOptions(
         policy=RetryPolicy(retries=retries, timeout=timeout),
         s3_options=tuple(sorted((s3_options or {}).items())),
@@ -189,6 +199,6 @@ def verify_index(
             )
         log.info("verifying %d tiles against %s", len(rows), url)
         files = SourceFiles([url, *(allowed_sources or [])], read)
-        report.checks += sync(_check_source(root, rows, files, concurrency))
+        report.checks += sync(_check_source(root, rows, files, concurrency, advance))
     report.checks.sort(key=lambda c: (c.zone, c.year, c.tile))
     return report

@@ -61,8 +61,9 @@ class Grid:
         """The grid of a zone window: on the zone's northern CRS, or its southern (``327zz``,
         northings 10,000,000 m higher, the same pixels) with ``south``."""
         if south:
-            return cls(f"EPSG:{32700 + window.zone}", window.left, window.top + FALSE_NORTHING,
-                       PIXEL, PIXEL, window.height, window.width, window.zone, FALSE_NORTHING)  # fmt: skip
+            top = window.top + FALSE_NORTHING
+            return cls(f"EPSG:{32700 + window.zone}", window.left, top, PIXEL, PIXEL,
+                       window.height, window.width, window.zone, FALSE_NORTHING)  # fmt: skip
         return cls(f"EPSG:{window.epsg}", window.left, window.top, PIXEL, PIXEL,
                    window.height, window.width, window.zone)  # fmt: skip
 

@@ -151,7 +151,9 @@ def _years(col: pa.ChunkedArray, name: str, what: str) -> NDArray[np.int64]:
             f"year column {name!r} of {what} holds {t}; expected years such as 2024"
         )
     with np.errstate(invalid="ignore"):
-        ok = np.isfinite(values) & (values == np.round(values)) & (values >= 1000) & (values <= 9999)
+        ok = (
+            np.isfinite(values) & (values == np.round(values)) & (values >= 1000) & (values <= 9999)
+        )
     return np.where(ok, np.nan_to_num(values), 0).astype(np.int64)
 
 

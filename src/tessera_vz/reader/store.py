@@ -30,13 +30,13 @@ from tessera_vz.core.coords import check_lonlat
 from tessera_vz.core.errors import ConfigurationError, TileNotFoundError
 from tessera_vz.core.geometry import cell_centre, utm_zone
 from tessera_vz.core.options import ReadOptions
+from tessera_vz.core.progress import no_progress
 from tessera_vz.core.quantisation import dequantise, valid_scale
 from tessera_vz.core.repos import quiet_icechunk
-from tessera_vz.reader import pixels, regions, samples
+from tessera_vz.reader import pixels, point_columns, regions, samples
 from tessera_vz.reader.discovery import containers, discover_zones
 from tessera_vz.reader.pixels import Located, TileLocation, locate_pixels
 from tessera_vz.reader.point_columns import PointsInput, points_input
-from tessera_vz.reader.point_columns import year_column as own_year_column
 from tessera_vz.reader.points import check_year, years_asked
 from tessera_vz.reader.range_fetch import ByteSource
 from tessera_vz.reader.range_plan import DEFAULT_GAP, POINT_GAP
@@ -274,7 +274,7 @@ class TesseraStore:
         batches.
         """
         if years is None:
-            year_column = year_column or own_year_column(points)
+            year_column = year_column or point_columns.year_column(points)
         elif year_column is not None:
             raise ConfigurationError(
                 f"give years ({years!r}) or year_column ({year_column!r}), not both"
@@ -291,8 +291,8 @@ class TesseraStore:
         return points_input(points, **where)
 
     def sample_batches(
-        self, inp: PointsInput, years: int | Sequence[int] | None, *, batch_size: int = SAMPLE_BATCH,
-        progress: Callable[[int], None] | None = None,
+        self, inp: PointsInput, years: int | Sequence[int] | None, *,
+        batch_size: int = SAMPLE_BATCH, progress: Callable[[int], None] | None = None,
     ) -> Iterator[pa.Table]:  # fmt: skip
         """The rows of :meth:`sample`, batch by batch (without the file metadata).
 
@@ -314,47 +314,48 @@ class TesseraStore:
         return samples.sample_provenance(self._zone_years, inp, years)
 
     def region(
-        self, bbox: tuple[float, float, float, float], year: int | Sequence[int] | None = None,
-        *, years: Sequence[int] | None = None, zone: int | None = None, crs: Any = None,
-        resolution: float | Sequence[float] | None = None, dequantise: bool = True,
-        gap: int = DEFAULT_GAP,
+        self, bbox: tuple[float, float, float, float] | None,
+        year: int | Sequence[int] | None = None, *, years: Sequence[int] | None = None,
+        zone: int | None = None, crs: Any = None, resolution: float | Sequence[float] | None = None,
+        dequantise: bool = True, gap: int = DEFAULT_GAP, area: Any = None,
+        area_crs: Any = "EPSG:4326", progress: Any = None,
     ) -> xr.Dataset:  # fmt: skip
-        """A lon/lat box on one grid, read from every zone it reaches.
+        """A lon/lat box (or a polygon's box) on one grid, read from every zone it reaches.
 
-        ``bbox`` is ``(west, south, east, north)`` in degrees. The grid is,
-        by default, the 10 m lattice of the UTM zone holding the bbox centre
-        (``zone`` picks another zone's lattice); ``crs`` (``"EPSG:4326"``,
+        ``bbox`` is ``(west, south, east, north)`` in degrees, or ``None``
+        with ``area``: a shapely (multi)polygon in ``area_crs``, whose
+        lon/lat bounds are the bbox and outside which pixels are no-data.
+        The grid is, by default, the 10 m lattice of the UTM zone holding
+        the bbox centre (``zone`` picks another zone's lattice; ``327zz``
+        for a bbox wholly south of the equator); ``crs`` (``"EPSG:4326"``,
         any EPSG code or CRS pyproj reads) gives that CRS's grid, and
         ``resolution`` its pixel size in the CRS's units, one number or
-        ``(xres, yres)``, by default about 10 m (for a geographic CRS, 10 m
-        along the parallel and the meridian at the bbox's centre latitude,
-        rounded to two significant digits: see
-        :func:`~tessera_vz.reader.grids.default_resolution`). The
+        ``(xres, yres)``, by default about 10 m
+        (:func:`~tessera_vz.reader.grids.default_resolution`). The
         ``tessera:grid`` attribute says which grid and why.
 
-        Pixels are taken by nearest neighbour from the zone mosaics (rule
-        in :mod:`~tessera_vz.reader.resample`): an output pixel takes the
-        pixel of the zone of the 0.1-degree cell holding its centre (the
-        lattice pixel containing the centre, valued as in that zone's
-        mosaic: the tile whose cell holds that pixel's centre, else any
-        covering tile), else, where no tile of that zone covers it, the
-        adjacent zone's pixel there. On the default grid the zone's own
-        pixels are not resampled: a region inside one zone is its mosaic.
-        Pixels no indexed tile covers, or whose scale is invalid, are NaN.
+        Pixels are taken by nearest neighbour from the zone mosaics (the
+        rule of :mod:`~tessera_vz.reader.resample`: the pixel of the zone
+        of the 0.1-degree cell holding the output pixel's centre, else the
+        adjacent zone's); on the default grid a region inside one zone is
+        its mosaic, not resampled. Pixels no indexed tile covers, or whose
+        scale is invalid, are NaN.
 
         Returns ``embeddings`` float32 ``(y, x, band)`` dequantised, or raw
         int8 ``embeddings`` plus ``scales`` with ``dequantise=False`` (both
-        copied from the same source pixel); a ``time`` axis with a list of
-        years. Each zone's window is read once, only the needed columns of
-        each tile row. At most :data:`~tessera_vz.reader.windows.MAX_PIXELS`
-        pixels are returned, and at most as many read per year (the windows
-        of all zones), which bounds memory; larger areas go through
-        :meth:`open_zone`.
+        copied from the same source pixel); a ``time`` axis, ascending,
+        with a list of years. Each zone's window is read once, only the
+        needed columns of each tile row. At most
+        :data:`~tessera_vz.reader.windows.MAX_PIXELS` pixels are returned,
+        and at most as many read per year, which bounds memory; larger
+        areas go through :meth:`open_zone`. ``progress``: a
+        ``start(label, total)`` (:mod:`tessera_vz.core.progress`).
         """
         ys, series = years_asked(year, years)
         return regions.read_region(
             self._zone_years, bbox, ys, series, zone=zone, crs=crs, resolution=resolution,
-            dequantise=dequantise, gap=gap,
+            dequantise=dequantise, gap=gap, area=None if area is None else (area, area_crs),
+            progress=progress or no_progress,
         )  # fmt: skip
 
     def open_zone(
