@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import geopandas as gpd
 import pytest
 
 from tessera_vz.cli import main as cli
@@ -36,6 +37,14 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     (base / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
     (base / "empty").mkdir()
     (base / "out.tif").mkdir()  # a folder where a file should go
+    (base / "there.zarr").mkdir()  # an existing output
+    (base / "bad-wkt.csv").write_text("id;geometry\n1;POINT (0.05\n")
+    for name, wkt in [
+        ("line.geojson", "LINESTRING (0.04 52.14, 0.06 52.16)"),
+        ("field.geojson", "POLYGON ((0.04 52.14, 0.06 52.14, 0.06 52.16, 0.04 52.14))"),
+    ]:
+        gpd.GeoDataFrame({"id": [1]}, geometry=gpd.GeoSeries.from_wkt([wkt]),
+                         crs=4326).to_file(base / name)  # fmt: skip
     return {"base": base, "src": src, "ix": ix}
 
 
@@ -121,6 +130,30 @@ def _cases(s: dict[str, Any]) -> list[tuple[list[str], int, str]]:
           str(b / "p.parquet")], 2, "cannot read"),
         ([*pts_out, "--batch-size", "0"], 2, "--batch-size must be at least 1"),
         ([*pts_out[:3], "2030", *pts_out[4:]], 2, "year 2030 not indexed"),
+        # points: a year per row, vector files, WKT
+        ([*pts_out, "--year-column", "year"], 2, "--year and --year-column exclude each other"),
+        (["points", str(b / "pts.csv"), *read, "--out", str(b / "p.parquet")], 2,
+         "no --year given and points file"),
+        (["points", str(b / "pts.csv"), *read, "--out", str(b / "p.parquet"), "--year-column",
+          "obs_year"], 2, "no year column 'obs_year'"),
+        ([*pts_out, "--geometry", "wkt", "--lon", "lon", "--lat", "lat"], 2,
+         "--lon/--lat or --geometry"),
+        ([*pts_out, "--geometry", "wkt"], 2, "no geometry column 'wkt'"),
+        (["points", str(b / "field.geojson"), "--year", "2024", *read, "--out",
+          str(b / "p.parquet")], 2, "holds a Polygon in row 0"),
+        (["points", str(b / "bad-wkt.csv"), "--year", "2024", *read, "--out",
+          str(b / "p.parquet")], 2, "not WKT"),
+        # region: existing outputs, --region-file
+        ([*rg, "--out", str(b / "there.zarr")], 2, "exists; pass --overwrite"),
+        (["region", "0.04", "52.14", "--year", "2024", *read, "--out", str(b / "r.zarr")], 2,
+         "a bbox WEST SOUTH EAST NORTH"),
+        ([*rg_out, "--region-file", str(b / "field.geojson")], 2, "not both"),
+        (["region", "--region-file", str(b / "nope.geojson"), "--year", "2024", *read, "--out",
+          str(b / "r.tif")], 2, "does not exist"),
+        (["region", "--region-file", str(b / "pts.csv"), "--year", "2024", *read, "--out",
+          str(b / "r.tif")], 2, "must be .geojson, .gpkg or .shp"),
+        (["region", "--region-file", str(b / "line.geojson"), "--year", "2024", *read, "--out",
+          str(b / "r.tif")], 2, "a region needs polygons"),
         # index: selections that select nothing, bad sources
         ([*ixc, "--zones", "99"], 2, "UTM zones are 1-60"),
         ([*ixc, "--zones", "thirty"], 2, "comma-separated integers"),
