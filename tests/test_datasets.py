@@ -228,3 +228,108 @@ def test_a_tree_without_a_name_takes_dataset_option(tmp_path: Path) -> None:
     assert doc["dataset"] == "1.1/cambridge"
     unnamed = _run(str(root), tmp_path / "idx-unknown")
     assert unnamed["dataset"] == "unknown"
+
+
+# -- every output names the dataset -------------------------------------------------
+
+
+def test_every_output_names_the_dataset(
+    mirror: tuple[Path, NginxServer], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Points table, GeoTIFF, Zarr, NetCDF, STAC items, the viewer's /api/info and ``info``."""
+    import pandas as pd
+    import pystac
+    import rasterio
+    import xarray as xr
+
+    from tessera_vz.export import write_region
+    from tessera_vz.reader import same_dataset
+    from tessera_vz.serve import create_app
+
+    from .test_serve_api import running
+
+    _npy, server = mirror
+    source = server.url + "v1.1-cam/"
+    out = tmp_path / "index"
+    assert _run(source, out)["indexed"] == 4
+    store = open_store(str(out))
+    want = {
+        "tessera:dataset": "1.1/cambridge",
+        "tessera:dataset_version": "1.1",
+        "tessera:dataset_version_path": "v1.1",
+        "tessera:dataset_variant": "cambridge",
+        "tessera:dataset_path": "v1.1-cam",
+        "tessera:source": source,
+    }
+    assert store.dataset() == want
+
+    table = store.sample(pd.DataFrame({"lon": [0.75, 0.85], "lat": [49.75, 49.85]}), YEAR)
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    assert {k: meta[k] for k in want} == want
+    pq.write_table(table, tmp_path / "p.parquet")
+    assert pq.read_schema(tmp_path / "p.parquet").metadata[b"tessera:dataset"] == b"1.1/cambridge"
+
+    region = store.region((0.74, 49.74, 0.76, 49.76), YEAR)
+    assert {k: region.attrs[k] for k in want} == want
+    write_region(region, tmp_path / "r.tif")
+    with rasterio.open(tmp_path / "r.tif") as f:
+        tags = f.tags()
+    assert tags["TESSERA_DATASET_VERSION"] == "1.1"
+    assert tags["TESSERA_DATASET_VERSION_PATH"] == "v1.1"
+    assert tags["TESSERA_DATASET_VARIANT"] == "cambridge"
+    assert tags["TESSERA_DATASET_PATH"] == "v1.1-cam"
+    assert tags["TESSERA_SOURCE"] == source
+    for suffix in (".zarr", ".nc"):
+        write_region(region, tmp_path / f"r{suffix}")
+        with xr.open_dataset(tmp_path / f"r{suffix}") as back:
+            assert {k: back.attrs[k] for k in want} == want, suffix
+
+    assert cli_main(["catalog", str(out), "--out", str(tmp_path / "cat")]) == 0
+    items = list(pystac.Collection.from_file(str(tmp_path / "cat" / "stac" / "collection.json"))
+                 .get_items(recursive=True))  # fmt: skip
+    assert len(items) == 4
+    assert all({k: it.properties[k] for k in want} == want for it in items)
+
+    with running(create_app(store)) as url:
+        import urllib.request
+
+        with urllib.request.urlopen(url + "/api/info") as r:
+            assert json.load(r)["dataset"] == want
+
+    capsys.readouterr()
+    assert cli_main(["info", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["dataset"] == want
+
+    # Results of two datasets are never combined.
+    other = tmp_path / "index-v1"
+    assert _run(server.url + "v1/", other)["dataset"] == "1.0/vultr"
+    v1 = open_store(str(other)).region((0.74, 49.74, 0.76, 49.76), YEAR)
+    assert same_dataset(region, table) == "1.1/cambridge"
+    with pytest.raises(DatasetMismatchError, match="1.0/vultr and 1.1/cambridge"):
+        same_dataset(region, v1)
+
+
+def test_an_index_without_a_recorded_dataset_reads_as_unknown(
+    mirror: tuple[Path, NginxServer], tmp_path: Path
+) -> None:
+    """An index written before datasets were recorded reads, as ``unknown``, until re-indexed."""
+    import icechunk as ic
+    import zarr
+
+    _npy, server = mirror
+    source = server.url + "v1.1-cam/"
+    out = tmp_path / "index"
+    _run(source, out)
+    repo = ic.Repository.open(ic.local_filesystem_storage(str(out / "utm31.icechunk")))
+    session = repo.writable_session("main")
+    group = zarr.open_group(session.store, mode="a", zarr_format=3)
+    attrs = {k: v for k, v in group.attrs.items() if k not in ("tessera:dataset", "tessera:source")}
+    group.attrs.put(attrs)  # as an older tessera-vz left it
+    session.commit("an older index")
+    store = open_store(str(out))
+    assert store.dataset()["tessera:dataset"] == "unknown"
+    assert np.isfinite(store.point(0.75, 49.75, YEAR)).any()
+    # The same tree again records its dataset, probing nothing.
+    doc = _run(source, out)
+    assert (doc["dataset"], doc["indexed"], doc["skipped"]) == ("1.1/cambridge", 0, 4)
+    assert open_store(str(out)).dataset()["tessera:dataset"] == "1.1/cambridge"

@@ -175,3 +175,22 @@ def only_one(labels: Iterable[str | None], what: str) -> str:
 def geotiff_tags(attrs: Mapping[str, object]) -> dict[str, str]:
     """Upstream's GeoTIFF tag names for the dataset attributes present in ``attrs``."""
     return {tag: str(attrs[key]) for key, tag in GEOTIFF_TAGS.items() if attrs.get(key)}
+
+
+def same_dataset(*results: object) -> str:
+    """The one dataset of several results (Datasets, DataArrays, Arrow tables); refuse two.
+
+    Call it before combining results of several stores (``xr.concat``,
+    ``pa.concat_tables``): each carries ``tessera:dataset`` in its attributes
+    or schema metadata. Returns the label (``unknown`` when none says).
+    """
+    labels = []
+    for r in results:
+        attrs = getattr(r, "attrs", None)
+        if isinstance(attrs, Mapping):
+            labels.append(attrs.get("tessera:dataset"))
+            continue
+        meta = getattr(getattr(r, "schema", None), "metadata", None) or {}
+        value = meta.get(b"tessera:dataset")
+        labels.append(value.decode() if isinstance(value, bytes) else None)
+    return only_one(labels, "combining these results")

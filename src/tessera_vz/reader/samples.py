@@ -37,6 +37,7 @@ from zarr.core.sync import sync
 from tessera_vz.core.geometry import cell_centre, utm_zone
 from tessera_vz.core.quantisation import dequantise
 from tessera_vz.reader.pixels import Located, locate_pixels, valid_coordinates
+from tessera_vz.core.dataset import DATASET_KEYS
 from tessera_vz.reader.point_columns import GEOMETRY, PointsInput
 from tessera_vz.reader.points import point_status, read_isolated, read_located, years_list
 from tessera_vz.reader.range_fetch import ByteSource
@@ -50,7 +51,9 @@ log = logging.getLogger(__name__)
 SAMPLE_BATCH = 100_000
 GEOPARQUET_VERSION = "1.1.0"
 #: Schema metadata keys of the provenance (as the ``tessera:*`` attributes of Datasets).
-PROVENANCE_KEYS = ("tessera:versions", "tessera:snapshots", "tessera:store", "tessera:years")
+PROVENANCE_KEYS = (
+    "tessera:versions", "tessera:snapshots", "tessera:store", "tessera:years", *DATASET_KEYS,
+)  # fmt: skip
 
 
 def band_names(bands: int) -> list[str]:
