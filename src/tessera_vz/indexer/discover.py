@@ -66,6 +66,10 @@ def find_manifest(opts: IndexOptions, root: SourceRoot) -> tuple[pq.ParquetFile 
                 "manifest.parquet) to say which tiles exist"
             ) from None
         return None, root.url
+    except ConfigurationError as exc:
+        if named:
+            raise
+        raise ConfigurationError(f"{exc}; or pass --manifest to name another") from None
     if not named:
         log.info("reading the manifest of the dataset directory, %s", where)
     return found, where
