@@ -23,7 +23,7 @@ import pytest
 
 from tessera_vz.core.geometry import tile_grids
 from tessera_vz.core.layout import source_paths, tile_name
-from tessera_vz.testing import nginx as nginx_mod
+from tessera_vz.mirror import nginx as nginx_mod
 from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.tiles import (
     INVALID_SCALES,

@@ -25,11 +25,11 @@ import pytest
 import xarray as xr
 
 from tessera_vz.cli import main as cli_main
+from tessera_vz.core.dataset import Dataset
 from tessera_vz.core.layout import repo_name
 from tessera_vz.indexer.run import IndexOptions, run_index
 from tessera_vz.reader import open_store
 from tessera_vz.testing.nginx import NginxServer
-from tessera_vz.core.dataset import Dataset
 from tessera_vz.testing.tiles import TileSpec, make_tree
 from tessera_vz.testing.upstream import write_upstream_manifest
 

@@ -21,11 +21,11 @@ import pytest
 from tessera_vz.cli import main as cli_main
 from tessera_vz.core.errors import ConfigurationError, SourceChangedError
 from tessera_vz.indexer.run import IndexOptions, run_index
-from tessera_vz.indexer.verify import verify_index
 from tessera_vz.reader import open_store
 from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.tiles import TileSpec, make_tree
 from tessera_vz.testing.tls import TestCA
+from tessera_vz.verify import verify_index
 
 from .npyfiles import resave
 

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from tessera_vz import __version__
+from tessera_vz.core.errors import ConfigurationError, TesseraError, VersionNotFoundError
 
 #: Exit codes of every command.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -250,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument(
         "--basemap",
         metavar="URL",
-        help="XYZ raster tiles under the footprints, e.g. "
+        help="XYZ raster tiles under the tile cells, e.g. "
         "https://tile.openstreetmap.org/{z}/{x}/{y}.png (default: none, no network)",
     )
     sv.add_argument(
@@ -317,16 +318,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _fail("interrupted (Ctrl-C); files being written were not completed")
         return EXIT_INTERRUPTED
-    except Exception as exc:
-        from tessera_vz.core.errors import ConfigurationError, TesseraError, VersionNotFoundError
-
-        if isinstance(exc, (ConfigurationError, VersionNotFoundError)):
-            _fail(str(exc))
-            return EXIT_USAGE
-        if isinstance(exc, (TesseraError, LookupError, ValueError, OSError)):
-            _fail(str(exc))
-            return EXIT_FAILED
-        raise
+    except (ConfigurationError, VersionNotFoundError) as exc:  # nothing was read or written
+        _fail(str(exc))
+        return EXIT_USAGE
+    except (TesseraError, LookupError, ValueError, OSError) as exc:  # data that failed
+        _fail(str(exc))
+        return EXIT_FAILED
 
 
 def run() -> None:

@@ -17,9 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 from tessera_vz.indexer.run import IndexOptions, run_index
+from tessera_vz.mirror.nginx import NginxServer
+from tessera_vz.mirror.tree import embedding_values, make_tree, scale_values
 from tessera_vz.reader import open_store
-from tessera_vz.testing.nginx import NginxServer
-from tessera_vz.testing.tiles import embedding_values, make_tree, scale_values
 
 console = Console()
 BBOX = (0.7, 49.8, 0.9, 50.0)  # 2 x 2 cells, 2 years: 8 real-size tiles (~860 MiB)

@@ -19,9 +19,7 @@ plus a few blocks, never a float32 copy of the whole region.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ import xarray as xr
 
 from tessera_vz.core.dataset import GEOTIFF_TAGS, geotiff_tags
 from tessera_vz.core.errors import ConfigurationError
+from tessera_vz.core.files import atomic_path, hidden_beside
 
 log = logging.getLogger(__name__)
 
@@ -157,14 +156,16 @@ def write_region(ds: xr.Dataset, path: str | Path, *, raw: bool = False) -> list
         written = _write_geotiff(ds, out, raw)
     else:
         data = ds if raw else dequantised(ds)
-        if fmt == "zarr":
-            data.to_zarr(out, mode="w", zarr_format=3, consolidated=False)
-        else:
-            clean = data.copy()
-            for key, value in clean.attrs.items():
-                if isinstance(value, (list, tuple)):
-                    clean.attrs[key] = " ".join(str(v) for v in value)
-            clean.to_netcdf(out)
+        # Like the COGs, written beside and renamed into place: never half a store or file.
+        with atomic_path(out, kind=f"partial.{fmt}") as tmp:
+            if fmt == "zarr":
+                data.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
+            else:
+                clean = data.copy()
+                for key, value in clean.attrs.items():
+                    if isinstance(value, (list, tuple)):
+                        clean.attrs[key] = " ".join(str(v) for v in value)
+                clean.to_netcdf(tmp)
         written = [out]
     log.debug("wrote region %s", ", ".join(map(str, written)))
     return written
@@ -277,26 +278,16 @@ def _cog(
     grid.attrs = {"long_name": names}
     grid.encoding = {}
     grid = grid.rio.write_crs(crs).rio.write_nodata(nodata, encoded=False)
-    tmp, cog = (hidden_beside(out, kind) for kind in ("blocks.tif", "cog.tif"))
+    blocks = hidden_beside(out, "blocks.tif")  # a step only, deleted whatever happens
     try:
-        with rasterio.Env(GDAL_CACHEMAX=CACHE_MB):
+        # A reader never sees half a file: the COG is renamed into place once complete.
+        with atomic_path(out, kind="cog.tif") as cog, rasterio.Env(GDAL_CACHEMAX=CACHE_MB):
             # windowed: one tile of the temporary file at a time, each the
             # compute of exactly one dask chunk (chunks match the tiles).
             grid.rio.to_raster(
-                tmp, driver="GTiff", tiled=True, blockxsize=BLOCK, blockysize=BLOCK,
+                blocks, driver="GTiff", tiled=True, blockxsize=BLOCK, blockysize=BLOCK,
                 interleave="pixel", BIGTIFF="IF_SAFER", windowed=True, tags=tags,
             )  # fmt: skip
-            rasterio.shutil.copy(tmp, cog, driver="COG", **COG_OPTIONS)
-        os.replace(cog, out)  # a reader never sees half a file
+            rasterio.shutil.copy(blocks, cog, driver="COG", **COG_OPTIONS)
     finally:
-        tmp.unlink(missing_ok=True)
-        cog.unlink(missing_ok=True)
-
-
-def hidden_beside(out: Path, kind: str) -> Path:
-    """An unused hidden name beside ``out``: same file system, so it can be renamed into place.
-
-    Not created here (unlike ``mkstemp``), so the file gets the usual
-    permissions of the user's umask, not 0600.
-    """
-    return out.parent / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.{kind}"
+        blocks.unlink(missing_ok=True)

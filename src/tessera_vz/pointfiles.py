@@ -14,8 +14,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 from collections.abc import Mapping
+from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -23,7 +23,8 @@ from typing import Any
 import pyarrow as pa
 
 from tessera_vz.core.errors import ConfigurationError
-from tessera_vz.export import check_writable_folder, hidden_beside
+from tessera_vz.core.files import atomic_path
+from tessera_vz.export import check_writable_folder
 from tessera_vz.reader.point_columns import GEOMETRY, PointsInput, points_input
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,8 @@ class TableWriter:
         self.path = Path(path)
         self.fmt = fmt
         self.metadata = dict(metadata)
-        self.tmp = hidden_beside(self.path, "partial")
+        self._place = ExitStack()  # holds the hidden file until it is renamed into place
+        self.tmp = self._place.enter_context(atomic_path(self.path, kind="partial"))
         self._writer: Any = None
         self.rows = 0
 
@@ -162,7 +164,7 @@ class TableWriter:
         if self._writer is None:
             self.write(empty)
         self._writer.close()
-        os.replace(self.tmp, self.path)
+        self._place.close()  # renames the complete file into place
 
     def __enter__(self) -> TableWriter:
         return self
@@ -177,7 +179,7 @@ class TableWriter:
             if self._writer is not None:
                 with contextlib.suppress(Exception):  # the file is discarded anyway
                     self._writer.close()
-            self.tmp.unlink(missing_ok=True)
+            self._place.__exit__(kind, exc, tb)  # deletes the hidden file
 
 
 def _as_csv(batch: pa.Table) -> pa.Table:

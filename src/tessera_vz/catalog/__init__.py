@@ -12,7 +12,8 @@ Runs are incremental by snapshot id: only (zone, year) units whose branch
 moved are recomputed, and a run over an unchanged index writes nothing.
 Modules: :mod:`.footprints` (geometry), :mod:`.tables` (rows),
 :mod:`.stac` (Items, Collection), :mod:`.coverage` (the PNG),
-:mod:`.incremental` (state, row-group reuse), :mod:`.build` (the run).
+:mod:`.incremental` (state, row-group reuse), :mod:`.assemble` (the two
+Parquet files, unit by unit), :mod:`.build` (the run).
 """
 
 from tessera_vz.catalog.build import CatalogOptions, CatalogReport, build_catalog

@@ -11,8 +11,8 @@
    the unit's Item files, and stage its rows and Items as Parquet parts.
 4. Assemble ``tiles.parquet`` and ``stac/items.parquet`` unit by unit in
    (zone, year) order: kept units' row groups copied from the previous files,
-   rebuilt units' from their parts; then the Collection, the coverage PNG,
-   and last the state file.
+   rebuilt units' from their parts (:mod:`.assemble`); then the Collection,
+   the coverage PNG, and last the state file.
 
 A unit that cannot be read (a zone whose repository fails to open, a table
 that fails to load) is reported and keeps whatever the catalog had for it;
@@ -24,16 +24,17 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import pyarrow as pa
+import icechunk as ic
 import pyarrow.parquet as pq
 
 from tessera_vz.catalog import coverage, stac, tables
+from tessera_vz.catalog.assemble import assemble_items, assemble_tiles, remove_strays
 from tessera_vz.catalog.incremental import (
     CATALOG_VERSION,
     WORK_DIR,
@@ -42,13 +43,13 @@ from tessera_vz.catalog.incremental import (
     UnitState,
     catalog_lock,
     load_state,
-    replace_with,
     row_groups,
     save_state,
 )
 from tessera_vz.catalog.tables import UnitVersion, unit_key
-from tessera_vz.core.errors import ConfigurationError
+from tessera_vz.core.errors import ConfigurationError, TesseraError
 from tessera_vz.core.layout import parse_tag, repo_name
+from tessera_vz.core.progress import ProgressStart, no_progress
 from tessera_vz.reader import ReadOptions, open_store
 
 log = logging.getLogger(__name__)
@@ -56,13 +57,6 @@ log = logging.getLogger(__name__)
 TILES_PARQUET = "tiles.parquet"
 COVERAGE_PNG = "coverage.png"
 STAC_DIR = "stac"
-
-#: ``start(label, total)`` returns an ``advance(n)`` callable (rich progress in the CLI).
-ProgressStart = Callable[[str, int], Callable[[int], None]]
-
-
-def _no_progress(_label: str, _total: int) -> Callable[[int], None]:
-    return lambda _n: None
 
 
 @dataclass
@@ -154,7 +148,9 @@ def _units(store: Any, report: CatalogReport) -> tuple[list[UnitVersion], set[in
                     UnitVersion(zone, year, snap, _tag_of(repo, tags, year, snap),
                                 repo_href(store.root, zone), containers)
                 )  # fmt: skip
-        except Exception as exc:  # any failure of one zone must not stop the others
+        except (ic.IcechunkError, TesseraError, OSError, ValueError) as exc:
+            # A zone that cannot be opened or listed (missing, damaged, unauthorised):
+            # reported, and its units keep what the catalog had; the other zones go on.
             log.error("zone %d: %s", zone, exc)
             failed_zones.add(zone)
             report.failed.append(
@@ -190,7 +186,7 @@ def _plan(
     return kept, build
 
 
-def build_catalog(opts: CatalogOptions, progress: ProgressStart = _no_progress) -> CatalogReport:
+def build_catalog(opts: CatalogOptions, progress: ProgressStart = no_progress) -> CatalogReport:
     """Bring the catalog in ``opts.out`` up to date with the index ``opts.store``.
 
     Raises :class:`ConfigurationError` (nothing written) when the index
@@ -271,7 +267,11 @@ def _run(
     for u in build:
         try:
             new_states[u.key] = _build_unit(store, u, opts.collection_id, stac_dir, work, report)
-        except Exception as exc:  # one unit's failure must not stop the others
+        except Exception as exc:
+            # A deliberate catch-all: a unit is read (Icechunk, our reader), computed
+            # (shapely, pyproj, pyarrow) and written (stac-geoparquet, files), and
+            # whatever fails in one unit must not stop the others; it is reported
+            # and keeps its previous rows.
             log.error("unit %s: %s", u.key, exc)
             report.failed.append({"zone": u.zone, "year": u.year, "reason": str(exc)})
             prev = state.units.get(u.key) if state else None
@@ -299,9 +299,13 @@ def _run(
     for s in removed:
         shutil.rmtree(stac_dir / stac.unit_dir(s.zone, s.year), ignore_errors=True)
         report.items_deleted += s.tiles
-    _remove_strays(stac_dir, {(s.zone, s.year) for s in order})
-    _assemble_tiles(out / TILES_PARQUET, order, new_states, tiles_rg, work, report)
-    _assemble_items(stac_dir / stac.ITEMS_PARQUET, order, new_states, items_rg, work, opts, report)
+    remove_strays(stac_dir, {(s.zone, s.year) for s in order})
+    report.rows_copied += assemble_tiles(out / TILES_PARQUET, order, new_states, tiles_rg, work)
+    report.written.append(TILES_PARQUET)
+    assemble_items(
+        stac_dir / stac.ITEMS_PARQUET, order, new_states, items_rg, work, opts.collection_id
+    )
+    report.written.append(f"{STAC_DIR}/{stac.ITEMS_PARQUET}")
     coll = stac.collection(
         [{**vars(s)} for s in order],
         tables.merge_bbox([s.bbox for s in order]),
@@ -378,98 +382,3 @@ def _build_unit(
         geometry_types=rows.geometry_types,
         epsg=sorted({int(c) for c in rows.table["epsg"].to_pylist()}),
     )
-
-
-def _unit_tables(
-    order: list[UnitState],
-    new: dict[str, UnitState],
-    old: RowGroups | None,
-    part: Callable[[UnitState], Path],
-    copied: Callable[[int], None] = lambda _n: None,
-) -> Iterator[pa.Table]:
-    """Each unit's rows in order: from its staged part if rebuilt, else the previous file."""
-    old_file = pq.ParquetFile(old.path) if old is not None else None
-    for s in order:
-        key = unit_key(s.zone, s.year)
-        if key in new:
-            path = part(s)
-            if path.exists():
-                yield pq.read_table(path)
-            continue
-        if old is None or old_file is None:
-            raise AssertionError(f"unit {key} is neither rebuilt nor in the previous file")
-        for i in old.units.get((s.zone, s.year), []):
-            t = old_file.read_row_group(i)
-            copied(t.num_rows)
-            yield t
-
-
-def _assemble_tiles(
-    path: Path,
-    order: list[UnitState],
-    new: dict[str, UnitState],
-    old: RowGroups | None,
-    work: Path,
-    report: CatalogReport,
-) -> None:
-    schema = tables.schema_with_geo(
-        sorted({t for s in order for t in s.geometry_types}),
-        tables.merge_bbox([s.bbox for s in order]),
-    )
-
-    def count(n: int) -> None:
-        report.rows_copied += n
-
-    def write(tmp: Path) -> None:
-        parts = _unit_tables(order, new, old, lambda s: work / f"tiles-{s.zone}-{s.year}.parquet",
-                             count)  # fmt: skip
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as w:
-            for t in parts:
-                w.write_table(t.replace_schema_metadata(schema.metadata).cast(schema))
-
-    replace_with(path, write)
-    report.written.append(TILES_PARQUET)
-
-
-def _assemble_items(
-    path: Path,
-    order: list[UnitState],
-    new: dict[str, UnitState],
-    old: RowGroups | None,
-    work: Path,
-    opts: CatalogOptions,
-    report: CatalogReport,
-) -> None:
-    from stac_geoparquet.arrow import to_parquet
-
-    schema = stac.items_schema(opts.collection_id)
-    parts = _unit_tables(order, new, old, lambda s: work / f"items-{s.zone}-{s.year}.parquet")
-    batches = (b for t in parts for b in t.cast(schema).to_batches())
-    coll = {"id": opts.collection_id, "type": "Collection"}
-    replace_with(
-        path,
-        lambda tmp: to_parquet(
-            pa.RecordBatchReader.from_batches(schema, batches),
-            tmp,
-            schema_version="1.1.0",
-            collections={opts.collection_id: coll},
-            compression="zstd",
-        ),
-    )
-    report.written.append(f"{STAC_DIR}/{stac.ITEMS_PARQUET}")
-
-
-def _remove_strays(stac_dir: Path, keep: set[tuple[int, int]]) -> None:
-    """Delete unit folders under ``stac/`` that no catalogued unit owns (left by older runs)."""
-    if not stac_dir.is_dir():
-        return
-    for zdir in stac_dir.glob("utm[0-9][0-9]"):
-        for ydir in zdir.iterdir():
-            if (
-                ydir.is_dir()
-                and ydir.name.isdigit()
-                and (int(zdir.name[3:]), int(ydir.name)) not in keep
-            ):
-                shutil.rmtree(ydir, ignore_errors=True)
-        if not any(zdir.iterdir()):
-            zdir.rmdir()

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from tessera_vz.core.files import atomic_path
 
 #: Colour of an indexed cell and of the map background.
 TILE_COLOUR = "#1f77b4"
@@ -157,14 +157,9 @@ def render(path: Path, lon: ArrayLike, lat: ArrayLike, year: ArrayLike) -> dict[
         )  # fmt: skip
     doc = {"panels": described}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", metadata={PANELS_KEY: json.dumps(doc)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", metadata={PANELS_KEY: json.dumps(doc)})
     finally:
         plt.close(fig)
     return doc

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,7 +31,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from tessera_vz.core.errors import ConfigurationError
+from tessera_vz.core.files import atomic_write_bytes, file_lock
 
 log = logging.getLogger(__name__)
 
@@ -102,23 +100,7 @@ def load_state(out: Path) -> CatalogState | None:
 
 def save_state(out: Path, state: CatalogState) -> None:
     """Write the state atomically."""
-    replace_with(
-        out / STATE_FILE, lambda tmp: tmp.write_text(json.dumps(state.to_json(), indent=1))
-    )
-
-
-def replace_with(path: Path, write: Any) -> None:
-    """Run ``write(tmp_path)`` then move the result over ``path`` in one rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(out / STATE_FILE, json.dumps(state.to_json(), indent=1).encode())
 
 
 @contextmanager
@@ -126,26 +108,12 @@ def catalog_lock(out: Path) -> Iterator[None]:
     """Hold ``DIR/.catalog.lock``: two runs writing one catalog would mix their files.
 
     Fails at once (exit 2) instead of waiting, since the other run will
-    bring the catalog up to date anyway. An advisory ``flock``, released by
-    the kernel if the holder dies.
+    bring the catalog up to date anyway. The lock is released by the kernel
+    if its holder dies (:func:`~tessera_vz.core.files.file_lock`).
     """
-    try:
-        import fcntl
-    except ImportError:  # not POSIX
+    busy = f"another `tessera-vz catalog` run is writing {out}; wait for it to finish"
+    with file_lock(out / LOCK_FILE, wait=False, busy=busy):
         yield
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigurationError(
-                f"another `tessera-vz catalog` run is writing {out}; wait for it to finish"
-            ) from None
-        yield
-    finally:
-        os.close(fd)
 
 
 @dataclass

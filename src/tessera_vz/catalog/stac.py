@@ -1,10 +1,10 @@
 """The static STAC catalog of an index: one Collection, one Item per tile-year.
 
-Layout under ``DIR/stac/`` (all links relative, so the folder can be
+Files under ``DIR/stac/`` (all links relative, so the folder can be
 published anywhere as it is)::
 
     collection.json                  the Collection: extent, summaries, units
-    items.parquet                    every Item, stac-geoparquet layout
+    items.parquet                    every Item, as stac-geoparquet
     utm31/2024/catalog.json          one Catalog per (zone, year), child of the Collection
     utm31/2024/grid_0.85_49.95.json  its Items
 
@@ -24,8 +24,6 @@ per item and add nothing when writing); tests read them back with pystac.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -41,6 +39,7 @@ import xarray as xr
 from tessera_vz.catalog.footprints import stac_bbox
 from tessera_vz.catalog.tables import UnitRows, UnitVersion, unit_rows
 from tessera_vz.core.dataset import Dataset
+from tessera_vz.core.files import atomic_write_bytes
 from tessera_vz.core.geometry import tile_grids
 from tessera_vz.core.layout import tile_name
 
@@ -261,7 +260,7 @@ def collection(
 
 
 def items_table(items: Sequence[dict[str, Any]]) -> pa.Table:
-    """Items in the stac-geoparquet Arrow layout (properties as top-level columns)."""
+    """Items as stac-geoparquet Arrow tables hold them (properties as top-level columns)."""
     from stac_geoparquet.arrow import parse_stac_items_to_arrow
 
     return parse_stac_items_to_arrow(items).read_all()
@@ -300,16 +299,8 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
     orjson, because a unit's Items are thousands of documents and the
     standard encoder was most of a unit's build time.
     """
-    data = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY))
 
 
 def write_unit(

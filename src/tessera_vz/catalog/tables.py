@@ -8,9 +8,9 @@ branch, tag, snapshot id). The schema is fixed here, so files written by
 different runs concatenate row group by row group (see
 :mod:`.incremental`).
 
-GeoParquet 1.1 metadata is written by hand with pyarrow (a few keys), with a
-``bbox`` covering column so readers can prune row groups by bounding box
-without decoding geometries.
+GeoParquet 1.1 metadata (:func:`~tessera_vz.core.geoparquet.geo_metadata`)
+declares a ``bbox`` covering column so readers can prune row groups by
+bounding box without decoding geometries.
 """
 
 from __future__ import annotations
@@ -24,12 +24,11 @@ import numpy as np
 import pyarrow as pa
 import shapely
 import xarray as xr
-from pyproj import CRS
 
 from tessera_vz.catalog.footprints import footprints, utm_bounds
 from tessera_vz.core.dataset import DATASET_KEYS
-
-GEOPARQUET_VERSION = "1.1.0"
+from tessera_vz.core.geoparquet import BBOX_FIELDS, geo_metadata
+from tessera_vz.core.urls import join
 
 SCHEMA = pa.schema(
     [
@@ -59,7 +58,7 @@ SCHEMA = pa.schema(
         ("geometry", pa.binary()),
         (
             "bbox",
-            pa.struct([(k, pa.float64()) for k in ("xmin", "ymin", "xmax", "ymax")]),
+            pa.struct([(k, pa.float64()) for k in BBOX_FIELDS]),
         ),
     ]
 )
@@ -93,13 +92,6 @@ class UnitVersion:
 def unit_key(zone: int, year: int) -> str:
     """``"31/2024"``: how a unit is named in the state file and reports."""
     return f"{int(zone)}/{int(year)}"
-
-
-def source_url(source: str, path: str) -> str:
-    """Absolute URL of a file recorded as a path relative to its tree's root."""
-    if "://" in path:
-        return path
-    return source.rstrip("/") + "/" + path.lstrip("/")
 
 
 @dataclass
@@ -144,11 +136,9 @@ def unit_rows(tiles: xr.Dataset, unit: UnitVersion) -> UnitRows:
         "height": col("height").astype(np.int32),
         "width": col("width").astype(np.int32),
         "bands": col("bands").astype(np.int16),
-        "emb_url": [
-            source_url(s, p) for s, p in zip(sources, col("emb_path").astype(str), strict=True)
-        ],
+        "emb_url": [join(s, p) for s, p in zip(sources, col("emb_path").astype(str), strict=True)],
         "scales_url": [
-            source_url(s, p) for s, p in zip(sources, col("scales_path").astype(str), strict=True)
+            join(s, p) for s, p in zip(sources, col("scales_path").astype(str), strict=True)
         ],
         "emb_size": col("emb_size").astype(np.int64),
         "scales_size": col("scales_size").astype(np.int64),
@@ -160,7 +150,7 @@ def unit_rows(tiles: xr.Dataset, unit: UnitVersion) -> UnitRows:
         "snapshot": [unit.snapshot] * n,
         "geometry": shapely.to_wkb(geoms, output_dimension=2),
         "bbox": pa.StructArray.from_arrays(
-            [pa.array(env[:, i]) for i in range(4)], names=["xmin", "ymin", "xmax", "ymax"]
+            [pa.array(env[:, i]) for i in range(4)], names=list(BBOX_FIELDS)
         ),
     }
     arrays = {k: v if k == "bbox" else pa.array(v, type=SCHEMA.field(k).type)
@@ -194,27 +184,11 @@ def merge_bbox(boxes: Sequence[Sequence[float] | None]) -> list[float] | None:
             float(arr[:, 2].max()), float(arr[:, 3].max())]  # fmt: skip
 
 
-def geo_metadata(geometry_types: Sequence[str], bbox: Sequence[float] | None) -> dict[str, Any]:
-    """The GeoParquet 1.1 ``geo`` metadata of a footprint column in EPSG:4326."""
-    column: dict[str, Any] = {
-        "encoding": "WKB",
-        "geometry_types": sorted(set(geometry_types)),
-        "crs": CRS.from_epsg(4326).to_json_dict(),
-        "edges": "planar",
-        "orientation": "counterclockwise",
-        "covering": {
-            "bbox": {k: ["bbox", k] for k in ("xmin", "ymin", "xmax", "ymax")},
-        },
-    }
-    if bbox is not None:
-        column["bbox"] = [float(v) for v in bbox]
-    return {
-        "version": GEOPARQUET_VERSION,
-        "primary_column": "geometry",
-        "columns": {"geometry": column},
-    }
-
-
 def schema_with_geo(geometry_types: Sequence[str], bbox: Sequence[float] | None) -> pa.Schema:
-    """:data:`SCHEMA` carrying the ``geo`` metadata of the whole file."""
-    return SCHEMA.with_metadata({"geo": json.dumps(geo_metadata(geometry_types, bbox))})
+    """:data:`SCHEMA` carrying the ``geo`` metadata of the whole file.
+
+    Footprints are counter-clockwise polygons, and each row's ``bbox``
+    column is declared as their covering so readers can prune row groups.
+    """
+    geo = geo_metadata(geometry_types, bbox, counterclockwise=True, covering="bbox")
+    return SCHEMA.with_metadata({"geo": json.dumps(geo)})

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from tessera_vz.commands.common import err, progress, read_options, wants_progress
+from tessera_vz.commands.common import err, progress, read_options_of, wants_progress
 from tessera_vz.core.errors import ConfigurationError
 
 
@@ -25,7 +25,7 @@ def cmd_catalog(args: argparse.Namespace) -> int:
             raise ConfigurationError(
                 f"--out {args.out!r}: the folder {str(target.parent)!r} does not exist; create it"
             )
-    opts = CatalogOptions(store=args.store, out=args.out, read=read_options(args))
+    opts = CatalogOptions(store=args.store, out=args.out, read=read_options_of(args))
     with progress(wants_progress(args)) as start:
         report = build_catalog(opts, progress=start)
     if args.json:

@@ -1,5 +1,8 @@
 """What several commands share: consoles, progress, read options, checks before reading.
 
+Coordinates and boxes are checked by :mod:`tessera_vz.core.coords`, as
+everywhere else.
+
 Every check here runs before anything expensive (opening sources, reading
 pixels) and fails with a :class:`ConfigurationError`, which the CLI prints
 as one line and turns into exit code 2.
@@ -8,24 +11,24 @@ as one line and turns into exit code 2.
 from __future__ import annotations
 
 import argparse
-import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
 
 from tessera_vz.core.errors import ConfigurationError
+from tessera_vz.core.progress import Advance, ProgressStart, no_progress
 
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
 
 @contextmanager
-def progress(enabled: bool) -> Iterator[Callable[[str, int], Callable[[int], None]]]:
+def progress(enabled: bool) -> Iterator[ProgressStart]:
     """Rich progress bars on stderr: ``start(label, total)`` gives an ``advance(n)``."""
     if not enabled:
-        yield lambda _label, _total: lambda _n: None
+        yield no_progress
         return
     from rich.progress import (
         BarColumn,
@@ -46,7 +49,7 @@ def progress(enabled: bool) -> Iterator[Callable[[str, int], Callable[[int], Non
         transient=False,
     )
 
-    def start(label: str, total: int) -> Callable[[int], None]:
+    def start(label: str, total: int) -> Advance:
         task = bar.add_task(label, total=total)
         return lambda n: bar.advance(task, n)
 
@@ -71,7 +74,7 @@ def s3_options(args: argparse.Namespace, *, anonymous: bool = True) -> dict[str,
     return opts
 
 
-def read_options(args: argparse.Namespace) -> Any:
+def read_options_of(args: argparse.Namespace) -> Any:
     """The :class:`~tessera_vz.core.options.ReadOptions` the read flags describe."""
     from tessera_vz.core.options import ReadOptions
 
@@ -103,7 +106,7 @@ def open_index(args: argparse.Namespace, path: str | None = None) -> Any:
     from tessera_vz.reader import open_store
 
     pinned = versions(args)  # a malformed tag is refused before the index is opened
-    return open_store(path or args.store, options=read_options(args), versions=pinned)
+    return open_store(path or args.store, options=read_options_of(args), versions=pinned)
 
 
 def parse_years(text: str) -> list[int]:
@@ -167,36 +170,6 @@ def check_versions(
                 continue
             if pins.tag(zone, year) is not None or pins.snapshot(zone, year) is not None:
                 store.session(zone, year)
-
-
-def check_lonlat(lon: float, lat: float, what: str = "the point") -> None:
-    """A coordinate a read may start from: finite, lon in [-180, 180], lat in [-90, 90]."""
-    if not (math.isfinite(lon) and math.isfinite(lat)) or abs(lon) > 180 or abs(lat) > 90:
-        raise ConfigurationError(
-            f"{what} has lon={lon}, lat={lat}; expected -180 <= lon <= 180 and -90 <= lat <= 90 "
-            "(longitude first)"
-        )
-
-
-def check_bbox(west: float, south: float, east: float, north: float) -> None:
-    """A lon/lat box: finite, in range, west < east and south < north."""
-    for name, v, limit in (("west", west, 180), ("south", south, 90), ("east", east, 180),
-                           ("north", north, 90)):  # fmt: skip
-        if not math.isfinite(v) or abs(v) > limit:
-            raise ConfigurationError(
-                f"bbox {name} is {v}; expected a number within +-{limit} degrees "
-                "(the bbox is WEST SOUTH EAST NORTH in degrees)"
-            )
-    if not west < east:
-        raise ConfigurationError(
-            f"bbox west ({west}) must be less than east ({east}); the bbox is WEST SOUTH EAST "
-            "NORTH (a box across the antimeridian is not supported: read it in two parts)"
-        )
-    if not south < north:
-        raise ConfigurationError(
-            f"bbox south ({south}) must be less than north ({north}); the bbox is WEST SOUTH "
-            "EAST NORTH"
-        )
 
 
 def positive(value: int, flag: str) -> int:

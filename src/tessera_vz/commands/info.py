@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from tessera_vz.commands.common import out, read_options
+from tessera_vz.commands.common import out, read_options_of
 
 
 def info(path: str, options: Any = None) -> dict[str, Any]:
@@ -60,7 +60,7 @@ def info(path: str, options: Any = None) -> dict[str, Any]:
 def cmd_info(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    doc = info(args.store, read_options(args))
+    doc = info(args.store, read_options_of(args))
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0

@@ -6,14 +6,8 @@ import argparse
 import json
 import time
 
-from tessera_vz.commands.common import (
-    check_lonlat,
-    check_versions,
-    check_years,
-    open_index,
-    out,
-    parse_years,
-)
+from tessera_vz.commands.common import check_versions, check_years, open_index, out, parse_years
+from tessera_vz.core.coords import check_lonlat
 
 
 def cmd_point(args: argparse.Namespace) -> int:

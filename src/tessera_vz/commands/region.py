@@ -13,14 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from tessera_vz.commands.common import (
-    check_bbox,
-    check_versions,
-    check_years,
-    err,
-    open_index,
-    parse_years,
-)
+from tessera_vz.commands.common import check_versions, check_years, err, open_index, parse_years
+from tessera_vz.core.coords import check_bbox
 from tessera_vz.core.errors import ConfigurationError
 
 
@@ -45,8 +39,7 @@ def cmd_region(args: argparse.Namespace) -> int:
     from tessera_vz.reader.grids import grid_for_bbox
     from tessera_vz.reader.windows import MAX_PIXELS
 
-    bbox = (args.west, args.south, args.east, args.north)
-    check_bbox(*bbox)
+    bbox = check_bbox((args.west, args.south, args.east, args.north))
     years = parse_years(args.year)
     check_region_output(args.out, years=len(years), raw=args.raw)
     if args.zone is not None and not 1 <= args.zone <= 60:

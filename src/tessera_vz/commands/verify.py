@@ -12,7 +12,7 @@ from tessera_vz.commands.common import err, positive, s3_options
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from tessera_vz.indexer.run import parse_int_list
-    from tessera_vz.indexer.verify import verify_index
+    from tessera_vz.verify import verify_index
 
     positive(args.concurrency, "--concurrency")
     report = verify_index(

@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from tessera_vz.core.errors import ConfigurationError
+from tessera_vz.core.progress import ProgressStart
 from tessera_vz.indexer.report import Report
-from tessera_vz.indexer.run_options import IndexOptions, ProgressStart
+from tessera_vz.indexer.run_options import IndexOptions
 from tessera_vz.indexer.unit import run_unit
 
 if TYPE_CHECKING:

@@ -12,7 +12,6 @@ become each tile's ``emb_listed``/``scales_listed`` facts.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +26,7 @@ from obstore.exceptions import BaseError as ObstoreError
 from zarr.core.sync import sync
 
 from tessera_vz.core.boundary import SourceFiles
+from tessera_vz.core.coords import is_valid_lonlat
 from tessera_vz.core.errors import ConfigurationError, SourceNotFoundError, TesseraError
 from tessera_vz.core.geometry import utm_zone
 from tessera_vz.core.layout import source_paths, tile_name
@@ -236,7 +236,7 @@ def _rows_one_by_one(
                 None, None, where, f"manifest row has no year/lon/lat: {year!r}, {lon!r}, {lat!r}"
             )))  # fmt: skip
             continue
-        if not (math.isfinite(lon) and math.isfinite(lat)) or abs(lon) > 180 or abs(lat) > 90:
+        if not is_valid_lonlat(lon, lat):
             failures.append((row, Failure(
                 year, None, where, f"manifest row has invalid coordinates lon={lon}, lat={lat}"
             )))  # fmt: skip

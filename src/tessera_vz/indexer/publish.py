@@ -15,8 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,6 +22,7 @@ from urllib.parse import urlsplit
 import obstore
 
 from tessera_vz.core.dataset import Dataset
+from tessera_vz.core.files import atomic_write_bytes
 from tessera_vz.core.layout import ZONE_LIST, zone_list_document
 from tessera_vz.core.repos import repositories
 from tessera_vz.core.s3 import s3_settings
@@ -58,10 +57,7 @@ def write_zone_list(
         obstore.put(store, ZONE_LIST, data)
     else:
         root = Path(parts.path if parts.scheme == "file" else out).expanduser()
-        fd, tmp = tempfile.mkstemp(dir=root, prefix=".zones-", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # readable by the web server that publishes it
-        os.replace(tmp, root / ZONE_LIST)
+        # 0o644: readable by the web server that publishes it.
+        atomic_write_bytes(root / ZONE_LIST, data, mode=0o644)
     log.info("wrote %s/%s (%d zones)", out.rstrip("/"), ZONE_LIST, len(repos))
     return doc

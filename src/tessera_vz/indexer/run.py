@@ -21,6 +21,7 @@ from obstore.store import ObjectStore
 
 from tessera_vz.core.dataset import Dataset
 from tessera_vz.core.errors import ConfigurationError
+from tessera_vz.core.progress import ProgressStart, no_progress
 from tessera_vz.core.repos import quiet_icechunk
 from tessera_vz.indexer.datasets import (
     manifest_datasets,
@@ -43,8 +44,6 @@ from tessera_vz.indexer.repository import open_repo, update_main
 from tessera_vz.indexer.roots import SourceRoot, object_store, source_root
 from tessera_vz.indexer.run_options import (
     IndexOptions,
-    ProgressStart,
-    no_progress,
     source_files,
     source_options,
     source_s3_options,

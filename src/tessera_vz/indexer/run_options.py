@@ -9,7 +9,6 @@ plain data, so a Dask worker receives it pickled and derives the same.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,15 +19,6 @@ from tessera_vz.core.s3 import split_options
 from tessera_vz.indexer.probe import EXTRA_PASSES
 from tessera_vz.indexer.roots import SourceRoot, source_reader
 from tessera_vz.indexer.transaction import SCRATCH_MAX_AGE
-
-#: ``start(label, total)`` returns an ``advance(n)`` callable; lets the CLI
-#: draw rich progress bars without the run depending on a terminal.
-ProgressStart = Callable[[str, int], Callable[[int], None]]
-
-
-def no_progress(_label: str, _total: int) -> Callable[[int], None]:
-    """The default :data:`ProgressStart`: draws nothing."""
-    return lambda _n: None
 
 
 @dataclass

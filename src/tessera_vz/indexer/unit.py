@@ -26,6 +26,7 @@ from tessera_vz.core.boundary import SourceFiles
 from tessera_vz.core.errors import InvalidTileError, NpyFormatError
 from tessera_vz.core.geometry import tile_grids
 from tessera_vz.core.layout import branch_name
+from tessera_vz.core.progress import ProgressStart, no_progress
 from tessera_vz.core.repos import quiet_icechunk
 from tessera_vz.core.table import COLUMN_DEFAULTS, COLUMNS, read_table
 from tessera_vz.indexer.inventory import TileSource, inventory_table, tile_sources
@@ -39,8 +40,6 @@ from tessera_vz.indexer.repository import open_repo
 from tessera_vz.indexer.roots import SourceRoot, source_root
 from tessera_vz.indexer.run_options import (
     IndexOptions,
-    ProgressStart,
-    no_progress,
     source_files,
     source_s3_options,
 )

@@ -69,6 +69,6 @@ __all__ = [
     "TileNotFoundError",
     "VersionNotFoundError",
     "dequantise",
-    "same_dataset",
     "open_store",
+    "same_dataset",
 ]

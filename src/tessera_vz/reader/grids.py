@@ -22,9 +22,10 @@ from numpy.typing import NDArray
 from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError
 
+from tessera_vz.core.coords import check_bbox
 from tessera_vz.core.errors import ConfigurationError
 from tessera_vz.core.geometry import FALSE_NORTHING, PIXEL, utm_zone
-from tessera_vz.reader.windows import Window, check_bbox, window_for_bbox
+from tessera_vz.reader.windows import Window, window_for_bbox
 
 #: What ``resolution`` aims at when not given: metres on the ground.
 TARGET_METRES = 10.0

@@ -12,7 +12,6 @@ read (reading is :mod:`.points`'s job).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from tessera_vz.core.coords import check_lonlat, valid_lonlat_mask
 from tessera_vz.core.errors import TileNotFoundError
 from tessera_vz.core.geometry import cell_centre, project, utm_zone
 from tessera_vz.core.layout import tile_name
@@ -56,12 +56,6 @@ def as_points(lons: ArrayLike, lats: ArrayLike) -> tuple[NDArray[np.float64], ND
     return lon, lat
 
 
-def valid_coordinates(lon: NDArray[np.float64], lat: NDArray[np.float64]) -> NDArray[np.bool_]:
-    """Coordinates a point may be read at: finite, lon in [-180, 180], lat in [-90, 90]."""
-    with np.errstate(invalid="ignore"):
-        return np.isfinite(lon) & np.isfinite(lat) & (np.abs(lon) <= 180) & (np.abs(lat) <= 90)
-
-
 def locate_pixels(
     table_of: Callable[[int], TileLookup | None],
     lons: ArrayLike,
@@ -80,7 +74,7 @@ def locate_pixels(
     """
     lon, lat = as_points(lons, lats)
     n = lon.size
-    finite = valid_coordinates(lon, lat)
+    finite = valid_lonlat_mask(lon, lat)
     clon = np.full(n, np.nan)
     clat = np.full(n, np.nan)
     clon[finite], clat[finite] = cell_centre(lon[finite], lat[finite])
@@ -155,11 +149,7 @@ def locate_tile(
     ``lookup_of(zone)`` gives the year's tiles table of a zone, and raises
     :class:`TileNotFoundError` when the zone or year is not indexed.
     """
-    if not (math.isfinite(lon) and math.isfinite(lat)) or abs(lat) > 90 or abs(lon) > 180:
-        raise ValueError(
-            f"invalid coordinates lon={lon}, lat={lat}: expected -180 <= lon <= 180 and "
-            "-90 <= lat <= 90"
-        )
+    check_lonlat(lon, lat)
     clon, clat = (float(v) for v in cell_centre(lon, lat))
     zone = int(utm_zone(clon))
     name = tile_name(clon, clat)

@@ -145,7 +145,8 @@ def point_status(
     """Why each point has a value or not (one of :data:`STATUSES`), first reason first.
 
     ``empty``: the coordinate was missing; ``valid``: it was a coordinate
-    (:func:`valid_coordinates`); ``located``: an indexed tile covers it;
+    (:func:`~tessera_vz.core.coords.valid_lonlat_mask`); ``located``: an
+    indexed tile covers it;
     ``has_data``: its value has at least one finite band (a valid scale);
     ``failed``: its tile's source could not be read.
     """

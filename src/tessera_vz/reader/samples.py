@@ -34,10 +34,12 @@ import pyarrow as pa
 from numpy.typing import NDArray
 from zarr.core.sync import sync
 
-from tessera_vz.core.geometry import cell_centre, utm_zone
-from tessera_vz.core.quantisation import dequantise
-from tessera_vz.reader.pixels import Located, locate_pixels, valid_coordinates
+from tessera_vz.core.coords import valid_lonlat_mask
 from tessera_vz.core.dataset import DATASET_KEYS
+from tessera_vz.core.geometry import cell_centre, utm_zone
+from tessera_vz.core.geoparquet import geo_metadata as parquet_geo
+from tessera_vz.core.quantisation import dequantise
+from tessera_vz.reader.pixels import Located, locate_pixels
 from tessera_vz.reader.point_columns import GEOMETRY, PointsInput
 from tessera_vz.reader.points import point_status, read_isolated, read_located, years_list
 from tessera_vz.reader.range_fetch import ByteSource
@@ -49,7 +51,6 @@ log = logging.getLogger(__name__)
 #: Points read at a time by :func:`sample_batches` (values of a batch:
 #: 100,000 x 128 float32 = 51 MB per year).
 SAMPLE_BATCH = 100_000
-GEOPARQUET_VERSION = "1.1.0"
 #: Schema metadata keys of the provenance (as the ``tessera:*`` attributes of Datasets).
 PROVENANCE_KEYS = (
     "tessera:versions", "tessera:snapshots", "tessera:store", "tessera:years", *DATASET_KEYS,
@@ -89,23 +90,12 @@ def geometry_field() -> pa.Field:
 
 def geo_metadata(inp: PointsInput) -> dict[str, Any]:
     """GeoParquet 1.1 ``geo`` metadata of the output's point column (EPSG:4326, with its bbox)."""
-    from pyproj import CRS
-
-    column: dict[str, Any] = {
-        "encoding": "WKB",
-        "geometry_types": ["Point"],
-        "crs": CRS.from_epsg(4326).to_json_dict(),
-        "edges": "planar",
-    }
-    ok = valid_coordinates(inp.lon, inp.lat) & ~inp.empty
+    ok = valid_lonlat_mask(inp.lon, inp.lat) & ~inp.empty
+    bbox = None
     if ok.any():
-        column["bbox"] = [float(inp.lon[ok].min()), float(inp.lat[ok].min()),
-                          float(inp.lon[ok].max()), float(inp.lat[ok].max())]  # fmt: skip
-    return {
-        "version": GEOPARQUET_VERSION,
-        "primary_column": GEOMETRY,
-        "columns": {GEOMETRY: column},
-    }
+        bbox = [float(inp.lon[ok].min()), float(inp.lat[ok].min()),
+                float(inp.lon[ok].max()), float(inp.lat[ok].max())]  # fmt: skip
+    return parquet_geo(["Point"], bbox, column=GEOMETRY)
 
 
 @dataclass
@@ -128,7 +118,7 @@ def batch_table(
     kept = inp.table.slice(start, stop - start)
     n = stop - start
     lon, lat = inp.lon[start:stop], inp.lat[start:stop]
-    geometry = point_wkb(lon, lat, valid_coordinates(lon, lat) & ~inp.empty[start:stop])
+    geometry = point_wkb(lon, lat, valid_lonlat_mask(lon, lat) & ~inp.empty[start:stop])
     parts = []
     for s in samples:
         ok = s.status == "ok"
@@ -249,7 +239,7 @@ def sample_provenance(
     in the file's schema up front.
     """
     ys, _ = years_list(years)
-    valid = valid_coordinates(inp.lon, inp.lat) & ~inp.empty
+    valid = valid_lonlat_mask(inp.lon, inp.lat) & ~inp.empty
     clon, _ = cell_centre(inp.lon[valid], inp.lat[valid])
     zones = np.unique(utm_zone(clon)).tolist() if valid.any() else []
     read = [(z, y) for y in ys for z in zones if zone_years.find(z, y) is not None]
@@ -268,13 +258,13 @@ def _sample_plan(
     year: int,
 ) -> tuple[Located, dict[int, ByteSource], NDArray[np.bool_], NDArray[np.bool_], int]:
     """Locate one year of a batch: where each point is, and the byte sources to read."""
-    valid = valid_coordinates(lon, lat) & ~empty
+    valid = valid_lonlat_mask(lon, lat) & ~empty
     lookups = zone_years.lookups_or_none(year)
     loc = locate_pixels(lookups, np.where(valid, lon, np.nan), np.where(valid, lat, np.nan),
                         year, zone_years.root, strict=False)  # fmt: skip
     located = np.unique(loc.zone[loc.ok]).tolist()
     sources = {z: zone_years.get(z, year).source for z in located}
-    return loc, sources, empty, valid_coordinates(lon, lat), int(year)
+    return loc, sources, empty, valid_lonlat_mask(lon, lat), int(year)
 
 
 async def _sample_year(

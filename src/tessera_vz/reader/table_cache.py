@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 from platformdirs import user_cache_dir
+
+from tessera_vz.core.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,7 @@ def save(repo_location: str, snapshot: str, table: xr.Dataset) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {str(k): np.asarray(table[k].values) for k in table.data_vars}
         arrays["tile"] = np.asarray(table["tile"].values).astype(str)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "xb") as f:
             np.savez(f, **arrays)  # type: ignore[arg-type]
-        os.replace(tmp, path)
     except OSError as exc:
         log.info("could not write table cache %s: %s", path, exc)

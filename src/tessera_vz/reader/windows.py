@@ -17,6 +17,7 @@ import numpy as np
 import xarray as xr
 from numpy.typing import NDArray
 
+from tessera_vz.core.coords import check_bbox
 from tessera_vz.core.errors import TileNotFoundError
 from tessera_vz.core.geometry import FALSE_NORTHING, PIXEL, project, utm_zone
 
@@ -50,23 +51,6 @@ class Window:
         c0, c1, _ = cols.indices(self.width)
         return Window(self.zone, self.left + PIXEL * c0, self.top - PIXEL * r0,
                       max(0, r1 - r0), max(0, c1 - c0))  # fmt: skip
-
-
-def check_bbox(bbox: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
-    """Validate ``(west, south, east, north)`` in degrees."""
-    try:
-        w, s, e, n = (float(v) for v in bbox)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"bbox must be four numbers (west, south, east, north); got {bbox!r}"
-        ) from None
-    if not all(math.isfinite(v) for v in (w, s, e, n)):
-        raise ValueError(f"bbox has non-finite values: {bbox!r}")
-    if not (-180 <= w < e <= 180 and -90 <= s < n <= 90):
-        raise ValueError(
-            f"bbox {bbox!r} must satisfy -180 <= west < east <= 180 and -90 <= south < north <= 90"
-        )
-    return w, s, e, n
 
 
 def window_for_bbox(bbox: tuple[float, float, float, float], zone: int | None = None) -> Window:

@@ -1,7 +1,7 @@
 """The viewer's web application: the page, its static files and its public JSON/PNG API.
 
 Every answer comes from the public reader API (:func:`tessera_vz.reader.open_store`):
-footprints from the per-year tiles tables, pixels from ``point``, previews and
+tile cells from the per-year tiles tables, pixels from ``point``, previews and
 downloads from ``region``, and downloads are written by the same
 :func:`tessera_vz.export.write_region` as ``tessera-vz region --out``.
 
@@ -40,6 +40,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tessera_vz.core.coords import BBox, check_bbox, check_lonlat
 from tessera_vz.export import write_region
 from tessera_vz.reader import (
     ConfigurationError,
@@ -71,7 +72,7 @@ class Limits:
     region_pixels
         10 m pixels of a download (float32: 512 bytes per pixel written).
     features
-        Footprints (or gaps) in one ``/api/tiles`` answer; the page then
+        Tile cells (or gaps) in one ``/api/tiles`` answer; the page then
         asks for the tiles of its view only.
     years
         Years in one time-series request.
@@ -122,6 +123,9 @@ def _api(fn: Callable[[Request], Response]) -> Callable[[Request], Response]:
         try:
             return fn(request)
         except Exception as exc:
+            # A deliberate catch-all: a server answers every request. Our errors and the
+            # built-in kinds they subclass get their 4xx/502 (``_status_of``); anything
+            # else is a bug, a 500 whose traceback goes to the log, never to the client.
             status = _status_of(exc)
             if status >= 500:
                 log.warning("%s %s failed: %s", request.method, request.url.path, exc,
@@ -146,15 +150,12 @@ def _param(request: Request, name: str, *, required: bool = True) -> str | None:
     return value.strip()
 
 
-def _float(request: Request, name: str, lo: float, hi: float) -> float:
+def _number(request: Request, name: str) -> float:
     text = _param(request, name)
     try:
-        value = float(text or "")
+        return float(text or "")
     except ValueError:
         raise ApiError(400, f"{name} must be a number, got {text!r}") from None
-    if not (math.isfinite(value) and lo <= value <= hi):
-        raise ApiError(400, f"{name} must lie in [{lo}, {hi}], got {text!r}")
-    return value
 
 
 def _year(text: str) -> int:
@@ -167,28 +168,22 @@ def _year(text: str) -> int:
     return year
 
 
-def _bbox(request: Request, required: bool = True) -> tuple[float, float, float, float] | None:
+def _bbox(request: Request, required: bool = True) -> BBox | None:
     text = _param(request, "bbox", required=required)
     if text is None:
         return None
-    parts = text.split(",")
     try:
-        w, s, e, n = (float(p) for p in parts)
+        values = [float(p) for p in text.split(",")]
     except ValueError:
+        values = []
+    if len(values) != 4:
         raise ApiError(
             400, f"bbox must be four comma-separated numbers west,south,east,north; got {text!r}"
-        ) from None
-    if not all(math.isfinite(v) for v in (w, s, e, n)):
-        raise ApiError(400, f"bbox has non-finite values: {text!r}")
-    if not (-180 <= w < e <= 180 and -90 <= s < n <= 90):
-        raise ApiError(
-            400,
-            f"bbox {text!r} must satisfy -180 <= west < east <= 180 and -90 <= south < north <= 90",
         )
-    return w, s, e, n
+    return check_bbox(values)
 
 
-def _pixels(bbox: tuple[float, float, float, float]) -> float:
+def _pixels(bbox: BBox) -> float:
     """About how many 10 m pixels a lon/lat box holds (enough to enforce a limit)."""
     w, s, e, n = bbox
     mid = math.radians((s + n) / 2)
@@ -197,7 +192,7 @@ def _pixels(bbox: tuple[float, float, float, float]) -> float:
     return width_m * height_m / 100.0
 
 
-def _check_size(bbox: tuple[float, float, float, float], limit: int, what: str) -> None:
+def _check_size(bbox: BBox, limit: int, what: str) -> None:
     pixels = _pixels(bbox)
     if pixels > limit:
         side = math.sqrt(limit) * 10 / 1000
@@ -228,7 +223,7 @@ def create_app(
         Request size limits (:class:`Limits`).
     basemap
         Optional XYZ raster tile URL template (``https://…/{z}/{x}/{y}.png``)
-        the page shows under the footprints when it can reach it; ``None``
+        the page shows under the tile cells when it can reach it; ``None``
         (default) draws no basemap, so the page needs no network at all.
     """
     lim = limits or Limits()
@@ -268,7 +263,7 @@ def create_app(
         return JSONResponse(feature_collection(cells, year, bbox))
 
     def tiles(request: Request) -> Response:
-        """GeoJSON footprints (0.1-degree cells) of the year's indexed tiles."""
+        """GeoJSON cells (0.1 degree) of the year's indexed tiles."""
         return _features(request, gaps=False)
 
     def gaps(request: Request) -> Response:
@@ -277,8 +272,8 @@ def create_app(
 
     def point(request: Request) -> Response:
         """The embedding of the pixel holding lon/lat, for one year or a time series."""
-        lon = _float(request, "lon", -180.0, 180.0)
-        lat = _float(request, "lat", -90.0, 90.0)
+        lon, lat = _number(request, "lon"), _number(request, "lat")
+        check_lonlat(lon, lat)
         years_text = _param(request, "years", required=False)
         if years_text is None:
             year = _year_param(request)

@@ -1,8 +1,9 @@
-"""What an index covers, as GeoJSON: tile footprints and the gaps between them.
+"""What an index covers, as GeoJSON: the cells of its tiles and the gaps between them.
 
-A tile's footprint is its 0.1-degree cell (centre +- 0.05 degrees), the area
-whose pixels the mosaic rule takes from it. Footprints are drawn from the
-per-year ``tiles`` tables (:meth:`TesseraStore.tiles`), never by opening tile
+The viewer draws each tile as its 0.1-degree cell (centre +- 0.05 degrees),
+the area whose pixels the mosaic rule takes from it (the catalog's
+*footprint* is another thing: the tile's UTM rectangle unprojected). Cells
+are drawn from the per-year ``tiles`` tables (:meth:`TesseraStore.tiles`), never by opening tile
 groups, so a year of a whole zone costs one table read.
 
 A *gap* of year Y is a 0.1-degree cell of a zone that has no tile of Y although
@@ -77,7 +78,7 @@ def _empty() -> Cells:
 
 
 class Coverage:
-    """Footprints and gaps of every indexed year, computed once per year.
+    """Tile cells and gaps of every indexed year, computed once per year.
 
     The store serves one snapshot per (zone, year) for its whole life, so
     the answers never go stale while the server runs.

@@ -5,6 +5,8 @@ geometry and a value formula any test can recompute;
 :mod:`tessera_vz.testing.nginx` serves such a tree over HTTP with the same
 server software as the real mirrors, so range, conditional-request and
 request-count behaviour is tested against the real thing rather than a mock.
+Both live in :mod:`tessera_vz.mirror` (the demo uses them too) and are
+imported from there.
 
 For the HTTP read path: :mod:`~tessera_vz.testing.tls` makes a throwaway CA
 so nginx and the other servers speak HTTPS like the real mirrors;

@@ -1,4 +1,4 @@
-// tessera-vz viewer: footprints, gaps, pixel embeddings and box previews over the /api/* endpoints.
+// tessera-vz viewer: tile cells, gaps, pixel embeddings and box previews over the /api/* endpoints.
 // Plain script (no build step) on the vendored MapLibre GL JS UMD bundle (global `maplibregl`).
 (function () {
   "use strict";
@@ -116,7 +116,7 @@
     note.textContent = "basemap: " + new URL(template.replace(/[{}]/g, "")).host;
   }
 
-  // Footprints and gaps: the whole year when it is small enough, else those in view.
+  // Tile cells and gaps: the whole year when it is small enough, else those in view.
   let coverageRequest = 0;
   async function loadCoverage() {
     const year = state.year;
@@ -127,7 +127,7 @@
       if (map.getZoom() < 7) {
         map.getSource("tiles").setData(empty);
         map.getSource("gaps").setData(empty);
-        setStatus(total.toLocaleString() + " tiles in " + year + ": zoom in to see their footprints");
+        setStatus(total.toLocaleString() + " tiles in " + year + ": zoom in to see their cells");
         return;
       }
       const b = map.getBounds();

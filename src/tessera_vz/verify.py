@@ -1,5 +1,8 @@
 """Check an index against its sources: which tiles drifted since they were indexed.
 
+It reads both the index (the reader) and the sources' headers (the indexer's
+probes), so it sits above both.
+
 Upstream re-uploads files under the same name. A read of a drifted file
 already fails (the checksum recorded on every virtual reference no longer
 matches), but only when someone reads that tile. ``tessera-vz verify`` asks
