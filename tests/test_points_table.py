@@ -339,3 +339,21 @@ def test_interrupted_run_leaves_no_file(
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "interrupted" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["obs.csv"]
+
+
+def test_cli_point_reads_several_years(
+    tree: dict[str, Any], store: TesseraStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``point --year 2024,2025`` prints one row per year, as ``points`` and ``region`` accept."""
+    argv = ["point", "0.04", "52.17", "--year", "2024,2025", "--json", "--store",
+            str(tree["out"]), "--allow-local-sources"]  # fmt: skip
+    assert cli(argv) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["year"] for r in rows] == [2024, 2025]
+    for r in rows:
+        got = np.array([np.nan if v is None else v for v in r["embedding"]], np.float32)
+        np.testing.assert_array_equal(got, store.point(0.04, 52.17, r["year"]))
+        np.testing.assert_array_equal(got, truth(tree["root"], r["year"], 0.04, 52.17))
+    assert cli([*argv[:-4], "--store", str(tree["out"]), "--allow-local-sources"]) == 0
+    text = capsys.readouterr().out
+    assert "2024: grid_0.05_52.15" in text and "2025: grid_0.05_52.15" in text

@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt = sub.add_parser("point", help="the embedding of one pixel")
     pt.add_argument("lon", type=float)
     pt.add_argument("lat", type=float)
-    pt.add_argument("--year", type=int, required=True)
+    pt.add_argument("--year", required=True, help="a year, or comma-separated years (a row each)")
     pt.add_argument("--store", required=True)
     pt.add_argument("--json", action="store_true")
     _add_read_flags(pt)

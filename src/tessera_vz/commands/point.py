@@ -1,49 +1,83 @@
-"""``tessera-vz point``: the embedding of one pixel."""
+"""``tessera-vz point``: the embedding of one pixel, for one year or several (a row each)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from typing import Any
 
 from tessera_vz.commands.common import check_versions, check_years, open_index, out, parse_years
 from tessera_vz.core.coords import check_lonlat
+from tessera_vz.core.errors import ConfigurationError
 
 
 def cmd_point(args: argparse.Namespace) -> int:
     check_lonlat(args.lon, args.lat)
     years = parse_years(str(args.year))
-    from tessera_vz.core.geometry import cell_centre, utm_zone
+    from tessera_vz.reader.point_rule import reachable_zones
 
     store = open_index(args)
-    zone = int(utm_zone(cell_centre(args.lon, args.lat)[0]))
-    check_years(store, years, [zone])
-    check_versions(store, years, [zone])
-    t0 = time.perf_counter()
-    loc = store.locate(args.lon, args.lat, args.year)
-    values = store.point(args.lon, args.lat, args.year)
-    elapsed = time.perf_counter() - t0
-    tag, snapshot = store.version(loc.zone, args.year)
-    doc = {
-        "lon": args.lon,
-        "lat": args.lat,
-        "year": args.year,
-        "zone": loc.zone,
-        "tile": loc.name,
-        "row": loc.row,
-        "col": loc.col,
-        "embedding": [None if v != v else float(v) for v in values],
-        "version": tag,
-        "snapshot": snapshot,
-        "seconds": round(elapsed, 4),
-    }
-    if args.json:
-        print(json.dumps(doc))
-    else:
+    zones = reachable_zones(_array(args.lon))
+    check_near(store, args.lon, args.lat, years, zones)
+    check_versions(store, years, zones)
+    for year in years:
+        t0 = time.perf_counter()
+        loc = store.locate(args.lon, args.lat, year)
+        values = store.point(args.lon, args.lat, year)
+        elapsed = time.perf_counter() - t0
+        tag, snapshot = store.version(loc.zone, year)
+        embedding = [None if v != v else float(v) for v in values]
+        doc = {
+            "lon": args.lon, "lat": args.lat, "year": year, "zone": loc.zone, "tile": loc.name,
+            "row": loc.row, "col": loc.col, "embedding": embedding, "version": tag,
+            "snapshot": snapshot, "seconds": round(elapsed, 4),
+        }  # fmt: skip
+        if args.json:
+            print(json.dumps(doc))  # one JSON line per year
+            continue
         out.print(
-            f"{loc.name} row {loc.row} col {loc.col} ({len(values)} bands, "
+            f"{year}: {loc.name} row {loc.row} col {loc.col} ({len(values)} bands, "
             f"{elapsed * 1000:.1f} ms, {tag or snapshot})",
             markup=False,
         )
         out.print(values)
     return 0
+
+
+def check_near(store: Any, lon: float, lat: float, years: list[int], zones: list[int]) -> None:
+    """The years are indexed where the point may be read (else exit 2, saying why).
+
+    A point whose zones hold no index at all is "nowhere near an indexed
+    tile", not "year not indexed"; with a hint when ``lat lon`` is a point
+    that would be read (coordinates given latitude first).
+    """
+    here = [z for z in zones if z in store.zones()]
+    indexed = sorted({y for z in here for y in store.years(z)})
+    if indexed:
+        check_years(store, years, zones)  # each year asked is indexed there
+        return
+    from tessera_vz.reader.pixels import swapped_hint
+
+    def located(x: float, y: float) -> bool:
+        try:
+            return any(bool(store.locate_points([x], [y], year).ok[0]) for year in years)
+        except LookupError:
+            return False
+
+    hint = swapped_hint(located, lon, lat)
+    raise ConfigurationError(
+        f"no indexed tile is near lon={lon}, lat={lat}: UTM zone(s) "
+        f"{', '.join(map(str, zones))} are not in {store.root} (its zones: "
+        f"{', '.join(map(str, store.zones())) or 'none'}){hint}"
+    )
+
+
+def _years(years: list[int]) -> str:
+    return ", ".join(map(str, years))
+
+
+def _array(value: float) -> Any:
+    import numpy as np
+
+    return np.array([value], dtype=np.float64)

@@ -1,13 +1,13 @@
-"""Where points fall: the tile and pixel under each (lon, lat), cell -> tile -> pixel.
+"""Where points fall: the tile and pixel each (lon, lat) reads.
 
-A point's 0.1-degree cell names its tile (``grid_{lon}_{lat}``) and its UTM
-zone; the zone-year's tiles table (a :class:`~tessera_vz.core.table.TileLookup`)
-says whether that tile is indexed and where its pixels lie; projecting the
-point into the tile's CRS gives the row and column. :func:`locate_pixels`
-does this for many points at once (vectorised, per zone and CRS);
-:func:`locate_tile` and :func:`locate_pixel` for one point, with the precise
-reason when there is none. Pure lookups: the tables are given, no bytes are
-read (reading is :mod:`.points`'s job).
+A point reads the pixel ``region`` returns at its place on its zone's 10 m
+lattice, from the tile the region's ownership rule picks
+(:mod:`.point_rule`): its cell's tile where that covers the pixel, else the
+neighbour that does. :func:`locate_pixels` does this for many points at
+once (vectorised, per zone); :func:`location` turns one located point into
+a :class:`TileLocation`, or the precise reason there is none. Pure lookups:
+the tile rectangles are given, no bytes are read (reading is
+:mod:`.points`'s job).
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from tessera_vz.core.coords import check_lonlat, valid_lonlat_mask
+from tessera_vz.core.coords import valid_lonlat_mask
 from tessera_vz.core.errors import TileNotFoundError
-from tessera_vz.core.geometry import cell_centre, project, utm_zone
+from tessera_vz.core.geometry import cell_centre
 from tessera_vz.core.layout import tile_name
-from tessera_vz.core.table import TileLookup
+from tessera_vz.reader.point_rule import point_pixels
+from tessera_vz.reader.windows import TileRects
 
 
 @dataclass
@@ -38,13 +39,6 @@ class Located:
     facts: dict[str, NDArray[Any]]
 
 
-_FACTS = (
-    "left", "top", "height", "width", "bands", "emb_chunk_rows", "scales_chunk_rows",
-    "scales_ndim", "scales_descr", "source", "emb_path", "scales_path", "emb_offset",
-    "scales_offset", "emb_checksum", "scales_checksum", "emb_size", "scales_size",
-)  # fmt: skip
-
-
 def as_points(lons: ArrayLike, lats: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Validate point arrays: same length, 1-D; NaN and out-of-range become no-data."""
     lon = np.atleast_1d(np.asarray(lons, dtype=np.float64))
@@ -57,64 +51,50 @@ def as_points(lons: ArrayLike, lats: ArrayLike) -> tuple[NDArray[np.float64], ND
 
 
 def locate_pixels(
-    table_of: Callable[[int], TileLookup | None],
+    rects_of: Callable[[int], TileRects | None],
     lons: ArrayLike,
     lats: ArrayLike,
     year: int,
     where: str = "the index",
     strict: bool = True,
 ) -> Located:
-    """Find the tile and pixel of every point (vectorised, per zone and CRS).
+    """Find the tile and pixel of every point (vectorised, per zone).
 
-    ``table_of(zone)`` gives the year's tiles table of a zone, or ``None``
-    when the zone or year is not indexed. Raises :class:`TileNotFoundError`
-    only when ``year`` is indexed in none of the zones the points fall in
-    (unless ``strict`` is False: a batch of a table may fall there only);
-    single missing tiles are no-data. Invalid coordinates are never located.
+    The pixel is the one ``region`` returns at the point on its zone's
+    lattice (:mod:`.point_rule`). ``rects_of(zone)`` gives the year's tile
+    rectangles of a zone, or ``None`` when the zone or year is not indexed.
+    Raises :class:`TileNotFoundError` only when ``year`` is indexed in none
+    of the zones the points could be read from (unless ``strict`` is False:
+    a batch of a table may fall there only); single missing tiles are
+    no-data. Invalid coordinates are never located.
     """
     lon, lat = as_points(lons, lats)
     n = lon.size
     finite = valid_lonlat_mask(lon, lat)
-    clon = np.full(n, np.nan)
-    clat = np.full(n, np.nan)
-    clon[finite], clat[finite] = cell_centre(lon[finite], lat[finite])
-    zone = np.zeros(n, np.int64)
-    zone[finite] = utm_zone(clon[finite])
+    seen: dict[int, TileRects] = {}
+
+    def recorded(zone: int) -> TileRects | None:
+        found = rects_of(zone)
+        if found is not None:
+            seen[zone] = found
+        return found
+
+    picked = point_pixels(recorded, np.where(finite, lon, np.nan), np.where(finite, lat, np.nan))
+    ok = picked.tile >= 0
     loc = Located(
-        ok=np.zeros(n, bool), tile=np.full(n, "", dtype=object), row=np.zeros(n, np.int64),
-        col=np.zeros(n, np.int64), zone=zone, facts={},
+        ok=ok, tile=np.full(n, "", dtype=object), row=picked.row, col=picked.col,
+        zone=np.where(ok, picked.zone, picked.home), facts={},
     )  # fmt: skip
+    if strict and not seen and finite.any():
+        zones = sorted(set(picked.home[finite].tolist()))
+        raise TileNotFoundError(f"year {year} is not indexed in UTM zone(s) {zones} of {where}")
     facts: dict[str, list[Any]] = {}
-    tables_seen = 0
-    for z in np.unique(zone[finite]):
-        table = table_of(int(z))
-        if table is None:
-            continue
-        tables_seen += 1
-        sel = np.flatnonzero(finite & (zone == z))
-        names = [f"grid_{a:.2f}_{b:.2f}" for a, b in zip(clon[sel], clat[sel], strict=True)]
-        pos = table.positions(names)
-        have = pos >= 0
-        sel, pos = sel[have], pos[have]
-        cols = {k: table.cols[k][pos] for k in (*_FACTS, "epsg")}
-        for code in np.unique(cols["epsg"]):
-            m = cols["epsg"] == code
-            e, nn = project(lon[sel[m]], lat[sel[m]], int(code))
-            c = np.floor((e - cols["left"][m]) / 10.0).astype(np.int64)
-            r = np.floor((cols["top"][m] - nn) / 10.0).astype(np.int64)
-            inside = (r >= 0) & (r < cols["height"][m]) & (c >= 0) & (c < cols["width"][m])
-            idx = sel[m][inside]
-            loc.ok[idx] = True
-            loc.row[idx] = r[inside]
-            loc.col[idx] = c[inside]
-            loc.tile[idx] = np.asarray(names, dtype=object)[have][m][inside]
-            for k in _FACTS:
-                facts.setdefault(k, []).append((idx, cols[k][m][inside]))
-    if strict and tables_seen == 0 and finite.any():
-        raise TileNotFoundError(
-            f"year {year} is not indexed in UTM zone(s) {sorted(set(zone[finite].tolist()))} "
-            f"of {where}"
-        )
+    for z, rects in seen.items():
+        idx = np.flatnonzero(ok & (picked.zone == z))
+        t = picked.tile[idx]
+        loc.tile[idx] = rects.names[t].astype(object)
+        for k, col in rects.facts.items():  # the tiles table's columns
+            facts.setdefault(k, []).append((idx, np.asarray(col)[t]))
     for k, parts in facts.items():
         dtype = parts[0][1].dtype
         arr = np.zeros(n, dtype=dtype) if dtype.kind != "U" else np.full(n, "", dtype=object)
@@ -141,37 +121,33 @@ class TileLocation:
     facts: dict[str, Any]
 
 
-def locate_tile(
-    lookup_of: Callable[[int], TileLookup], lon: float, lat: float, year: int
-) -> tuple[int, str, dict[str, Any]]:
-    """The zone, name and facts of the tile covering a point.
+def location(loc: Located, lon: float, lat: float, year: int) -> TileLocation:
+    """The first point of ``loc`` as a :class:`TileLocation`, or why it has none.
 
-    ``lookup_of(zone)`` gives the year's tiles table of a zone, and raises
-    :class:`TileNotFoundError` when the zone or year is not indexed.
+    Raises :class:`TileNotFoundError` naming the point's cell tile and zone
+    when no indexed tile covers the point's pixel.
     """
-    check_lonlat(lon, lat)
-    clon, clat = (float(v) for v in cell_centre(lon, lat))
-    zone = int(utm_zone(clon))
-    name = tile_name(clon, clat)
-    facts = lookup_of(zone).row(name)
-    if facts is None:
+    if not loc.ok[0]:
+        clon, clat = (float(v) for v in cell_centre(lon, lat))
+        name = tile_name(clon, clat)
         raise TileNotFoundError(
-            f"no tile {name} (covering lon={lon}, lat={lat}) indexed for {year} in zone {zone}"
+            f"no tile {name} (covering lon={lon}, lat={lat}) indexed for {year} in zone "
+            f"{int(loc.zone[0])}, and no neighbouring tile covers its pixel"
         )
-    return zone, name, facts
+    facts = {k: v[0].item() if hasattr(v[0], "item") else v[0] for k, v in loc.facts.items()}
+    return TileLocation(
+        int(loc.zone[0]), int(year), str(loc.tile[0]), int(loc.row[0]), int(loc.col[0]), facts
+    )
 
 
-def locate_pixel(
-    lookup_of: Callable[[int], TileLookup], lon: float, lat: float, year: int
-) -> TileLocation:
-    """The tile and pixel (row, col) holding a point (see :func:`locate_tile`)."""
-    zone, name, facts = locate_tile(lookup_of, lon, lat, year)
-    e, n = project(lon, lat, int(facts["epsg"]))
-    col = int(np.floor((float(e) - facts["left"]) / 10.0))
-    row = int(np.floor((facts["top"] - float(n)) / 10.0))
-    if not (0 <= row < facts["height"] and 0 <= col < facts["width"]):
-        raise TileNotFoundError(
-            f"lon={lon}, lat={lat} falls outside the pixels of tile {name} "
-            f"(row {row}, col {col} of {facts['height']}x{facts['width']})"
-        )
-    return TileLocation(zone, int(year), name, row, col, facts)
+def swapped_hint(located: Callable[[float, float], bool], lon: float, lat: float) -> str:
+    """A sentence suggesting lon/lat are swapped, when ``(lat, lon)`` would be read ("" if not).
+
+    ``located(lon, lat)`` says whether a point there has an indexed tile.
+    """
+    if abs(lon) > 90 or (lon, lat) == (lat, lon) or not located(lat, lon):
+        return ""
+    return (
+        f"; lon/lat may be swapped: lon={lat}, lat={lon} lies in indexed tiles "
+        "(coordinates are longitude first)"
+    )

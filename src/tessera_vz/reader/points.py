@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -74,11 +75,36 @@ async def read_located(
     return emb, scale, loc.ok
 
 
-def years_list(year: int | Sequence[int]) -> tuple[list[int], bool]:
-    """Normalise ``year`` (an int or a list) and say whether a time axis is wanted."""
-    if isinstance(year, (int, np.integer)):
-        return [int(year)], False
-    years = [int(y) for y in year]
+def check_year(year: Any) -> int:
+    """A year as an int: an int, a NumPy integer or an int-like string (``"2024"``).
+
+    Anything else is refused with a :class:`TypeError` naming what was
+    found (a string is not iterated: ``"2024"`` is one year, not four).
+    """
+    if isinstance(year, (int, np.integer)) and not isinstance(year, (bool, np.bool_)):
+        return int(year)
+    if isinstance(year, str) and year.strip().isdigit():
+        return int(year.strip())
+    raise TypeError(
+        f"a year must be an int such as 2024 (or an int-like string '2024'); got "
+        f"{type(year).__name__} {year!r}"
+    )
+
+
+def years_list(year: Any) -> tuple[list[int], bool]:
+    """Normalise ``year`` (an int, an int-like string, or a list of them) and say whether
+    a time axis is wanted (a list)."""
+    if isinstance(year, (int, np.integer, str)):
+        return [check_year(year)], False
+    try:
+        years = [check_year(y) for y in year]
+    except TypeError as exc:
+        if "not iterable" not in str(exc):
+            raise
+        raise TypeError(
+            f"year must be an int such as 2024 or a list of years; got {type(year).__name__} "
+            f"{year!r}"
+        ) from None
     if not years:
         raise ValueError("years must name at least one year")
     return years, True

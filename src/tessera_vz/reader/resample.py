@@ -31,7 +31,7 @@ covers it by these rules, or where the chosen pixel's scale is invalid.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -223,7 +223,7 @@ class Sampler:
             if z == native or z not in rects:
                 continue
             idx, rows, cols = self._primary_pixels(z)
-            ok = _covered_at(rects[z], z, rows, cols)
+            ok = covered_at(rects[z], z, rows, cols)
             chosen.setdefault(z, []).append((idx[ok], rows[ok], cols[ok]))
             sourced[idx[ok]] = True
         # Step 3: the adjacent zone across the nearer boundary.
@@ -231,17 +231,14 @@ class Sampler:
         if miss.size:
             lon, _ = self._to_lonlat(miss)
             zp = primary[miss].astype(np.int64)
-            west = (zp - 1) * 6.0 - 180.0
-            to_west = lon - west < 3.0
-            other = np.where(to_west, zp - 1, zp + 1)
-            close = np.where(to_west, lon - west, west + 6.0 - lon) < REACH
+            other, close = across(lon, zp)
             miss, zp, other = miss[close], zp[close], other[close]
             for z in np.unique(other).tolist():
                 if z not in rects or z == native:  # the lattice zone's cover is sourced already
                     continue
                 sel = miss[other == z]
                 rows, cols = self._lattice_pixels(z, sel)
-                ok = _covered_at(rects[z], z, rows, cols)
+                ok = covered_at(rects[z], z, rows, cols)
                 chosen.setdefault(z, []).append((sel[ok], rows[ok], cols[ok]))
                 sourced[sel[ok]] = True
             rest = ~sourced[miss]
@@ -275,39 +272,14 @@ class Sampler:
         rects: Mapping[int, TileRects],
         native_cover: NDArray[np.bool_] | None,
     ) -> dict[int, tuple[NDArray[np.int64], ...]]:
-        """Step 4: the nearest covered pixel among the 3 x 3 around each pixel, in both zones."""
-        best = np.full(idx.size, np.inf)
-        where = np.full(idx.size, -1, np.int64)
-        at_row = np.zeros(idx.size, np.int64)
-        at_col = np.zeros(idx.size, np.int64)
-        steps = np.array([-1, 0, 1], np.int64)
-        for zones in (zp, other):
-            for z in np.unique(zones).tolist():
-                if z not in rects:
-                    continue
-                sel = np.flatnonzero(zones == z)
-                e, n = self._projected(z, idx[sel])
-                gr = np.floor(-n / PIXEL).astype(np.int64)[:, None] + np.repeat(steps, 3)
-                gc = np.floor(e / PIXEL).astype(np.int64)[:, None] + np.tile(steps, 3)
-                dist = (PIXEL * gc + PIXEL / 2 - e[:, None]) ** 2 + (
-                    -PIXEL * gr - PIXEL / 2 - n[:, None]
-                ) ** 2
-                if z == self.grid.lattice and native_cover is not None:
-                    ok = self._in_grid(gr, gc, native_cover)
-                else:
-                    ok = _covered_at(rects[z], z, gr.ravel(), gc.ravel()).reshape(gr.shape)
-                dist[~ok] = np.inf
-                k = np.argmin(dist, axis=1)
-                d = dist[np.arange(sel.size), k]
-                better = d < best[sel]
-                s = sel[better]
-                best[s], where[s] = d[better], z
-                at_row[s], at_col[s] = gr[better, k[better]], gc[better, k[better]]
-        found: dict[int, tuple[NDArray[np.int64], ...]] = {}
-        for z in np.unique(where[where >= 0]).tolist():
-            m = where == z
-            found[z] = (idx[m], at_row[m], at_col[m])
-        return found
+        """Step 4 on this grid: the lattice zone's cover is the grid's own (``native_cover``)."""
+
+        def cover(z: int, gr: NDArray[np.int64], gc: NDArray[np.int64]) -> NDArray[np.bool_]:
+            if z == self.grid.lattice and native_cover is not None:
+                return self._in_grid(gr, gc, native_cover)
+            return covered_at(rects[z], z, gr.ravel(), gc.ravel()).reshape(gr.shape)
+
+        return nearest_covered(idx, zp, other, rects, self._projected, cover)
 
     def _projected(
         self, zone: int, idx: NDArray[np.int64]
@@ -332,6 +304,61 @@ class Sampler:
         return ok
 
 
+def across(
+    lon: NDArray[np.float64], zone: NDArray[np.int64]
+) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+    """Step 3's neighbour: the zone across the nearer boundary, and whether within :data:`REACH`."""
+    west = (zone - 1) * 6.0 - 180.0
+    to_west = lon - west < 3.0
+    other = np.where(to_west, zone - 1, zone + 1)
+    return other, np.where(to_west, lon - west, west + 6.0 - lon) < REACH
+
+
+def nearest_covered(
+    idx: NDArray[np.int64],
+    zp: NDArray[np.int64],
+    other: NDArray[np.int64],
+    zones_read: Container[int],
+    projected: Callable[[int, NDArray[np.int64]], tuple[NDArray[np.float64], ...]],
+    cover: Callable[[int, NDArray[np.int64], NDArray[np.int64]], NDArray[np.bool_]],
+) -> dict[int, tuple[NDArray[np.int64], ...]]:
+    """Step 4: the nearest covered pixel among the 3 x 3 around each pixel, in both zones.
+
+    ``idx`` are the pixels (of a grid, or points), ``zp`` and ``other``
+    their two zones; ``projected(z, idx)`` gives their centres on zone
+    ``z``'s northern lattice, ``cover(z, rows, cols)`` whether a tile of
+    ``z`` covers global lattice pixels. Returns ``{zone: (idx, rows, cols)}``.
+    """
+    best = np.full(idx.size, np.inf)
+    where = np.full(idx.size, -1, np.int64)
+    at_row = np.zeros(idx.size, np.int64)
+    at_col = np.zeros(idx.size, np.int64)
+    steps = np.array([-1, 0, 1], np.int64)
+    for zones in (zp, other):
+        for z in np.unique(zones).tolist():
+            if z not in zones_read:
+                continue
+            sel = np.flatnonzero(zones == z)
+            e, n = projected(z, idx[sel])
+            gr = np.floor(-n / PIXEL).astype(np.int64)[:, None] + np.repeat(steps, 3)
+            gc = np.floor(e / PIXEL).astype(np.int64)[:, None] + np.tile(steps, 3)
+            dist = (PIXEL * gc + PIXEL / 2 - e[:, None]) ** 2 + (
+                -PIXEL * gr - PIXEL / 2 - n[:, None]
+            ) ** 2
+            dist[~cover(z, gr, gc)] = np.inf
+            k = np.argmin(dist, axis=1)
+            d = dist[np.arange(sel.size), k]
+            better = d < best[sel]
+            s = sel[better]
+            best[s], where[s] = d[better], z
+            at_row[s], at_col[s] = gr[better, k[better]], gc[better, k[better]]
+    found: dict[int, tuple[NDArray[np.int64], ...]] = {}
+    for z in np.unique(where[where >= 0]).tolist():
+        m = where == z
+        found[z] = (idx[m], at_row[m], at_col[m])
+    return found
+
+
 def lattice_of(
     tr: Transformer,
     x: NDArray[np.float64],
@@ -352,7 +379,7 @@ def lattice_of(
     w = x.size
     knots = np.unique(np.append(np.arange(0, w, STRIDE), w - 1))
     if r.size < 4 * STRIDE or knots.size < 3:
-        return _exact_lattice(tr, x[c], y[r])
+        return exact_lattice(tr, x[c], y[r])
     if r.size > 1 and bool((r[1:] >= r[:-1]).all()):  # row-major pixels: rows without a sort
         first = np.empty(r.size, dtype=bool)
         first[0], first[1:] = True, r[1:] != r[:-1]
@@ -373,7 +400,7 @@ def lattice_of(
             float(np.max(np.abs((kn[:, :-1] + kn[:, 1:]) / 2 - mn))),
         )
     if not err < 0.1:  # not smooth here (or not finite): project every pixel
-        return _exact_lattice(tr, x[c], y[r])
+        return exact_lattice(tr, x[c], y[r])
     tol = 2 * err + 1e-6
     j = np.minimum(c // STRIDE, knots.size - 2)  # knots are multiples of STRIDE, then w - 1
     t = (c - knots[j]) / (knots[j + 1] - knots[j])
@@ -385,11 +412,11 @@ def lattice_of(
     fn = -n - PIXEL * gr
     redo = np.flatnonzero((fe < tol) | (fe > PIXEL - tol) | (fn < tol) | (fn > PIXEL - tol))
     if redo.size:
-        gr[redo], gc[redo] = _exact_lattice(tr, x[c[redo]], y[r[redo]])
+        gr[redo], gc[redo] = exact_lattice(tr, x[c[redo]], y[r[redo]])
     return gr, gc
 
 
-def _exact_lattice(
+def exact_lattice(
     tr: Transformer, x: NDArray[np.float64], y: NDArray[np.float64]
 ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     e, n = tr.transform(x, y)
@@ -399,7 +426,7 @@ def _exact_lattice(
     )
 
 
-def _covered_at(
+def covered_at(
     rects: TileRects, zone: int, rows: NDArray[np.int64], cols: NDArray[np.int64]
 ) -> NDArray[np.bool_]:
     """Whether some tile covers each lattice pixel (global ``rows``, ``cols``)."""

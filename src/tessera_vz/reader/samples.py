@@ -36,11 +36,11 @@ from zarr.core.sync import sync
 
 from tessera_vz.core.coords import valid_lonlat_mask
 from tessera_vz.core.dataset import DATASET_KEYS
-from tessera_vz.core.geometry import cell_centre, utm_zone
 from tessera_vz.core.geoparquet import geo_metadata as parquet_geo
 from tessera_vz.core.quantisation import dequantise
 from tessera_vz.reader.pixels import Located, locate_pixels
 from tessera_vz.reader.point_columns import GEOMETRY, PointsInput
+from tessera_vz.reader.point_rule import reachable_zones
 from tessera_vz.reader.points import point_status, read_isolated, read_located, years_list
 from tessera_vz.reader.range_fetch import ByteSource
 from tessera_vz.reader.range_plan import POINT_GAP
@@ -232,16 +232,16 @@ def sample_provenance(
 ) -> dict[str, str]:
     """Provenance of a sampled table: the versions it reads, the index, the years.
 
-    Known before any pixel is read: the zone-years are those of the
-    points' cells in which the year is indexed (each one's tiles table
+    Known before any pixel is read: the zone-years are those the points
+    may be read from (their cells' zones, and the neighbour zone of points
+    near a zone boundary) in which the year is indexed (each one's tiles table
     says where the points are, or that no tile is), so a pinned version
     that does not exist fails here, and a writer can put the provenance
     in the file's schema up front.
     """
     ys, _ = years_list(years)
     valid = valid_lonlat_mask(inp.lon, inp.lat) & ~inp.empty
-    clon, _ = cell_centre(inp.lon[valid], inp.lat[valid])
-    zones = np.unique(utm_zone(clon)).tolist() if valid.any() else []
+    zones = reachable_zones(inp.lon[valid]) if valid.any() else []
     read = [(z, y) for y in ys for z in zones if zone_years.find(z, y) is not None]
     return {
         **zone_years.provenance(read),
@@ -259,8 +259,8 @@ def _sample_plan(
 ) -> tuple[Located, dict[int, ByteSource], NDArray[np.bool_], NDArray[np.bool_], int]:
     """Locate one year of a batch: where each point is, and the byte sources to read."""
     valid = valid_lonlat_mask(lon, lat) & ~empty
-    lookups = zone_years.lookups_or_none(year)
-    loc = locate_pixels(lookups, np.where(valid, lon, np.nan), np.where(valid, lat, np.nan),
+    rects = zone_years.rects_or_none(year)
+    loc = locate_pixels(rects, np.where(valid, lon, np.nan), np.where(valid, lat, np.nan),
                         year, zone_years.root, strict=False)  # fmt: skip
     located = np.unique(loc.zone[loc.ok]).tolist()
     sources = {z: zone_years.get(z, year).source for z in located}

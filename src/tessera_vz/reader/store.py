@@ -26,15 +26,17 @@ import xarray as xr
 from numpy.typing import ArrayLike
 
 from tessera_vz.core.boundary import SourceFiles
+from tessera_vz.core.coords import check_lonlat
 from tessera_vz.core.errors import ConfigurationError, TileNotFoundError
+from tessera_vz.core.geometry import cell_centre, utm_zone
 from tessera_vz.core.options import ReadOptions
 from tessera_vz.core.quantisation import dequantise, valid_scale
 from tessera_vz.core.repos import quiet_icechunk
 from tessera_vz.reader import pixels, regions, samples
 from tessera_vz.reader.discovery import containers, discover_zones
-from tessera_vz.reader.pixels import Located, TileLocation, locate_pixel, locate_pixels
+from tessera_vz.reader.pixels import Located, TileLocation, locate_pixels
 from tessera_vz.reader.point_columns import PointsInput, points_input
-from tessera_vz.reader.points import years_asked
+from tessera_vz.reader.points import check_year, years_asked
 from tessera_vz.reader.range_fetch import ByteSource
 from tessera_vz.reader.range_plan import DEFAULT_GAP, POINT_GAP
 from tessera_vz.reader.samples import SAMPLE_BATCH
@@ -139,21 +141,66 @@ class TesseraStore:
         return index.source, index.rects
 
     def open_tile(self, lon: float, lat: float, year: int) -> xr.Dataset:
-        """The tile covering a point, lazily, through ``xr.open_zarr`` (version in its attrs)."""
-        zone, name, _ = pixels.locate_tile(self._zone_years.lookups(year), lon, lat, year)
+        """The tile a point is read from (:meth:`locate`), lazily, through ``xr.open_zarr``.
+
+        The version read is in its attributes.
+        """
+        loc = self.locate(lon, lat, year)
         ds = xr.open_zarr(
-            self.session(zone, year).store, group=name, consolidated=False, zarr_format=3
+            self.session(loc.zone, year).store, group=loc.name, consolidated=False, zarr_format=3
         )
-        return ds.assign_attrs(self.provenance([(zone, year)]))
+        return ds.assign_attrs(self.provenance([(loc.zone, year)]))
 
     def locate(self, lon: float, lat: float, year: int) -> TileLocation:
-        """The tile and pixel (row, col) holding a point."""
-        return locate_pixel(self._zone_years.lookups(year), lon, lat, year)
+        """The tile and pixel (row, col) a point is read from.
+
+        The pixel ``region`` returns at the point on its zone's 10 m lattice,
+        from the tile the region's ownership rule picks (see
+        :mod:`~tessera_vz.reader.point_rule`): the tile of the point's cell
+        where it covers the pixel, else a neighbour that does. Raises
+        :class:`TileNotFoundError` with the reason when no tile does.
+        """
+        check_lonlat(lon, lat)
+        y = check_year(year)
+        try:
+            loc = self.locate_points([lon], [lat], y)
+        except TileNotFoundError as exc:
+            self._explain(lon, lat, y, exc)
+            raise  # (explained above)
+        if not loc.ok[0]:
+            self._explain(lon, lat, y, None)
+        return pixels.location(loc, lon, lat, y)
+
+    def _explain(self, lon: float, lat: float, year: int, exc: TileNotFoundError | None) -> None:
+        """Raise why no tile of ``year`` holds a point: the zone's own reason, and a hint
+        when lon/lat look swapped."""
+        zone = int(utm_zone(cell_centre(lon, lat)[0]))
+
+        def located(x: float, y: float) -> bool:
+            try:
+                return bool(self.locate_points([x], [y], year).ok[0])
+            except TileNotFoundError:
+                return False
+
+        hint = pixels.swapped_hint(located, lon, lat)
+        if exc is None and not hint:
+            return  # pixels.location says which tile is missing
+        try:
+            self._zone_years.get(zone, year).table  # noqa: B018 - raises the zone's reason
+        except TileNotFoundError as reason:
+            raise TileNotFoundError(
+                f"no indexed tile of {year} is near lon={lon}, lat={lat}: {reason}{hint}"
+            ) from None
+        if exc is not None:
+            raise TileNotFoundError(f"{exc}{hint}") from None
+        raise TileNotFoundError(
+            f"no indexed tile of {year} covers lon={lon}, lat={lat}{hint}"
+        ) from None
 
     def locate_points(self, lons: ArrayLike, lats: ArrayLike, year: int) -> Located:
         """The tile and pixel of many points (``ok`` is False where there is none)."""
-        lookups = self._zone_years.lookups_or_none(year)
-        return locate_pixels(lookups, lons, lats, year, self.root)
+        rects = self._zone_years.rects_or_none(check_year(year))
+        return locate_pixels(rects, lons, lats, check_year(year), self.root)
 
     def point(
         self, lon: float, lat: float, year: int | Sequence[int] | None = None, *,
@@ -161,16 +208,24 @@ class TesseraStore:
     ) -> np.ndarray:  # fmt: skip
         """The dequantised embedding ``(bands,)`` of the pixel holding a point.
 
-        NaN everywhere when the pixel's scale is invalid (no data). Reads only
-        the pixel's bytes: ``bands`` embedding bytes and its scale, two ranged
-        reads issued together (one round trip). With a list of years
-        (``years=``), returns ``(time, bands)``, the years read concurrently.
+        The pixel is the one :meth:`locate` names (the one :meth:`region`
+        returns at that place). NaN everywhere when the pixel's scale is
+        invalid (no data). Reads only the pixel's bytes: ``bands`` embedding
+        bytes and its scale, two ranged reads issued together (one round
+        trip). With a list of years (``years=``), returns ``(time, bands)``,
+        the years read concurrently.
         """
         ys, series = years_asked(year, years)
-        located = [self.locate_points([lon], [lat], y) for y in ys]
-        for loc, y in zip(located, ys, strict=True):
+        located: list[Located] = []
+        for y in ys:
+            try:
+                loc = self.locate_points([lon], [lat], y)
+            except TileNotFoundError:
+                self.locate(lon, lat, y)  # raises the precise reason
+                raise
             if not loc.ok[0]:
                 self.locate(lon, lat, y)  # raises the precise reason
+            located.append(loc)
         values = samples.point_values(self._zone_years, located, ys, POINT_GAP)[:, 0]
         return values if series else values[0]
 

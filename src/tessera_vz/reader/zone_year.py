@@ -210,10 +210,6 @@ class ZoneYears:
             return None
         return index
 
-    def lookups(self, year: int) -> Callable[[int], TileLookup]:
-        """Zone -> the year's tiles lookup (:class:`TileNotFoundError` if none)."""
-        return lambda zone: self.get(zone, year).lookup
-
     def lookups_or_none(self, year: int) -> Callable[[int], TileLookup | None]:
         """Zone -> the year's tiles lookup, or ``None`` where :meth:`find` finds none."""
 
@@ -222,6 +218,15 @@ class ZoneYears:
             return index.lookup if index is not None else None
 
         return lookup
+
+    def rects_or_none(self, year: int) -> Callable[[int], TileRects | None]:
+        """Zone -> the year's tile rectangles, or ``None`` where :meth:`find` finds none."""
+
+        def rects(zone: int) -> TileRects | None:
+            index = self.find(zone, year)
+            return index.rects if index is not None else None
+
+        return rects
 
     def provenance(self, keys: Iterable[tuple[int, int]]) -> dict[str, str]:
         """``tessera:versions``/``tessera:snapshots`` of the zone-years ``keys``, and the dataset.
