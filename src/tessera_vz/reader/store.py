@@ -124,6 +124,13 @@ class TesseraStore:
         """
         return self._zone_years.provenance(keys)
 
+    def dataset(self) -> dict[str, str]:
+        """Which dataset the index holds: ``tessera:dataset`` (``1.1/cambridge``), version,
+        variant, path and source as its repositories record them (``unknown`` for an index
+        written before datasets were recorded); :class:`DatasetMismatchError` if zones differ.
+        """
+        return self._zone_years.dataset(self.zones())
+
     def tiles(self, year: int, zone: int) -> xr.Dataset:
         """The year's tiles table of a zone (one row per tile), with the version read."""
         table = self._zone_years.get(zone, year).table
