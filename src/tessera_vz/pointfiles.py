@@ -30,7 +30,7 @@ import pyarrow as pa
 from tessera_vz.core.errors import ConfigurationError
 from tessera_vz.core.files import atomic_path
 from tessera_vz.export import check_writable_folder
-from tessera_vz.reader.point_columns import GEOMETRY, PointsInput, points_input, year_column
+from tessera_vz.reader.point_columns import GEOMETRY, PointsInput, points_input, year_column_of
 from tessera_vz.vectorfiles import VECTOR_SUFFIXES, read_vector
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def read_points_file(
         geo = _geo(table.schema.metadata)
         table = table.replace_schema_metadata(None)
     if own_years and year is None:
-        year = year_column(table)
+        year = year_column_of(table)
         if year is None:
             raise ConfigurationError(
                 f"no --year given and {what} has no year column; columns: {table.column_names}. "

@@ -128,7 +128,17 @@ def points_input(
     return inp
 
 
-def year_column(points: Any) -> str | None:
+def own_year_column(points: Any, years: Any, year_column: str | None) -> str | None:
+    """The column each row's year comes from: ``year_column``, or without ``years`` a
+    column named ``year``; ``None`` when ``years`` are given for every row."""
+    if years is not None and year_column is not None:
+        raise ConfigurationError(
+            f"give years ({years!r}) or year_column ({year_column!r}), not both"
+        )
+    return year_column or (year_column_of(points) if years is None else None)
+
+
+def year_column_of(points: Any) -> str | None:
     """The column of ``points`` named ``year`` in any case, if there is one."""
     names = getattr(points, "column_names", None) or [str(c) for c in points.columns]
     lower = {c.lower(): c for c in names}

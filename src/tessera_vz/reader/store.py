@@ -269,8 +269,8 @@ class TesseraStore:
         ``year`` the embedding year read (the input's column is kept as
         ``year_input``), status ``no year`` where the cell is missing or not
         a year and ``year not indexed`` where no zone indexed it — never
-        another year's value. Coordinates outside
-        lon [-180, 180] / lat [-90, 90] are never read. The schema carries
+        another year's value. Coordinates outside lon [-180, 180] / lat
+        [-90, 90] are never read. The schema carries
         GeoParquet 1.1 ``geo`` metadata and the provenance
         (``tessera:versions``, ``tessera:snapshots``), so
         ``pyarrow.parquet.write_table(t, "x.parquet")`` writes GeoParquet.
@@ -280,14 +280,8 @@ class TesseraStore:
         tables too big for one result, :meth:`sample_batches` yields the
         batches.
         """
-        if years is None:
-            year_column = year_column or point_columns.year_column(points)
-        elif year_column is not None:
-            raise ConfigurationError(
-                f"give years ({years!r}) or year_column ({year_column!r}), not both"
-            )
-        inp = self.points_input(points, lon=lon, lat=lat, geometry=geometry, crs=crs,
-                                year=year_column)  # fmt: skip
+        year = point_columns.own_year_column(points, years, year_column)
+        inp = self.points_input(points, lon=lon, lat=lat, geometry=geometry, crs=crs, year=year)
         provenance = self.sample_provenance(inp, years)
         parts = list(self.sample_batches(inp, years, batch_size=batch_size, progress=progress))
         table = pa.concat_tables(parts) if parts else self.empty_sample(inp, years)
