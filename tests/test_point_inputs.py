@@ -18,14 +18,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from tessera_vz.cli import main as cli
-from tessera_vz.indexer.run import IndexOptions, run_index
-from tessera_vz.reader import open_store
 from tessera_vz.reader.store import TesseraStore
-from tessera_vz.testing.tiles import make_tree
-from tests.test_points_table import BANDS, CENTRES, truth
+from tests import test_points_table as table
+from tests.test_points_table import BANDS, truth
 
 YEARS = (2024, 2025)
 COLS = [f"b{b:03d}" for b in range(BANDS)]
+#: The same tree and index as the points table's tests (module-scoped fixtures).
+tree, store = table.tree, table.store
 
 #: GBIF's simple download columns (tab-separated, unquoted), in GBIF's order.
 GBIF_COLUMNS = [
@@ -73,20 +73,6 @@ def gbif_tsv(path: Path) -> Path:
         lines.append("\t".join(row[c] for c in GBIF_COLUMNS))
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("inputs-src")
-    make_tree(root, centres=CENTRES, years=YEARS, bands=BANDS, manifest=False)
-    out = tmp_path_factory.mktemp("inputs-index")
-    assert not run_index(IndexOptions(source=str(root), out=str(out))).failed
-    return {"root": root, "out": out}
-
-
-@pytest.fixture(scope="module")
-def store(tree: dict[str, Any]) -> TesseraStore:
-    return open_store(str(tree["out"]), allow_local_sources=True)
 
 
 def points(tree: dict[str, Any], *argv: str) -> int:
