@@ -42,6 +42,7 @@ import aiohttp
 # Imported first so that its exit hook, which stops the background loop, runs after
 # ours below, which closes this module's clients on that loop.
 import tessera_vz.core.loop  # noqa: F401
+from tessera_vz.core.errors import AnswerError, RedirectRefusedError
 
 log = logging.getLogger(__name__)
 
@@ -59,22 +60,6 @@ try:
     USER_AGENT = f"tessera-vz/{version('tessera-vz')}"
 except PackageNotFoundError:  # running from a source tree without metadata
     USER_AGENT = "tessera-vz"
-
-
-class AnswerError(Exception):
-    """An answer that breaks what HTTP or the request allows; its bytes are never used.
-
-    ``transient`` says whether another attempt may fare better (a cut
-    transfer) or not (a server that answers other bytes than asked).
-    """
-
-    def __init__(self, message: str, *, transient: bool = False) -> None:
-        super().__init__(message)
-        self.transient = transient
-
-
-class RedirectRefusedError(AnswerError):
-    """A redirect to an origin the caller has not authorised (never followed)."""
 
 
 _SESSIONS: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
@@ -303,7 +288,7 @@ def _drop(client: aiohttp.ClientSession) -> None:
         closing.send(None)
     except StopIteration:
         return
-    except Exception:
+    except (RuntimeError, OSError):  # "Event loop is closed", a socket already gone
         log.debug("could not close an HTTP client of a closed loop", exc_info=True)
     closing.close()
 

@@ -91,11 +91,12 @@ def repositories(root: str, s3_options: dict[str, Any] | None = None) -> dict[in
     parts = urlsplit(root)
     if parts.scheme == "s3":
         import obstore
+        from obstore.exceptions import BaseError as ObstoreError
 
         store = s3_settings(s3_options).obstore(root.rstrip("/") + "/")
         try:
             listed = obstore.list_with_delimiter(store, None)
-        except Exception as exc:  # obstore raises its own hierarchy
+        except (ObstoreError, OSError) as exc:  # obstore's own errors; a socket's
             raise ConfigurationError(
                 f"cannot list index {root!r}: {str(exc).strip().splitlines()[0]}. Check the "
                 "bucket, the endpoint (--s3-endpoint, AWS_ENDPOINT_URL) and credentials "
