@@ -14,7 +14,9 @@ import numpy as np
 import xarray as xr
 from numpy.typing import NDArray
 
+from tessera_vz.core.checksums import checksum_value
 from tessera_vz.core.layout import TILES
+from tessera_vz.core.urls import check_path, check_root
 
 #: Column name -> numpy dtype of the stored table.
 COLUMNS: dict[str, str] = {
@@ -84,9 +86,6 @@ def refused_rows(table: xr.Dataset) -> dict[str, str]:
     offset outside the file, a scales dtype that is not 4-byte float) fails
     that tile with a clear reason, before any request is made for it.
     """
-    from tessera_vz.core.boundary import checksum_value
-    from tessera_vz.core.urls import check_path, check_root
-
     names = [str(n) for n in table["tile"].values]
     if not names:
         return {}
