@@ -33,7 +33,6 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Buffer, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TypeVar
 
 import aiohttp
 import numpy as np
@@ -67,8 +66,6 @@ from tessera_vz.core.urls import SourceRoot, join, under
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 #: Merged ranges are cut into requests of about this size, fetched in
 #: parallel: one stream over loopback or a mirror moves less than several.
 PART = 8 << 20
@@ -78,8 +75,8 @@ CONCURRENCY = 64
 MAX_OBJECT = 4 << 30
 
 #: What a backend's client may raise for a failed attempt; :func:`~.http.classify`
-#: words each and says whether another attempt may succeed. (Our own
-#: ``AnswerError`` and ``TimeoutError`` are ``OSError`` s.)
+#: words each and says whether another attempt may succeed. ``OSError`` covers
+#: ``TimeoutError``, a reset connection and our own ``AnswerError``.
 _CLIENT_ERRORS = (aiohttp.ClientError, ObstoreError, OSError)
 
 
@@ -175,7 +172,7 @@ class SourceFiles:
         first read).
         """
         files = self._transport(url, purpose)
-        self._check_checksum(checksum, url, purpose)
+        _check_checksum(checksum, url, purpose)
         return await self._attempts(
             url, purpose, lambda: files.read(IndexedFile(url, checksum, size), start, end)
         )
@@ -192,7 +189,7 @@ class SourceFiles:
         repeated from the first byte, overwriting what it left.
         """
         files = self._transport(url, purpose)
-        self._check_checksum(checksum, url, purpose)
+        _check_checksum(checksum, url, purpose)
         await self._attempts(
             url,
             purpose,
@@ -222,7 +219,7 @@ class SourceFiles:
             one = await self.get(url, starts[0], ends[0], checksum, purpose, size)
             return one, np.zeros(1, np.int64)
         if files.multi_range:
-            self._check_checksum(checksum, url, purpose)
+            _check_checksum(checksum, url, purpose)
             got = await self._attempts(
                 url,
                 purpose,
@@ -264,24 +261,12 @@ class SourceFiles:
         files = self._transport(url, purpose)
         return await self._attempts(url, purpose, lambda: files.fetch(url, limit))
 
-    # -- one place for checks, limits, retries and errors ----------------------------
-    def _check_checksum(self, checksum: str | None, url: str, purpose: str) -> None:
-        """Refuse a recorded checksum that must not become a request header."""
-        if checksum is None:
-            return
-        try:
-            checksum_value(checksum)
-        except ValueError as exc:
-            raise SourceUnavailableError(
-                f"{purpose}: {url}: the index records {exc}; the repository is damaged or was "
-                "crafted, so this file is not read. Re-index it with `tessera-vz index`"
-            ) from None
-
+    # -- one place for limits, retries and errors --------------------------------------
     def _limit(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
         return self._limits.setdefault(loop, asyncio.Semaphore(CONCURRENCY))
 
-    async def _attempts(self, url: str, purpose: str, once: Callable[[], Awaitable[T]]) -> T:
+    async def _attempts[T](self, url: str, purpose: str, once: Callable[[], Awaitable[T]]) -> T:
         """Run ``once`` under the retry policy; every failure becomes one of our errors."""
         reason, tries, again = "", 0, False
         for delay in self.policy.delays():
@@ -311,6 +296,19 @@ class SourceFiles:
         )
         error.transient = again  # a later try may succeed (503, reset, timeout)
         raise error
+
+
+def _check_checksum(checksum: str | None, url: str, purpose: str) -> None:
+    """Refuse a recorded checksum that must not become a request header."""
+    if checksum is None:
+        return
+    try:
+        checksum_value(checksum)
+    except ValueError as exc:
+        raise SourceUnavailableError(
+            f"{purpose}: {url}: the index records {exc}; the repository is damaged or was "
+            "crafted, so this file is not read. Re-index it with `tessera-vz index`"
+        ) from None
 
 
 def _named(purpose: str) -> str:
