@@ -20,6 +20,7 @@ from pathlib import Path
 import icechunk as ic
 import pytest
 
+from tessera_vz.core import transport
 from tessera_vz.core.boundary import SourceFiles
 from tessera_vz.core.byteranges import MalformedRangesError
 from tessera_vz.core.checksums import (
@@ -40,15 +41,7 @@ from tessera_vz.core.errors import (
 )
 from tessera_vz.core.loop import sync
 from tessera_vz.core.options import ReadOptions, RetryPolicy
-from tessera_vz.core.transport import (
-    FileChangedError,
-    FileGoneError,
-    IndexedFile,
-    ObjectFacts,
-    Ranges,
-    Transport,
-    changed,
-)
+from tessera_vz.core.transport import IndexedFile, ObjectFacts, Ranges, Transport
 from tessera_vz.core.transport_http import HttpTransport
 from tessera_vz.core.transport_store import ObjectStoreTransport
 from tessera_vz.core.urls import join
@@ -176,7 +169,7 @@ def test_broken_answers_fail_at_once() -> None:
 
 
 def test_changed_and_gone_files_are_named_with_purpose_and_url() -> None:
-    backend = Scripted([changed('"v1"')])
+    backend = Scripted([transport.changed('"v1"')])
     with pytest.raises(SourceChangedError) as info:
         sync(Through(backend).get(URL, 0, 2, '"v1"', "reading points, tile grid_0.85_49.95"))
     assert str(info.value).startswith(
@@ -185,7 +178,7 @@ def test_changed_and_gone_files_are_named_with_purpose_and_url() -> None:
     )
     assert backend.calls == 1
     with pytest.raises(SourceNotFoundError, match=f"verifying: {URL} is gone"):
-        sync(Through(Scripted([FileGoneError("HTTP 404")])).head(URL, "verifying"))
+        sync(Through(Scripted([transport.FileGoneError("HTTP 404")])).head(URL, "verifying"))
 
 
 def test_a_checksum_no_indexer_writes_is_refused_before_any_request() -> None:
@@ -244,7 +237,8 @@ def test_local_files_are_read_through_obstore(tmp_path: Path) -> None:
 def test_every_boundary_error_is_ours_under_a_builtin() -> None:
     assert issubclass(AnswerError, TesseraError) and issubclass(AnswerError, OSError)
     assert issubclass(RedirectRefusedError, AnswerError)
-    assert issubclass(FileChangedError, AnswerError) and issubclass(FileGoneError, AnswerError)
+    assert issubclass(transport.FileChangedError, AnswerError)
+    assert issubclass(transport.FileGoneError, AnswerError)
     assert issubclass(MalformedRangesError, TesseraError)
     assert issubclass(MalformedRangesError, ValueError)
     assert AnswerError("cut", transient=True).transient
