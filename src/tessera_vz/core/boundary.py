@@ -440,7 +440,7 @@ class SourceFiles:
                     return body, locate(body, ctype, crange, starts, ends, size)
                 except SizeMismatchError as exc:
                     raise SourceChangedError(
-                        f"{what}: {url}: {exc}. Re-run `tessera-vz index` for this source"
+                        f"{what}: {url}: {exc}. Re-run `tessera-vz index --reprobe` for this source"
                     ) from None
                 except MalformedRangesError as exc:
                     raise web.AnswerError(str(exc)) from None
@@ -596,7 +596,7 @@ def _status(status: int, reason: str | None, url: str, checksum: str | None, wha
     if status == 416:
         raise SourceChangedError(
             f"{what + ': ' if what else ''}{url} is shorter than when it was indexed (416 "
-            "Range Not Satisfiable); re-run `tessera-vz index` for this source"
+            "Range Not Satisfiable); re-run `tessera-vz index --reprobe` for this source"
         )
     if status in (404, 410):
         raise _gone(url, what)
@@ -620,7 +620,8 @@ def _check_single(
     if size is not None and total is not None and total != size:
         raise SourceChangedError(
             f"{what + ': ' if what else ''}{url}: the server says the file holds {total} "
-            f"bytes; it held {size} when indexed. Re-run `tessera-vz index` for this source"
+            f"bytes; it held {size} when indexed. Re-run `tessera-vz index --reprobe` for this "
+            "source"
         )
 
 
@@ -641,7 +642,7 @@ def _changed(url: str, checksum: str | None, what: str) -> SourceChangedError:
     return SourceChangedError(
         f"{what + ': ' if what else ''}{url} no longer matches the checksum recorded when it "
         f"was indexed ({checksum}). The source file changed after it was indexed; re-run "
-        "`tessera-vz index` for this source to index its new bytes"
+        "`tessera-vz index --reprobe` for this source to index its new bytes"
     )
 
 

@@ -60,7 +60,7 @@ def translate_error(exc: BaseException, what: str) -> BaseException:
     if "checksum of the object owning the virtual chunk has changed" in text:
         return SourceChangedError(
             f"{what}: {first}. The source file changed after it was indexed; re-run "
-            "`tessera-vz index` for this source to index its new bytes"
+            "`tessera-vz index --reprobe` for this source to index its new bytes"
         )
     if "authoriz" in text.lower():
         return ConfigurationError(
