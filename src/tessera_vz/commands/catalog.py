@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from tessera_vz.commands.common import err, progress, read_options_of, wants_progress
 from tessera_vz.core.errors import ConfigurationError
+from tessera_vz.core.files import check_output_folder
 
 
 def cmd_catalog(args: argparse.Namespace) -> int:
@@ -25,6 +26,7 @@ def cmd_catalog(args: argparse.Namespace) -> int:
             raise ConfigurationError(
                 f"--out {args.out!r}: the folder {str(target.parent)!r} does not exist; create it"
             )
+        check_output_folder(args.out, "--out")
     opts = CatalogOptions(store=args.store, out=args.out, read=read_options_of(args))
     with progress(wants_progress(args)) as start:
         report = build_catalog(opts, progress=start)

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
-from tessera_vz.commands.common import check_versions, check_years, err, open_index, parse_years
+from tessera_vz.commands.common import check_versions, check_years, open_index, out, parse_years
 from tessera_vz.core.coords import check_bbox
 from tessera_vz.core.errors import ConfigurationError
 
@@ -79,9 +80,33 @@ def cmd_region(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc))
     else:
-        err.print(
-            f"wrote {', '.join(doc['files'])}: {doc['shape']} in {doc['proj:code']} "
-            f"(read {doc['tessera:versions']})",
-            markup=False,
-        )
+        show_region(doc, ds.attrs)
     return 0
+
+
+def show_region(doc: dict[str, Any], attrs: dict[str, Any]) -> None:
+    """What a person reads: the files written and the grid, CRS, shape and version they hold."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE, show_header=False, title="region written", title_justify="left")
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    shape = " x ".join(f"{n} ({dim})" for dim, n in doc["shape"].items())
+    transform = attrs.get("spatial:transform") or [None] * 6
+    rows = [
+        ("file" if len(doc["files"]) == 1 else "files", "\n".join(doc["files"])),
+        ("grid", str(doc["grid"])),
+        ("CRS", str(doc["proj:code"])),
+        ("shape", shape),
+        ("pixel", f"{transform[0]:g} x {-transform[4]:g}" if transform[0] else "?"),
+        ("origin", f"{transform[2]:.12g}, {transform[5]:.12g} (top left)" if transform[0] else "?"),
+        ("bbox", ", ".join(f"{v:g}" for v in attrs.get("tessera:bbox") or [])),
+        ("zones", ", ".join(map(str, doc["zones"] or []))),
+        ("values", "int8 embeddings + float32 scales" if doc["raw"] else "float32 (dequantised)"),
+        ("version", str(doc["tessera:versions"])),
+        ("snapshot", str(attrs.get("tessera:snapshots"))),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    out.print(table, markup=False, highlight=False)
