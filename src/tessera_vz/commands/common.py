@@ -21,7 +21,6 @@ from tessera_vz.core.errors import ConfigurationError
 from tessera_vz.core.progress import Advance, ProgressStart, no_progress
 
 
-
 class _Console(Console):
     """rich's Console, but a closed pipe (``| head``) is left to the CLI to end quietly.
 

@@ -241,7 +241,7 @@ def _check_units(crs: CRS, res: tuple[float, float], lat: float) -> None:
     unit = crs.axis_info[0].unit_name if crs.axis_info else "unit"
     metres = [r / g for r, g in zip(res, default_resolution(crs, lat), strict=True)]
     ground = max(metres) * TARGET_METRES
-    if _SMALLEST_PIXEL <= min(metres) * TARGET_METRES and ground <= _LARGEST_PIXEL:
+    if min(metres) * TARGET_METRES >= _SMALLEST_PIXEL and ground <= _LARGEST_PIXEL:
         return
     size = ground if ground > _LARGEST_PIXEL else min(metres) * TARGET_METRES
     about = f"{size / 1000:,.0f} km" if size >= 1000 else f"{size:.2g} m"
