@@ -14,11 +14,13 @@ than either drawing shows.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from typing import Any
 
 import shapely
+import shapely.affinity
 import shapely.geometry
 
 #: Simplification tolerance (degrees) and coordinate precision (decimals).
@@ -51,13 +53,45 @@ def ring(arcs: list[list[tuple[float, float]]], indices: list[int]) -> list[tupl
 def land(topo: dict[str, Any]) -> shapely.MultiPolygon:
     """The ``land`` object as one MultiPolygon."""
     arcs = decode_arcs(topo)
-    polygons = []
+    parts: list[shapely.Polygon] = []
     for geom in topo["objects"]["land"]["geometries"]:
-        parts = geom["arcs"] if geom["type"] == "MultiPolygon" else [geom["arcs"]]
-        for rings in parts:
+        pieces = geom["arcs"] if geom["type"] == "MultiPolygon" else [geom["arcs"]]
+        for rings in pieces:
             shell, *holes = (ring(arcs, r) for r in rings)
-            polygons.append(shapely.Polygon(shell, holes))
-    return shapely.MultiPolygon(polygons)
+            parts.extend(split_antimeridian(shapely.Polygon(shell, holes)))
+    return shapely.MultiPolygon(parts)
+
+
+def unwrap(coords: Any) -> list[tuple[float, float]]:
+    """A ring's points with longitudes made continuous (a jump over 180 degrees is a crossing)."""
+    points = [tuple(c) for c in coords]
+    out, offset = [points[0]], 0.0
+    for (x0, _), (x, y) in itertools.pairwise(points):
+        offset += -360.0 if x - x0 > 180 else 360.0 if x0 - x > 180 else 0.0
+        out.append((x + offset, y))
+    return out
+
+
+def split_antimeridian(poly: shapely.Polygon) -> list[shapely.Polygon]:
+    """A polygon whose ring jumps across +/-180 as pieces that stay within -180..180.
+
+    In the TopoJSON such rings are drawn on a sphere; on a flat map they would
+    cross the whole world. A ring that goes once round a pole (Antarctica) is
+    closed along that pole.
+    """
+    xmin, _, xmax, _ = poly.bounds
+    if xmax - xmin <= 180:
+        return [poly]
+    ring = unwrap(poly.exterior.coords)
+    if abs(ring[-1][0] - ring[0][0]) > 180:  # round a pole
+        pole = -90.0 if sum(y for _, y in ring) < 0 else 90.0
+        ring = [*ring, (ring[-1][0], pole), (ring[0][0], pole)]
+    whole = shapely.make_valid(shapely.Polygon(ring, [unwrap(h.coords) for h in poly.interiors]))
+    parts = []
+    for shift in (-360.0, 0.0, 360.0):
+        moved = shapely.affinity.translate(whole, xoff=shift)
+        parts += polygons(shapely.clip_by_rect(moved, -180.0, -90.0, 180.0, 90.0))
+    return parts
 
 
 def polygons(geom: Any) -> list[shapely.Polygon]:
