@@ -259,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ct.add_argument("store", help="the --out of `tessera-vz index` (path or s3://)")
     ct.add_argument("--out", required=True, help="catalog directory (tiles.parquet, stac/, ...)")
+    ct.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="where the index will be published (https://host/index or s3://bucket/index): "
+        "links to it are made under URL (default: relative to the catalog for a local index)",
+    )
     ct.add_argument("--json", action="store_true", help="print the JSON report on stdout")
     _add_progress(ct)
     _add_read_flags(ct, versions=False)
