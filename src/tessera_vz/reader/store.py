@@ -123,10 +123,26 @@ class TesseraStore:
         """
         return self._zone_years.provenance(keys)
 
-    def tiles(self, year: int, zone: int) -> xr.Dataset:
-        """The year's tiles table of a zone (one row per tile), with the version read."""
-        table = self._zone_years.get(zone, year).table
-        return table.assign_attrs(self.provenance([(zone, year)]))
+    def tiles(self, year: int, zone: int | None = None) -> xr.Dataset:
+        """The year's tiles table (one row per tile), with the versions read.
+
+        ``zone`` picks one zone's table; without it, the tables of every zone
+        that indexed the year, one after the other (the ``zone`` column says
+        which). Raises :class:`TileNotFoundError` naming the indexed years
+        when no zone indexed ``year``.
+        """
+        if zone is not None:
+            table = self._zone_years.get(zone, year).table
+            return table.assign_attrs(self.provenance([(zone, year)]))
+        found = [(z, ix) for z in self.zones() if (ix := self._zone_years.find(z, year))]
+        if not found:
+            raise TileNotFoundError(
+                f"year {year} is not indexed in {self.root}; indexed years: "
+                f"{', '.join(map(str, self.years())) or 'none'}"
+            )
+        tables = [ix.table for _, ix in found]
+        table = tables[0] if len(tables) == 1 else xr.concat(tables, dim="tile")
+        return table.assign_attrs(self.provenance([(z, year) for z, _ in found]))
 
     def zone_year(self, zone: int, year: int) -> tuple[ByteSource, TileRects]:
         """A zone-year's byte source and tile rectangles, as windows need them (cached)."""
