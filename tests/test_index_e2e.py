@@ -236,6 +236,7 @@ def test_removed_tile_is_dropped(tree: dict[str, Any], tmp_path: Path) -> None:
     root = tmp_path / "src"
     good = [s for s in tree["specs"] if s.name not in tree["bad"]]
     shutil.copytree(tree["root"], root)
+    (root / "manifest.parquet").unlink()  # listed, not read from SOURCE's manifest
     out = tmp_path / "index"
     run_index(IndexOptions(source=str(root), out=str(out), years=[YEAR]))
     gone = good[0]
@@ -252,8 +253,8 @@ def test_cli_json_and_exit_codes(
     tree: dict[str, Any], served: NginxServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "index"
-    # Over HTTP without a manifest: a usage error, nothing written.
-    assert cli_main(["index", served.url, "--out", str(out), "--json"]) == 2
+    # Over HTTP without a manifest (none named, none in SOURCE): a usage error, nothing written.
+    assert cli_main(["index", served.url + f"{YEAR}/", "--out", str(out), "--json"]) == 2
     assert not out.exists()
     code = cli_main(
         [

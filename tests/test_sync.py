@@ -25,23 +25,32 @@ import pytest
 import xarray as xr
 
 from tessera_vz.cli import main as cli_main
+from tessera_vz.core.dataset import Dataset
 from tessera_vz.core.layout import repo_name
 from tessera_vz.indexer.run import IndexOptions, run_index
 from tessera_vz.reader import open_store
 from tessera_vz.testing.nginx import NginxServer
-from tessera_vz.testing.tiles import TileSpec, make_tree, write_manifest
+from tessera_vz.testing.tiles import TileSpec, make_tree
+from tessera_vz.testing.upstream import write_upstream_manifest
 
 from .npyfiles import resave
 
 YEAR = 2024
 BBOX = (0.7, 49.7, 1.0, 50.0)  # 3 x 3 cells in UTM zone 31 north
 EXTRA = (0.55, 49.75)  # a cell added later
+DATASET = Dataset("1.1", "cambridge")
+
+
+def write_manifest(root: Path, specs: list[TileSpec], **kw: Any) -> Path:
+    """The manifest as upstream's s3scan writes it (tz-aware timestamps, s3:// URIs)."""
+    return write_upstream_manifest(root, specs, DATASET, **kw)
 
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[TileSpec]]:
     root = tmp_path_factory.mktemp("sync-tree")
-    specs = make_tree(root, bbox=BBOX, years=(YEAR,), bands=2)
+    specs = make_tree(root, bbox=BBOX, years=(YEAR,), bands=2, manifest=False)
+    write_manifest(root, specs)
     assert len(specs) == 9
     return root, specs
 
@@ -90,8 +99,12 @@ def test_unchanged_rerun_with_a_local_manifest_makes_no_request(
     spec = specs[0]
     # The table records what the manifest said about each file.
     st = (root / spec.emb_path).stat()
+    manifest = pq.read_table(root / "manifest.parquet").to_pylist()
+    row = next(r for r in manifest if r["grid_path"].endswith(spec.emb_path))
+    ns = round(row["grid_mtime"].timestamp() * 1e6) * 1000  # a pandas datetime of microseconds
     size, mtime = str(table.sel(tile=spec.name).emb_listed.item()).split(";")
-    assert (size, float(mtime.removeprefix("mtime="))) == (f"size={st.st_size}", st.st_mtime)
+    assert (size, mtime) == (f"size={st.st_size}", f"mtime_ns={ns}")
+    assert abs(ns / 1e9 - st.st_mtime) < 1e-5
 
     doc = run_index(_opts(root, server, out)).to_json()
     assert _requests(server, 0) == []
@@ -245,6 +258,7 @@ def test_listing_sync_probes_only_touched_files(
     """A local tree listed by obstore: its size and ETag per file play the manifest's part."""
     root = tmp_path / "tree"
     shutil.copytree(pristine[0], root)
+    (root / "manifest.parquet").unlink()  # else SOURCE's manifest is the inventory
     specs = pristine[1]
     out = tmp_path / "index"
     opts = IndexOptions(source=str(root), out=str(out))

@@ -118,9 +118,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ix = sub.add_parser("index", help="index a TESSERA tree into per-zone Icechunk repos")
-    ix.add_argument("source", help="root of the tree: path, file://, http(s):// or s3://")
+    ix.add_argument(
+        "source", help="a dataset directory (…/npy/v1.1-cam/): path, file://, http(s):// or s3://"
+    )
     ix.add_argument("--out", required=True, help="directory holding the utm??.icechunk repos")
-    ix.add_argument("--manifest", help="upstream manifest.parquet (required over HTTP)")
+    ix.add_argument(
+        "--manifest",
+        help="upstream manifest.parquet (default: SOURCE/manifest.parquet; a relative path that "
+        "is no local file is looked up under SOURCE)",
+    )
+    ix.add_argument(
+        "--dataset",
+        metavar="VERSION/VARIANT",
+        help="the dataset indexed, e.g. 1.1/cambridge, when neither the manifest nor SOURCE's "
+        "directory name (v1, v1.1-cam) says it; picks one of a manifest of several",
+    )
+    ix.add_argument(
+        "--move-source",
+        action="store_true",
+        help="SOURCE is another mirror of the dataset the index holds: read it from now on",
+    )
     ix.add_argument("--years", help="comma-separated years, e.g. 2024,2025")
     ix.add_argument("--zones", help="comma-separated UTM zones (1-60), e.g. 30,31")
     ix.add_argument("--concurrency", type=int, default=64, help="header requests in flight")

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from tessera_vz.core.dataset import GEOTIFF_TAGS, geotiff_tags
 from tessera_vz.core.errors import ConfigurationError
 from tessera_vz.core.files import atomic_path, hidden_beside, probe_writable
 
@@ -233,13 +234,19 @@ def _names(prefix: str, count: int) -> tuple[str, ...]:
 def _tags(ds: xr.Dataset) -> dict[str, str]:
     """The region's ``tessera:*`` attributes as GDAL metadata: provenance travels with the file.
 
+    The dataset is also written under geotessera's tag names
+    (``TESSERA_DATASET_VERSION``, ``TESSERA_DATASET_VARIANT``, …;
+    :func:`~tessera_vz.core.dataset.geotiff_tags`), so upstream's tools read it.
+
     GDAL splits a metadata item at its first ``:`` or ``=``, so
     ``tessera:versions`` is written ``tessera_versions``.
     """
-    tags = {}
+    tags = geotiff_tags(ds.attrs)  # the dataset under upstream's tag names
     for key, value in ds.attrs.items():
-        if not key.startswith("tessera:"):
-            continue  # proj:/spatial: attributes are the file's CRS and transform
+        if not key.startswith("tessera:") or key in GEOTIFF_TAGS:
+            # proj:/spatial: attributes are the file's CRS and transform; GDAL's
+            # metadata names ignore case, so the dataset is written once, upstream's way.
+            continue
         if isinstance(value, (list, tuple)):
             value = " ".join(str(v) for v in value)
         tags[key.replace(":", "_")] = str(value)

@@ -41,6 +41,7 @@ import xarray as xr
 
 from tessera_vz.catalog.footprints import stac_bbox
 from tessera_vz.catalog.tables import UnitRows, UnitVersion, unit_rows
+from tessera_vz.core.dataset import Dataset
 from tessera_vz.core.files import atomic_write_bytes
 from tessera_vz.core.geometry import tile_grids
 from tessera_vz.core.layout import tile_name
@@ -132,6 +133,7 @@ def item_dicts(
             "tessera:branch": unit.branch,
             "tessera:tag": unit.tag,
             "tessera:snapshot": unit.snapshot,
+            **rows.dataset,  # which dataset (version, variant), read from which source
         }
         assets = {
             "index": {
@@ -312,7 +314,8 @@ def items_schema(collection_id: str = COLLECTION_ID) -> pa.Schema:
         "emb_size": [1], "scales_size": [1], "emb_checksum": ["x"], "scales_checksum": ["x"],
     }  # fmt: skip
     table = xr.Dataset({k: ("tile", np.asarray(v)) for k, v in one.items()},
-                       coords={"tile": [name]})  # fmt: skip
+                       coords={"tile": [name]},
+                       attrs=Dataset("1.1", "cambridge").attrs("https://example.org/"))  # fmt: skip
     unit = UnitVersion(
         31, 2000, "0" * 20, "2000-v1", "/index/utm31.icechunk", ("https://example.org/",)
     )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,7 @@ import shapely
 import xarray as xr
 
 from tessera_vz.catalog.footprints import footprints, utm_bounds
+from tessera_vz.core.dataset import DATASET_KEYS
 from tessera_vz.core.geoparquet import BBOX_FIELDS, geo_metadata
 from tessera_vz.core.urls import join
 
@@ -101,6 +102,8 @@ class UnitRows:
     geometries: np.ndarray
     bbox: list[float] | None
     geometry_types: list[str]
+    #: The dataset attributes of the tiles table (every key, ``None`` if absent).
+    dataset: dict[str, Any] = field(default_factory=dict)
 
 
 def unit_rows(tiles: xr.Dataset, unit: UnitVersion) -> UnitRows:
@@ -158,6 +161,7 @@ def unit_rows(tiles: xr.Dataset, unit: UnitVersion) -> UnitRows:
         geometries=geoms,
         bbox=_envelope(env) if n else None,
         geometry_types=sorted(_TYPE_NAMES[i] for i in ids),
+        dataset={k: tiles.attrs.get(k) for k in DATASET_KEYS},
     )
 
 

@@ -42,6 +42,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         allowed_sources=list(args.allow_source or []),
         ca_file=args.ca_file,
         reprobe=args.reprobe,
+        dataset=args.dataset,
+        move_source=args.move_source,
     )
     with progress(wants_progress(args)) as start:
         report = run_index(opts, progress=start)

@@ -54,7 +54,7 @@ def info(path: str, options: Any = None) -> dict[str, Any]:
                 ),
             }
         )
-    return {"path": path, "zones": zones}
+    return {"path": path, "dataset": store.dataset(), "zones": zones}
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -64,7 +64,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
-    table = Table(title=f"tessera-vz index {args.store}")
+    dataset = doc["dataset"]
+    title = f"tessera-vz index {args.store}: dataset {dataset['tessera:dataset']}"
+    if dataset.get("tessera:dataset_path"):
+        title += f" ({dataset['tessera:dataset_path']})"
+    table = Table(title=title)
     for col in ("zone", "year", "tiles", "latest tag", "sources"):
         table.add_column(col)
     for z in doc["zones"]:

@@ -12,7 +12,7 @@ become each tile's ``emb_listed``/``scales_listed`` facts.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
@@ -27,10 +27,11 @@ from zarr.core.sync import sync
 
 from tessera_vz.core.boundary import SourceFiles
 from tessera_vz.core.coords import is_valid_lonlat
-from tessera_vz.core.errors import ConfigurationError, TesseraError
+from tessera_vz.core.errors import ConfigurationError, SourceNotFoundError, TesseraError
 from tessera_vz.core.geometry import utm_zone
 from tessera_vz.core.layout import source_paths, tile_name
 from tessera_vz.core.options import ReadOptions
+from tessera_vz.indexer.facts import facts_text
 from tessera_vz.indexer.inventory import (
     INVENTORY_SCHEMA,
     TileSource,
@@ -58,6 +59,10 @@ _URL_TAIL = (
 _BATCH_ROWS = 1 << 19
 
 
+class ManifestNotFoundError(ConfigurationError):
+    """The manifest named (or looked for under SOURCE) does not exist."""
+
+
 def open_manifest(
     manifest: str,
     *,
@@ -78,6 +83,11 @@ def open_manifest(
     try:
         if parts.scheme in ("", "file"):
             local = unquote(parts.path) if parts.scheme else manifest
+            if not Path(local).expanduser().exists():
+                raise ManifestNotFoundError(
+                    f"manifest {manifest!r} does not exist; expected an upstream TESSERA "
+                    f"manifest.parquet with columns {', '.join(MANIFEST_COLUMNS)}"
+                )
             return pq.ParquetFile(Path(local).expanduser())
         if store_for_url is not None:
             data = obstore.get(store_for_url, parts.path.lstrip("/")).bytes()
@@ -85,6 +95,10 @@ def open_manifest(
         base = manifest.rsplit("/", 1)[0] + "/"
         files = SourceFiles([base], read if read is not None else ReadOptions())
         return pq.ParquetFile(pa.py_buffer(sync(files.fetch(manifest, "reading the manifest"))))
+    except ManifestNotFoundError:
+        raise
+    except SourceNotFoundError as exc:
+        raise ManifestNotFoundError(f"cannot fetch manifest {manifest!r}: {exc}") from None
     except (OSError, pa.ArrowInvalid) as exc:
         raise ConfigurationError(
             f"cannot read manifest {manifest!r}: {exc}; expected an upstream TESSERA "
@@ -125,20 +139,10 @@ def _hundredths_text(v: pa.Array) -> pa.Array:
 
 
 def _manifest_facts(batch: pa.RecordBatch, size: str, mtime: str) -> pa.Array:
-    """``size=…;mtime=…`` per row, null where the manifest gives no valid facts."""
-    n = batch.num_rows
+    """``size=…;mtime_ns=…`` per row (:func:`.facts.facts_text`), null where none is valid."""
     if size not in batch.schema.names or mtime not in batch.schema.names:
-        return pa.nulls(n, pa.string())
-    try:
-        sizes = pc.cast(batch.column(size), pa.int64())
-        mtimes = pc.cast(batch.column(mtime), pa.float64())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return pa.nulls(n, pa.string())
-    ok = pc.and_(pc.greater_equal(sizes, 0), pc.is_finite(mtimes))
-    text = pc.binary_join_element_wise(
-        "size=", pc.cast(sizes, pa.string()), ";mtime=", pc.cast(mtimes, pa.string()), ""
-    )
-    return pc.if_else(ok, text, pa.scalar(None, pa.string()))
+        return pa.nulls(batch.num_rows, pa.string())
+    return facts_text(batch.column(size), batch.column(mtime))
 
 
 def _fast_rows(
@@ -307,6 +311,7 @@ def manifest_inventory(
     *,
     years: Iterable[int] | None = None,
     zones: Iterable[int] | None = None,
+    rows: Callable[[pa.RecordBatch], pa.RecordBatch] | None = None,
 ) -> tuple[pa.Table, list[Failure]]:
     """Tiles listed by an upstream manifest, as an inventory table
     (:data:`~tessera_vz.indexer.inventory.INVENTORY_SCHEMA`).
@@ -318,7 +323,8 @@ def manifest_inventory(
 
     ``manifest`` may be an open Parquet file (:func:`open_manifest`): it is
     then read a batch of rows at a time, only the columns needed, so memory
-    holds the inventory, not the manifest.
+    holds the inventory, not the manifest. ``rows`` keeps the rows of one
+    dataset (:func:`.datasets.row_filter`) before any check.
     """
     is_file = isinstance(manifest, pq.ParquetFile)
     names = manifest.schema_arrow.names if is_file else manifest.column_names
@@ -330,12 +336,15 @@ def manifest_inventory(
         )
     want_years = set(years) if years is not None else None
     want_zones = set(zones) if zones is not None else None
-    keep = [c for c in (*MANIFEST_COLUMNS, *MANIFEST_FACTS) if c in names]
+    extra = ("version", "variant") if rows is not None else ()
+    keep = [c for c in (*MANIFEST_COLUMNS, *MANIFEST_FACTS, *extra) if c in names]
     batches: Iterable[pa.RecordBatch]
     if isinstance(manifest, pq.ParquetFile):
         batches = manifest.iter_batches(batch_size=_BATCH_ROWS, columns=keep)
     else:
         batches = manifest.select(keep).to_batches(max_chunksize=_BATCH_ROWS)
+    if rows is not None:
+        batches = map(rows, batches)
     parts: list[pa.Table] = []
     slow_good: list[tuple[int, int, str, float, float, str | None, str | None]] = []
     failures: list[tuple[int, Failure]] = []

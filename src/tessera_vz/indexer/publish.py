@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import obstore
 
+from tessera_vz.core.dataset import Dataset
 from tessera_vz.core.files import atomic_write_bytes
 from tessera_vz.core.layout import ZONE_LIST, zone_list_document
 from tessera_vz.core.repos import repositories
@@ -29,8 +30,16 @@ from tessera_vz.core.s3 import s3_settings
 log = logging.getLogger(__name__)
 
 
-def write_zone_list(out: str, s3_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
+def write_zone_list(
+    out: str,
+    s3_options: dict[str, Any] | None = None,
+    dataset: Dataset | None = None,
+    source: str | None = None,
+) -> dict[str, Any] | None:
     """Write ``zones.json`` at ``out`` from the repositories there; return the document.
+
+    It also names the index's ``dataset`` (version, variant, path; ``None``
+    when unknown) and the ``source`` root it reads.
 
     Nothing is written where no repository exists yet (a run that indexed
     nothing). Local files are replaced atomically; on S3 a put is atomic.
@@ -39,6 +48,8 @@ def write_zone_list(out: str, s3_options: dict[str, Any] | None = None) -> dict[
     if not repos:
         return None
     doc = zone_list_document(repos, written=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    doc["dataset"] = dataset.document() if dataset is not None else None
+    doc["source"] = source
     data = (json.dumps(doc, indent=1) + "\n").encode()
     parts = urlsplit(out)
     if parts.scheme == "s3":

@@ -60,6 +60,9 @@ class Report:
     timings: dict[str, float] = field(default_factory=dict)
     bytes_read: int = 0
     requests: int = 0
+    #: The dataset indexed (``1.1/cambridge``, or ``unknown``) and the source root.
+    dataset: str = "unknown"
+    source: str = ""
 
     def merge(self, other: Report) -> None:
         """Add another (zone, year) unit's report to this one."""
@@ -85,6 +88,8 @@ class Report:
     def to_json(self) -> dict[str, Any]:
         """The JSON document of ``tessera-vz index --json``."""
         return {
+            "dataset": self.dataset,
+            "source": self.source,
             "indexed": self.indexed,
             "unchanged": self.unchanged,
             "removed": self.removed,

@@ -18,6 +18,7 @@ import icechunk as ic
 import zarr
 from zarr.core.common import JSON
 
+from tessera_vz.core.dataset import Dataset
 from tessera_vz.core.layout import branch_name, parse_tag, repo_name, tag_name
 from tessera_vz.core.repos import container_for, read_config, storage_for
 from tessera_vz.indexer.migration import writing_layout, year_layout
@@ -117,14 +118,22 @@ def _str_list(value: object) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else []
 
 
-def update_main(repo: ic.Repository, zone: int, sources: Iterable[str]) -> None:
-    """Describe the repo on ``main``: zone, layout version, each year's latest tag.
+def update_main(
+    repo: ic.Repository, zone: int, sources: Iterable[str], dataset: Dataset | None = None
+) -> None:
+    """Describe the repo on ``main``: zone, layout version, each year's latest tag, dataset.
+
+    ``tessera:dataset`` (version, variant, path; absent when unknown) and
+    ``tessera:source`` (the root the index now reads) say what the index holds,
+    so a run of another dataset or tree is refused (:mod:`.datasets`);
+    ``tessera:sources`` keeps every root ever read (each is a container).
 
     Derived from the tags and branches alone, so concurrent runs converge: on
     a conflict the description is simply recomputed and committed again. The
     layout version is the oldest any year branch is in (a year not indexed
     since a layout change keeps its older layout until its next run).
     """
+    sources = list(sources)
     for _attempt in range(8):
         latest: dict[str, str] = {}
         for t in repo.list_tags():
@@ -141,6 +150,8 @@ def update_main(repo: ic.Repository, zone: int, sources: Iterable[str]) -> None:
         group: zarr.Group = zarr.open_group(session.store, mode="a", zarr_format=3)
         attrs: dict[str, JSON] = {
             "tessera:zone": zone,
+            **({"tessera:dataset": dataset.document()} if dataset is not None else {}),  # type: ignore[dict-item]
+            "tessera:source": sources[-1],
             "tessera:layout_version": min(layouts, default=writing_layout()),
             "tessera:years": dict(sorted(latest.items())),
             "tessera:sources": sorted(

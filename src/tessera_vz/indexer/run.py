@@ -16,16 +16,27 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from obstore.store import ObjectStore
 
+from tessera_vz.core.dataset import Dataset
 from tessera_vz.core.errors import ConfigurationError
 from tessera_vz.core.progress import ProgressStart, no_progress
 from tessera_vz.core.repos import quiet_icechunk
+from tessera_vz.indexer.datasets import (
+    manifest_datasets,
+    recorded,
+    row_filter,
+    run_dataset,
+    settle,
+    zones_to_describe,
+)
+from tessera_vz.indexer.discover import find_manifest
 from tessera_vz.indexer.distributed import run_units
 from tessera_vz.indexer.inventory import TileSource, split_units
 from tessera_vz.indexer.listing import listing_inventory
 from tessera_vz.indexer.locks import repo_lock
-from tessera_vz.indexer.manifest import manifest_inventory, open_manifest
+from tessera_vz.indexer.manifest import manifest_inventory
 from tessera_vz.indexer.memory import limit_arenas
 from tessera_vz.indexer.publish import write_zone_list
 from tessera_vz.indexer.report import Failure, Report
@@ -33,7 +44,6 @@ from tessera_vz.indexer.repository import open_repo, update_main
 from tessera_vz.indexer.roots import SourceRoot, object_store, source_root
 from tessera_vz.indexer.run_options import (
     IndexOptions,
-    read_options,
     source_files,
     source_options,
     source_s3_options,
@@ -46,22 +56,21 @@ __all__ = ["IndexOptions", "parse_int_list", "run_index", "units_of"]
 
 
 def _inventory(
-    opts: IndexOptions, root: SourceRoot, store: ObjectStore | None
+    opts: IndexOptions,
+    root: SourceRoot,
+    store: ObjectStore | None,
+    manifest: pq.ParquetFile | None,
+    dataset: Dataset | None,
 ) -> tuple[pa.Table, list[Failure]]:
-    """The tiles the source holds: from the manifest, else by listing the tree.
+    """The tiles the source holds: from the manifest (``dataset``'s rows), else by listing.
 
     ``store`` is the source's obstore store, ``None`` for an HTTP(S) source.
     """
-    if opts.manifest:
-        manifest = open_manifest(
-            opts.manifest, options=source_options(opts), read=read_options(opts)
-        )
-        return manifest_inventory(manifest, root, years=opts.years, zones=opts.zones)
-    if store is None:  # HTTP(S): nothing to list
-        raise ConfigurationError(
-            f"source {root.url} is served over {root.scheme.upper()}, which has no directory "
-            "listing; pass --manifest (the upstream manifest.parquet) to say which tiles exist"
-        )
+    if manifest is not None:
+        rows = row_filter(manifest, dataset)
+        return manifest_inventory(manifest, root, years=opts.years, zones=opts.zones, rows=rows)
+    if store is None:  # HTTP(S): nothing to list (find_manifest said so already)
+        raise ConfigurationError(f"source {root.url} cannot be listed; pass --manifest")
     return listing_inventory(store, years=opts.years, zones=opts.zones)
 
 
@@ -87,11 +96,17 @@ def run_index(opts: IndexOptions, progress: ProgressStart = no_progress) -> Repo
         raise ConfigurationError(f"UTM zones are 1-60; --zones names {bad[0]}")
     files = source_files(opts, root)
     store = None if root.is_http else object_store(root, options=source_options(opts))
-    tiles, failures = _inventory(opts, root, store)
-    report = Report(failed=list(failures))
+    manifest, where = find_manifest(opts, root)
+    in_manifest = manifest_datasets(manifest) if manifest is not None else None
+    dataset = run_dataset(opts.dataset, in_manifest, root, where)
+    # One dataset, one source per index: refused here, before anything is written.
+    identity = settle(opts.out, recorded(opts.out, opts.s3_options), dataset, root,
+                      explicit=bool(opts.dataset), move_source=opts.move_source)  # fmt: skip
+    tiles, failures = _inventory(opts, root, store, manifest, identity.dataset)
+    report = Report(failed=list(failures), dataset=identity.label, source=root.url)
     units = split_units(tiles)
     if not units and not failures:
-        raise ConfigurationError(_nothing_selected(opts, root.url))
+        raise ConfigurationError(_nothing_selected(opts, where))
     del tiles
     t1 = time.perf_counter()
     report.timings["inventory"] = t1 - t0
@@ -108,23 +123,25 @@ def run_index(opts: IndexOptions, progress: ProgressStart = no_progress) -> Repo
         if unit.commits:
             by_zone[zone].append(year)
     t2 = time.perf_counter()
-    for zone in sorted(by_zone):
+    # Zones that changed, and any whose main does not record this dataset and source yet.
+    stale = zones_to_describe(recorded(opts.out, opts.s3_options), identity)
+    for zone in sorted(set(by_zone) | set(stale)):
         with repo_lock(opts.out, zone):
             repo = open_repo(
                 opts.out, zone, root, s3_options=opts.s3_options,
                 source_s3_options=source_s3_options(opts),
             )  # fmt: skip
-            update_main(repo, zone, [root.url])
+            update_main(repo, zone, [root.url], identity.dataset)
     # The zone list a reader of a published copy needs, in step with the repos.
-    write_zone_list(opts.out, opts.s3_options)
+    write_zone_list(opts.out, opts.s3_options, identity.dataset, root.url)
     report.timings["describe"] = time.perf_counter() - t2
     report.timings["total"] = time.perf_counter() - t0
     return report
 
 
-def _nothing_selected(opts: IndexOptions, url: str) -> str:
+def _nothing_selected(opts: IndexOptions, where: str) -> str:
     """Why a run has nothing to do: the source holds no tile, or none the filters select."""
-    where = f"the manifest {opts.manifest}" if opts.manifest else url
+    where = f"the manifest {where}" if where.endswith(".parquet") else where
     only = []
     if opts.years:
         only.append(f"years {','.join(map(str, opts.years))}")

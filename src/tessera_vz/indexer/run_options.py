@@ -57,6 +57,12 @@ class IndexOptions:
     #: Bounded extra passes over files whose probes failed transiently
     #: (see :func:`~tessera_vz.indexer.probe.probe_all`); 0 disables them.
     extra_passes: int = EXTRA_PASSES
+    #: The dataset indexed (``1.1/cambridge``) when neither the manifest's
+    #: columns nor SOURCE's directory name say it; filters a manifest of several.
+    dataset: str | None = None
+    #: Allow SOURCE to differ from the root the index was made from: a move to
+    #: another mirror of the same dataset (another dataset is always refused).
+    move_source: bool = False
 
 
 def read_options(opts: IndexOptions) -> ReadOptions:

@@ -31,6 +31,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xarray as xr
 
+from tessera_vz.indexer.facts import upgrade_recorded
+
 #: Columns of the index side of a diff (from the year's tiles table).
 RECORDED_SCHEMA = pa.schema(
     [
@@ -75,8 +77,9 @@ def recorded_table(table: xr.Dataset | None) -> pa.Table:
         {
             "name": pa.array(np.asarray(table["tile"].values, dtype=str), pa.string()),
             "source": column("source"),
-            "emb_listed": column("emb_listed"),
-            "scales_listed": column("scales_listed"),
+            # An older tessera-vz recorded a manifest's mtime as float seconds.
+            "emb_listed": upgrade_recorded(column("emb_listed")),
+            "scales_listed": upgrade_recorded(column("scales_listed")),
         },
         schema=RECORDED_SCHEMA,
     )

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from tessera_vz.core.lazy import exports
 
 if TYPE_CHECKING:
+    from tessera_vz.core.dataset import DatasetMismatchError, same_dataset
     from tessera_vz.core.errors import (
         ConfigurationError,
         InvalidTileError,
@@ -33,6 +34,8 @@ __getattr__, __dir__ = exports(
     __name__,
     {
         "ConfigurationError": _ERRORS,
+        "DatasetMismatchError": "tessera_vz.core.dataset",
+        "same_dataset": "tessera_vz.core.dataset",
         "InvalidTileError": _ERRORS,
         "NpyFormatError": _ERRORS,
         "SourceChangedError": _ERRORS,
@@ -52,6 +55,7 @@ __getattr__, __dir__ = exports(
 
 __all__ = [
     "ConfigurationError",
+    "DatasetMismatchError",
     "InvalidTileError",
     "NpyFormatError",
     "NpyParser",
@@ -66,4 +70,5 @@ __all__ = [
     "VersionNotFoundError",
     "dequantise",
     "open_store",
+    "same_dataset",
 ]

@@ -35,6 +35,7 @@ from numpy.typing import NDArray
 from zarr.core.sync import sync
 
 from tessera_vz.core.coords import valid_lonlat_mask
+from tessera_vz.core.dataset import DATASET_KEYS
 from tessera_vz.core.geoparquet import geo_metadata as parquet_geo
 from tessera_vz.core.quantisation import dequantise
 from tessera_vz.reader.pixels import Located, locate_pixels
@@ -51,7 +52,9 @@ log = logging.getLogger(__name__)
 #: 100,000 x 128 float32 = 51 MB per year).
 SAMPLE_BATCH = 100_000
 #: Schema metadata keys of the provenance (as the ``tessera:*`` attributes of Datasets).
-PROVENANCE_KEYS = ("tessera:versions", "tessera:snapshots", "tessera:store", "tessera:years")
+PROVENANCE_KEYS = (
+    "tessera:versions", "tessera:snapshots", "tessera:store", "tessera:years", *DATASET_KEYS,
+)  # fmt: skip
 
 
 def band_names(bands: int) -> list[str]:

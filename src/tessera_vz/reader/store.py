@@ -123,23 +123,23 @@ class TesseraStore:
         """
         return self._zone_years.provenance(keys)
 
-    def tiles(self, year: int, zone: int | None = None) -> xr.Dataset:
-        """The year's tiles table (one row per tile), with the versions read.
-
-        ``zone`` picks one zone's table; without it, the tables of every zone
-        that indexed the year, one after the other (the ``zone`` column says
-        which). Raises :class:`TileNotFoundError` naming the indexed years
-        when no zone indexed ``year``.
+    def dataset(self) -> dict[str, str]:
+        """Which dataset the index holds: ``tessera:dataset`` (``1.1/cambridge``), version,
+        variant, path and source as its repositories record them (``unknown`` for an index
+        written before datasets were recorded); :class:`DatasetMismatchError` if zones differ.
         """
+        return self._zone_years.dataset(self.zones())
+
+    def tiles(self, year: int, zone: int | None = None) -> xr.Dataset:
+        """The year's tiles table (a row per tile) of ``zone``, or of every zone one after the
+        other (``zone`` column), with the versions read; :class:`TileNotFoundError` if none."""
         if zone is not None:
-            table = self._zone_years.get(zone, year).table
-            return table.assign_attrs(self.provenance([(zone, year)]))
-        found = [(z, ix) for z in self.zones() if (ix := self._zone_years.find(z, year))]
+            found = [(zone, self._zone_years.get(zone, year))]
+        else:
+            found = [(z, ix) for z in self.zones() if (ix := self._zone_years.find(z, year))]
         if not found:
-            raise TileNotFoundError(
-                f"year {year} is not indexed in {self.root}; indexed years: "
-                f"{', '.join(map(str, self.years())) or 'none'}"
-            )
+            years = ", ".join(map(str, self.years())) or "none"
+            raise TileNotFoundError(f"year {year} not indexed in {self.root}; indexed: {years}")
         tables = [ix.table for _, ix in found]
         table = tables[0] if len(tables) == 1 else xr.concat(tables, dim="tile")
         return table.assign_attrs(self.provenance([(z, year) for z, _ in found]))

@@ -22,12 +22,14 @@ import icechunk as ic
 import xarray as xr
 
 from tessera_vz.core.boundary import SourceFiles
+from tessera_vz.core.dataset import only_one
 from tessera_vz.core.errors import TileNotFoundError, VersionNotFoundError
 from tessera_vz.core.layout import BAND_COUNT
 from tessera_vz.core.options import ReadOptions
 from tessera_vz.core.table import TileLookup, read_table, refused_rows
 from tessera_vz.reader import table_cache
 from tessera_vz.reader.discovery import open_repository
+from tessera_vz.reader.identity import recorded_identity
 from tessera_vz.reader.range_fetch import ByteSource
 from tessera_vz.reader.versions import Pins, provenance, snapshot_to_read, tag_of
 from tessera_vz.reader.windows import TileRects, tile_rects
@@ -155,6 +157,7 @@ class ZoneYears:
         self.files = files
         self._repos: dict[int, ic.Repository] = {}
         self._indexes: dict[tuple[int, int], ZoneYearIndex] = {}
+        self._identity: dict[int, dict[str, str]] = {}
 
     def zones(self) -> list[int]:
         """UTM zones that have a repository here."""
@@ -226,9 +229,26 @@ class ZoneYears:
         return rects
 
     def provenance(self, keys: Iterable[tuple[int, int]]) -> dict[str, str]:
-        """``tessera:versions`` and ``tessera:snapshots`` of the zone-years ``keys``."""
+        """``tessera:versions``/``tessera:snapshots`` of the zone-years ``keys``, and the dataset.
+
+        The dataset attributes (:mod:`.identity`) are those every zone read
+        records; zones of two datasets are refused (:func:`~tessera_vz.core.dataset.only_one`).
+        """
         read = sorted({(int(z), int(y)) for z, y in keys})
-        return provenance((z, y, *self.get(z, y).version()) for z, y in read)
+        return {
+            **provenance((z, y, *self.get(z, y).version()) for z, y in read),
+            **self.dataset({z for z, _ in read} or set(self.zones())),
+        }
+
+    def dataset(self, zones: Iterable[int]) -> dict[str, str]:
+        """The dataset attributes the repositories of ``zones`` record (one dataset, or refused)."""
+        found = []
+        for zone in sorted(zones):
+            if zone not in self._identity:
+                self._identity[zone] = recorded_identity(self.repo(zone))
+            found.append(self._identity[zone])
+        label = only_one((f["tessera:dataset"] for f in found), f"reading {self.root}")
+        return next((f for f in found if f["tessera:dataset"] == label), {"tessera:dataset": label})
 
     def bands(self, years: Sequence[int]) -> int:
         """The band count of the first tile indexed in any of ``years`` (128 if none)."""

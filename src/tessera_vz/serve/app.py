@@ -236,6 +236,7 @@ def create_app(
         return JSONResponse(
             {
                 "store": store.root,
+                "dataset": store.dataset(),
                 "zones": store.zones(),
                 "years": years,
                 "tiles": {str(y): len(coverage.tiles(y)) for y in years},
