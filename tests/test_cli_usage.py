@@ -324,4 +324,5 @@ def test_point_and_region_print_what_a_person_reads(
             if len(line.split()) > 1}  # fmt: skip
     assert rows["file"] == str(out) and rows["CRS"] == "EPSG:32631"
     assert rows["version"] == f"utm31/{YEAR}-v1" and rows["pixel"] == "10 x 10"
+    assert rows["dataset"] == "unknown"  # a tree with no dataset directory or manifest
     assert rows["shape"].startswith("229 (y) x 146 (x) x 4 (band)")

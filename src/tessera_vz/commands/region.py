@@ -76,6 +76,7 @@ def cmd_region(args: argparse.Namespace) -> int:
         "grid": ds.attrs["tessera:grid"],
         "raw": bool(args.raw),
         "tessera:versions": ds.attrs.get("tessera:versions"),
+        "tessera:dataset": ds.attrs.get("tessera:dataset"),
     }
     if args.json:
         print(json.dumps(doc))
@@ -85,7 +86,7 @@ def cmd_region(args: argparse.Namespace) -> int:
 
 
 def show_region(doc: dict[str, Any], attrs: dict[str, Any]) -> None:
-    """What a person reads: the files written and the grid, CRS, shape and version they hold."""
+    """What a person reads: the files written; the grid, CRS, shape, dataset and version."""
     from rich import box
     from rich.table import Table
 
@@ -104,6 +105,7 @@ def show_region(doc: dict[str, Any], attrs: dict[str, Any]) -> None:
         ("bbox", ", ".join(f"{v:g}" for v in attrs.get("tessera:bbox") or [])),
         ("zones", ", ".join(map(str, doc["zones"] or []))),
         ("values", "int8 embeddings + float32 scales" if doc["raw"] else "float32 (dequantised)"),
+        ("dataset", str(attrs.get("tessera:dataset", "unknown"))),
         ("version", str(doc["tessera:versions"])),
         ("snapshot", str(attrs.get("tessera:snapshots"))),
     ]
