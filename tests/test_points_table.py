@@ -357,4 +357,6 @@ def test_cli_point_reads_several_years(
         np.testing.assert_array_equal(got, truth(tree["root"], r["year"], 0.04, 52.17))
     assert cli([*argv[:-4], "--store", str(tree["out"]), "--allow-local-sources"]) == 0
     text = capsys.readouterr().out
-    assert "2024: grid_0.05_52.15" in text and "2025: grid_0.05_52.15" in text
+    rows = [line.split()[:2] for line in text.splitlines() if "grid_0.05_52.15" in line]
+    assert rows == [["2024", "grid_0.05_52.15"], ["2025", "grid_0.05_52.15"]]  # a table row each
+    assert "2024 embedding" in text and "2025 embedding" in text
