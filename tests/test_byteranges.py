@@ -7,7 +7,6 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import pytest
-from zarr.core.sync import sync
 
 from tessera_vz.core.byteranges import (
     MalformedRangesError,
@@ -17,6 +16,7 @@ from tessera_vz.core.byteranges import (
     parts,
     range_header,
 )
+from tessera_vz.core.loop import sync
 from tessera_vz.testing.nginx import NginxServer
 
 BOUNDARY = "00000000000000000042"

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import pytest
 import xarray as xr
-from zarr.core.sync import sync
 
 from tessera_vz.core.errors import TileNotFoundError
 from tessera_vz.core.geometry import project, tile_grids, unproject
+from tessera_vz.core.loop import sync
 from tessera_vz.indexer.run import IndexOptions, run_index
 from tessera_vz.reader import open_store
 from tessera_vz.reader.pixels import Located

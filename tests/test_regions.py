@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import xarray as xr
 from pyproj import CRS, Geod, Transformer
-from zarr.core.sync import sync
 
 from tessera_vz.core.errors import ConfigurationError, TileNotFoundError
 from tessera_vz.core.geometry import project, tile_grids, unproject, utm_zone
+from tessera_vz.core.loop import sync
 from tessera_vz.indexer.run import IndexOptions, run_index
 from tessera_vz.reader import open_store
 from tessera_vz.reader.mosaic import read_window

@@ -23,10 +23,9 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from zarr.core.sync import sync
-
 from tessera_vz.core.boundary import ObjectFacts, SourceFiles
 from tessera_vz.core.errors import ConfigurationError, SourceNotFoundError, TesseraError
+from tessera_vz.core.loop import sync
 from tessera_vz.core.options import ReadOptions, RetryPolicy
 from tessera_vz.core.repos import quiet_icechunk
 from tessera_vz.indexer.roots import SourceRoot, checksum_of, checksum_text

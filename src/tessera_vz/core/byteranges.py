@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from tessera_vz.core.errors import TesseraError
+
 #: Ranges per request. Apache's ``MaxRanges`` default is 200 (above it the
 #: whole file comes back) and 200 ranges fit a 4 KiB header line, well
 #: inside the 8 KiB that nginx and Apache accept.
@@ -46,7 +48,7 @@ def parse_content_range(text: str | None) -> tuple[int, int, int | None] | None:
     return int(m[1]), int(m[2]), None if m[3] == "*" else int(m[3])
 
 
-class MalformedRangesError(ValueError):
+class MalformedRangesError(TesseraError, ValueError):
     """The answer to a ranged request is not what HTTP says it should be."""
 
 

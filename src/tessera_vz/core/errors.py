@@ -53,24 +53,57 @@ class ConfigurationError(TesseraError, ValueError):
     """Arguments or settings that cannot work together; nothing was written."""
 
 
-def translate_error(exc: BaseException, what: str) -> BaseException:
-    """Turn icechunk's storage errors into ours, naming the tile and source."""
-    text = str(exc)
-    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    if "checksum of the object owning the virtual chunk has changed" in text:
+class AnswerError(TesseraError, OSError):
+    """An answer that breaks what HTTP or the request allows; its bytes are never used.
+
+    Raised inside the byte boundary, which turns it into
+    :class:`SourceUnavailableError` naming the file once its attempts are
+    spent. ``transient`` says whether another attempt may fare better (a cut
+    transfer, a 503) or not (a server that answers other bytes than asked).
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class RedirectRefusedError(AnswerError):
+    """A redirect to an origin the caller has not authorised (never followed)."""
+
+
+def translate_error(exc: BaseException, label: str) -> TesseraError:
+    """Turn an Icechunk storage error into ours, naming what was read (``label``).
+
+    Icechunk names each failure by a stable ``kind`` code
+    (``icechunk.ErrorKind``): a virtual chunk whose file changed after
+    indexing becomes :class:`SourceChangedError`, a container the reader has
+    not authorised :class:`ConfigurationError`, anything else
+    :class:`SourceUnavailableError`.
+    """
+    # Imported here, not at the top: this module is what `import tessera_vz.reader.errors`
+    # loads, and that must not load icechunk. An Icechunk error exists only once icechunk
+    # is loaded, so the import costs nothing when it matters.
+    from icechunk import ErrorKind, IcechunkError
+
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    kind = exc.kind if isinstance(exc, IcechunkError) else None
+    if kind == ErrorKind.VIRTUAL_CHUNK_MODIFIED:
         return SourceChangedError(
-            f"{what}: {first}. The source file changed after it was indexed; re-run "
+            f"{label}: {first}. The source file changed after it was indexed; re-run "
             "`tessera-vz index --reprobe` for this source to index its new bytes"
         )
-    if "authoriz" in text.lower():
+    if kind == ErrorKind.UNAUTHORIZED_VIRTUAL_CHUNK_CONTAINER:
         return ConfigurationError(
-            f"{what}: the repository reads this tile from a source you have not authorised. "
+            f"{label}: the repository reads this tile from a source you have not authorised. "
             "Pass allow_local_sources=True (CLI: --allow-local-sources) for file:// sources "
             "you trust, or list it in allowed_sources"
         )
-    return SourceUnavailableError(f"{what}: {first}")
+    return SourceUnavailableError(f"{label}: {first}")
 
 
+# AnswerError and RedirectRefusedError stay inside the byte boundary (which turns
+# them into SourceUnavailableError), so they are no part of the public face.
 __all__ = [
     "ConfigurationError",
     "InvalidTileError",

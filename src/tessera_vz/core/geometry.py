@@ -128,7 +128,9 @@ def tile_grids(lon: ArrayLike, lat: ArrayLike) -> TileGrids:
     )
 
 
-def pixel_centres(left: float, top: float, height: int, width: int) -> tuple[NDArray, NDArray]:
+def pixel_centres(
+    left: float, top: float, height: int, width: int
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Northings (descending) and eastings of pixel centres of one tile."""
     y = top - PIXEL * np.arange(height, dtype=np.float64) - PIXEL / 2
     x = left + PIXEL * np.arange(width, dtype=np.float64) + PIXEL / 2

@@ -18,8 +18,9 @@ an answer may be before any of its bytes are used:
   so a server that trickles a byte at a time still fails on time.
 
 Connections are pooled in one ``ClientSession`` per event loop (reads run on
-zarr's long-lived loop), closed at exit. Proxies come from the environment
-once per origin (``HTTP(S)_PROXY``/``NO_PROXY``), as obstore reads them.
+one long-lived loop, :mod:`tessera_vz.core.loop`), closed at exit. Proxies
+come from the environment once per origin (``HTTP(S)_PROXY``/``NO_PROXY``),
+as obstore reads them.
 """
 
 from __future__ import annotations
@@ -37,7 +38,11 @@ from importlib.metadata import PackageNotFoundError, version
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
-import zarr.core.sync  # noqa: F401  (its exit hook stops the loop; ours must run first)
+
+# Imported first so that its exit hook, which stops the background loop, runs after
+# ours below, which closes this module's clients on that loop.
+import tessera_vz.core.loop  # noqa: F401
+from tessera_vz.core.errors import AnswerError, RedirectRefusedError
 
 log = logging.getLogger(__name__)
 
@@ -55,22 +60,6 @@ try:
     USER_AGENT = f"tessera-vz/{version('tessera-vz')}"
 except PackageNotFoundError:  # running from a source tree without metadata
     USER_AGENT = "tessera-vz"
-
-
-class AnswerError(Exception):
-    """An answer that breaks what HTTP or the request allows; its bytes are never used.
-
-    ``transient`` says whether another attempt may fare better (a cut
-    transfer) or not (a server that answers other bytes than asked).
-    """
-
-    def __init__(self, message: str, *, transient: bool = False) -> None:
-        super().__init__(message)
-        self.transient = transient
-
-
-class RedirectRefusedError(AnswerError):
-    """A redirect to an origin the caller has not authorised (never followed)."""
 
 
 _SESSIONS: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
@@ -299,25 +288,25 @@ def _drop(client: aiohttp.ClientSession) -> None:
         closing.send(None)
     except StopIteration:
         return
-    except Exception:
+    except (RuntimeError, OSError):  # "Event loop is closed", a socket already gone
         log.debug("could not close an HTTP client of a closed loop", exc_info=True)
     closing.close()
 
 
 @atexit.register
 def _close_all() -> None:
-    """Close every client on its own loop before zarr's exit hook stops that loop."""
+    """Close every client on its own loop before the loop's exit hook stops it."""
     with _LOCK:
         clients = list(_SESSIONS.items())
         _SESSIONS.clear()
-    for loop, client in clients:
-        if loop.is_running():
-            future = asyncio.run_coroutine_threadsafe(client.close(), loop)
+    for owner, client in clients:
+        if owner.is_running():
+            future = asyncio.run_coroutine_threadsafe(client.close(), owner)
             with contextlib.suppress(Exception):
                 future.result(timeout=1.0)
-        elif not loop.is_closed():
+        elif not owner.is_closed():
             with contextlib.suppress(Exception):
-                loop.run_until_complete(client.close())
+                owner.run_until_complete(client.close())
         else:
             _drop(client)
 

@@ -46,10 +46,13 @@ def container_name(url_prefix: str) -> str:
     return "src" + hashlib.sha1(url_prefix.encode()).hexdigest()[:8]
 
 
-def container_for(url_prefix: str, *, s3_options: dict[str, Any] | None = None) -> Any:
+def container_for(
+    url_prefix: str, *, s3_options: dict[str, Any] | None = None
+) -> ic.VirtualChunkContainer:
     """The virtual chunk container of a source root (``…/`` terminated)."""
     parts = urlsplit(url_prefix)
-    store: Any
+    # icechunk's AnyObjectStoreConfig leaves out the HTTP config its containers accept.
+    store: ic.AnyObjectStoreConfig | ic.ObjectStoreConfig.Http
     if parts.scheme == "file":
         store = ic.local_filesystem_store(parts.path)
     elif parts.scheme in ("http", "https"):
@@ -63,7 +66,7 @@ def container_for(url_prefix: str, *, s3_options: dict[str, Any] | None = None) 
     return ic.VirtualChunkContainer(url_prefix, store, name=container_name(url_prefix))
 
 
-def storage_for(location: str, *, s3_options: dict[str, Any] | None = None) -> Any:
+def storage_for(location: str, *, s3_options: dict[str, Any] | None = None) -> ic.Storage:
     """Icechunk storage of one repository at a local path or ``s3://`` URL."""
     parts = urlsplit(location)
     if parts.scheme == "s3":
@@ -91,11 +94,12 @@ def repositories(root: str, s3_options: dict[str, Any] | None = None) -> dict[in
     parts = urlsplit(root)
     if parts.scheme == "s3":
         import obstore
+        from obstore.exceptions import BaseError as ObstoreError
 
         store = s3_settings(s3_options).obstore(root.rstrip("/") + "/")
         try:
             listed = obstore.list_with_delimiter(store, None)
-        except Exception as exc:  # obstore raises its own hierarchy
+        except (ObstoreError, OSError) as exc:  # obstore's own errors; a socket's
             raise ConfigurationError(
                 f"cannot list index {root!r}: {str(exc).strip().splitlines()[0]}. Check the "
                 "bucket, the endpoint (--s3-endpoint, AWS_ENDPOINT_URL) and credentials "
@@ -108,7 +112,7 @@ def repositories(root: str, s3_options: dict[str, Any] | None = None) -> dict[in
     return {z: n for n in names if (z := zone_of_repo(n)) is not None}
 
 
-def read_config(base: Any | None = None) -> Any:
+def read_config(base: ic.RepositoryConfig | None = None) -> ic.RepositoryConfig:
     """Repository config tuned for byte-exact reads of virtual chunks.
 
     Icechunk splits a ranged read into parallel requests and preloads
@@ -138,7 +142,7 @@ def read_config(base: Any | None = None) -> Any:
     return cfg
 
 
-def with_read_policy(cfg: Any, policy: RetryPolicy) -> Any:
+def with_read_policy(cfg: ic.RepositoryConfig, policy: RetryPolicy) -> ic.RepositoryConfig:
     """Bound every virtual-chunk fetch by the reader's policy: retries, backoff, timeouts.
 
     Icechunk applies ``StorageSettings.retries`` to virtual chunk fetches too,
@@ -179,7 +183,7 @@ def credentials(
     allow_local_sources: bool = False,
     allowed: Iterable[str] | None = None,
     s3_options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> dict[str, ic.AnyCredential | None]:
     """Authorise the containers a reader trusts.
 
     Remote containers (``http(s)://``, ``s3://``) recorded in the repo are
@@ -191,7 +195,7 @@ def credentials(
     """
     s3_cred = None
     allow = list(allowed) if allowed is not None else None
-    out: dict[str, Any] = {}
+    out: dict[str, ic.AnyCredential | None] = {}
     for prefix in containers:
         scheme = urlsplit(prefix).scheme
         if allow is not None and not any(prefix.startswith(a) for a in allow):

@@ -17,11 +17,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import icechunk as ic
 
 from tessera_vz.core.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from obstore.store import ClientConfig, RetryConfig, S3Config, S3Store
 
 #: Keys an ``s3_options`` mapping may hold (with the aliases in ``_ALIASES``).
 S3_KEYS = (
@@ -42,7 +45,7 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
 
-def _flag(value: Any, what: str) -> bool:
+def _flag(value: Any, option: str) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
@@ -50,7 +53,7 @@ def _flag(value: Any, what: str) -> bool:
         return True
     if text in _FALSE:
         return False
-    raise ConfigurationError(f"{what} expects true or false, got {value!r}")
+    raise ConfigurationError(f"{option} expects true or false, got {value!r}")
 
 
 def _env(env: Mapping[str, str], *names: str) -> str | None:
@@ -114,22 +117,33 @@ class S3Settings:
         client = {"allow_http": True} if self.allow_http else {}
         return config, client
 
-    def obstore(self, url: str, **kwargs: Any) -> Any:
-        """An obstore ``S3Store`` rooted at ``url`` (``s3://bucket/prefix/``)."""
+    def obstore(
+        self,
+        url: str,
+        *,
+        config: Mapping[str, Any] | None = None,
+        client_options: Mapping[str, Any] | None = None,
+        retry_config: RetryConfig | None = None,
+    ) -> S3Store:
+        """An obstore ``S3Store`` rooted at ``url`` (``s3://bucket/prefix/``).
+
+        ``config`` and ``client_options`` add obstore keys to (or override)
+        the ones these settings give.
+        """
         import obstore.store
 
-        config, client = self.obstore_config()
-        client = {**client, **(kwargs.pop("client_options", None) or {})}
-        config = {**config, **(kwargs.pop("config", None) or {})}
+        ours, client = self.obstore_config()
+        merged = {**ours, **(config or {})}
+        client = {**client, **(client_options or {})}
         return obstore.store.S3Store.from_url(
             url,
-            config=cast(Any, config or None),
-            client_options=cast(Any, client or None),
-            **kwargs,
+            config=cast("S3Config", merged) if merged else None,
+            client_options=cast("ClientConfig", client) if client else None,
+            retry_config=retry_config,
         )
 
     # -- icechunk ----------------------------------------------------------
-    def store_config(self) -> Any:
+    def store_config(self) -> ic.ObjectStoreConfig.S3Compatible | ic.ObjectStoreConfig.S3:
         """Icechunk object-store config of a virtual chunk container (no credentials)."""
         return ic.s3_store(
             region=self.region,
@@ -139,7 +153,7 @@ class S3Settings:
             force_path_style=self.force_path_style,
         )
 
-    def storage(self, bucket: str, prefix: str) -> Any:
+    def storage(self, bucket: str, prefix: str) -> ic.Storage:
         """Icechunk storage of a repository at ``s3://bucket/prefix``."""
         creds: dict[str, Any]
         if self.anonymous:
@@ -162,9 +176,9 @@ class S3Settings:
             **creds,
         )
 
-    def credentials(self) -> Any:
+    def credentials(self) -> ic.Credentials.S3:
         """Icechunk credentials authorising an ``s3://`` virtual chunk container."""
-        cred: Any
+        cred: ic.AnyS3Credential
         if self.anonymous:
             cred = ic.s3_anonymous_credentials()
         elif self.static:

@@ -8,13 +8,18 @@ tile name, so ``xr.open_zarr(store, group="tiles")`` shows the inventory.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
 from numpy.typing import NDArray
 
+from tessera_vz.core.checksums import checksum_value
 from tessera_vz.core.layout import TILES
+from tessera_vz.core.urls import check_path, check_root
+
+if TYPE_CHECKING:
+    from zarr.abc.store import Store
 
 #: Column name -> numpy dtype of the stored table.
 COLUMNS: dict[str, str] = {
@@ -61,10 +66,12 @@ def table_dataset(names: list[str], columns: dict[str, Any], attrs: dict[str, An
     return xr.Dataset(data, coords={"tile": np.asarray(names, dtype=str)[order]}, attrs=attrs)
 
 
-def read_table(store: Any) -> xr.Dataset | None:
+def read_table(store: Store) -> xr.Dataset | None:
     """Load a year's table from a session store, or ``None`` if it has none."""
     try:
-        ds = xr.open_zarr(store, group=TILES, consolidated=False, zarr_format=3, chunks=None)
+        ds: xr.Dataset = xr.open_zarr(
+            store, group=TILES, consolidated=False, zarr_format=3, chunks=None
+        )
     except (FileNotFoundError, KeyError):
         return None
     return ds.load()
@@ -84,9 +91,6 @@ def refused_rows(table: xr.Dataset) -> dict[str, str]:
     offset outside the file, a scales dtype that is not 4-byte float) fails
     that tile with a clear reason, before any request is made for it.
     """
-    from tessera_vz.core.boundary import checksum_value
-    from tessera_vz.core.urls import check_path, check_root
-
     names = [str(n) for n in table["tile"].values]
     if not names:
         return {}

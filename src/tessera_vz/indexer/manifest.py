@@ -23,13 +23,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from obstore.exceptions import BaseError as ObstoreError
-from zarr.core.sync import sync
 
 from tessera_vz.core.boundary import SourceFiles
 from tessera_vz.core.coords import is_valid_lonlat
 from tessera_vz.core.errors import ConfigurationError, SourceNotFoundError, TesseraError
 from tessera_vz.core.geometry import utm_zone
 from tessera_vz.core.layout import source_paths, tile_name
+from tessera_vz.core.loop import sync
 from tessera_vz.core.options import ReadOptions
 from tessera_vz.indexer.facts import facts_text
 from tessera_vz.indexer.inventory import (

@@ -20,12 +20,12 @@ import icechunk as ic
 import numpy as np
 import pyarrow as pa
 import xarray as xr
-from zarr.core.sync import sync
 
 from tessera_vz.core.boundary import SourceFiles
 from tessera_vz.core.errors import InvalidTileError, NpyFormatError
 from tessera_vz.core.geometry import tile_grids
 from tessera_vz.core.layout import branch_name
+from tessera_vz.core.loop import sync
 from tessera_vz.core.progress import ProgressStart, no_progress
 from tessera_vz.core.repos import quiet_icechunk
 from tessera_vz.core.table import COLUMN_DEFAULTS, COLUMNS, read_table

@@ -18,11 +18,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import icechunk as ic
-from zarr.core.sync import sync
 
 from tessera_vz.core.boundary import SourceFiles
 from tessera_vz.core.errors import ConfigurationError, SourceNotFoundError
 from tessera_vz.core.layout import ZONE_LIST, parse_zone_list
+from tessera_vz.core.loop import sync
 from tessera_vz.core.options import ReadOptions
 from tessera_vz.core.repos import (
     credentials,

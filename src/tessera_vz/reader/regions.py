@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 from numpy.typing import NDArray
-from zarr.core.sync import sync
 
 from tessera_vz.core.errors import TileNotFoundError, VersionNotFoundError
+from tessera_vz.core.loop import sync
 from tessera_vz.core.quantisation import dequantise as dequantise_values
 from tessera_vz.reader.georef import grid_dataset
 from tessera_vz.reader.grids import Grid, grid_for_bbox

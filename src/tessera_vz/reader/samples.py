@@ -32,11 +32,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 from numpy.typing import NDArray
-from zarr.core.sync import sync
 
 from tessera_vz.core.coords import valid_lonlat_mask
 from tessera_vz.core.dataset import DATASET_KEYS
 from tessera_vz.core.geoparquet import geo_metadata as parquet_geo
+from tessera_vz.core.loop import sync
 from tessera_vz.core.quantisation import dequantise
 from tessera_vz.reader.pixels import Located, locate_pixels
 from tessera_vz.reader.point_columns import GEOMETRY, PointsInput

@@ -26,8 +26,8 @@ import numpy as np
 import xarray as xr
 from xarray.backends import BackendArray
 from xarray.core import indexing
-from zarr.core.sync import sync
 
+from tessera_vz.core.loop import sync
 from tessera_vz.core.quantisation import dequantise as dequantise_values
 from tessera_vz.reader.georef import grid_dataset
 from tessera_vz.reader.mosaic import band_count, read_window
