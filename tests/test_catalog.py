@@ -207,7 +207,9 @@ def test_readme_examples_run_on_a_fresh_machine(catalog: Path, tmp_path: Path) -
     assert done.returncode == 0, done.stderr
     gdf = gpd.read_parquet(catalog / "tiles.parquet")
     want = sorted(gdf[(gdf.year == 2024) & gdf.intersects(shapely.from_wkt(POLYGON))].tile)
-    assert [line.split()[0] for line in done.stdout.splitlines()] == want
+    # DuckDB draws a progress bar on stdout when a query passes 2 s (a busy machine): skip it.
+    printed = [line.split()[0] for line in done.stdout.splitlines() if line.startswith("grid_")]
+    assert printed == want, done.stdout[:400]
 
     code = _readme_block("catalog-pystac-example")
     done = subprocess.run([sys.executable, "-c", code], cwd=catalog.parent, env=env,
