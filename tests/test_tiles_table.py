@@ -24,8 +24,9 @@ CENTRES = [(-0.05, 52.15), (0.05, 52.15), (-0.15, -1.05), (0.15, -1.05)]
 def test_tiles_of_a_year_across_zones(tmp_path: Path) -> None:
     specs = make_tree(tmp_path / "src", centres=CENTRES, years=(2024,), bands=4, manifest=False)
     make_tree(tmp_path / "src", centres=CENTRES[:1], years=(2025,), bands=4, manifest=False)
-    assert not run_index(IndexOptions(source=str(tmp_path / "src"), out=str(tmp_path / "ix"))).failed
-    store = open_store(str(tmp_path / "ix"), allow_local_sources=True)
+    src, ix = str(tmp_path / "src"), str(tmp_path / "ix")
+    assert not run_index(IndexOptions(source=src, out=ix)).failed
+    store = open_store(ix, allow_local_sources=True)
     assert store.zones() == [30, 31]
     every = store.tiles(2024)  # the README's call
     assert sorted(every.tile.values) == sorted(s.name for s in specs)
