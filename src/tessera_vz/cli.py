@@ -25,6 +25,8 @@ from tessera_vz.core.errors import ConfigurationError, TesseraError, VersionNotF
 
 #: Exit codes of every command.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: stdout's reader went away (``tessera-vz ... | head``): 128 + SIGPIPE, as shells report it.
+EXIT_BROKEN_PIPE = 141
 
 
 class Parser(argparse.ArgumentParser):
@@ -295,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ct.add_argument("store", help="the --out of `tessera-vz index` (path or s3://)")
     ct.add_argument("--out", required=True, help="catalog directory (tiles.parquet, stac/, ...)")
+    ct.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="where the index will be published (https://host/index or s3://bucket/index): "
+        "links to it are made under URL (default: relative to the catalog for a local index)",
+    )
     ct.add_argument("--json", action="store_true", help="print the JSON report on stdout")
     _add_progress(ct)
     _add_read_flags(ct, versions=False)
@@ -320,6 +328,30 @@ def _fail(message: str) -> None:
     sys.stderr.flush()
 
 
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll says error or hang-up)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (captured)
+        return False
+
+
+def _quiet_stdout() -> int:
+    """Leave quietly after ``| head`` closed stdout, as Python's documentation recommends.
+
+    Whatever is still buffered cannot be delivered; stdout is pointed at
+    ``/dev/null`` so that the final flush does not fail a second time
+    (see "Note on SIGPIPE" in the :mod:`signal` documentation).
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code (0 ok, 1 some data failed, 2 usage, 130 Ctrl-C)."""
     parser = build_parser()
@@ -339,6 +371,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _fail("interrupted (Ctrl-C); files being written were not completed")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        if not _stdout_gone():
+            raise  # a pipe of ours to somewhere else: not the user's `| head`
+        return _quiet_stdout()
     except (ConfigurationError, VersionNotFoundError) as exc:  # nothing was read or written
         _fail(str(exc))
         return EXIT_USAGE
@@ -357,7 +393,10 @@ def run() -> None:
     """
     code = main()
     logging.shutdown()
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # the last of the output met a closed pipe (`| head`)
+        code = _quiet_stdout()
     sys.stderr.flush()
     os._exit(code)
 

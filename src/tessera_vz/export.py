@@ -19,7 +19,6 @@ plus a few blocks, never a float32 copy of the whole region.
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from dask.callbacks import Callback
 
 from tessera_vz.core.dataset import GEOTIFF_TAGS, geotiff_tags
 from tessera_vz.core.errors import ConfigurationError
-from tessera_vz.core.files import atomic_path, hidden_beside
+from tessera_vz.core.files import atomic_path, hidden_beside, probe_writable
 from tessera_vz.core.progress import Advance, ProgressStart, no_progress
 
 log = logging.getLogger(__name__)
@@ -125,14 +124,7 @@ def check_writable_folder(target: Path) -> None:
         raise ConfigurationError(
             f"cannot write {str(target)!r}: the folder {str(folder)!r} {what}; create it first"
         )
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".tessera-vz-probe-"):
-            pass
-    except OSError as exc:
-        raise ConfigurationError(
-            f"cannot write {str(target)!r}: the folder {str(folder)!r} is not writable "
-            f"({exc.strerror or exc})"
-        ) from None
+    probe_writable(folder, str(target))
     if target.is_dir() and target.suffix.lower() not in (".zarr",):
         raise ConfigurationError(f"cannot write {str(target)!r}: a folder of that name exists")
 

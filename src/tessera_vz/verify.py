@@ -138,6 +138,24 @@ async def _check_source(
     return out
 
 
+def _empty_selection(
+    path: str, years: list[int] | None, zones: list[int] | None, indexed: dict[int, list[int]]
+) -> str:
+    """Why ``--years``/``--zones`` select nothing, and what the index holds instead."""
+    asked = " and ".join(
+        f"{what} {', '.join(map(str, values))}"
+        for what, values in (("UTM zones", zones), ("years", years))
+        if values is not None
+    )
+    held = "; ".join(
+        f"utm{z:02d}: {', '.join(map(str, ys)) or 'no year'}" for z, ys in sorted(indexed.items())
+    )
+    return (
+        f"nothing to verify: {path} has no tiles of {asked}; it indexes {held or 'no zone'} "
+        "(check --years and --zones)"
+    )
+
+
 def verify_index(
     path: str,
     *,
@@ -163,18 +181,23 @@ def verify_index(
     quiet_icechunk()
     store = open_store(path, allow_local_sources=True, s3_options=s3_options)
     by_source: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for zone in store.zones():
-        if zones is not None and zone not in zones:
-            continue
-        for year in store.years(zone):
-            if years is not None and year not in years:
-                continue
-            table = store.tiles(year, zone)
-            cols = {str(c): table[c].values for c in table.data_vars}
-            for i, name in enumerate(table.tile.values):
-                row = {c: v[i].item() for c, v in cols.items()}
-                row.update(tile=str(name), year=year, zone=zone)
-                by_source[str(row["source"])].append(row)
+    indexed = {zone: store.years(zone) for zone in store.zones()}
+    chosen = [
+        (zone, year)
+        for zone, zone_years in indexed.items()
+        if zones is None or zone in zones
+        for year in zone_years
+        if years is None or year in years
+    ]
+    if not chosen and (years is not None or zones is not None):
+        raise ConfigurationError(_empty_selection(path, years, zones, indexed))
+    for zone, year in chosen:
+        table = store.tiles(year, zone)
+        cols = {str(c): table[c].values for c in table.data_vars}
+        for i, name in enumerate(table.tile.values):
+            row = {c: v[i].item() for c, v in cols.items()}
+            row.update(tile=str(name), year=year, zone=zone)
+            by_source[str(row["source"])].append(row)
     report = VerifyReport()
     total = 2 * sum(len(rows) for rows in by_source.values())
     advance = progress(f"verifying {total // 2} tiles ({total} files)", total)

@@ -17,8 +17,8 @@ from typing import Any
 from tessera_vz.commands.common import (
     check_versions,
     check_years,
-    err,
     open_index,
+    out,
     parse_years,
     progress,
     wants_progress,
@@ -108,13 +108,39 @@ def cmd_region(args: argparse.Namespace) -> int:
         "grid": ds.attrs["tessera:grid"],
         "raw": bool(args.raw),
         "tessera:versions": ds.attrs.get("tessera:versions"),
+        "tessera:dataset": ds.attrs.get("tessera:dataset"),
     }
     if args.json:
         print(json.dumps(doc))
     else:
-        err.print(
-            f"wrote {', '.join(doc['files'])}: {doc['shape']} in {doc['proj:code']} "
-            f"(read {doc['tessera:versions']})",
-            markup=False,
-        )
+        show_region(doc, ds.attrs)
     return 0
+
+
+def show_region(doc: dict[str, Any], attrs: dict[str, Any]) -> None:
+    """What a person reads: the files written; the grid, CRS, shape, dataset and version."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE, show_header=False, title="region written", title_justify="left")
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    shape = " x ".join(f"{n} ({dim})" for dim, n in doc["shape"].items())
+    transform = attrs.get("spatial:transform") or [None] * 6
+    rows = [
+        ("file" if len(doc["files"]) == 1 else "files", "\n".join(doc["files"])),
+        ("grid", str(doc["grid"])),
+        ("CRS", str(doc["proj:code"])),
+        ("shape", shape),
+        ("pixel", f"{transform[0]:g} x {-transform[4]:g}" if transform[0] else "?"),
+        ("origin", f"{transform[2]:.12g}, {transform[5]:.12g} (top left)" if transform[0] else "?"),
+        ("bbox", ", ".join(f"{v:g}" for v in attrs.get("tessera:bbox") or [])),
+        ("zones", ", ".join(map(str, doc["zones"] or []))),
+        ("values", "int8 embeddings + float32 scales" if doc["raw"] else "float32 (dequantised)"),
+        ("dataset", str(attrs.get("tessera:dataset", "unknown"))),
+        ("version", str(doc["tessera:versions"])),
+        ("snapshot", str(attrs.get("tessera:snapshots"))),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    out.print(table, markup=False, highlight=False)

@@ -7,7 +7,14 @@ import json
 
 from rich.markup import escape
 
-from tessera_vz.commands.common import err, positive, progress, s3_options, wants_progress
+from tessera_vz.commands.common import (
+    err,
+    parse_zones,
+    positive,
+    progress,
+    s3_options,
+    wants_progress,
+)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -19,7 +26,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         report = verify_index(
             args.store,
             years=parse_int_list(args.years, "years"),
-            zones=parse_int_list(args.zones, "zones"),
+            zones=parse_zones(args.zones),
             allow_local_sources=args.allow_local_sources,
             allowed_sources=args.allow_source,
             concurrency=args.concurrency,

@@ -204,6 +204,8 @@ def grid_for_bbox(
     else:
         target = parse_crs(crs)
         why = "as requested"
+    if res is not None:
+        _check_units(target, res, (s + n) / 2)
     xres, yres = res if res is not None else default_resolution(target, (s + n) / 2)
     text = crs_text(target)
     lons, lats = bbox_outline((w, s, e, n))
@@ -229,6 +231,34 @@ def grid_for_bbox(
     unit = target.axis_info[0].unit_name if target.axis_info else "unit"
     about = "" if res is not None else f", about {TARGET_METRES:g} m at latitude {(s + n) / 2:.2f}"
     return grid, f"{_name(target)} at {xres:g} x {yres:g} {unit}{about}, {why}"
+
+
+#: Ground size (metres) of a pixel beyond which a resolution is taken for a unit mix-up:
+#: 10 degrees asked as if metres, 0.0001 metres asked as if degrees.
+_LARGEST_PIXEL, _SMALLEST_PIXEL = 100_000.0, 0.01
+
+
+def _check_units(crs: CRS, res: tuple[float, float], lat: float) -> None:
+    """Refuse a resolution absurd for the CRS's units (degrees given as metres, or back).
+
+    A 10 m dataset read at 10 degrees a pixel is not a coarse view but a
+    mistake: every pixel centre misses every tile, and the read would say
+    nothing covers the bbox. The message says what the number means in this
+    CRS and what to give instead.
+    """
+    unit = crs.axis_info[0].unit_name if crs.axis_info else "unit"
+    metres = [r / g for r, g in zip(res, default_resolution(crs, lat), strict=True)]
+    ground = max(metres) * TARGET_METRES
+    if min(metres) * TARGET_METRES >= _SMALLEST_PIXEL and ground <= _LARGEST_PIXEL:
+        return
+    size = ground if ground > _LARGEST_PIXEL else min(metres) * TARGET_METRES
+    about = f"{size / 1000:,.0f} km" if size >= 1000 else f"{size:.2g} m"
+    good = default_resolution(crs, lat)
+    raise ConfigurationError(
+        f"resolution {res[0]:g} x {res[1]:g} is in the units of {_name(crs)} ({unit}): "
+        f"pixels of about {about} on the ground, for 10 m data; give about "
+        f"{good[0]:g},{good[1]:g} ({unit}, about 10 m here), or omit it for that default"
+    )
 
 
 def _name(crs: CRS) -> str:

@@ -83,22 +83,24 @@ def point_wkb(
 
 
 def geometry_field() -> pa.Field:
-    """The point column, also tagged as a GeoArrow WKB array in EPSG:4326.
+    """The point column, also tagged as a GeoArrow WKB array in OGC:CRS84 (lon, lat).
 
-    GeoParquet readers go by the file's ``geo`` metadata; the field's GeoArrow
-    extension metadata lets Arrow-native tools (``GeoDataFrame.from_arrow``,
-    lonboard) see the geometry of an in-memory table too.
+    GeoParquet readers go by the file's ``geo`` metadata (which leaves the
+    CRS to its CRS84 default); the field's GeoArrow extension metadata lets
+    Arrow-native tools (``GeoDataFrame.from_arrow``, lonboard) see the
+    geometry of an in-memory table too. GeoArrow has no default CRS, so it is
+    named here: CRS84, the longitude-first WGS 84 the coordinates are in.
     """
     from pyproj import CRS
 
-    meta = {"crs": CRS.from_epsg(4326).to_json_dict()}
+    meta = {"crs": CRS.from_user_input("OGC:CRS84").to_json_dict()}
     return pa.field(GEOMETRY, pa.binary(), metadata={
         "ARROW:extension:name": "geoarrow.wkb", "ARROW:extension:metadata": json.dumps(meta),
     })  # fmt: skip
 
 
 def geo_metadata(inp: PointsInput) -> dict[str, Any]:
-    """GeoParquet 1.1 ``geo`` metadata of the output's point column (EPSG:4326, with its bbox)."""
+    """GeoParquet 1.1 ``geo`` metadata of the output's point column (lon/lat, with its bbox)."""
     ok = valid_lonlat_mask(inp.lon, inp.lat) & ~inp.empty
     bbox = None
     if ok.any():

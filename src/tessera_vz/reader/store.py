@@ -131,10 +131,19 @@ class TesseraStore:
         """
         return self._zone_years.dataset(self.zones())
 
-    def tiles(self, year: int, zone: int) -> xr.Dataset:
-        """The year's tiles table of a zone (one row per tile), with the version read."""
-        table = self._zone_years.get(zone, year).table
-        return table.assign_attrs(self.provenance([(zone, year)]))
+    def tiles(self, year: int, zone: int | None = None) -> xr.Dataset:
+        """The year's tiles table (a row per tile) of ``zone``, or of every zone one after the
+        other (``zone`` column), with the versions read; :class:`TileNotFoundError` if none."""
+        if zone is not None:
+            found = [(zone, self._zone_years.get(zone, year))]
+        else:
+            found = [(z, ix) for z in self.zones() if (ix := self._zone_years.find(z, year))]
+        if not found:
+            years = ", ".join(map(str, self.years())) or "none"
+            raise TileNotFoundError(f"year {year} not indexed in {self.root}; indexed: {years}")
+        tables = [ix.table for _, ix in found]
+        table = tables[0] if len(tables) == 1 else xr.concat(tables, dim="tile")
+        return table.assign_attrs(self.provenance([(z, year) for z, _ in found]))
 
     def zone_year(self, zone: int, year: int) -> tuple[ByteSource, TileRects]:
         """A zone-year's byte source and tile rectangles, as windows need them (cached)."""
