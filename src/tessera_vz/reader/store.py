@@ -182,8 +182,7 @@ class TesseraStore:
         return pixels.location(loc, lon, lat, y)
 
     def _explain(self, lon: float, lat: float, year: int, exc: TileNotFoundError | None) -> None:
-        """Raise why no tile of ``year`` holds a point: the zone's own reason, and a hint
-        when lon/lat look swapped."""
+        """Raise why no tile of ``year`` holds a point (:func:`pixels.explain_missing`)."""
         zone = int(utm_zone(cell_centre(lon, lat)[0]))
 
         def located(x: float, y: float) -> bool:
@@ -192,20 +191,10 @@ class TesseraStore:
             except TileNotFoundError:
                 return False
 
-        hint = pixels.swapped_hint(located, lon, lat)
-        if exc is None and not hint:
-            return  # pixels.location says which tile is missing
-        try:
+        def zone_reason() -> None:
             self._zone_years.get(zone, year).table  # noqa: B018 - raises the zone's reason
-        except TileNotFoundError as reason:
-            raise TileNotFoundError(
-                f"no indexed tile of {year} is near lon={lon}, lat={lat}: {reason}{hint}"
-            ) from None
-        if exc is not None:
-            raise TileNotFoundError(f"{exc}{hint}") from None
-        raise TileNotFoundError(
-            f"no indexed tile of {year} covers lon={lon}, lat={lat}{hint}"
-        ) from None
+
+        pixels.explain_missing(located, zone_reason, lon, lat, year, exc)
 
     def locate_points(self, lons: ArrayLike, lats: ArrayLike, year: int) -> Located:
         """The tile and pixel of many points (``ok`` is False where there is none)."""
