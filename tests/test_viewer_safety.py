@@ -13,6 +13,7 @@ loopback over an index of tiles served by nginx (``test_serve_api``'s world):
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import math
@@ -264,7 +265,5 @@ def test_download_files_do_not_survive_a_double_ctrl_c(
 
 
 def _quiet_get(url: str) -> None:
-    try:
+    with contextlib.suppress(OSError):
         get(url)
-    except OSError:
-        pass
