@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -98,3 +99,35 @@ def test_region_out_interrupted_leaves_nothing(tmp_path: Path) -> None:
         assert proc.returncode == 130, stderr
         assert not target.exists(), f"{target} exists after Ctrl-C"
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(f".x.{suffix}")]
+
+
+def test_the_table_cache_is_bounded_and_keeps_what_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many snapshots cached: files and bytes stay within bounds, least recently used go first."""
+    import xarray as xr
+
+    from tessera_vz.reader import table_cache
+
+    monkeypatch.setenv("TESSERA_VZ_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(table_cache, "MAX_FILES", 5)
+    names = np.array([f"grid_0.{i:02d}_49.95" for i in range(50)])
+    table = xr.Dataset({"height": ("tile", np.arange(50, dtype=np.int32))}, coords={"tile": names})
+    table_cache.save("s3://index/utm31", "snap-hot", table)
+    for i in range(20):
+        table_cache.save("s3://index/utm31", f"snap-{i:02d}", table)
+        # The hot snapshot is read between saves (a hit touches it): it must survive.
+        assert table_cache.load("s3://index/utm31", "snap-hot") is not None
+        time.sleep(0.01)
+    files = sorted((tmp_path / "cache" / "tables").rglob("*.npz"))
+    assert len(files) == 5, files
+    kept = {f.stem for f in files}
+    assert "snap-hot" in kept and "snap-19" in kept and "snap-00" not in kept
+    cached = table_cache.load("s3://index/utm31", "snap-19")
+    assert cached is not None and list(cached["tile"].values) == list(names)
+    size = files[0].stat().st_size
+    monkeypatch.setenv("TESSERA_VZ_CACHE_MAX_MB", str(2.5 * size / 1024 / 1024))
+    table_cache.save("s3://index/utm31", "snap-new", table)
+    files = sorted((tmp_path / "cache" / "tables").rglob("*.npz"))
+    assert len(files) == 2 and "snap-new" in {f.stem for f in files}
+    assert not list((tmp_path / "cache").rglob(".*"))  # no partial file left
