@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,9 +19,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from tessera_vz.reader import open_store
 from tessera_vz.testing.nginx import NginxServer
@@ -131,3 +132,30 @@ def test_the_table_cache_is_bounded_and_keeps_what_is_used(
     files = sorted((tmp_path / "cache" / "tables").rglob("*.npz"))
     assert len(files) == 2 and "snap-new" in {f.stem for f in files}
     assert not list((tmp_path / "cache").rglob(".*"))  # no partial file left
+
+
+def test_symlinks_out_of_a_local_tree_are_skipped_with_a_reason(tmp_path: Path) -> None:
+    """A tile linked to a file outside SOURCE is skipped (reason in the report) unless asked."""
+    root = tmp_path / "tree"
+    specs = make_tree(root, bbox=(0.7, 49.9, 1.0, 50.0), years=(YEAR,), bands=BANDS,
+                      manifest=False)  # fmt: skip
+    outside, inside = specs[0], specs[1]
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    target = secret / "not-a-tile.npy"
+    (root / outside.emb_path).rename(target)
+    (root / outside.emb_path).symlink_to(target)
+    # A link that stays inside the tree is harmless and kept.
+    moved = root / "elsewhere.npy"
+    (root / inside.emb_path).rename(moved)
+    (root / inside.emb_path).symlink_to(moved)
+    run = _cli("index", str(root), "--out", str(tmp_path / "a"), "--json")
+    assert run.returncode == 1, run.stderr
+    doc = json.loads(run.stdout)
+    assert doc["indexed"] == len(specs) - 1
+    [failed] = doc["failed"]
+    assert failed["tile"] == outside.name and "outside SOURCE" in failed["reason"]
+    assert "--follow-symlinks" in failed["reason"]
+    run = _cli("index", str(root), "--out", str(tmp_path / "b"), "--json", "--follow-symlinks")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["indexed"] == len(specs)

@@ -39,6 +39,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         reprobe=args.reprobe,
         dataset=args.dataset,
         move_source=args.move_source,
+        follow_symlinks=args.follow_symlinks,
     )
     with progress(wants_progress(args)) as start:
         report = run_index(opts, progress=start)
