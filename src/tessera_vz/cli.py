@@ -162,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="read every header again, even of tiles the inventory shows unchanged",
     )
+    ix.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="index tiles of a local SOURCE reached by symbolic links leading outside it "
+        "(skipped with a reason by default)",
+    )
     ix.add_argument("--json", action="store_true", help="print the JSON report on stdout")
     _add_progress(ix)
     ix.add_argument(

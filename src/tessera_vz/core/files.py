@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 #: Waiting longer than this for a lock is worth a line in the log.
 WAIT_WORTH_LOGGING = 0.5
+#: Seconds a failed write's partial output is given to stop changing, and at most
+#: to be removed (writer threads finishing their last chunk after a Ctrl-C).
+REMOVE_SETTLE, REMOVE_PATIENCE = 0.1, 10.0
 
 
 def probe_writable(folder: Path, target: str) -> None:
@@ -145,11 +148,25 @@ def _replace(tmp: Path, final: Path) -> None:
 
 
 def _remove(path: Path) -> None:
-    """Delete a file or directory if it exists (cleaning up after a failed write)."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+    """Delete a file or directory if it exists (cleaning up after a failed write).
+
+    On Ctrl-C the main thread gets here while writer threads (dask's, zarr's)
+    may still be finishing the chunk they hold, and a late chunk write
+    recreates its folders: so delete, give them a moment, and delete again
+    until the path stays gone (for at most :data:`REMOVE_PATIENCE` seconds).
+    """
+    deadline = time.monotonic() + REMOVE_PATIENCE
+    while True:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        time.sleep(REMOVE_SETTLE)
+        if not os.path.lexists(path):
+            return
+        if time.monotonic() > deadline:
+            log.warning("could not remove the partial output %s; delete it by hand", path)
+            return
 
 
 @contextmanager

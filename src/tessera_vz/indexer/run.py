@@ -48,6 +48,7 @@ from tessera_vz.indexer.run_options import (
     source_options,
     source_s3_options,
 )
+from tessera_vz.indexer.symlinks import skip_outside_links
 from tessera_vz.indexer.unit import run_unit
 
 log = logging.getLogger(__name__)
@@ -68,10 +69,17 @@ def _inventory(
     """
     if manifest is not None:
         rows = row_filter(manifest, dataset)
-        return manifest_inventory(manifest, root, years=opts.years, zones=opts.zones, rows=rows)
-    if store is None:  # HTTP(S): nothing to list (find_manifest said so already)
+        table, failures = manifest_inventory(
+            manifest, root, years=opts.years, zones=opts.zones, rows=rows
+        )
+    elif store is None:  # HTTP(S): nothing to list (find_manifest said so already)
         raise ConfigurationError(f"source {root.url} cannot be listed; pass --manifest")
-    return listing_inventory(store, years=opts.years, zones=opts.zones)
+    else:
+        table, failures = listing_inventory(store, years=opts.years, zones=opts.zones)
+    if opts.follow_symlinks:
+        return table, failures
+    table, outside = skip_outside_links(table, root)
+    return table, [*failures, *outside]
 
 
 def run_index(opts: IndexOptions, progress: ProgressStart = no_progress) -> Report:

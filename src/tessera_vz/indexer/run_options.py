@@ -63,6 +63,9 @@ class IndexOptions:
     #: Allow SOURCE to differ from the root the index was made from: a move to
     #: another mirror of the same dataset (another dataset is always refused).
     move_source: bool = False
+    #: Index tiles of a local tree reached by symbolic links leading outside it
+    #: (skipped with a reason by default: see :mod:`tessera_vz.indexer.symlinks`).
+    follow_symlinks: bool = False
 
 
 def read_options(opts: IndexOptions) -> ReadOptions:
