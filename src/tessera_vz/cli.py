@@ -49,8 +49,9 @@ def _add_allow_source(p: argparse.ArgumentParser) -> None:
         "--allow-source",
         action="append",
         metavar="PREFIX",
-        help="read only from sources whose URL starts with PREFIX (repeatable; also where "
-        "redirects may lead, e.g. a CDN); default: every remote source the repo records",
+        help="read only from sources under PREFIX (scheme, host, port and whole path "
+        "segments; repeatable; also where redirects may lead, e.g. a CDN); default: every "
+        "remote source on a public address the repo records",
     )
 
 
@@ -60,6 +61,11 @@ def _add_read_flags(p: argparse.ArgumentParser, *, versions: bool = True) -> Non
         "--allow-local-sources",
         action="store_true",
         help="read tiles from file:// sources recorded in the repo",
+    )
+    p.add_argument(
+        "--allow-private",
+        action="store_true",
+        help="read tiles from sources on loopback, private, link-local or multicast addresses",
     )
     _add_allow_source(p)
     p.add_argument("--retries", type=int, default=3, help="retries of a failed request")

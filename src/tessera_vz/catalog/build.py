@@ -47,11 +47,11 @@ from tessera_vz.catalog.incremental import (
     save_state,
 )
 from tessera_vz.catalog.tables import UnitVersion, unit_key
-from tessera_vz.core.table import refused_rows
-from tessera_vz.core.text import printable
 from tessera_vz.core.errors import ConfigurationError, TesseraError
 from tessera_vz.core.layout import parse_tag, repo_name
 from tessera_vz.core.progress import ProgressStart, no_progress
+from tessera_vz.core.table import refused_rows
+from tessera_vz.core.text import printable
 from tessera_vz.reader import ReadOptions, open_store
 
 log = logging.getLogger(__name__)

@@ -21,6 +21,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         zones=parse_int_list(args.zones, "zones"),
         allow_local_sources=args.allow_local_sources,
         allowed_sources=args.allow_source,
+        allow_private_sources=args.allow_private,
         concurrency=args.concurrency,
         retries=args.retries,
         timeout=args.timeout,

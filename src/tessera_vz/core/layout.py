@@ -129,8 +129,8 @@ def check_tile_name(name: object) -> str:
         ):
             return text
     raise ValueError(
-        f"tile name '{printable(text, 80)}' is not grid_<lon>_<lat> with the centre of a 0.1 degree cell "
-        "(two decimals, an odd multiple of 0.05, lon within 180 and lat within 90)"
+        f"tile name '{printable(text, 80)}' is not grid_<lon>_<lat> with the centre of a "
+        "0.1 degree cell (two decimals, an odd multiple of 0.05, lon within 180 and lat within 90)"
     )
 
 

@@ -16,7 +16,9 @@ import re
 
 #: C0 controls, DEL, C1 controls, and Unicode bidi/format characters that
 #: change how the text around them is displayed.
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_UNSAFE = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
 
 
 def _escape(m: re.Match[str]) -> str:

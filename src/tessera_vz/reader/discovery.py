@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -30,6 +31,7 @@ from tessera_vz.core.repos import (
     repositories,
     storage_for,
     with_read_policy,
+    with_users_s3,
 )
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,8 @@ log = logging.getLogger(__name__)
 def published_zones(root: str, options: ReadOptions) -> dict[int, str]:
     """Zone -> repository URL of an index published on a web server, from its zone list."""
     base = root.rstrip("/") + "/"
-    files = SourceFiles([base], options)
+    # The user named this URL: it may be on their own network.
+    files = SourceFiles([base], replace(options, allow_private_sources=True))
     url = base + ZONE_LIST
     try:
         data = sync(files.fetch(url, "reading the index's zone list", limit=1 << 20))
@@ -92,13 +95,9 @@ def open_repository(
     """
     storage = storage_for(location, s3_options=options.s3)
     cfg = with_read_policy(read_config(ic.Repository.fetch_config(storage)), options.policy)
+    cfg = with_users_s3(cfg, options.s3)
     wanted = list((cfg.virtual_chunk_containers or {}).keys())
-    creds = credentials(
-        wanted,
-        allow_local_sources=options.allow_local_sources,
-        allowed=options.allowed_sources,
-        s3_options=options.s3,
-    )
+    creds = credentials(wanted, options)
     for prefix in wanted:
         if prefix not in creds:
             log.info("not authorising source %s of zone %d", prefix, zone)

@@ -21,13 +21,13 @@ from functools import cached_property
 import icechunk as ic
 import xarray as xr
 
-from tessera_vz.core.text import printable
 from tessera_vz.core.boundary import SourceFiles
 from tessera_vz.core.dataset import only_one
 from tessera_vz.core.errors import TileNotFoundError, VersionNotFoundError
 from tessera_vz.core.layout import BAND_COUNT, year_of_branch
 from tessera_vz.core.options import ReadOptions
 from tessera_vz.core.table import TileLookup, read_table, refused_rows
+from tessera_vz.core.text import printable
 from tessera_vz.reader import table_cache
 from tessera_vz.reader.discovery import open_repository
 from tessera_vz.reader.identity import recorded_identity
