@@ -25,6 +25,7 @@ from tessera_vz.core.errors import ConfigurationError, SourceNotFoundError
 from tessera_vz.core.layout import ZONE_LIST, parse_zone_list
 from tessera_vz.core.loop import sync
 from tessera_vz.core.options import ReadOptions
+from tessera_vz.core.permissions import authorised
 from tessera_vz.core.repos import (
     credentials,
     read_config,
@@ -97,11 +98,14 @@ def open_repository(
     cfg = with_read_policy(read_config(ic.Repository.fetch_config(storage)), options.policy)
     cfg = with_users_s3(cfg, options.s3)
     wanted = list((cfg.virtual_chunk_containers or {}).keys())
-    creds = credentials(wanted, options)
+    trusted = [p for p in wanted if authorised(p, options)]
+    # Icechunk connects by itself: its containers on private addresses are left out
+    # at open; our own reads check the address of every connection instead.
+    creds = credentials(trusted, options)
     for prefix in wanted:
         if prefix not in creds:
-            log.info("not authorising source %s of zone %d", prefix, zone)
-    files.allow(creds)
+            log.info("not authorising source %s of zone %d for Icechunk", prefix, zone)
+    files.allow(trusted)
     if options.allowed_sources is not None:
         # Redirect targets the user authorised (a CDN behind the mirror).
         files.allow(options.allowed_sources)
