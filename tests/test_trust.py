@@ -138,15 +138,25 @@ def test_inside_checks_grammar_and_resolved_path(tmp_path: Path) -> None:
 def test_the_layout_grammar() -> None:
     assert check_tile_name("grid_0.85_49.95") == "grid_0.85_49.95"
     assert check_tile_name("grid_-179.95_-89.95") == "grid_-179.95_-89.95"
-    for bad in ("grid_0.80_49.95", "grid_0.85_49.9", "grid_00.85_49.95", "grid_180.05_0.05",
-                "grid_0.85_90.05", "grid_0.85_49.95\n", "../grid_0.85_49.95", "grid_+0.85_1.05"):  # fmt: skip
+    bad_names = [
+        "grid_0.80_49.95",
+        "grid_0.85_49.9",
+        "grid_00.85_49.95",
+        "grid_180.05_0.05",
+        "grid_0.85_90.05",
+        "grid_0.85_49.95\n",
+        "../grid_0.85_49.95",
+        "grid_+0.85_1.05",
+    ]
+    for bad in bad_names:
         with pytest.raises(ValueError, match="not grid_<lon>_<lat>"):
             check_tile_name(bad)
-    assert [year_of_branch(b) for b in ("2024", "99999", "0042", "main", "２０２４")] == [
-        2024, None, None, None, None
-    ]  # fmt: skip
+    branches = ("2024", "99999", "0042", "main", "\uff12\uff10\uff12\uff14")  # fullwidth digits
+    assert [year_of_branch(b) for b in branches] == [2024, None, None, None, None]
     with pytest.raises(ValueError):
-        parse_zone_list({"format": "tessera-vz zone list", "zones": [{"zone": 0, "repo": "utm00.icechunk"}]})  # fmt: skip
+        parse_zone_list(
+            {"format": "tessera-vz zone list", "zones": [{"zone": 0, "repo": "utm00.icechunk"}]}
+        )
     assert printable("grid\x1b]0;pwned\x07\u202e") == "grid\\x1b]0;pwned\\x07\\u202e"
 
 
@@ -244,7 +254,7 @@ def test_a_name_resolving_to_loopback_is_refused_on_the_address_connected_to(
     tree: tuple[Path, list[TileSpec]], nginx: NginxServer, tmp_path: Path
 ) -> None:
     """``localhost`` passes no name check; the resolver refuses the address it gives."""
-    root, specs = tree
+    _root, specs = tree
     named = nginx.url.replace("127.0.0.1", "localhost")
     out = tmp_path / "index"
     assert run_index(IndexOptions(source=named, out=str(out))).exit_code == 0
@@ -273,8 +283,13 @@ def test_allowed_sources_match_parsed_parts_on_segment_boundaries(
     assert not under("https://mirror.example.org.attacker.net/x", "https://mirror.example.org")
     assert not under("https://mirror.example.org/tilesX/a", "https://mirror.example.org/tiles")
     assert under("https://Mirror.example.org:443/tiles/a", "https://mirror.example.org/tiles")
-    for sneaky in ("https://m.org/tiles/../secret/a", "https://m.org/tiles/%2e%2e/secret/a",
-                   "https://m.org/tiles/%2E%2E%2Fsecret/a", "https://u:p@m.org/tiles/a"):  # fmt: skip
+    sneaky_urls = [
+        "https://m.org/tiles/../secret/a",
+        "https://m.org/tiles/%2e%2e/secret/a",
+        "https://m.org/tiles/%2E%2E%2Fsecret/a",
+        "https://u:p@m.org/tiles/a",
+    ]
+    for sneaky in sneaky_urls:
         assert not under(sneaky, "https://m.org/tiles/")
     files = SourceFiles(["https://m.org/tiles/"])
     assert files.root_of("https://m.org/tiles/2024/x.npy") == "https://m.org/tiles/"
@@ -292,11 +307,12 @@ def test_allowed_sources_match_parsed_parts_on_segment_boundaries(
 
 
 def test_addresses_refused_without_permission() -> None:
-    for address, kind in [("127.0.0.1", "loopback"), ("::1", "loopback"), ("10.1.2.3", "private"),
-                          ("192.168.0.1", "private"), ("172.16.5.4", "private"),
-                          ("fd00::1", "private"), ("169.254.169.254", "link-local"),
-                          ("fe80::1", "link-local"), ("224.0.0.1", "multicast"),
-                          ("0.0.0.0", "unspecified"), ("::ffff:127.0.0.1", "loopback")]:  # fmt: skip
+    cases = [("127.0.0.1", "loopback"), ("::1", "loopback"), ("10.1.2.3", "private"),
+             ("192.168.0.1", "private"), ("172.16.5.4", "private"), ("fd00::1", "private"),
+             ("169.254.169.254", "link-local"), ("fe80::1", "link-local"),
+             ("224.0.0.1", "multicast"), ("0.0.0.0", "unspecified"),
+             ("::ffff:127.0.0.1", "loopback")]  # fmt: skip
+    for address, kind in cases:
         assert refusal(address) == kind, address
     assert refusal("93.184.216.34") is None and refusal("2606:4700::1111") is None
 
