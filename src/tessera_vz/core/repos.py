@@ -69,16 +69,33 @@ def container_for(
     return ic.VirtualChunkContainer(url_prefix, store, name=container_name(url_prefix))
 
 
-def storage_for(location: str, *, s3_options: dict[str, Any] | None = None) -> ic.Storage:
-    """Icechunk storage of one repository at a local path or ``s3://`` URL."""
+def storage_for(
+    location: str,
+    *,
+    s3_options: dict[str, Any] | None = None,
+    options: ReadOptions | None = None,
+) -> ic.Storage:
+    """Icechunk storage of one repository at a local path or an ``s3://`` or ``http(s)://`` URL.
+
+    A published repository (``http(s)://``) is read through
+    :mod:`~tessera_vz.core.published` under ``options`` (the reader's
+    policy: timeouts, retries, a size cap, no redirect elsewhere).
+    """
     parts = urlsplit(location)
     if parts.scheme == "s3":
         if not parts.netloc:
             raise ConfigurationError(f"repository location {location!r} names no bucket")
         return s3_settings(s3_options).storage(parts.netloc, parts.path.strip("/"))
     if parts.scheme in ("http", "https"):
-        # A published copy on a web server: Icechunk's read-only HTTP storage.
-        return ic.http_storage(location.rstrip("/") + "/")
+        # A published copy on a web server: Icechunk's read-only HTTP storage, pointed
+        # at our loopback proxy, which fetches through the boundary.
+        from tessera_vz.core.published import proxy
+
+        read = options if options is not None else ReadOptions()
+        wait = f"{int(read.policy.worst_case()) + 10}s"
+        return ic.http_storage(
+            proxy().url_for(location, read), opts={"timeout": wait, "connect_timeout": "5s"}
+        )
     if parts.scheme not in ("", "file"):
         raise ConfigurationError(
             f"repository location {location!r}: expected a local path, an s3:// URL or an "

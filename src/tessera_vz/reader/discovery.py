@@ -26,6 +26,7 @@ from tessera_vz.core.layout import ZONE_LIST, parse_zone_list
 from tessera_vz.core.loop import sync
 from tessera_vz.core.options import ReadOptions
 from tessera_vz.core.permissions import authorised
+from tessera_vz.core.published import published_errors
 from tessera_vz.core.repos import (
     credentials,
     read_config,
@@ -94,8 +95,10 @@ def open_repository(
     ``allowed_sources``, redirect targets such as a CDN behind a mirror),
     so tessera-vz's own reads trust exactly what Icechunk's do.
     """
-    storage = storage_for(location, s3_options=options.s3)
-    cfg = with_read_policy(read_config(ic.Repository.fetch_config(storage)), options.policy)
+    storage = storage_for(location, s3_options=options.s3, options=options)
+    with published_errors(location):
+        fetched = ic.Repository.fetch_config(storage)
+    cfg = with_read_policy(read_config(fetched), options.policy)
     cfg = with_users_s3(cfg, options.s3)
     wanted = list((cfg.virtual_chunk_containers or {}).keys())
     trusted = [p for p in wanted if authorised(p, options)]
@@ -109,10 +112,16 @@ def open_repository(
     if options.allowed_sources is not None:
         # Redirect targets the user authorised (a CDN behind the mirror).
         files.allow(options.allowed_sources)
-    return ic.Repository.open(storage, config=cfg, authorize_virtual_chunk_access=creds or None)
+    with published_errors(location):
+        return ic.Repository.open(
+            storage, config=cfg, authorize_virtual_chunk_access=creds or None
+        )
 
 
 def containers(location: str, options: ReadOptions) -> list[str]:
     """Source URL prefixes a zone's repository wants to read from (trusted or not)."""
-    cfg = ic.Repository.fetch_config(storage_for(location, s3_options=options.s3))
+    with published_errors(location):
+        cfg = ic.Repository.fetch_config(
+            storage_for(location, s3_options=options.s3, options=options)
+        )
     return sorted((cfg.virtual_chunk_containers or {}).keys()) if cfg else []
