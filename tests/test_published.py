@@ -86,7 +86,9 @@ def test_a_published_index_reads_what_the_local_copy_reads(site: dict[str, Any])
 def test_the_tiles_table_cache_serves_a_second_reader(site: dict[str, Any]) -> None:
     server: NginxServer = site["server"]
     spec = site["list"][1]
-    open_store(site["url"], allow_private_sources=True).point(spec.lon, spec.lat, YEAR)  # fills the cache
+    open_store(site["url"], allow_private_sources=True).point(
+        spec.lon, spec.lat, YEAR
+    )  # fills the cache
     server.clear_log()
     open_store(site["url"], allow_private_sources=True).point(spec.lon, spec.lat, YEAR)
     tables = [r for r in server.requests() if "/index/" in r["uri"] and "/tiles/" in r["uri"]]

@@ -59,7 +59,7 @@ def _info(
 
 
 def test_one_slash_and_the_same_answers(www: Path, liar: LiarServer) -> None:
-    local = open_store(str(www / "index"))
+    local = open_store(str(www / "index"), allow_local_sources=True)
     remote = open_store(liar.url + "index/", allow_local_sources=True)
     assert remote.zones() == local.zones() == [31]
     table, want = remote.tiles(YEAR, 31), local.tiles(YEAR, 31)

@@ -113,9 +113,7 @@ def open_repository(
         # Redirect targets the user authorised (a CDN behind the mirror).
         files.allow(options.allowed_sources)
     with published_errors(location):
-        return ic.Repository.open(
-            storage, config=cfg, authorize_virtual_chunk_access=creds or None
-        )
+        return ic.Repository.open(storage, config=cfg, authorize_virtual_chunk_access=creds or None)
 
 
 def containers(location: str, options: ReadOptions) -> list[str]:
