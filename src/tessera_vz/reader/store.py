@@ -71,7 +71,7 @@ class TesseraStore:
         versions: Versions = None,
     ) -> None:  # fmt: skip
         self.root = root
-        self.options = options if options is not None else ReadOptions()
+        self.options = with_remembered(root, options or ReadOptions())  # docs/security.md
         self.versions: Pins = pins(versions)
         self._locations = zones
         # Checks the CA file too: a missing one is a clear error now, not at first read.
@@ -433,11 +433,8 @@ def open_store(
 
     Give either ``options`` (a :class:`~tessera_vz.core.options.ReadOptions`)
     or its fields as keywords: ``retries`` and ``timeout`` (seconds per
-    attempt) bound every source read, ``allow_local_sources``,
-    ``allow_private_sources`` (loopback and private addresses) and
-    ``allowed_sources`` say which sources may be read (besides those
-    remembered for this index: ``tessera-vz index`` remembers its SOURCE
-    for its ``--out``, see ``docs/security.md``), ``s3_options`` how to
+    attempt) bound every source read, ``allow_local_sources``, ``allow_private_sources``
+    and ``allowed_sources`` say which sources may be read, ``s3_options`` how to
     reach S3, ``ca_file`` an extra CA to trust for HTTPS, and
     ``direct_reads=False`` sends pixel reads through Icechunk instead of
     tessera-vz's checked reader.
@@ -456,7 +453,6 @@ def open_store(
         )
     pinned = pins(versions)
     quiet_icechunk()
-    options = with_remembered(path, options)  # what the user allowed for this index before
     zones = discover_zones(path, options)
     return TesseraStore(path, zones, options, pinned)
 
