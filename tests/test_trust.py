@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import icechunk as ic
@@ -38,34 +37,15 @@ from tessera_vz.reader import open_store
 from tessera_vz.testing.liar import LiarServer
 from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.s3 import MotoS3
-from tessera_vz.testing.tiles import TileSpec, make_tree
+from tessera_vz.testing.tiles import TileSpec
+
+from . import test_untrusted
+
+# The tree, its nginx over HTTPS on 127.0.0.1 and the index the user made of it.
+tree, nginx, http_index = test_untrusted.tree, test_untrusted.nginx, test_untrusted.http_index
 
 YEAR = 2024
 ZONE = 31
-BBOX = (0.8, 49.8, 1.0, 50.0)
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[TileSpec]]:
-    root = tmp_path_factory.mktemp("trust-tree")
-    return root, make_tree(root, bbox=BBOX, years=(YEAR,), bands=2)
-
-
-@pytest.fixture(scope="module")
-def nginx(tree: tuple[Path, list[TileSpec]]) -> Iterator[NginxServer]:
-    with NginxServer(tree[0]) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def http_index(
-    tree: tuple[Path, list[TileSpec]], nginx: NginxServer, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """An index of the tree over nginx on 127.0.0.1, made by this user (remembered)."""
-    out = tmp_path_factory.mktemp("trust-index")
-    opts = IndexOptions(source=nginx.url, out=str(out), manifest=str(tree[0] / "manifest.parquet"))
-    assert run_index(opts).exit_code == 0
-    return out
 
 
 def _expected(root: Path, spec: TileSpec, lon: float, lat: float, store: object) -> np.ndarray:
