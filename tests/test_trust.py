@@ -74,7 +74,9 @@ def _rename_tile(index: Path, old: str, new: str) -> None:
 # -- 2. names from an index never become paths or terminal control -----------------
 
 
-@pytest.mark.parametrize("crafted", ["../../../escaped", "/tmp/abs-escape", "grid_0.85_49.95/.."])
+@pytest.mark.parametrize(
+    "crafted", ["../../../../../escaped", "/tmp/abs-escape", "grid_0.85_49.95/.."]
+)
 def test_catalog_tile_names_never_become_paths(
     http_index: Path,
     tree: tuple[Path, list[TileSpec]],
