@@ -82,10 +82,16 @@ def remember(root: str, sources: Iterable[str]) -> None:
     """Record that the user allows ``sources`` for the index at ``root`` (kept, deduplicated)."""
     new = [check_root(s) for s in sources]
     folder = config_dir()
+    try:
+        _remember(folder, index_key(root), new)
+    except OSError as exc:  # a read-only home: the run goes on, the user passes the flag
+        log.warning("could not remember the sources of %s in %s: %s", root, folder, exc)
+
+
+def _remember(folder: Path, key: str, new: list[str]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     with file_lock(folder / (FILE + ".lock")):
         indexes = _load()
-        key = index_key(root)
         have = indexes.get(key, [])
         if all(s in have for s in new):
             return
