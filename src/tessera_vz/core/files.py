@@ -126,6 +126,34 @@ def atomic_path(
         raise
 
 
+def inside(directory: str | Path, *names: str) -> Path:
+    """``directory/name/…``, refused (``ValueError``) unless it stays inside ``directory``.
+
+    Names that come from an index (tile names, years, zones) become file
+    names in a folder the user chose. Each must be one plain segment (no
+    ``/`` or ``\\``, not empty, ``.`` or ``..``, no control character), and
+    the path, resolved (symlinks followed), must still lie under the
+    resolved ``directory``: two checks, so neither a crafted name nor a
+    link planted in the output folder carries a write elsewhere.
+    """
+    base = Path(directory)
+    for name in names:
+        if (
+            not isinstance(name, str)
+            or name in ("", ".", "..")
+            or any(c in name for c in "/\\")
+            or any(ord(c) < 32 or ord(c) == 127 for c in name)
+        ):
+            raise ValueError(
+                f"{str(name)[:80]!r} is not a plain file name; nothing is written outside {base}"
+            )
+    path = base.joinpath(*names)
+    root = base.resolve()
+    if not path.resolve().is_relative_to(root):
+        raise ValueError(f"{path} resolves outside {root}; not written")
+    return path
+
+
 def atomic_write_bytes(target: str | Path, data: bytes, *, mode: int | None = None) -> None:
     """Write ``data`` to ``target`` through :func:`atomic_path` (a reader never sees half)."""
     with atomic_path(target, mode=mode) as tmp, open(tmp, "xb") as f:

@@ -21,6 +21,7 @@ from obstore.store import ObjectStore
 
 from tessera_vz.core.dataset import Dataset
 from tessera_vz.core.errors import ConfigurationError
+from tessera_vz.core.permissions import remember
 from tessera_vz.core.progress import ProgressStart, no_progress
 from tessera_vz.core.repos import quiet_icechunk
 from tessera_vz.indexer.datasets import (
@@ -110,6 +111,9 @@ def run_index(opts: IndexOptions, progress: ProgressStart = no_progress) -> Repo
     # One dataset, one source per index: refused here, before anything is written.
     identity = settle(opts.out, recorded(opts.out, opts.s3_options), dataset, root,
                       explicit=bool(opts.dataset), move_source=opts.move_source)  # fmt: skip
+    # The user indexed this tree: reading it back from this index needs no permission
+    # again on this machine (remembered here, never in the index, which travels).
+    remember(opts.out, [root.url, *opts.allowed_sources])
     tiles, failures = _inventory(opts, root, store, manifest, identity.dataset)
     report = Report(failed=list(failures), dataset=identity.label, source=root.url)
     units = split_units(tiles)

@@ -69,10 +69,16 @@ class IndexOptions:
 
 
 def read_options(opts: IndexOptions) -> ReadOptions:
-    """How the run reads its source: retry policy, the source's S3 settings, extra CA."""
+    """How the run reads its source: retry policy, the source's S3 settings, extra CA.
+
+    The run reads only what the user named (SOURCE, the manifest,
+    ``--allow-source``), so those may be on loopback or private addresses.
+    """
     policy = RetryPolicy(retries=opts.retries, timeout=opts.timeout, backoff=opts.backoff)
     s3 = tuple(sorted(source_s3_options(opts).items()))
-    return ReadOptions(policy=policy, s3_options=s3, ca_file=opts.ca_file)
+    return ReadOptions(
+        policy=policy, s3_options=s3, ca_file=opts.ca_file, allow_private_sources=True
+    )
 
 
 def source_files(opts: IndexOptions, root: SourceRoot) -> SourceFiles:

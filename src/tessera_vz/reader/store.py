@@ -30,6 +30,7 @@ from tessera_vz.core.coords import check_lonlat
 from tessera_vz.core.errors import ConfigurationError, TileNotFoundError
 from tessera_vz.core.geometry import cell_centre, utm_zone
 from tessera_vz.core.options import ReadOptions
+from tessera_vz.core.permissions import with_remembered
 from tessera_vz.core.progress import no_progress
 from tessera_vz.core.quantisation import dequantise, valid_scale
 from tessera_vz.core.repos import quiet_icechunk
@@ -70,7 +71,7 @@ class TesseraStore:
         versions: Versions = None,
     ) -> None:  # fmt: skip
         self.root = root
-        self.options = options if options is not None else ReadOptions()
+        self.options = with_remembered(root, options or ReadOptions())  # docs/security.md
         self.versions: Pins = pins(versions)
         self._locations = zones
         # Checks the CA file too: a missing one is a clear error now, not at first read.
@@ -408,7 +409,7 @@ def open_store(
     path: str, *, options: ReadOptions | None = None, allow_local_sources: bool = False,
     allowed_sources: Iterable[str] | None = None, s3_options: dict[str, Any] | None = None,
     retries: int | None = None, timeout: float | None = None, direct_reads: bool = True,
-    ca_file: str | None = None, versions: Versions = None,
+    ca_file: str | None = None, versions: Versions = None, allow_private_sources: bool = False,
 ) -> TesseraStore:  # fmt: skip
     """Open the index written by ``tessera-vz index --out PATH``.
 
@@ -421,8 +422,8 @@ def open_store(
 
     Give either ``options`` (a :class:`~tessera_vz.core.options.ReadOptions`)
     or its fields as keywords: ``retries`` and ``timeout`` (seconds per
-    attempt) bound every source read, ``allow_local_sources`` /
-    ``allowed_sources`` say which sources may be read, ``s3_options`` how to
+    attempt) bound every source read, ``allow_local_sources``, ``allow_private_sources``
+    and ``allowed_sources`` say which sources may be read, ``s3_options`` how to
     reach S3, ``ca_file`` an extra CA to trust for HTTPS, and
     ``direct_reads=False`` sends pixel reads through Icechunk instead of
     tessera-vz's checked reader.
@@ -431,11 +432,11 @@ def open_store(
         options = ReadOptions.of(
             retries=retries, timeout=timeout, allow_local_sources=allow_local_sources,
             allowed_sources=allowed_sources, s3_options=s3_options, direct_reads=direct_reads,
-            ca_file=ca_file,
+            ca_file=ca_file, allow_private_sources=allow_private_sources,
         )  # fmt: skip
     elif (allow_local_sources, allowed_sources, s3_options, retries, timeout, ca_file) != (
         False, None, None, None, None, None
-    ) or not direct_reads:  # fmt: skip
+    ) or not direct_reads or allow_private_sources:  # fmt: skip
         raise ConfigurationError(
             "give either options=ReadOptions(...) or its fields as keywords, not both"
         )
