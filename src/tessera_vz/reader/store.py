@@ -307,7 +307,7 @@ class TesseraStore:
         self, bbox: tuple[float, float, float, float], year: int | Sequence[int] | None = None,
         *, years: Sequence[int] | None = None, zone: int | None = None, crs: Any = None,
         resolution: float | Sequence[float] | None = None, dequantise: bool = True,
-        gap: int = DEFAULT_GAP,
+        gap: int = DEFAULT_GAP, rows: tuple[int, int] | None = None,
     ) -> xr.Dataset:  # fmt: skip
         """A lon/lat box on one grid, read from every zone it reaches.
 
@@ -339,12 +339,14 @@ class TesseraStore:
         each tile row. At most :data:`~tessera_vz.reader.windows.MAX_PIXELS`
         pixels are returned, and at most as many read per year (the windows
         of all zones), which bounds memory; larger areas go through
-        :meth:`open_zone`.
+        :meth:`open_zone`. ``rows=(r0, r1)`` reads only those rows of the
+        grid, pixel for pixel as the whole region holds them (larger areas in
+        strips, as :mod:`tessera_vz.maps` does; a strip may be all NaN).
         """
         ys, series = years_asked(year, years)
         return regions.read_region(
             self._zone_years, bbox, ys, series, zone=zone, crs=crs, resolution=resolution,
-            dequantise=dequantise, gap=gap,
+            dequantise=dequantise, gap=gap, rows=rows,
         )  # fmt: skip
 
     def open_zone(

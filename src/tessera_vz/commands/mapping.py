@@ -1,0 +1,93 @@
+"""What ``classify``, ``similar`` and ``change`` share: the area, the checks, the report.
+
+Each map command refuses everything it can before a pixel is read (the
+area, its grid and size, the output, the years and pinned versions), then
+computes its map strip by strip (:mod:`tessera_vz.maps.strips`, a progress
+bar on stderr) and writes a Cloud-Optimised GeoTIFF with
+:func:`tessera_vz.export.write_map`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tessera_vz.commands.common import check_versions, check_years, err
+from tessera_vz.commands.region import resolution
+from tessera_vz.core.coords import check_bbox
+from tessera_vz.core.errors import ConfigurationError
+
+#: Largest map, in pixels: the map itself is held in memory (a few bytes a pixel).
+MAX_MAP_PIXELS = 100_000_000
+
+
+def area_of(args: argparse.Namespace) -> Any:
+    """The :class:`~tessera_vz.maps.area.Area` of the flags, its grid checked (no I/O)."""
+    from tessera_vz.maps.area import Area, bbox_of_file
+
+    bbox = check_bbox(tuple(args.bbox)) if args.bbox else bbox_of_file(args.region_file)
+    if args.zone is not None and not 1 <= args.zone <= 60:
+        raise ConfigurationError(f"--zone: UTM zones are 1-60, got {args.zone}")
+    area = Area(bbox, zone=args.zone, crs=args.crs, resolution=resolution(args.resolution))
+    try:
+        grid, _ = area.grid()
+    except ValueError as exc:  # an unknown CRS, a grid that cannot be built
+        raise ConfigurationError(f"{exc}") from None
+    if grid.size > MAX_MAP_PIXELS:
+        raise ConfigurationError(
+            f"the area {list(bbox)} is {grid.height} x {grid.width} pixels on this grid, over "
+            f"the {MAX_MAP_PIXELS}-pixel limit of a map; map a smaller area or a coarser "
+            "--resolution"
+        )
+    return area
+
+
+def check_area_years(store: Any, area: Any, years: Sequence[int]) -> None:
+    """The years are indexed in the zones the area reaches, pinned versions exist (else exit 2)."""
+    from tessera_vz.core.geometry import utm_zone
+
+    w, _, e, _ = area.bbox
+    zones = set(range(int(utm_zone(w)), int(utm_zone(e)) + 1))
+    zones |= {area.zone} if area.zone else set()
+    check_years(store, years, zones)
+    check_versions(store, years, zones)
+
+
+def check_out(path: str, flag: str = "--out", suffixes: tuple[str, ...] = (".tif", ".tiff")) -> Path:
+    """An output file of one of ``suffixes`` in a writable folder (else exit 2)."""
+    from tessera_vz.export import check_writable_folder
+
+    target = Path(path)
+    if target.suffix.lower() not in suffixes:
+        raise ConfigurationError(
+            f"{flag} must end in {' or '.join(suffixes)}; got {target.suffix or 'no suffix'} "
+            f"in {path!r}"
+        )
+    check_writable_folder(target)
+    return target
+
+
+def report(args: argparse.Namespace, ds: Any, written: Sequence[Path], **extra: Any) -> None:
+    """The command's report: one JSON object on stdout with ``--json``, else a line on stderr."""
+    doc = {
+        "out": args.out,
+        "files": [str(f) for f in written],
+        "shape": {"y": int(ds.sizes["y"]), "x": int(ds.sizes["x"])},
+        "proj:code": ds.attrs.get("proj:code"),
+        "grid": ds.attrs.get("tessera:grid"),
+        "zones": ds.attrs.get("tessera:zones"),
+        "tessera:versions": ds.attrs.get("tessera:versions"),
+        "tessera:dataset": ds.attrs.get("tessera:dataset"),
+        **extra,
+    }
+    if args.json:
+        print(json.dumps(doc))
+        return
+    err.print(
+        f"wrote {', '.join(doc['files'])}: {doc['shape']['y']} x {doc['shape']['x']} pixels in "
+        f"{doc['proj:code'] or 'the requested CRS'} (read {doc['tessera:versions']})",
+        markup=False,
+    )
