@@ -16,6 +16,7 @@ cosine to the reference, change the cosine distance between the years.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,7 +147,7 @@ def test_region_strips_equal_one_read(store: TesseraStore, crs: str | None) -> N
     for raw in (False, True):
         ref = whole if not raw else store.region(AREA if crs is None else SMALL, 2024, crs=crs,
                                                  dequantise=False)  # fmt: skip
-        for r0, r1 in zip(cuts[:-1], cuts[1:], strict=True):
+        for r0, r1 in itertools.pairwise(cuts):
             part = store.region(AREA if crs is None else SMALL, 2024, crs=crs, rows=(r0, r1),
                                 dequantise=not raw)  # fmt: skip
             np.testing.assert_array_equal(part["embeddings"].values,
@@ -266,7 +267,7 @@ def test_a_model_of_another_dataset_is_refused(store: TesseraStore, training: An
     x, labels, _ = training_set(store, training, 2024, "label")
     other = dict(store.dataset(), **{"tessera:dataset": "9.9/elsewhere"})
     model = fit(x, labels, "logistic", other)
-    with pytest.raises(DatasetMismatchError, match="9.9/elsewhere"):
+    with pytest.raises(DatasetMismatchError, match=r"9\.9/elsewhere"):
         predict(store, Area(AREA), 2024, model)
 
 
@@ -301,7 +302,10 @@ def test_classify_command_writes_a_cog_and_class_table(
     ds = predict(store, Area(AREA), 2024, load_model(model_file))
     np.testing.assert_array_equal(band, ds["classes"].values)
     with (tmp_path / "classes_classes.csv").open() as f:
-        assert list(csv.DictReader(f)) == [{"code": "0", "name": "neg"}, {"code": "1", "name": "pos"}]
+        assert list(csv.DictReader(f)) == [
+            {"code": "0", "name": "neg"},
+            {"code": "1", "name": "pos"},
+        ]
     assert json.loads((tmp_path / "classes_classes.json").read_text())["nodata"] == NODATA
     with rasterio.open(tmp_path / "classes_probabilities.tif") as f:
         assert f.count == 2 and f.descriptions == ("p_neg", "p_pos")
@@ -320,13 +324,56 @@ def test_map_commands_refuse_before_reading(
     out = str(tmp_path / "x.tif")
     cases = [
         (["classify", "--bbox", *bbox, "--year", "2024", "--out", out], "TRAINING"),
-        (["classify", str(tmp_path / "none.csv"), "--label", "l", "--bbox", *bbox, "--year",
-          "2024", "--out", out], "does not exist"),  # fmt: skip
-        (["similar", "--lon", "0", "--lat", "52.1", "--bbox", *bbox, "--year", "2024", "--out",
-          str(tmp_path / "x.png")], ".tif"),  # fmt: skip
+        (
+            [
+                "classify",
+                str(tmp_path / "none.csv"),
+                "--label",
+                "l",
+                "--bbox",
+                *bbox,
+                "--year",
+                "2024",
+                "--out",
+                out,
+            ],
+            "does not exist",
+        ),
+        (
+            [
+                "similar",
+                "--lon",
+                "0",
+                "--lat",
+                "52.1",
+                "--bbox",
+                *bbox,
+                "--year",
+                "2024",
+                "--out",
+                str(tmp_path / "x.png"),
+            ],
+            ".tif",
+        ),
         (["similar", "--lon", "0", "--bbox", *bbox, "--year", "2024", "--out", out], "--lat"),
-        (["similar", "--lon", "0", "--lat", "52.1", "--bbox", *bbox, "--year", "2024", "--out",
-          out, "--top", "5"], "--matches"),  # fmt: skip
+        (
+            [
+                "similar",
+                "--lon",
+                "0",
+                "--lat",
+                "52.1",
+                "--bbox",
+                *bbox,
+                "--year",
+                "2024",
+                "--out",
+                out,
+                "--top",
+                "5",
+            ],
+            "--matches",
+        ),
         (["change", "--years", "2024", "--bbox", *bbox, "--out", out], "two years"),
         (["change", "--years", "2022,2024", "--bbox", *bbox, "--out", out], "2022"),
     ]

@@ -21,7 +21,9 @@ def cmd_change(args: argparse.Namespace) -> int:
 
     years = parse_years(args.years)
     if len(years) != 2:
-        raise ConfigurationError(f"--years names the two years compared, e.g. 2023,2024; got {args.years!r}")
+        raise ConfigurationError(
+            f"--years names the two years compared, e.g. 2023,2024; got {args.years!r}"
+        )
     area = area_of(args)
     out = check_out(args.out)
     store = open_index(args)

@@ -56,7 +56,9 @@ def check_area_years(store: Any, area: Any, years: Sequence[int]) -> None:
     check_versions(store, years, zones)
 
 
-def check_out(path: str, flag: str = "--out", suffixes: tuple[str, ...] = (".tif", ".tiff")) -> Path:
+def check_out(
+    path: str, flag: str = "--out", suffixes: tuple[str, ...] = (".tif", ".tiff")
+) -> Path:
     """An output file of one of ``suffixes`` in a writable folder (else exit 2)."""
     from tessera_vz.export import check_writable_folder
 

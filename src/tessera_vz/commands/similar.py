@@ -10,6 +10,7 @@ similar pixels as GeoParquet.
 from __future__ import annotations
 
 import argparse
+
 import numpy as np
 
 from tessera_vz.commands.classify import _one_year
@@ -21,8 +22,8 @@ from tessera_vz.core.errors import ConfigurationError
 
 def cmd_similar(args: argparse.Namespace) -> int:
     from tessera_vz.export import write_map
-    from tessera_vz.maps.matches import write_matches
     from tessera_vz.maps.cosine import reference_embeddings, similar
+    from tessera_vz.maps.matches import write_matches
 
     year = _one_year(args.year)
     area = area_of(args)
@@ -63,4 +64,3 @@ def cmd_similar(args: argparse.Namespace) -> int:
     report(args, ds, written, references=int(embeddings.shape[0]), how=args.how,
            matches=None if matches is None else matches.num_rows)  # fmt: skip
     return 0
-

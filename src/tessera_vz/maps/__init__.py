@@ -17,8 +17,8 @@ from tessera_vz.core.lazy import exports
 if TYPE_CHECKING:
     from tessera_vz.maps.area import Area, bbox_of_file
     from tessera_vz.maps.classify import fit, predict, training_set
-    from tessera_vz.maps.model import Model, load_model
     from tessera_vz.maps.cosine import change, reference_embeddings, similar
+    from tessera_vz.maps.model import Model, load_model
 
 __getattr__, __dir__ = exports(
     __name__,

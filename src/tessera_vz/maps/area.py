@@ -25,7 +25,7 @@ REGION_FILES = (".geojson", ".json", ".parquet", ".geoparquet")
 
 @dataclass(frozen=True)
 class Area:
-    """A lon/lat bbox and the grid options of ``store.region`` (``zone``, ``crs``, ``resolution``)."""
+    """A lon/lat bbox and the grid options of ``store.region`` (zone, crs, resolution)."""
 
     bbox: tuple[float, float, float, float]
     zone: int | None = None

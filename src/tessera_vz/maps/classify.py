@@ -84,7 +84,9 @@ def fit(
             f"in {len(labels)} labelled points with embeddings"
         )
     if len(classes) >= NODATA:
-        raise ConfigurationError(f"at most {NODATA - 1} classes fit in a uint8 map; got {len(classes)}")
+        raise ConfigurationError(
+            f"at most {NODATA - 1} classes fit in a uint8 map; got {len(classes)}"
+        )
     codes = np.searchsorted(np.asarray(classes), np.asarray(labels, dtype=str))
     counts = np.bincount(codes, minlength=len(classes))
     report: dict[str, Any] = {
@@ -154,5 +156,7 @@ def predict(
                                         {"long_name": "class probability"})  # fmt: skip
     attrs = {"tessera:map": "classes", "tessera:model": model.kind, "tessera:year": int(year),
              "tessera:classes": list(model.classes), "tessera:label": model.label}  # fmt: skip
-    return map_strips(store, area, [year], strip, layers, attrs=attrs,
-                      strip_pixels=strip_pixels, progress=progress, label=f"classes {year}")  # fmt: skip
+    return map_strips(
+        store, area, [year], strip, layers, attrs=attrs, strip_pixels=strip_pixels,
+        progress=progress, label=f"classes {year}",
+    )  # fmt: skip

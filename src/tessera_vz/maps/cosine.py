@@ -22,8 +22,8 @@ from numpy.typing import NDArray
 from tessera_vz.core.errors import ConfigurationError, TileNotFoundError
 from tessera_vz.core.progress import ProgressStart, no_progress
 from tessera_vz.maps.area import Area
-from tessera_vz.maps.strips import STRIP_PIXELS, Layer, chunks, map_strips, unit_rows
 from tessera_vz.maps.matches import top_matches
+from tessera_vz.maps.strips import STRIP_PIXELS, Layer, chunks, map_strips, unit_rows
 from tessera_vz.reader.samples import band_names
 
 #: How similarities to several references combine.

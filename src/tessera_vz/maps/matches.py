@@ -60,4 +60,3 @@ def write_matches(table: pa.Table, path: str) -> None:
 
     with atomic_path(path, kind="partial.parquet") as tmp:
         pq.write_table(table, tmp)
-

@@ -87,7 +87,7 @@ def load_model(path: str | Path) -> Model:
         raise ConfigurationError(f"--model-in {str(path)!r} does not exist")
     try:
         model = joblib.load(p)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a model"
+    except Exception as exc:
         raise ConfigurationError(f"cannot load model {str(path)!r}: {exc}") from None
     if not isinstance(model, Model) or model.format != FORMAT:
         raise ConfigurationError(

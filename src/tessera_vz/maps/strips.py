@@ -24,8 +24,8 @@ from numpy.typing import NDArray
 
 from tessera_vz.core.errors import TileNotFoundError
 from tessera_vz.core.progress import ProgressStart, no_progress
-from tessera_vz.reader.georef import grid_dataset
 from tessera_vz.maps.area import Area
+from tessera_vz.reader.georef import grid_dataset
 from tessera_vz.reader.grids import Grid
 
 log = logging.getLogger(__name__)
@@ -134,9 +134,7 @@ def _dataset(
 ) -> xr.Dataset:
     """The map's arrays as a georeferenced Dataset naming what was read."""
     size = max((layer.size for layer in layers.values() if layer.dims), default=0)
-    data_vars = {
-        name: (("y", "x", *layer.dims), out[name]) for name, layer in layers.items()
-    }
+    data_vars = {name: (("y", "x", *layer.dims), out[name]) for name, layer in layers.items()}
     info = {
         "tessera:bbox": list(map(float, area.bbox)),
         "tessera:grid": why,

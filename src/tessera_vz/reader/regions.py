@@ -15,8 +15,8 @@ scales are copied together, so raw int8 output stays exact.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
