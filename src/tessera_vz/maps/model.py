@@ -108,7 +108,8 @@ def estimator(kind: str, samples: int) -> Any:
     if kind == "knn":
         return KNeighborsClassifier(n_neighbors=max(1, min(5, samples)))
     if kind == "forest":
-        return RandomForestClassifier(n_estimators=100, random_state=0)
+        # 50 trees: predicting every pixel costs about the read of the area (benchmarks/maps.py)
+        return RandomForestClassifier(n_estimators=50, random_state=0)
     if kind == "logistic":
         return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     raise ConfigurationError(f"--model must be one of {', '.join(MODELS)}; got {kind!r}")

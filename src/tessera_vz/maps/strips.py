@@ -14,6 +14,7 @@ and dataset), identical whatever the strip height.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,9 +31,9 @@ from tessera_vz.reader.grids import Grid
 
 log = logging.getLogger(__name__)
 
-#: Pixels per strip by default: 262,144 pixels of 128 bands are 128 MiB of
+#: Pixels per strip by default: 131,072 pixels of 128 bands are 64 MiB of
 #: float32 (plus the int8 bytes and scales read), whatever the area.
-STRIP_PIXELS = 1 << 18
+STRIP_PIXELS = 1 << 17
 #: Pixels of a strip computed at a time in float64 (32 MiB of 128 bands).
 CHUNK_PIXELS = 1 << 15
 
@@ -76,7 +77,8 @@ def map_strips(
     """Compute a map of ``area`` strip by strip; a Dataset on the region's grid.
 
     Each strip of whole rows is read through ``store.region(..., rows=…)``
-    for ``years`` (embeddings dequantised, NaN where no data), and
+    for ``years`` (embeddings dequantised, NaN where no data; the next
+    strip is read while one is computed), and
     ``func(values, valid)`` is called with the pixels valid in every year
     only; other pixels keep each layer's ``fill``. ``progress(label,
     rows)`` reports rows done.
@@ -95,25 +97,35 @@ def map_strips(
     advance = progress(label, grid.height)
     zones: set[int] = set()
     valid_pixels = 0
-    for r0, r1 in strip_rows(grid, strip_pixels):
-        ds = store.region(
+
+    def read(rows: tuple[int, int]) -> xr.Dataset:
+        return store.region(
             area.bbox, years=list(years), zone=area.zone, crs=area.crs,
-            resolution=area.resolution, rows=(r0, r1),
+            resolution=area.resolution, rows=rows,
         )  # fmt: skip
-        zones.update(int(z) for z in ds.attrs.get("tessera:zones", []))
-        emb = ds["embeddings"].values  # (years, h, w, bands)
-        values = emb.reshape(len(years), -1, emb.shape[-1])
-        del ds, emb
-        valid = ~np.isnan(values).any(axis=(0, 2))
-        idx = np.flatnonzero(valid)
-        valid_pixels += idx.size
-        if idx.size:
-            got = func(values[:, idx], valid[idx])
-            for name, array in got.items():
-                flat = out[name][r0:r1].reshape(-1, *out[name].shape[2:])
-                flat[idx] = array
-        advance(r1 - r0)
-        log.debug("%s: rows %d-%d, %d valid pixels", label, r0, r1, idx.size)
+
+    strips = strip_rows(grid, strip_pixels)
+    # The next strip is read while this one is computed (two strips in memory at most):
+    # reading waits on the network, computing on the CPU, so a map costs about the larger.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tessera-vz-strip") as pool:
+        pending = pool.submit(read, strips[0])
+        for k, (r0, r1) in enumerate(strips):
+            ds = pending.result()
+            if k + 1 < len(strips):
+                pending = pool.submit(read, strips[k + 1])
+            zones.update(int(z) for z in ds.attrs.get("tessera:zones", []))
+            emb = ds["embeddings"].values  # (years, h, w, bands)
+            values = emb.reshape(len(years), -1, emb.shape[-1])
+            del ds, emb
+            valid = ~np.isnan(values).any(axis=(0, 2))
+            idx = np.flatnonzero(valid)
+            valid_pixels += idx.size
+            if idx.size:
+                for name, array in func(values[:, idx], valid[idx]).items():
+                    out[name][r0:r1].reshape(-1, *out[name].shape[2:])[idx] = array
+            del values
+            advance(r1 - r0)
+            log.debug("%s: rows %d-%d, %d valid pixels", label, r0, r1, idx.size)
     if not valid_pixels:
         raise TileNotFoundError(
             f"no indexed tile covers bbox {list(area.bbox)} with data in {list(years)}"
