@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tessera_vz.commands.common import open_index, parse_years, progress, wants_progress
+from tessera_vz.commands.common import err, open_index, parse_years, progress, wants_progress
 from tessera_vz.commands.mapping import area_of, check_area_years, check_out, report
 from tessera_vz.core.errors import ConfigurationError
 
@@ -63,7 +63,14 @@ def cmd_classify(args: argparse.Namespace) -> int:
     written = write_classes(ds, model, out)
     if args.model_out:
         written.append(Path(args.model_out))
-    report(args, ds, written, model=model.kind, classes=model.classes, **_scores(model.report))
+    scores = _scores(model.report)
+    if not args.json and scores.get("accuracy") is not None:
+        err.print(
+            f"{model.kind}: {scores['folds']}-fold accuracy {scores['accuracy']:.3f} on "
+            f"{scores['samples']} labelled points of {len(model.classes)} classes",
+            markup=False,
+        )
+    report(args, ds, written, model=model.kind, classes=model.classes, **scores)
     return 0
 
 
