@@ -411,7 +411,7 @@ def test_similar_and_change_commands(
 
     found = geopandas.read_parquet(matches)
     assert len(found) == 10 and (found["similarity"] == 1.0).all()
-    assert found.crs.to_epsg() == 4326
+    assert found.crs.to_authority() == ("OGC", "CRS84")  # lon/lat, as points tables
     chg = tmp_path / "chg.tif"
     assert run(world, "change", "--years", "2023,2024", "--bbox", *bbox, "--out", str(chg)) == 0
     a, _ = truth(world, region, 2023)
@@ -420,3 +420,31 @@ def test_similar_and_change_commands(
         assert f.crs.to_epsg() == 32630
     both = known & ~np.isnan(a).any(-1) & valid
     np.testing.assert_allclose(band[both], (1 - cosine(a, values))[both], atol=2e-7)
+
+
+def test_a_polygon_area_has_no_data_outside(world: dict[str, Any], store: TesseraStore) -> None:
+    """A map of a polygon (``--region-file``): its box's grid, NaN outside it, as ``region``."""
+    import shapely
+
+    w, s, e, n = AREA
+    triangle = shapely.Polygon([(w, s), (e, s), (w, n)])
+    ds = change(store, Area(polygon=triangle), YEARS, strip_pixels=20_000)
+    region = store.region(None, 2024, area=triangle)
+    got = ds["change"].values
+    outside = np.isnan(region["embeddings"].values).all(-1)
+    assert np.isnan(got[outside]).all() and outside.mean() > 0.3
+    box = change(store, Area(AREA), YEARS)
+    inside = ~outside & ~np.isnan(got)
+    np.testing.assert_array_equal(got[inside], box["change"].values[inside])
+
+
+def test_outputs_are_not_replaced_without_overwrite(
+    world: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "c.tif"
+    argv = ["change", "--years", "2023,2024", "--bbox", *map(str, SMALL), "--out", str(out)]
+    assert run(world, *argv) == 0
+    first = out.stat().st_mtime_ns
+    assert run(world, *argv) == 2 and "--overwrite" in capsys.readouterr().err
+    assert out.stat().st_mtime_ns == first
+    assert run(world, *argv, "--overwrite") == 0

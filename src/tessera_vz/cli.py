@@ -25,6 +25,8 @@ from tessera_vz.core.errors import ConfigurationError, TesseraError, VersionNotF
 
 #: Exit codes of every command.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: stdout's reader went away (``tessera-vz ... | head``): 128 + SIGPIPE, as shells report it.
+EXIT_BROKEN_PIPE = 141
 
 
 class Parser(argparse.ArgumentParser):
@@ -107,10 +109,8 @@ def _add_progress(p: argparse.ArgumentParser) -> None:
 def _add_area_flags(p: argparse.ArgumentParser) -> None:
     """``--bbox W S E N`` or ``--region-file``, and the grid flags of ``region``."""
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--bbox", nargs=4, type=float, metavar=("W", "S", "E", "N"),
-                       help="the area, in degrees")  # fmt: skip
-    where.add_argument("--region-file", metavar="AREA",
-                       help="GeoJSON or GeoParquet: the bounds of its geometries")  # fmt: skip
+    where.add_argument("--bbox", nargs=4, type=float, metavar=("W", "S", "E", "N"))
+    where.add_argument("--region-file", metavar="AREA", help="polygons, as `region` reads them")
     p.add_argument("--zone", type=int, default=None, help="UTM zone (default: area centre)")
     p.add_argument("--crs", default=None, help="output CRS, e.g. EPSG:4326 (default: --zone's)")
     p.add_argument("--resolution", default=None, metavar="RES[,YRES]",
@@ -214,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     vf.add_argument("--zones", help="comma-separated UTM zones, e.g. 30,31")
     vf.add_argument("--json", action="store_true", help="print the JSON report on stdout")
     vf.add_argument("--concurrency", type=int, default=64, help="HEAD requests in flight")
+    _add_progress(vf)
     _add_read_flags(vf, versions=False)
     _command(vf, "verify:cmd_verify")
 
@@ -222,12 +223,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="a training table: embeddings of many points (CSV/Parquet/GeoParquet in, "
         "GeoParquet or CSV out)",
     )
-    pts.add_argument("input", help="CSV, Parquet or GeoParquet (point geometry) of the points")
-    pts.add_argument("--year", required=True, help="a year, or comma-separated years")
+    pts.add_argument(
+        "input",
+        help="CSV/TSV (GBIF downloads too), Parquet, GeoParquet, GeoPackage, GeoJSON or "
+        "shapefile of the points",
+    )
+    pts.add_argument(
+        "--year",
+        help="a year, or comma-separated years (default: each row's own year, from a 'year' "
+        "column)",
+    )
+    pts.add_argument(
+        "--year-column", metavar="COLUMN", help="read each row in the year this column holds"
+    )
     pts.add_argument("--store", required=True)
     pts.add_argument("--out", required=True, help="FILE.parquet (GeoParquet 1.1) or FILE.csv")
     pts.add_argument("--lon", metavar="COLUMN", help="longitude column (default: lon/longitude)")
     pts.add_argument("--lat", metavar="COLUMN", help="latitude column (default: lat/latitude)")
+    pts.add_argument("--geometry", metavar="COLUMN", help="a WKT (or WKB) point column, lon/lat")
     pts.add_argument(
         "--batch-size", type=int, default=100_000, help="points read at a time (default 100000)"
     )
@@ -240,7 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
         "region", help="a lon/lat box on one grid across zones (.tif COG, .zarr, .nc)"
     )
     for name in ("west", "south", "east", "north"):
-        rg.add_argument(name, type=float)
+        rg.add_argument(name, type=float, nargs="?", help=f"bbox {name} (degrees)")
+    rg.add_argument(
+        "--region-file",
+        metavar="AREA",
+        help="a polygon (.geojson, .gpkg, .shp) instead of the bbox: its box on the grid, "
+        "no-data outside it",
+    )
+    rg.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     rg.add_argument("--year", required=True, help="a year, or comma-separated years")
     rg.add_argument("--store", required=True)
     rg.add_argument("--out", required=True, help="FILE.tif (Cloud-Optimised GeoTIFF), .zarr or .nc")
@@ -254,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="int8 embeddings plus float32 scales (a .tif writes the scales to FILE_scales.tif)",
     )
     rg.add_argument("--json", action="store_true")
+    _add_progress(rg)
     _add_read_flags(rg)
     _command(rg, "region:cmd_region")
 
@@ -262,19 +283,16 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--label", metavar="COLUMN", help="the training table's class column")
     cl.add_argument("--lon", metavar="COLUMN", help="longitude column (default: lon/longitude)")
     cl.add_argument("--lat", metavar="COLUMN", help="latitude column (default: lat/latitude)")
-    cl.add_argument("--model", choices=("knn", "forest", "logistic"), default="forest",
-                    help="scikit-learn model (default: forest)")  # fmt: skip
+    cl.add_argument("--model", choices=("knn", "forest", "logistic"), default="forest")
     cl.add_argument("--folds", type=int, default=5, help="k of the k-fold accuracy (default 5)")
-    cl.add_argument("--probabilities", action="store_true",
-                    help="also FILE_probabilities.tif: one band per class")  # fmt: skip
+    cl.add_argument("--probabilities", action="store_true", help="one band per class, beside")
     cl.add_argument("--model-out", metavar="FILE.joblib", help="save the fitted model")
     cl.add_argument("--model-in", metavar="FILE.joblib", help="apply a saved model (no TRAINING)")
     sim = sub.add_parser("similar", help="cosine similarity of every pixel to reference places")
     sim.add_argument("reference", nargs="?", help="CSV, Parquet or GeoParquet of reference points")
     sim.add_argument("--lon", type=float, help="one reference place: longitude")
     sim.add_argument("--lat", type=float, help="one reference place: latitude")
-    sim.add_argument("--how", choices=("max", "mean"), default="max",
-                     help="combine the references' similarities (default: max)")  # fmt: skip
+    sim.add_argument("--how", choices=("max", "mean"), default="max", help="over references")
     sim.add_argument("--top", type=int, default=0, metavar="K", help="write the K best pixels")
     sim.add_argument("--matches", metavar="FILE.parquet", help="where --top writes (GeoParquet)")
     chg = sub.add_parser("change", help="cosine distance between two years' embeddings")
@@ -287,10 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
         mp.add_argument("--store", required=True)
         mp.add_argument("--out", required=True, help="FILE.tif (Cloud-Optimised GeoTIFF)")
         mp.add_argument("--json", action="store_true", help="print the report as one JSON object")
+        mp.add_argument("--overwrite", action="store_true", help="replace existing outputs")
         _add_progress(mp)
         _add_read_flags(mp)
         _command(mp, target)
-
     sv = sub.add_parser("serve", help="a map viewer of an index in the browser (and its HTTP API)")
     sv.add_argument("store", help="the --out of `tessera-vz index` (path, s3:// or http(s)://)")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -321,6 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ct.add_argument("store", help="the --out of `tessera-vz index` (path or s3://)")
     ct.add_argument("--out", required=True, help="catalog directory (tiles.parquet, stac/, ...)")
+    ct.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="where the index will be published (https://host/index or s3://bucket/index): "
+        "links to it are made under URL (default: relative to the catalog for a local index)",
+    )
     ct.add_argument("--json", action="store_true", help="print the JSON report on stdout")
     _add_progress(ct)
     _add_read_flags(ct, versions=False)
@@ -346,6 +370,30 @@ def _fail(message: str) -> None:
     sys.stderr.flush()
 
 
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll says error or hang-up)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (captured)
+        return False
+
+
+def _quiet_stdout() -> int:
+    """Leave quietly after ``| head`` closed stdout, as Python's documentation recommends.
+
+    Whatever is still buffered cannot be delivered; stdout is pointed at
+    ``/dev/null`` so that the final flush does not fail a second time
+    (see "Note on SIGPIPE" in the :mod:`signal` documentation).
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code (0 ok, 1 some data failed, 2 usage, 130 Ctrl-C)."""
     parser = build_parser()
@@ -365,6 +413,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _fail("interrupted (Ctrl-C); files being written were not completed")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        if not _stdout_gone():
+            raise  # a pipe of ours to somewhere else: not the user's `| head`
+        return _quiet_stdout()
     except (ConfigurationError, VersionNotFoundError) as exc:  # nothing was read or written
         _fail(str(exc))
         return EXIT_USAGE
@@ -383,7 +435,10 @@ def run() -> None:
     """
     code = main()
     logging.shutdown()
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # the last of the output met a closed pipe (`| head`)
+        code = _quiet_stdout()
     sys.stderr.flush()
     os._exit(code)
 

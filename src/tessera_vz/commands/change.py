@@ -25,7 +25,7 @@ def cmd_change(args: argparse.Namespace) -> int:
             f"--years names the two years compared, e.g. 2023,2024; got {args.years!r}"
         )
     area = area_of(args)
-    out = check_out(args.out)
+    out = check_out(args.out, overwrite=args.overwrite)
     store = open_index(args)
     check_area_years(store, area, years)
     with progress(wants_progress(args)) as start:

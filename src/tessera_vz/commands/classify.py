@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,11 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     year = _one_year(args.year)
     area = area_of(args)
-    out = check_out(args.out)
+    beside: tuple[str, ...] = ("{stem}_classes.csv", "{stem}_classes.json")
+    beside += ("{stem}_probabilities.tif",) if args.probabilities else ()
+    out = check_out(args.out, overwrite=args.overwrite, beside=beside)
     if args.model_out:
-        check_out(args.model_out, "--model-out", (".joblib",))
+        check_out(args.model_out, "--model-out", (".joblib",), overwrite=args.overwrite)
     if (args.training is None) == (args.model_in is None):
         raise ConfigurationError("give a TRAINING table, or --model-in FILE.joblib (not both)")
     if args.training is not None and not args.label:
@@ -84,19 +87,22 @@ def write_classes(ds: Any, model: Any, out: Path) -> list[Path]:
     tags |= {f"TESSERA_CLASS_{r['code']}": r["name"] for r in table}
     written = [write_map(ds, "classes", out, nodata=NODATA, tags=tags)]
     if "probabilities" in ds:
-        prob = out.with_name(f"{out.stem}_probabilities{out.suffix}")
+        prob = out.with_name(f"{out.stem}_probabilities.tif")
         names = tuple(f"p_{name}" for name in model.classes)
         written.append(write_map(ds, "probabilities", prob, nodata=float("nan"),
                                  band_names=names, tags=tags))  # fmt: skip
+    from tessera_vz.core.files import atomic_write_bytes
+
     csv_path = out.with_name(f"{out.stem}_classes.csv")
-    with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["code", "name"])
-        writer.writeheader()
-        writer.writerows(table)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=["code", "name"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(table)
+    atomic_write_bytes(csv_path, text.getvalue().encode())
     json_path = out.with_name(f"{out.stem}_classes.json")
     doc = {"classes": table, "nodata": NODATA, "model": model.kind, "label": model.label,
            "dataset": model.dataset.get("tessera:dataset"), **_scores(model.report)}  # fmt: skip
-    json_path.write_text(json.dumps(doc, indent=1))
+    atomic_write_bytes(json_path, json.dumps(doc, indent=1).encode())
     return [*written, csv_path, json_path]
 
 

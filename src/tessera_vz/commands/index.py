@@ -5,17 +5,22 @@ from __future__ import annotations
 import argparse
 import json
 
-from tessera_vz.commands.common import err, positive, progress, s3_options, wants_progress
-from tessera_vz.core.errors import ConfigurationError
+from tessera_vz.commands.common import (
+    err,
+    parse_zones,
+    positive,
+    progress,
+    s3_options,
+    wants_progress,
+)
+from tessera_vz.core.files import check_output_folder
 
 
 def cmd_index(args: argparse.Namespace) -> int:
     from tessera_vz.indexer.run import IndexOptions, parse_int_list, run_index
 
-    zones = parse_int_list(args.zones, "zones")
-    bad = [z for z in zones or [] if not 1 <= z <= 60]
-    if bad:
-        raise ConfigurationError(f"--zones: UTM zones are 1-60, got {bad[0]}")
+    zones = parse_zones(args.zones)
+    check_output_folder(args.out, "--out")
     positive(args.concurrency, "--concurrency")
     positive(args.batch_tiles, "--batch-tiles")
     opts = IndexOptions(

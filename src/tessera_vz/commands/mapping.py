@@ -25,21 +25,31 @@ MAX_MAP_PIXELS = 100_000_000
 
 
 def area_of(args: argparse.Namespace) -> Any:
-    """The :class:`~tessera_vz.maps.area.Area` of the flags, its grid checked (no I/O)."""
-    from tessera_vz.maps.area import Area, bbox_of_file
+    """The :class:`~tessera_vz.maps.area.Area` of the flags, its grid checked (no I/O).
 
-    bbox = check_bbox(tuple(args.bbox)) if args.bbox else bbox_of_file(args.region_file)
+    ``--region-file`` is read as ``region`` reads it (the polygons' box; no
+    data outside them).
+    """
+    from tessera_vz.maps.area import Area
+
     if args.zone is not None and not 1 <= args.zone <= 60:
         raise ConfigurationError(f"--zone: UTM zones are 1-60, got {args.zone}")
-    area = Area(bbox, zone=args.zone, crs=args.crs, resolution=resolution(args.resolution))
+    grid_flags = {"zone": args.zone, "crs": args.crs, "resolution": resolution(args.resolution)}
+    if args.bbox:
+        area = Area(check_bbox(tuple(args.bbox)), **grid_flags)
+    else:
+        from tessera_vz.vectorfiles import read_area
+
+        polygon, crs = read_area(args.region_file)
+        area = Area(polygon=polygon, polygon_crs=crs, **grid_flags)
     try:
         grid, _ = area.grid()
     except ValueError as exc:  # an unknown CRS, a grid that cannot be built
         raise ConfigurationError(f"{exc}") from None
     if grid.size > MAX_MAP_PIXELS:
         raise ConfigurationError(
-            f"the area {list(bbox)} is {grid.height} x {grid.width} pixels on this grid, over "
-            f"the {MAX_MAP_PIXELS}-pixel limit of a map; map a smaller area or a coarser "
+            f"the area {list(area.box)} is {grid.height} x {grid.width} pixels on this grid, "
+            f"over the {MAX_MAP_PIXELS}-pixel limit of a map; map a smaller area or a coarser "
             "--resolution"
         )
     return area
@@ -49,7 +59,7 @@ def check_area_years(store: Any, area: Any, years: Sequence[int]) -> None:
     """The years are indexed in the zones the area reaches, pinned versions exist (else exit 2)."""
     from tessera_vz.core.geometry import utm_zone
 
-    w, _, e, _ = area.bbox
+    w, _, e, _ = area.box
     zones = set(range(int(utm_zone(w)), int(utm_zone(e)) + 1))
     zones |= {area.zone} if area.zone else set()
     check_years(store, years, zones)
@@ -57,9 +67,14 @@ def check_area_years(store: Any, area: Any, years: Sequence[int]) -> None:
 
 
 def check_out(
-    path: str, flag: str = "--out", suffixes: tuple[str, ...] = (".tif", ".tiff")
-) -> Path:
-    """An output file of one of ``suffixes`` in a writable folder (else exit 2)."""
+    path: str, flag: str = "--out", suffixes: tuple[str, ...] = (".tif", ".tiff"),
+    *, overwrite: bool = False, beside: tuple[str, ...] = (),
+) -> Path:  # fmt: skip
+    """An output file of one of ``suffixes`` in a writable folder, new unless ``overwrite``.
+
+    ``beside``: names of the files written next to it (``{stem}`` is the
+    output's stem), checked the same way.
+    """
     from tessera_vz.export import check_writable_folder
 
     target = Path(path)
@@ -69,6 +84,12 @@ def check_out(
             f"in {path!r}"
         )
     check_writable_folder(target)
+    files = [target, *(target.with_name(b.format(stem=target.stem)) for b in beside)]
+    there = [f for f in files if f.exists()]
+    if there and not overwrite:
+        raise ConfigurationError(
+            f"{str(there[0])!r} exists; pass --overwrite to replace it (or choose another {flag})"
+        )
     return target
 
 

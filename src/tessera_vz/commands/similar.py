@@ -27,7 +27,7 @@ def cmd_similar(args: argparse.Namespace) -> int:
 
     year = _one_year(args.year)
     area = area_of(args)
-    out = check_out(args.out)
+    out = check_out(args.out, overwrite=args.overwrite)
     place = args.lon is not None or args.lat is not None
     if place == (args.reference is not None):
         raise ConfigurationError("give a REFERENCE table of points, or one place --lon X --lat Y")
@@ -40,7 +40,7 @@ def cmd_similar(args: argparse.Namespace) -> int:
     if (args.top > 0) != (args.matches is not None):
         raise ConfigurationError("--top K and --matches FILE.parquet go together")
     if args.matches:
-        check_out(args.matches, "--matches", (".parquet", ".geoparquet"))
+        check_out(args.matches, "--matches", (".parquet", ".geoparquet"), overwrite=args.overwrite)
     if place:
         lon, lat = np.array([args.lon], np.float64), np.array([args.lat], np.float64)
     else:

@@ -91,7 +91,7 @@ def translate_error(exc: BaseException, label: str) -> TesseraError:
     if kind == ErrorKind.VIRTUAL_CHUNK_MODIFIED:
         return SourceChangedError(
             f"{label}: {first}. The source file changed after it was indexed; re-run "
-            "`tessera-vz index` for this source to index its new bytes"
+            "`tessera-vz index --reprobe` for this source to index its new bytes"
         )
     if kind == ErrorKind.UNAUTHORIZED_VIRTUAL_CHUNK_CONTAINER:
         return ConfigurationError(

@@ -20,11 +20,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from tessera_vz.core.errors import ConfigurationError
 
@@ -32,6 +34,49 @@ log = logging.getLogger(__name__)
 
 #: Waiting longer than this for a lock is worth a line in the log.
 WAIT_WORTH_LOGGING = 0.5
+
+
+def probe_writable(folder: Path, target: str) -> None:
+    """A file can be created in ``folder`` (tried, then removed), else one line saying why.
+
+    ``target`` is what the user asked to write, named in the message.
+    """
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".tessera-vz-probe-"):
+            pass
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot write {target!r}: the folder {str(folder)!r} is not writable "
+            f"({exc.strerror or exc}); choose a folder you can write to, or change its "
+            "permissions"
+        ) from None
+
+
+def check_output_folder(path: str, flag: str) -> None:
+    """An output folder (``index --out``, ``catalog --out``) can be created and written.
+
+    Checked before any work, so a folder that cannot be written is one line
+    and exit code 2, not an errno after minutes of reading. The folder may
+    not exist yet (it is created): then its nearest existing parent must be
+    a writable folder. URLs other than ``file://`` (``s3://``) are left to
+    their writer.
+    """
+    parts = urlsplit(path)
+    if parts.scheme not in ("", "file") or (parts.scheme == "" and "://" in path):
+        return
+    target = Path(unquote(parts.path) if parts.scheme == "file" else path).expanduser()
+    if target.exists() and not target.is_dir():
+        raise ConfigurationError(
+            f"{flag} {path!r} is a file, not a folder; give a folder (it is created if missing)"
+        )
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigurationError(
+            f"{flag} {path!r}: {str(existing)!r} is a file, so no folder can be made under it"
+        )
+    probe_writable(existing, path)
 
 
 def hidden_beside(target: str | Path, kind: str = "tmp") -> Path:

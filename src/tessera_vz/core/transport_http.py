@@ -40,7 +40,7 @@ from tessera_vz.core.transport import (
 #: (nginx spends ~100), beyond the ranges themselves.
 PART_OVERHEAD = 512
 
-_REINDEX = "Re-run `tessera-vz index` for this source"
+_REINDEX = "Re-run `tessera-vz index --reprobe` for this source"
 
 
 class HttpTransport:
@@ -178,7 +178,7 @@ def _status(resp: aiohttp.ClientResponse, checksum: str | None) -> None:
     if status == 416:
         raise FileChangedError(
             " is shorter than when it was indexed (416 Range Not Satisfiable); re-run "
-            "`tessera-vz index` for this source"
+            "`tessera-vz index --reprobe` for this source"
         )
     if status in (404, 410):
         raise FileGoneError(f"HTTP {status}")

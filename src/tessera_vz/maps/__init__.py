@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from tessera_vz.core.lazy import exports
 
 if TYPE_CHECKING:
-    from tessera_vz.maps.area import Area, bbox_of_file
+    from tessera_vz.maps.area import Area
     from tessera_vz.maps.classify import fit, predict, training_set
     from tessera_vz.maps.cosine import change, reference_embeddings, similar
     from tessera_vz.maps.model import Model, load_model
@@ -24,7 +24,6 @@ __getattr__, __dir__ = exports(
     __name__,
     {
         "Area": "tessera_vz.maps.area",
-        "bbox_of_file": "tessera_vz.maps.area",
         "fit": "tessera_vz.maps.classify",
         "predict": "tessera_vz.maps.classify",
         "training_set": "tessera_vz.maps.classify",
@@ -37,6 +36,6 @@ __getattr__, __dir__ = exports(
 )
 
 __all__ = [
-    "Area", "Model", "bbox_of_file", "change", "fit", "load_model", "predict",
+    "Area", "Model", "change", "fit", "load_model", "predict",
     "reference_embeddings", "similar", "training_set",
 ]  # fmt: skip

@@ -99,10 +99,7 @@ def map_strips(
     valid_pixels = 0
 
     def read(rows: tuple[int, int]) -> xr.Dataset:
-        return store.region(
-            area.bbox, years=list(years), zone=area.zone, crs=area.crs,
-            resolution=area.resolution, rows=rows,
-        )  # fmt: skip
+        return store.region(area.box, years=list(years), rows=rows, **area.region_keywords())
 
     strips = strip_rows(grid, strip_pixels)
     # The next strip is read while this one is computed (two strips in memory at most):
@@ -128,7 +125,7 @@ def map_strips(
             log.debug("%s: rows %d-%d, %d valid pixels", label, r0, r1, idx.size)
     if not valid_pixels:
         raise TileNotFoundError(
-            f"no indexed tile covers bbox {list(area.bbox)} with data in {list(years)}"
+            f"no indexed tile covers bbox {list(area.box)} with data in {list(years)}"
         )
     return _dataset(store, grid, why, area, years, zones, out, layers, attrs or {})
 
@@ -148,7 +145,7 @@ def _dataset(
     size = max((layer.size for layer in layers.values() if layer.dims), default=0)
     data_vars = {name: (("y", "x", *layer.dims), out[name]) for name, layer in layers.items()}
     info = {
-        "tessera:bbox": list(map(float, area.bbox)),
+        "tessera:bbox": list(map(float, area.box)),
         "tessera:grid": why,
         "tessera:resampling": "nearest",
         "tessera:zones": sorted(zones),

@@ -40,6 +40,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tessera_vz.core.coastline import land_file
 from tessera_vz.core.coords import BBox, check_bbox, check_lonlat
 from tessera_vz.export import write_region
 from tessera_vz.reader import (
@@ -376,12 +377,11 @@ def create_app(
         Route("/api/preview.png", _api(preview), methods=["GET", "HEAD"]),
         Route("/api/region", _api(region), methods=["GET", "HEAD"]),
         Mount("/static", app=StaticFiles(directory=STATIC, follow_symlink=False), name="static"),
+        # The land layer (Natural Earth, shipped): the map shows coasts with no network.
+        Mount("/data", app=StaticFiles(directory=land_file().parent), name="data"),
     ]
-    headers = [
-        (b"x-content-type-options", b"nosniff"),
-        (b"referrer-policy", b"no-referrer"),
-        (b"content-security-policy", _csp(basemap).encode()),
-    ]
+    headers = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+               (b"content-security-policy", _csp(basemap).encode())]  # fmt: skip
     return Starlette(
         routes=routes,
         exception_handlers={HTTPException: http_error},
