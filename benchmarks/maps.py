@@ -135,18 +135,10 @@ def measured(task: str, index: Path, url: str, strip: int, bbox: tuple[float, ..
     return {"task": task, "process_s": round(time.perf_counter() - t0, 2), **doc}
 
 
-def main(argv: list[str] | None = None) -> int:
-    from tessera_vz.maps.strips import STRIP_PIXELS
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--size", type=int, default=1000, help="area side in pixels (default 1000)")
-    p.add_argument("--strip-pixels", type=int, default=STRIP_PIXELS, help="pixels per strip")
-    p.add_argument("--workdir", help="keep the tree and index here (default: a temp dir)")
-    args = p.parse_args(argv)
-    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="maps-bench-"))
+def run_tasks(work: Path, size: int, strip: int, console: Console) -> list[dict[str, Any]]:
+    """Generate (once), serve behind the delay proxy, index, and measure every task."""
     src, index = work / "tiles", work / "index"
-    bbox = bbox_of(args.size)
-    console = Console()
+    bbox = bbox_of(size)
     ca = make_test_ca(work / "ca")
     os.environ["SSL_CERT_FILE"] = str(ca.ca_cert)  # every client, children included
     os.environ["TESSERA_VZ_CACHE"] = str(work / "cache")
@@ -164,9 +156,14 @@ def main(argv: list[str] | None = None) -> int:
         training_points(index, url, bbox, train)
         for task in ("region", "classify", "similar", "region 2y", "change"):
             console.print(f"{task} ...")
-            runs.append(measured(task, index, url, args.strip_pixels, bbox, train))
+            runs.append(measured(task, index, url, strip, bbox, train))
+    return runs
+
+
+def summary(runs: list[dict[str, Any]], size: int, console: Console) -> dict[str, Any]:
+    """Print the table; the verdicts (memory target, at most twice the read)."""
     base = {r["task"]: r["wall_s"] for r in runs}
-    table = Table(title=f"maps of {args.size} x {args.size} pixels over HTTPS + 20 ms")
+    table = Table(title=f"maps of {size} x {size} pixels over HTTPS + 20 ms")
     for col in ("task", "wall s", "x region", "peak MiB", "process s", "of which"):
         table.add_column(col, justify="right")
     for r in runs:
@@ -182,16 +179,34 @@ def main(argv: list[str] | None = None) -> int:
     under = all(r["peak_rss_bytes"] < TARGET for r in maps)
     twice = all(r["x_region"] <= 2.0 for r in maps)
     console.print(f"maps under {TARGET / 2**30:.1f} GiB: {under}; at most twice the read: {twice}")
+    return {"under_memory_target": under, "at_most_twice_the_read": twice}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tessera_vz.core.files import atomic_write_bytes
+    from tessera_vz.maps.strips import STRIP_PIXELS
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--size", type=int, default=1000, help="area side in pixels (default 1000)")
+    p.add_argument("--strip-pixels", type=int, default=STRIP_PIXELS, help="pixels per strip")
+    p.add_argument("--workdir", help="keep the tree and index here (default: a temp dir)")
+    args = p.parse_args(argv)
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="maps-bench-"))
+    console = Console()
+    try:
+        runs = run_tasks(work, args.size, args.strip_pixels, console)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
     results = {"machine": platform.platform(), "python": platform.python_version(),
-               "size": args.size, "bbox": bbox, "strip_pixels": args.strip_pixels,
-               "latency_ms_per_round_trip": 20, "runs": runs, "under_memory_target": under,
-               "at_most_twice_the_read": twice, "load_average": os.getloadavg()}  # fmt: skip
-    dest = HERE / "results" / f"maps-{args.size}.json"
-    dest.parent.mkdir(exist_ok=True)
-    dest.write_text(json.dumps(results, indent=2))
-    console.print(f"wrote {dest}")
-    if not args.workdir:
-        shutil.rmtree(work, ignore_errors=True)
+               "size": args.size, "bbox": bbox_of(args.size), "strip_pixels": args.strip_pixels,
+               "latency_ms_per_round_trip": 20, "runs": runs, **summary(runs, args.size, console),
+               "load_average": os.getloadavg()}  # fmt: skip
+    (HERE / "results").mkdir(exist_ok=True)
+    atomic_write_bytes(
+        HERE / "results" / f"maps-{args.size}.json", json.dumps(results, indent=2).encode()
+    )
+    console.print(f"wrote benchmarks/results/maps-{args.size}.json")
     return 0
 
 

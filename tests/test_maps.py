@@ -30,15 +30,14 @@ from pyproj import Transformer
 
 from tessera_vz.cli import main as cli
 from tessera_vz.core.dataset import DatasetMismatchError
-from tessera_vz.indexer.run import IndexOptions, run_index
 from tessera_vz.maps import Area, change, fit, predict, similar, training_set
 from tessera_vz.maps.model import NODATA, load_model
 from tessera_vz.reader import open_store
 from tessera_vz.reader.store import TesseraStore, dequantise
-from tessera_vz.testing.tiles import TileSpec, make_tree, write_manifest
+from tessera_vz.testing.tiles import TileSpec, make_tree
 from tessera_vz.testing.tls import TestCA
 
-from .conftest import serve_tls
+from .conftest import indexed_over_https
 from .test_regions import BANDS, Tiles, by_rule
 
 YEARS = (2023, 2024)
@@ -88,16 +87,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, https: TestCA) -> Iterator[d
                       invalid_patch=False)  # fmt: skip
     for spec in specs:
         write_content(root, spec)
-    write_manifest(root, specs)
-    server = serve_tls(root, https)
-    try:
-        report = run_index(
-            IndexOptions(source=server.url, out=str(out), manifest=str(root / "manifest.parquet"))
-        )
-        assert not report.failed and report.indexed == len(specs)
-        yield {"root": root, "out": out, "url": server.url, "specs": specs}
-    finally:
-        server.stop()
+    with indexed_over_https(root, specs, https, out) as url:
+        yield {"root": root, "out": out, "url": url, "specs": specs}
 
 
 @pytest.fixture(scope="module")
@@ -322,60 +313,16 @@ def test_map_commands_refuse_before_reading(
 ) -> None:
     bbox = [str(v) for v in AREA]
     out = str(tmp_path / "x.tif")
+    m = ["--bbox", *bbox, "--year", "2024", "--out", out]
+    place = ["similar", "--lon", "0", "--lat", "52.1"]
     cases = [
-        (["classify", "--bbox", *bbox, "--year", "2024", "--out", out], "TRAINING"),
-        (
-            [
-                "classify",
-                str(tmp_path / "none.csv"),
-                "--label",
-                "l",
-                "--bbox",
-                *bbox,
-                "--year",
-                "2024",
-                "--out",
-                out,
-            ],
-            "does not exist",
-        ),
-        (
-            [
-                "similar",
-                "--lon",
-                "0",
-                "--lat",
-                "52.1",
-                "--bbox",
-                *bbox,
-                "--year",
-                "2024",
-                "--out",
-                str(tmp_path / "x.png"),
-            ],
-            ".tif",
-        ),
-        (["similar", "--lon", "0", "--bbox", *bbox, "--year", "2024", "--out", out], "--lat"),
-        (
-            [
-                "similar",
-                "--lon",
-                "0",
-                "--lat",
-                "52.1",
-                "--bbox",
-                *bbox,
-                "--year",
-                "2024",
-                "--out",
-                out,
-                "--top",
-                "5",
-            ],
-            "--matches",
-        ),
-        (["change", "--years", "2024", "--bbox", *bbox, "--out", out], "two years"),
-        (["change", "--years", "2022,2024", "--bbox", *bbox, "--out", out], "2022"),
+        (["classify", *m], "TRAINING"),
+        (["classify", str(tmp_path / "none.csv"), "--label", "l", *m], "does not exist"),
+        ([*place, *m[:-1], str(tmp_path / "x.png")], ".tif"),
+        (["similar", "--lon", "0", *m], "--lat"),
+        ([*place, *m, "--top", "5"], "--matches"),
+        (["change", "--years", "2024", *m[:5], *m[-2:]], "two years"),
+        (["change", "--years", "2022,2024", *m[:5], *m[-2:]], "2022"),
     ]
     for argv, words in cases:
         assert run(world, *argv) == 2, argv

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tessera_vz.commands.common import check_versions, check_years, err
-from tessera_vz.commands.region import resolution
+from tessera_vz.commands.region import checked_grid, resolution
 from tessera_vz.core.coords import check_bbox
 from tessera_vz.core.errors import ConfigurationError
 
@@ -42,16 +42,7 @@ def area_of(args: argparse.Namespace) -> Any:
 
         polygon, crs = read_area(args.region_file)
         area = Area(polygon=polygon, polygon_crs=crs, **grid_flags)
-    try:
-        grid, _ = area.grid()
-    except ValueError as exc:  # an unknown CRS, a grid that cannot be built
-        raise ConfigurationError(f"{exc}") from None
-    if grid.size > MAX_MAP_PIXELS:
-        raise ConfigurationError(
-            f"the area {list(area.box)} is {grid.height} x {grid.width} pixels on this grid, "
-            f"over the {MAX_MAP_PIXELS}-pixel limit of a map; map a smaller area or a coarser "
-            "--resolution"
-        )
+    checked_grid(area.box, **grid_flags, limit=MAX_MAP_PIXELS, what="a map")
     return area
 
 
