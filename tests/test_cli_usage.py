@@ -182,6 +182,7 @@ def _cases(s: dict[str, Any]) -> list[tuple[list[str], int, str]]:
         (["change", "--years", "2024,2025", "--region-file", str(b / "pts.csv"), *area[5:]], 2,
          "must be .geojson, .gpkg or .shp"),
         (["change", "--years", "2023,2024", *area[:-1], str(b / "pts.csv")], 2, "must end in .tif"),
+        (["rgb", "--year", "2024", *area[:-1], str(b / "m.jpg")], 2, "or .png"),
         (["classify", "--model-in", str(b / "m.joblib"), "--year", "2024", *area[:-1],
           str(b / "there.zarr")], 2, "must end in .tif"),
         # index: selections that select nothing, bad sources
@@ -225,7 +226,7 @@ def test_bad_inputs_fail_first_with_one_line(
     assert len(cases) >= 30
     commands = {argv[0] for argv, _, _ in cases if argv}
     assert commands >= {"index", "info", "point", "points", "region", "verify", "catalog",
-                        "serve", "demo", "classify", "similar", "change"}  # fmt: skip
+                        "serve", "demo", "classify", "similar", "change", "rgb"}  # fmt: skip
     failures = []
     for argv, code, message in cases:
         t0 = time.perf_counter()

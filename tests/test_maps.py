@@ -395,3 +395,36 @@ def test_outputs_are_not_replaced_without_overwrite(
     assert run(world, *argv) == 2 and "--overwrite" in capsys.readouterr().err
     assert out.stat().st_mtime_ns == first
     assert run(world, *argv, "--overwrite") == 0
+
+
+def test_rgb_is_the_areas_pca_stretched(
+    world: dict[str, Any], store: TesseraStore, tmp_path: Path
+) -> None:
+    """Three leading components of the whole area's embeddings, 2-98 % onto 1..255; 0: no data."""
+    from PIL import Image
+
+    from tessera_vz.maps import rgb
+
+    ds = rgb(store, Area(AREA), 2024, strip_pixels=25_000)
+    values = store.region(AREA, 2024)["embeddings"].values.astype(np.float64)
+    ok = ~np.isnan(values).any(-1)
+    v = values[ok]
+    eigval, eigvec = np.linalg.eigh(np.cov(v, rowvar=False, bias=True))
+    axes = eigvec[:, ::-1][:, :3]
+    axes *= np.sign(axes[np.abs(axes).argmax(0), range(3)])
+    pcs = (v - v.mean(0)) @ axes
+    lo, hi = np.percentile(pcs, [2, 98], axis=0)
+    want = np.clip(np.rint(1 + 254 * (pcs - lo) / (hi - lo)), 1, 255)
+    got = ds["rgb"].values
+    assert got.dtype == np.uint8 and (got[~ok] == 0).all()
+    assert np.abs(got[ok].astype(int) - want).max() <= 1
+    assert (got[ok] == want).mean() > 0.99
+    shares = eigval[::-1][:3] / eigval.sum()
+    np.testing.assert_allclose(ds.attrs["tessera:pca_explained"], shares, atol=1e-5)
+    once = rgb(store, Area(AREA), 2024, strip_pixels=10**9)["rgb"].values
+    assert np.abs(once.astype(int) - got).max() <= 1
+    out = tmp_path / "pic.png"
+    assert run(world, "rgb", "--bbox", *map(str, AREA), "--year", "2024", "--out", str(out)) == 0
+    picture = np.asarray(Image.open(out))
+    assert picture.shape == (*got.shape[:2], 4)
+    np.testing.assert_array_equal(picture[..., 3] == 0, ~ok)

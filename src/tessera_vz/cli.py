@@ -297,13 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--matches", metavar="FILE.parquet", help="where --top writes (GeoParquet)")
     chg = sub.add_parser("change", help="cosine distance between two years' embeddings")
     chg.add_argument("--years", required=True, help="the two years compared, e.g. 2023,2024")
+    pca = sub.add_parser("rgb", help="a false-colour picture: PCA of the area's embeddings")
     for mp, target in ((cl, "classify:cmd_classify"), (sim, "similar:cmd_similar"),
-                       (chg, "change:cmd_change")):  # fmt: skip
+                       (chg, "change:cmd_change"), (pca, "rgb:cmd_rgb")):  # fmt: skip
         _add_area_flags(mp)
         if mp is not chg:
             mp.add_argument("--year", required=True, help="the year mapped")
         mp.add_argument("--store", required=True)
-        mp.add_argument("--out", required=True, help="FILE.tif (Cloud-Optimised GeoTIFF)")
+        mp.add_argument("--out", required=True, help="FILE.tif (a COG; rgb: or FILE.png)")
         mp.add_argument("--json", action="store_true", help="print the report as one JSON object")
         mp.add_argument("--overwrite", action="store_true", help="replace existing outputs")
         _add_progress(mp)

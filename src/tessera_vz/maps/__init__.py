@@ -5,7 +5,8 @@ Datasets on the grid ``store.region`` returns for the same bbox (see
 :mod:`.strips`): :func:`~.classify.training_set`, :func:`~.classify.fit`
 and :func:`~.classify.predict` (a class map), :func:`~.cosine.similar`
 (cosine similarity to references), :func:`~.cosine.change` (cosine
-distance between two years). Names resolve on first use (:mod:`tessera_vz.core.lazy`).
+distance between two years), :func:`~.picture.rgb` (a false-colour
+picture). Names resolve on first use (:mod:`tessera_vz.core.lazy`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from tessera_vz.maps.classify import fit, predict, training_set
     from tessera_vz.maps.cosine import change, reference_embeddings, similar
     from tessera_vz.maps.model import Model, load_model
+    from tessera_vz.maps.picture import rgb
 
 __getattr__, __dir__ = exports(
     __name__,
@@ -29,6 +31,7 @@ __getattr__, __dir__ = exports(
         "training_set": "tessera_vz.maps.classify",
         "Model": "tessera_vz.maps.model",
         "load_model": "tessera_vz.maps.model",
+        "rgb": "tessera_vz.maps.picture",
         "change": "tessera_vz.maps.cosine",
         "reference_embeddings": "tessera_vz.maps.cosine",
         "similar": "tessera_vz.maps.cosine",
@@ -37,5 +40,5 @@ __getattr__, __dir__ = exports(
 
 __all__ = [
     "Area", "Model", "change", "fit", "load_model", "predict",
-    "reference_embeddings", "similar", "training_set",
+    "reference_embeddings", "rgb", "similar", "training_set",
 ]  # fmt: skip
