@@ -192,6 +192,8 @@ def _cases(s: dict[str, Any]) -> list[tuple[list[str], int, str]]:
         ([*ixc, "--years", "2019"], 2, "nothing to index"),
         (["index", str(b / "empty"), "--out", str(b / "new-index")], 2, "nothing to index"),
         (["index", str(b / "nope"), "--out", str(b / "new-index")], 2, "not a directory"),
+        (["index", "https://127.0.0.1:9/a/../tiles/", "--out", str(b / "new-index")], 2,
+         "has '.' or '..' segments"),
         (["index", "http://127.0.0.1:9/tiles", "--out", str(b / "new-index")], 2,
          "--manifest"),
         ([*ixc, "--concurrency", "0"], 2, "--concurrency must be at least 1"),

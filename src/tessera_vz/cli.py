@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 
 from tessera_vz import __version__
 from tessera_vz.core.errors import ConfigurationError, TesseraError, VersionNotFoundError
+from tessera_vz.core.text import PrintableFormatter, printable
 
 #: Exit codes of every command.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -50,8 +51,9 @@ def _add_allow_source(p: argparse.ArgumentParser) -> None:
         "--allow-source",
         action="append",
         metavar="PREFIX",
-        help="read only from sources whose URL starts with PREFIX (repeatable; also where "
-        "redirects may lead, e.g. a CDN); default: every remote source the repo records",
+        help="read only from sources under PREFIX (scheme, host, port and whole path "
+        "segments; repeatable; also where redirects may lead, e.g. a CDN); default: every "
+        "remote source on a public address the repo records",
     )
 
 
@@ -61,6 +63,11 @@ def _add_read_flags(p: argparse.ArgumentParser, *, versions: bool = True) -> Non
         "--allow-local-sources",
         action="store_true",
         help="read tiles from file:// sources recorded in the repo",
+    )
+    p.add_argument(
+        "--allow-private",
+        action="store_true",
+        help="read tiles from sources on loopback, private, link-local or multicast addresses",
     )
     _add_allow_source(p)
     p.add_argument("--retries", type=int, default=3, help="retries of a failed request")
@@ -172,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--reprobe",
         action="store_true",
         help="read every header again, even of tiles the inventory shows unchanged",
+    )
+    ix.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="index tiles of a local SOURCE reached by symbolic links leading outside it "
+        "(skipped with a reason by default)",
     )
     ix.add_argument("--json", action="store_true", help="print the JSON report on stdout")
     _add_progress(ix)
@@ -363,7 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _fail(message: str) -> None:
     """One line on stderr: ``error: ...`` (red on a terminal), never markup-interpreted."""
-    text = " ".join(str(message).split())  # one line, whatever the exception held
+    # One line, whatever the exception held; values from an index or a server inside it
+    # keep no terminal control (an escape sequence in a tile name is shown as ``\x1b``).
+    text = printable(" ".join(str(message).split()), limit=4000)
     if sys.stderr.isatty():
         sys.stderr.write(f"\x1b[31merror:\x1b[0m {text}\n")
     else:
@@ -404,9 +419,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     verbose = args.verbose + args.sub_verbose
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     module, name = args.command_target.split(":")
     try:
         func: Any = getattr(importlib.import_module(f"tessera_vz.commands.{module}"), name)

@@ -27,6 +27,7 @@ from tessera_vz.core.boundary import ObjectFacts, SourceFiles
 from tessera_vz.core.errors import ConfigurationError, SourceNotFoundError, TesseraError
 from tessera_vz.core.loop import sync
 from tessera_vz.core.options import ReadOptions, RetryPolicy
+from tessera_vz.core.permissions import authorised, with_remembered
 from tessera_vz.core.progress import Advance, ProgressStart, no_progress
 from tessera_vz.core.repos import quiet_icechunk
 from tessera_vz.indexer.roots import SourceRoot, checksum_of, checksum_text
@@ -168,18 +169,33 @@ def verify_index(
     timeout: float = 30.0,
     s3_options: dict[str, Any] | None = None,
     ca_file: str | None = None,
+    allow_private_sources: bool = False,
     progress: ProgressStart = no_progress,
 ) -> VerifyReport:
     """Compare every indexed tile's source objects with what the index recorded.
 
-    Sources are reached the way a reader would: ``file://`` sources only with
-    ``allow_local_sources`` (a repository from elsewhere must not make us
-    probe local paths), and only prefixes in ``allowed_sources`` when given.
+    Sources are reached the way a reader would (:mod:`tessera_vz.core.permissions`):
+    ``file://`` sources and loopback or private addresses only with
+    ``allow_local_sources`` / ``allow_private_sources`` or a permission
+    remembered for this index (a repository from elsewhere must not make us
+    probe local paths or the user's network), and only prefixes in
+    ``allowed_sources`` when given.
     """
     from tessera_vz.reader import open_store
 
     quiet_icechunk()
     store = open_store(path, allow_local_sources=True, s3_options=s3_options)
+    read = with_remembered(
+        path,
+        ReadOptions(
+            policy=RetryPolicy(retries=retries, timeout=timeout),
+            s3_options=tuple(sorted((s3_options or {}).items())),
+            ca_file=ca_file,
+            allow_local_sources=allow_local_sources,
+            allowed_sources=tuple(allowed_sources) if allowed_sources is not None else None,
+            allow_private_sources=allow_private_sources,
+        ),
+    )
     by_source: dict[str, list[dict[str, Any]]] = defaultdict(list)
     indexed = {zone: store.years(zone) for zone in store.zones()}
     chosen = [
@@ -201,19 +217,14 @@ def verify_index(
     report = VerifyReport()
     total = 2 * sum(len(rows) for rows in by_source.values())
     advance = progress(f"verifying {total // 2} tiles ({total} files)", total)
-    read = ReadOptions(
-        policy=RetryPolicy(retries=retries, timeout=timeout),
-        s3_options=tuple(sorted((s3_options or {}).items())),
-        ca_file=ca_file,
-    )
     for url, rows in sorted(by_source.items()):
         root = SourceRoot(url)
-        if allowed_sources is not None and not any(url.startswith(a) for a in allowed_sources):
+        if allowed_sources is not None and not authorised(url, read):
             raise ConfigurationError(
                 f"{len(rows)} tiles of {path} come from {url}, which is not in the allowed "
                 f"sources {allowed_sources}; add it (--allow-source) to verify them"
             )
-        if root.is_local and not allow_local_sources:
+        if root.is_local and not authorised(url, read):
             raise ConfigurationError(
                 f"{len(rows)} tiles of {path} come from the local tree {url}; pass "
                 "--allow-local-sources (allow_local_sources=True) if you trust this index "

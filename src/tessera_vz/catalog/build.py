@@ -51,6 +51,8 @@ from tessera_vz.catalog.tables import UnitVersion, unit_key
 from tessera_vz.core.errors import ConfigurationError, TesseraError
 from tessera_vz.core.layout import parse_tag, repo_name
 from tessera_vz.core.progress import ProgressStart, no_progress
+from tessera_vz.core.table import refused_rows
+from tessera_vz.core.text import printable
 from tessera_vz.core.urls import join
 from tessera_vz.reader import ReadOptions, open_store
 
@@ -364,6 +366,23 @@ def _as_version(s: UnitState) -> UnitVersion:
     return UnitVersion(s.zone, s.year, s.snapshot, s.tag, "")
 
 
+def _without_refused(table: Any, u: UnitVersion, report: CatalogReport) -> Any:
+    """The table less the tiles whose records the index must not be trusted with.
+
+    A tile name becomes a file name (``stac/utmZZ/YEAR/{tile}.json``): a
+    crafted name (``../x``, an absolute path, escape sequences) or any other
+    refused value fails that tile with its reason, and the rest go on.
+    """
+    refused = refused_rows(table)
+    for name, reason in refused.items():
+        report.failed.append({"zone": u.zone, "year": u.year, "tile": printable(name),
+                              "reason": reason})  # fmt: skip
+    if not refused:
+        return table
+    log.warning("zone %d year %d: %d tiles refused", u.zone, u.year, len(refused))
+    return table.drop_sel(tile=list(refused))
+
+
 def _unit_json(u: UnitVersion, tiles: int) -> dict[str, Any]:
     return {"zone": u.zone, "year": u.year, "snapshot": u.snapshot, "tag": u.tag, "tiles": tiles}
 
@@ -387,6 +406,7 @@ def _build_unit(
             f"branch {u.branch} of zone {u.zone} moved during the run ({u.snapshot} -> {now}); "
             "run the catalog again"
         )
+    table = _without_refused(table, u, report)
     rows = tables.unit_rows(table, u)
     items = stac.item_dicts(rows, u, collection_id)
     written, deleted = stac.write_unit(stac_dir, u, items)

@@ -42,9 +42,9 @@ import xarray as xr
 from tessera_vz.catalog.footprints import stac_bbox
 from tessera_vz.catalog.tables import UnitRows, UnitVersion, unit_rows
 from tessera_vz.core.dataset import Dataset
-from tessera_vz.core.files import atomic_write_bytes
+from tessera_vz.core.files import atomic_write_bytes, inside
 from tessera_vz.core.geometry import tile_grids
-from tessera_vz.core.layout import tile_name
+from tessera_vz.core.layout import check_tile_name, tile_name
 
 STAC_VERSION = "1.1.0"
 PROJECTION_EXTENSION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
@@ -342,16 +342,21 @@ def write_unit(
     records the snapshot, and is what a later run checks before keeping the
     unit's files.
     """
-    folder = stac_dir / unit_dir(unit.zone, unit.year)
+    folder = inside(stac_dir, *unit_dir(unit.zone, unit.year).split("/"))
     folder.mkdir(parents=True, exist_ok=True)
-    wanted = {f"{it['properties']['tessera:tile']}.json" for it in items}
+    # Names from the index become file names: by the layout's grammar, then by where
+    # the path resolves (core.files.inside), nothing lands outside ``stac_dir``.
+    paths = [
+        inside(folder, check_tile_name(it["properties"]["tessera:tile"]) + ".json") for it in items
+    ]
+    wanted = {p.name for p in paths}
     deleted = 0
     for old in folder.glob("grid_*.json"):
         if old.name not in wanted:
             old.unlink()
             deleted += 1
-    for it in items:
-        write_json(folder / f"{it['properties']['tessera:tile']}.json", it)
+    for path, it in zip(paths, items, strict=True):
+        write_json(path, it)
     write_json(folder / UNIT_CATALOG, unit_catalog(unit, items))
     return len(items), deleted
 

@@ -101,6 +101,7 @@ def read_options_of(args: argparse.Namespace) -> Any:
         timeout=args.timeout,
         allow_local_sources=args.allow_local_sources,
         allowed_sources=args.allow_source,
+        allow_private_sources=args.allow_private,
         s3_options=s3_options(args),
         direct_reads=not args.through_icechunk,
         ca_file=args.ca_file,

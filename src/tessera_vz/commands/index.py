@@ -44,6 +44,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         reprobe=args.reprobe,
         dataset=args.dataset,
         move_source=args.move_source,
+        follow_symlinks=args.follow_symlinks,
     )
     with progress(wants_progress(args)) as start:
         report = run_index(opts, progress=start)
@@ -58,15 +59,18 @@ def cmd_index(args: argparse.Namespace) -> int:
             markup=False,
         )
         for f in report.failed:
-            err.print(f"[red]failed[/red] {f.year} {f.tile}: {_plain(f.reason)}")
+            err.print(f"[red]failed[/red] {f.year} {_plain(f.tile)}: {_plain(f.reason)}")
         for w in report.warnings:
-            err.print(f"[yellow]warning[/yellow] {w.year} {w.tile}: {_plain(w.message)}")
+            err.print(f"[yellow]warning[/yellow] {w.year} {_plain(w.tile)}: {_plain(w.message)}")
         for c in report.commits:
             err.print(f"committed utm{c.zone:02d} {c.year} as {c.tag} ({c.snapshot})", markup=False)
     return report.exit_code
 
 
 def _plain(text: object) -> str:
+    """Untrusted text (a tile name, a server's reason) as inert output: no markup, no control."""
     from rich.markup import escape
 
-    return escape(str(text))
+    from tessera_vz.core.text import printable
+
+    return escape(printable(text, limit=4000))

@@ -29,6 +29,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             zones=parse_zones(args.zones),
             allow_local_sources=args.allow_local_sources,
             allowed_sources=args.allow_source,
+            allow_private_sources=args.allow_private,
             concurrency=args.concurrency,
             retries=args.retries,
             timeout=args.timeout,

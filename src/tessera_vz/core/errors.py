@@ -97,7 +97,8 @@ def translate_error(exc: BaseException, label: str) -> TesseraError:
         return ConfigurationError(
             f"{label}: the repository reads this tile from a source you have not authorised. "
             "Pass allow_local_sources=True (CLI: --allow-local-sources) for file:// sources "
-            "you trust, or list it in allowed_sources"
+            "you trust, allow_private_sources=True (CLI: --allow-private) for sources on "
+            "loopback or private addresses, or list it in allowed_sources"
         )
     return SourceUnavailableError(f"{label}: {first}")
 

@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 #: Waiting longer than this for a lock is worth a line in the log.
 WAIT_WORTH_LOGGING = 0.5
+#: Seconds a failed write's partial output is given to stop changing, and at most
+#: to be removed (writer threads finishing their last chunk after a Ctrl-C).
+REMOVE_SETTLE, REMOVE_PATIENCE = 0.1, 10.0
 
 
 def probe_writable(folder: Path, target: str) -> None:
@@ -123,6 +126,34 @@ def atomic_path(
         raise
 
 
+def inside(directory: str | Path, *names: str) -> Path:
+    """``directory/name/…``, refused (``ValueError``) unless it stays inside ``directory``.
+
+    Names that come from an index (tile names, years, zones) become file
+    names in a folder the user chose. Each must be one plain segment (no
+    ``/`` or ``\\``, not empty, ``.`` or ``..``, no control character), and
+    the path, resolved (symlinks followed), must still lie under the
+    resolved ``directory``: two checks, so neither a crafted name nor a
+    link planted in the output folder carries a write elsewhere.
+    """
+    base = Path(directory)
+    for name in names:
+        if (
+            not isinstance(name, str)
+            or name in ("", ".", "..")
+            or any(c in name for c in "/\\")
+            or any(ord(c) < 32 or ord(c) == 127 for c in name)
+        ):
+            raise ValueError(
+                f"{str(name)[:80]!r} is not a plain file name; nothing is written outside {base}"
+            )
+    path = base.joinpath(*names)
+    root = base.resolve()
+    if not path.resolve().is_relative_to(root):
+        raise ValueError(f"{path} resolves outside {root}; not written")
+    return path
+
+
 def atomic_write_bytes(target: str | Path, data: bytes, *, mode: int | None = None) -> None:
     """Write ``data`` to ``target`` through :func:`atomic_path` (a reader never sees half)."""
     with atomic_path(target, mode=mode) as tmp, open(tmp, "xb") as f:
@@ -145,11 +176,25 @@ def _replace(tmp: Path, final: Path) -> None:
 
 
 def _remove(path: Path) -> None:
-    """Delete a file or directory if it exists (cleaning up after a failed write)."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+    """Delete a file or directory if it exists (cleaning up after a failed write).
+
+    On Ctrl-C the main thread gets here while writer threads (dask's, zarr's)
+    may still be finishing the chunk they hold, and a late chunk write
+    recreates its folders: so delete, give them a moment, and delete again
+    until the path stays gone (for at most :data:`REMOVE_PATIENCE` seconds).
+    """
+    deadline = time.monotonic() + REMOVE_PATIENCE
+    while True:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        time.sleep(REMOVE_SETTLE)
+        if not os.path.lexists(path):
+            return
+        if time.monotonic() > deadline:
+            log.warning("could not remove the partial output %s; delete it by hand", path)
+            return
 
 
 @contextmanager

@@ -30,6 +30,7 @@ from tessera_vz.core.coords import check_lonlat
 from tessera_vz.core.errors import ConfigurationError, TileNotFoundError
 from tessera_vz.core.geometry import cell_centre, utm_zone
 from tessera_vz.core.options import ReadOptions
+from tessera_vz.core.permissions import with_remembered
 from tessera_vz.core.progress import no_progress
 from tessera_vz.core.quantisation import dequantise, valid_scale
 from tessera_vz.core.repos import quiet_icechunk
@@ -70,7 +71,7 @@ class TesseraStore:
         versions: Versions = None,
     ) -> None:  # fmt: skip
         self.root = root
-        self.options = options if options is not None else ReadOptions()
+        self.options = with_remembered(root, options or ReadOptions())  # docs/security.md
         self.versions: Pins = pins(versions)
         self._locations = zones
         # Checks the CA file too: a missing one is a clear error now, not at first read.
@@ -182,8 +183,7 @@ class TesseraStore:
         return pixels.location(loc, lon, lat, y)
 
     def _explain(self, lon: float, lat: float, year: int, exc: TileNotFoundError | None) -> None:
-        """Raise why no tile of ``year`` holds a point: the zone's own reason, and a hint
-        when lon/lat look swapped."""
+        """Raise why no tile of ``year`` holds a point (:func:`pixels.explain_missing`)."""
         zone = int(utm_zone(cell_centre(lon, lat)[0]))
 
         def located(x: float, y: float) -> bool:
@@ -192,20 +192,10 @@ class TesseraStore:
             except TileNotFoundError:
                 return False
 
-        hint = pixels.swapped_hint(located, lon, lat)
-        if exc is None and not hint:
-            return  # pixels.location says which tile is missing
-        try:
+        def zone_reason() -> None:
             self._zone_years.get(zone, year).table  # noqa: B018 - raises the zone's reason
-        except TileNotFoundError as reason:
-            raise TileNotFoundError(
-                f"no indexed tile of {year} is near lon={lon}, lat={lat}: {reason}{hint}"
-            ) from None
-        if exc is not None:
-            raise TileNotFoundError(f"{exc}{hint}") from None
-        raise TileNotFoundError(
-            f"no indexed tile of {year} covers lon={lon}, lat={lat}{hint}"
-        ) from None
+
+        pixels.explain_missing(located, zone_reason, lon, lat, year, exc)
 
     def locate_points(self, lons: ArrayLike, lats: ArrayLike, year: int) -> Located:
         """The tile and pixel of many points (``ok`` is False where there is none)."""
@@ -420,7 +410,7 @@ def open_store(
     path: str, *, options: ReadOptions | None = None, allow_local_sources: bool = False,
     allowed_sources: Iterable[str] | None = None, s3_options: dict[str, Any] | None = None,
     retries: int | None = None, timeout: float | None = None, direct_reads: bool = True,
-    ca_file: str | None = None, versions: Versions = None,
+    ca_file: str | None = None, versions: Versions = None, allow_private_sources: bool = False,
 ) -> TesseraStore:  # fmt: skip
     """Open the index written by ``tessera-vz index --out PATH``.
 
@@ -433,8 +423,8 @@ def open_store(
 
     Give either ``options`` (a :class:`~tessera_vz.core.options.ReadOptions`)
     or its fields as keywords: ``retries`` and ``timeout`` (seconds per
-    attempt) bound every source read, ``allow_local_sources`` /
-    ``allowed_sources`` say which sources may be read, ``s3_options`` how to
+    attempt) bound every source read, ``allow_local_sources``, ``allow_private_sources``
+    and ``allowed_sources`` say which sources may be read, ``s3_options`` how to
     reach S3, ``ca_file`` an extra CA to trust for HTTPS, and
     ``direct_reads=False`` sends pixel reads through Icechunk instead of
     tessera-vz's checked reader.
@@ -443,11 +433,11 @@ def open_store(
         options = ReadOptions.of(
             retries=retries, timeout=timeout, allow_local_sources=allow_local_sources,
             allowed_sources=allowed_sources, s3_options=s3_options, direct_reads=direct_reads,
-            ca_file=ca_file,
+            ca_file=ca_file, allow_private_sources=allow_private_sources,
         )  # fmt: skip
     elif (allow_local_sources, allowed_sources, s3_options, retries, timeout, ca_file) != (
         False, None, None, None, None, None
-    ) or not direct_reads:  # fmt: skip
+    ) or not direct_reads or allow_private_sources:  # fmt: skip
         raise ConfigurationError(
             "give either options=ReadOptions(...) or its fields as keywords, not both"
         )
