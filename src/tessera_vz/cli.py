@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from tessera_vz import __version__
+from tessera_vz.commands.map_args import add_map_commands
 from tessera_vz.core.errors import ConfigurationError, TesseraError, VersionNotFoundError
 from tessera_vz.core.text import PrintableFormatter, printable
 
@@ -111,17 +112,6 @@ def _add_s3_flags(
 def _add_progress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--progress", action="store_true", help="progress bars even when not a tty")
-
-
-def _add_area_flags(p: argparse.ArgumentParser) -> None:
-    """``--bbox W S E N`` or ``--region-file``, and the grid flags of ``region``."""
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--bbox", nargs=4, type=float, metavar=("W", "S", "E", "N"))
-    where.add_argument("--region-file", metavar="AREA", help="polygons, as `region` reads them")
-    p.add_argument("--zone", type=int, default=None, help="UTM zone (default: area centre)")
-    p.add_argument("--crs", default=None, help="output CRS, e.g. EPSG:4326 (default: --zone's)")
-    p.add_argument("--resolution", default=None, metavar="RES[,YRES]",
-                   help="pixel size in the CRS's units (default: about 10 m)")  # fmt: skip
 
 
 def _command(p: argparse.ArgumentParser, target: str) -> None:
@@ -291,38 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_read_flags(rg)
     _command(rg, "region:cmd_region")
 
-    cl = sub.add_parser("classify", help="labelled points to a class map (uint8 COG)")
-    cl.add_argument("training", nargs="?", help="CSV, Parquet or GeoParquet of labelled points")
-    cl.add_argument("--label", metavar="COLUMN", help="the training table's class column")
-    cl.add_argument("--lon", metavar="COLUMN", help="longitude column (default: lon/longitude)")
-    cl.add_argument("--lat", metavar="COLUMN", help="latitude column (default: lat/latitude)")
-    cl.add_argument("--model", choices=("knn", "forest", "logistic"), default="forest")
-    cl.add_argument("--folds", type=int, default=5, help="k of the k-fold accuracy (default 5)")
-    cl.add_argument("--probabilities", action="store_true", help="one band per class, beside")
-    cl.add_argument("--model-out", metavar="FILE.joblib", help="save the fitted model")
-    cl.add_argument("--model-in", metavar="FILE.joblib", help="apply a saved model (no TRAINING)")
-    sim = sub.add_parser("similar", help="cosine similarity of every pixel to reference places")
-    sim.add_argument("reference", nargs="?", help="CSV, Parquet or GeoParquet of reference points")
-    sim.add_argument("--lon", type=float, help="one reference place: longitude")
-    sim.add_argument("--lat", type=float, help="one reference place: latitude")
-    sim.add_argument("--how", choices=("max", "mean"), default="max", help="over references")
-    sim.add_argument("--top", type=int, default=0, metavar="K", help="write the K best pixels")
-    sim.add_argument("--matches", metavar="FILE.parquet", help="where --top writes (GeoParquet)")
-    chg = sub.add_parser("change", help="cosine distance between two years' embeddings")
-    chg.add_argument("--years", required=True, help="the two years compared, e.g. 2023,2024")
-    pca = sub.add_parser("rgb", help="a false-colour picture: PCA of the area's embeddings")
-    for mp, target in ((cl, "classify:cmd_classify"), (sim, "similar:cmd_similar"),
-                       (chg, "change:cmd_change"), (pca, "rgb:cmd_rgb")):  # fmt: skip
-        _add_area_flags(mp)
-        if mp is not chg:
-            mp.add_argument("--year", required=True, help="the year mapped")
-        mp.add_argument("--store", required=True)
-        mp.add_argument("--out", required=True, help="FILE.tif (a COG; rgb: or FILE.png)")
-        mp.add_argument("--json", action="store_true", help="print the report as one JSON object")
-        mp.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    def finish(mp: argparse.ArgumentParser, target: str) -> None:
         _add_progress(mp)
         _add_read_flags(mp)
         _command(mp, target)
+
+    add_map_commands(sub, finish)
     sv = sub.add_parser("serve", help="a map viewer of an index in the browser (and its HTTP API)")
     sv.add_argument("store", help="the --out of `tessera-vz index` (path, s3:// or http(s)://)")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
