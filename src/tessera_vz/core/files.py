@@ -26,12 +26,26 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from platformdirs import user_cache_dir
+
 from tessera_vz.core.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 
 #: Waiting longer than this for a lock is worth a line in the log.
 WAIT_WORTH_LOGGING = 0.5
+
+
+def cache_dir() -> Path | None:
+    """Where tessera-vz keeps what later runs reuse (tables, single-range origins).
+
+    ``$TESSERA_VZ_CACHE``, else the user cache directory (platformdirs);
+    ``off`` (or empty, ``0``, ``none``) disables every on-disk cache.
+    """
+    env = os.environ.get("TESSERA_VZ_CACHE")
+    if env is not None and env.lower() in ("", "0", "off", "none"):
+        return None
+    return Path(env) if env else Path(user_cache_dir("tessera-vz"))
 
 
 def hidden_beside(target: str | Path, kind: str = "tmp") -> Path:

@@ -10,24 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
-from platformdirs import user_cache_dir
 
-from tessera_vz.core.files import atomic_path
+from tessera_vz.core.files import atomic_path, cache_dir
 
 log = logging.getLogger(__name__)
-
-
-def cache_dir() -> Path | None:
-    """``$TESSERA_VZ_CACHE``, else the user cache directory; ``off`` disables it."""
-    env = os.environ.get("TESSERA_VZ_CACHE")
-    if env is not None and env.lower() in ("", "0", "off", "none"):
-        return None
-    return Path(env) if env else Path(user_cache_dir("tessera-vz"))
 
 
 def _path(repo_location: str, snapshot: str) -> Path | None:
