@@ -222,7 +222,7 @@ def choose(
     *,
     direct: bool = True,
     range_gap: int = RANGE_GAP,
-    part: int = PART,
+    part: int | None = None,
 ) -> tuple[Plan, SourceFiles | None]:
     """The plan for ``wanted``, and the direct reader unless Icechunk reads it.
 
@@ -245,7 +245,7 @@ def choose(
         file_ends = wanted.file_starts + wanted.lengths
         if all(files.multi_range(u) for u in wanted.checksums):
             gap = min(gap, range_gap)
-        by_file = coalesce(wanted.file, wanted.urls, wanted.file_starts, file_ends, gap, part=part)
+        by_file = coalesce(wanted.file, wanted.urls, wanted.file_starts, file_ends, gap, part=part or PART)
         return dataclasses.replace(by_file, groups=requests(by_file, files)), files
     ends = wanted.chunk_starts + wanted.lengths
     return coalesce(wanted.chunk, wanted.chunk_keys(), wanted.chunk_starts, ends, gap), None
