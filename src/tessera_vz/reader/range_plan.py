@@ -245,7 +245,9 @@ def choose(
         file_ends = wanted.file_starts + wanted.lengths
         if all(files.multi_range(u) for u in wanted.checksums):
             gap = min(gap, range_gap)
-        by_file = coalesce(wanted.file, wanted.urls, wanted.file_starts, file_ends, gap, part=part or PART)
+        by_file = coalesce(
+            wanted.file, wanted.urls, wanted.file_starts, file_ends, gap, part=part or PART
+        )
         return dataclasses.replace(by_file, groups=requests(by_file, files)), files
     ends = wanted.chunk_starts + wanted.lengths
     return coalesce(wanted.chunk, wanted.chunk_keys(), wanted.chunk_starts, ends, gap), None
