@@ -27,6 +27,19 @@ def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TESSERA_VZ_CACHE", str(tmp_path / "cache"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Remembered permissions (core.permissions) stay in the session, never the user's.
+
+    Session-scoped, so module fixtures that index a tree (and so remember
+    its source) write there too.
+    """
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TESSERA_VZ_CONFIG", str(tmp_path_factory.getbasetemp() / "config"))
+    yield
+    mp.undo()
+
+
 def serve(root: Path) -> NginxServer:
     """Start nginx on ``root``; fails (never skips) when nginx is missing."""
     return NginxServer(root).start()

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import geopandas as gpd
 import pytest
 
 from tessera_vz.cli import main as cli
@@ -36,6 +37,14 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     (base / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
     (base / "empty").mkdir()
     (base / "out.tif").mkdir()  # a folder where a file should go
+    (base / "there.zarr").mkdir()  # an existing output
+    (base / "bad-wkt.csv").write_text("id;geometry\n1;POINT (0.05\n")
+    for name, wkt in [
+        ("line.geojson", "LINESTRING (0.04 52.14, 0.06 52.16)"),
+        ("field.geojson", "POLYGON ((0.04 52.14, 0.06 52.14, 0.06 52.16, 0.04 52.14))"),
+    ]:
+        gpd.GeoDataFrame({"id": [1]}, geometry=gpd.GeoSeries.from_wkt([wkt]),
+                         crs=4326).to_file(base / name)  # fmt: skip
     return {"base": base, "src": src, "ix": ix}
 
 
@@ -96,6 +105,12 @@ def _cases(s: dict[str, Any]) -> list[tuple[list[str], int, str]]:
         ([*rg_out, "--crs", "EPSG:99999"], 2, "not a coordinate reference system"),
         ([*rg_out, "--zone", "61"], 2, "UTM zones are 1-60"),
         ([*rg_out, "--crs", "EPSG:4326", "--zone", "31"], 2, "not both"),
+        # a resolution in the wrong units: said so, with the number to give instead
+        ([*rg_out, "--crs", "EPSG:4326", "--resolution", "10"], 2,
+         "resolution 10 x 10 is in the units of EPSG:4326 (degree): pixels of about"),
+        ([*rg_out, "--crs", "EPSG:4326", "--resolution", "10"], 2, "give about 0.00015,9e-05"),
+        ([*rg_out, "--crs", "EPSG:32631", "--resolution", "0.0001"], 2,
+         "in the units of EPSG:32631 (metre)"),
         (["region", "0", "40", "6", "56", "--year", "2024", *read, "--out", str(b / "r.tif")],
          2, "pixel limit"),
         (["region", "0.04", "52.14", "0.06", "52.16", "--year", "2024,abc", *read, "--out",
@@ -121,6 +136,30 @@ def _cases(s: dict[str, Any]) -> list[tuple[list[str], int, str]]:
           str(b / "p.parquet")], 2, "cannot read"),
         ([*pts_out, "--batch-size", "0"], 2, "--batch-size must be at least 1"),
         ([*pts_out[:3], "2030", *pts_out[4:]], 2, "year 2030 not indexed"),
+        # points: a year per row, vector files, WKT
+        ([*pts_out, "--year-column", "year"], 2, "--year and --year-column exclude each other"),
+        (["points", str(b / "pts.csv"), *read, "--out", str(b / "p.parquet")], 2,
+         "no --year given and points file"),
+        (["points", str(b / "pts.csv"), *read, "--out", str(b / "p.parquet"), "--year-column",
+          "obs_year"], 2, "no year column 'obs_year'"),
+        ([*pts_out, "--geometry", "wkt", "--lon", "lon", "--lat", "lat"], 2,
+         "--lon/--lat or --geometry"),
+        ([*pts_out, "--geometry", "wkt"], 2, "no geometry column 'wkt'"),
+        (["points", str(b / "field.geojson"), "--year", "2024", *read, "--out",
+          str(b / "p.parquet")], 2, "holds a Polygon in row 0"),
+        (["points", str(b / "bad-wkt.csv"), "--year", "2024", *read, "--out",
+          str(b / "p.parquet")], 2, "not WKT"),
+        # region: existing outputs, --region-file
+        ([*rg, "--out", str(b / "there.zarr")], 2, "exists; pass --overwrite"),
+        (["region", "0.04", "52.14", "--year", "2024", *read, "--out", str(b / "r.zarr")], 2,
+         "a bbox WEST SOUTH EAST NORTH"),
+        ([*rg_out, "--region-file", str(b / "field.geojson")], 2, "not both"),
+        (["region", "--region-file", str(b / "nope.geojson"), "--year", "2024", *read, "--out",
+          str(b / "r.tif")], 2, "does not exist"),
+        (["region", "--region-file", str(b / "pts.csv"), "--year", "2024", *read, "--out",
+          str(b / "r.tif")], 2, "must be .geojson, .gpkg or .shp"),
+        (["region", "--region-file", str(b / "line.geojson"), "--year", "2024", *read, "--out",
+          str(b / "r.tif")], 2, "a region needs polygons"),
         # index: selections that select nothing, bad sources
         ([*ixc, "--zones", "99"], 2, "UTM zones are 1-60"),
         ([*ixc, "--zones", "thirty"], 2, "comma-separated integers"),
@@ -128,13 +167,27 @@ def _cases(s: dict[str, Any]) -> list[tuple[list[str], int, str]]:
         ([*ixc, "--years", "2019"], 2, "nothing to index"),
         (["index", str(b / "empty"), "--out", str(b / "new-index")], 2, "nothing to index"),
         (["index", str(b / "nope"), "--out", str(b / "new-index")], 2, "not a directory"),
+        (["index", "https://127.0.0.1:9/a/../tiles/", "--out", str(b / "new-index")], 2,
+         "has '.' or '..' segments"),
         (["index", "http://127.0.0.1:9/tiles", "--out", str(b / "new-index")], 2,
          "--manifest"),
         ([*ixc, "--concurrency", "0"], 2, "--concurrency must be at least 1"),
+        # output folders checked before any work: what, why, what to do
+        (["index", src, "--out", "/proc/x"], 2, "the folder '/proc' is not writable"),
+        (["index", src, "--out", "/proc/x/y"], 2, "choose a folder you can write to"),
+        (["index", src, "--out", str(b / "pts.csv")], 2, "is a file, not a folder"),
+        (["catalog", ix, "--out", "/proc/x"], 2, "the folder '/proc' is not writable"),
         # info, verify, catalog, serve
         (["info", str(b / "nope")], 2, "not a directory"),
         (["info", str(b / "pts.csv")], 2, "not a directory"),
         (["verify", str(b / "nope")], 2, "not a directory"),
+        # an empty selection is refused, naming what is indexed
+        (["verify", ix, "--years", "1999"], 2,
+         f"nothing to verify: {ix} has no tiles of years 1999; it indexes utm31: {YEAR}"),
+        (["verify", ix, "--zones", "30"], 2, "has no tiles of UTM zones 30; it indexes utm31"),
+        (["verify", ix, "--zones", "31", "--years", "2019"], 2,
+         "no tiles of UTM zones 31 and years 2019"),
+        (["verify", ix, "--zones", "99"], 2, "UTM zones are 1-60"),
         (["catalog", ix, "--out", str(b / "no" / "such" / "cat")], 2, "does not exist"),
         (["catalog", ix, "--out", str(b / "pts.csv")], 2, "is not a directory but a file"),
         (["catalog", str(b / "nope"), "--out", str(b / "cat")], 2, "not a directory"),
@@ -258,3 +311,53 @@ def test_a_real_sigint_exits_130(setup: dict[str, Any], tmp_path: Path) -> None:
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "interrupted" in err
     assert not (tmp_path / "many.parquet").exists() and not list(tmp_path.glob(".many*"))
+
+
+@pytest.mark.parametrize("json_flag", [[], ["--json"]])
+def test_a_closed_pipe_ends_quietly(setup: dict[str, Any], json_flag: list[str]) -> None:
+    """`tessera-vz point ... | head`: the reader leaves; no "Broken pipe", no traceback, 141."""
+    argv = ["point", "0.05", "52.15", "--year", str(YEAR), "--store", str(setup["ix"]),
+            "--allow-local-sources", *json_flag]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "tessera_vz.cli", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # as `head` does once it has its lines
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert err == ""
+    # The same command with its reader present prints and exits 0.
+    done = subprocess.run([sys.executable, "-m", "tessera_vz.cli", *argv], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0 and done.stderr == "" and "grid_0.05_52.15" in done.stdout
+
+
+def test_point_and_region_print_what_a_person_reads(
+    setup: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """point: a table and the values by band (no numpy repr); region: what was written."""
+    import numpy as np
+
+    from tessera_vz.reader import open_store
+
+    ix, b = str(setup["ix"]), setup["base"]
+    read = ["--store", ix, "--allow-local-sources"]
+    assert cli(["point", "0.05", "52.15", "--year", str(YEAR), *read]) == 0
+    text = capsys.readouterr().out
+    assert "array(" not in text and "[" not in text  # neither numpy's repr nor a list
+    header = next(line for line in text.splitlines() if "grid_0.05_52.15" in line)
+    assert header.split()[:2] == [str(YEAR), "grid_0.05_52.15"] and f"{YEAR}-v1" in header
+    values = open_store(ix, allow_local_sources=True).point(0.05, 52.15, YEAR)
+    band_line = next(line for line in text.splitlines() if line.strip().startswith("b000"))
+    shown = [float(v) for v in band_line.split()[1:]]
+    np.testing.assert_allclose(shown, values[: len(shown)], atol=5e-5)
+    out = b / "shown.zarr"
+    assert cli(["region", "0.04", "52.14", "0.06", "52.16", "--year", str(YEAR), *read,
+                "--out", str(out)]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    assert "{" not in text  # not a Python dict
+    rows = {line.split()[0]: line.split(maxsplit=1)[1].strip() for line in text.splitlines()
+            if len(line.split()) > 1}  # fmt: skip
+    assert rows["file"] == str(out) and rows["CRS"] == "EPSG:32631"
+    assert rows["version"] == f"utm31/{YEAR}-v1" and rows["pixel"] == "10 x 10"
+    assert rows["dataset"] == "unknown"  # a tree with no dataset directory or manifest
+    assert rows["shape"].startswith("229 (y) x 146 (x) x 4 (band)")

@@ -81,7 +81,7 @@ def test_one_geoparquet_builder_for_points_and_footprints() -> None:
         assert doc["version"] == GEOPARQUET_VERSION and doc["primary_column"] == "geometry"
         col = doc["columns"]["geometry"]
         assert col["encoding"] == "WKB" and col["edges"] == "planar"
-        assert col["crs"]["id"] == {"authority": "EPSG", "code": 4326}
+        assert "crs" not in col  # GeoParquet's default, OGC:CRS84: what readers expect
     assert points["columns"]["geometry"]["bbox"] == [0.0, 1.0, 2.0, 3.0]
     assert "orientation" not in points["columns"]["geometry"]
     col = tiles["columns"]["geometry"]

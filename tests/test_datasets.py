@@ -335,8 +335,7 @@ def test_an_index_without_a_recorded_dataset_reads_as_unknown(
 
 
 def test_netcdf_names_the_dataset(mirror: tuple[Path, NginxServer], tmp_path: Path) -> None:
-    """A region written as NetCDF keeps the dataset attributes (needs the NetCDF backend)."""
-    pytest.importorskip("h5py", reason="the NetCDF writer needs h5py (tests/test_cog.py too)")
+    """A region written as NetCDF keeps the dataset attributes (h5netcdf, a test dependency)."""
     import xarray as xr
 
     from tessera_vz.export import write_region

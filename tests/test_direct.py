@@ -164,10 +164,10 @@ def test_changed_source_fails_direct_reads(tmp_path: Path) -> None:
             fresh.region(bbox, YEAR)
         lons = spec.lon + np.linspace(-0.01, 0.01, 50)
         lats = spec.lat + np.linspace(0.035, 0.04, 50)  # many rows: the direct path
-        with pytest.raises(SourceChangedError, match="re-run `tessera-vz index`"):
+        with pytest.raises(SourceChangedError, match="re-run `tessera-vz index --reprobe`"):
             fresh.points(lons, lats, YEAR)
         server.clear_log()
-        with pytest.raises(SourceChangedError, match="re-run `tessera-vz index`"):
+        with pytest.raises(SourceChangedError, match="re-run `tessera-vz index --reprobe`"):
             fresh.points(lons, lats, YEAR, gap=64)  # rows apart: one multi-range request
         assert any("," in (r["range"] or "") for r in server.requests()), server.requests()
         assert not np.isnan(before.embeddings.values).all()

@@ -217,7 +217,7 @@ def test_changed_source_fails_loudly_then_reindexes(
         store = open_store(str(out))
         with pytest.raises(SourceChangedError, match=spec.name) as info2:
             store.point(spec.lon, spec.lat, YEAR)
-        assert "re-run" in str(info2.value)
+        assert "re-run `tessera-vz index --reprobe`" in str(info2.value)
         # The manifest still shows the old size and mtime, so a sync run does
         # not probe the tile: the drift stays caught by reads (above) and verify.
         doc = run_index(opts).to_json()

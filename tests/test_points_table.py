@@ -33,6 +33,7 @@ from tessera_vz.indexer.run import IndexOptions, run_index
 from tessera_vz.reader import open_store
 from tessera_vz.reader.store import TesseraStore, dequantise
 from tessera_vz.testing.tiles import make_tree
+from tests.crs84 import is_crs84
 
 HERE = Path(__file__).parent
 BANDS = 8
@@ -147,7 +148,7 @@ def test_csv_to_geoparquet_keeps_columns_and_says_why(
     assert doc["status"] == {"empty": 4, "invalid coordinate": 4, "no data": 2, "no tile": 2,
                              "ok": 6}  # fmt: skip
     gdf = gpd.read_parquet(out)
-    assert gdf.crs.to_epsg() == 4326 and gdf.geometry.name == "geometry"
+    assert is_crs84(gdf.crs) and gdf.geometry.name == "geometry"
     check_table(pd.DataFrame(gdf.drop(columns="geometry")), tree["root"], YEARS)
     for (_, _, lon, lat, status), geom in zip(
         [r for r in ROWS for _ in YEARS], gdf.geometry, strict=True
@@ -239,7 +240,7 @@ def test_geoparquet_and_parquet_inputs_give_the_same_table(
     )
     # The points came back from EPSG:3857 to lon/lat (within float error).
     np.testing.assert_allclose(g.geometry.x[:-1], [r[2] for r in ok], atol=1e-9)
-    assert g.crs.to_epsg() == 4326 and "geometry_input" not in g.columns
+    assert is_crs84(g.crs) and "geometry_input" not in g.columns
 
 
 def test_csv_output(tree: dict[str, Any], tmp_path: Path) -> None:
@@ -272,9 +273,9 @@ def test_sample_api_equals_the_cli_and_batches_do_not_matter(
     # Written with plain pyarrow, the table is GeoParquet already.
     pq.write_table(whole, tmp_path / "api.parquet")
     gdf = gpd.read_parquet(tmp_path / "api.parquet")
-    assert gdf.crs.to_epsg() == 4326
+    assert is_crs84(gdf.crs)
     arrow = gpd.GeoDataFrame.from_arrow(whole)  # GeoArrow field metadata: no file needed
-    assert arrow.crs.to_epsg() == 4326 and arrow.geometry.x.iloc[0] == ROWS[0][2]
+    assert is_crs84(arrow.crs) and arrow.geometry.x.iloc[0] == ROWS[0][2]
     # A GeoDataFrame in, its geometry used in its CRS.
     pts = gpd.GeoDataFrame({"id": [1]}, geometry=gpd.points_from_xy([ROWS[0][2]], [ROWS[0][3]]),
                            crs=4326).to_crs(32630)  # fmt: skip
@@ -356,4 +357,6 @@ def test_cli_point_reads_several_years(
         np.testing.assert_array_equal(got, truth(tree["root"], r["year"], 0.04, 52.17))
     assert cli([*argv[:-4], "--store", str(tree["out"]), "--allow-local-sources"]) == 0
     text = capsys.readouterr().out
-    assert "2024: grid_0.05_52.15" in text and "2025: grid_0.05_52.15" in text
+    rows = [line.split()[:2] for line in text.splitlines() if "grid_0.05_52.15" in line]
+    assert rows == [["2024", "grid_0.05_52.15"], ["2025", "grid_0.05_52.15"]]  # a table row each
+    assert "2024 embedding" in text and "2025 embedding" in text

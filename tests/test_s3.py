@@ -23,6 +23,7 @@ import pytest
 from tessera_vz.cli import main as cli_main
 from tessera_vz.core.errors import ConfigurationError, SourceChangedError
 from tessera_vz.core.layout import repo_name
+from tessera_vz.core.options import ReadOptions
 from tessera_vz.core.repos import container_for, credentials, storage_for
 from tessera_vz.core.s3 import s3_settings
 from tessera_vz.indexer.run import IndexOptions, run_index
@@ -89,7 +90,7 @@ def test_settings_from_env_and_options(monkeypatch: pytest.MonkeyPatch) -> None:
         s3_options={"endpoint_url": "http://127.0.0.1:9000", "secret_access_key": SECRET_KEY},
     )
     assert "127.0.0.1:9000" in repr(c.store) and SECRET_KEY not in repr(c.store)
-    creds = credentials(["s3://b/p/", "file:///x/"], s3_options={"anonymous": True})
+    creds = credentials(["s3://b/p/", "file:///x/"], ReadOptions.of(s3_options={"anonymous": True}))
     assert list(creds) == ["s3://b/p/"]
 
 

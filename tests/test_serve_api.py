@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+import shapely
+import shapely.geometry
 import xarray as xr
 from PIL import Image
 
@@ -335,6 +337,8 @@ def test_bad_requests_are_one_line_json(base: str, path: str, status: int, says:
         "/static//etc/passwd",
         "/static/%2fetc%2fpasswd",
         "/../../../../etc/passwd",
+        "/data/../app.py",
+        "/data/%2e%2e/core/coastline.py",
     ],
 )
 def test_static_files_only_from_the_package(base: str, raw: str) -> None:
@@ -348,6 +352,19 @@ def test_static_files_only_from_the_package(base: str, raw: str) -> None:
     conn.close()
     assert resp.status == 404, (raw, resp.status, body[:200])
     assert b"def " not in body and b"root:" not in body
+
+
+def test_land_layer_is_served_from_the_package(base: str) -> None:
+    """The viewer's coastlines: the shipped Natural Earth GeoJSON, the bytes of the package's."""
+    from tessera_vz.core.coastline import land_file
+
+    status, _, body = get(base + "/data/land-50m.geojson")
+    assert status == 200 and body == land_file().read_bytes()
+    doc = json.loads(body)
+    geom = shapely.geometry.shape(doc["features"][0]["geometry"])
+    assert geom.geom_type == "MultiPolygon" and len(geom.geoms) > 1000
+    assert geom.contains(shapely.Point(2.35, 48.85)) and not geom.contains(shapely.Point(-30, 45))
+    assert shapely.Polygon.from_bounds(-180, -90, 180, 90).contains(geom)  # split at +/-180
 
 
 def test_page_and_static_files_are_served_read_only(base: str) -> None:

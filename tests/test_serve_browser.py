@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import shapely
 from PIL import Image
 from playwright.sync_api import Page, sync_playwright
 
@@ -41,7 +42,8 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-BACKGROUND = (232, 236, 241)  # the page's map background, #e8ecf1
+BACKGROUND = (232, 236, 241)  # the page's map background (the sea), #e8ecf1
+LAND = (0xDE, 0xDA, 0xCB)  # LAND in viewer.js, drawn from the app's Natural Earth layer
 ZONE31 = (0x5B, 0x6B, 0xD6)  # ZONE_COLOURS[31 % 12] in viewer.js
 GAP = (0xD6, 0x45, 0x45)
 
@@ -80,9 +82,22 @@ def base(world: dict[str, Any]) -> Iterator[str]:
         yield url
 
 
-def blend(colour: tuple[int, int, int], opacity: float) -> np.ndarray:
-    """A fill colour drawn with ``opacity`` over the map background."""
-    return np.array(colour) * opacity + np.array(BACKGROUND) * (1 - opacity)
+def ground(lon: float, lat: float) -> tuple[int, int, int]:
+    """The map's colour under a place: land or sea, as the shipped coastline layer has it.
+
+    Places tested are well clear of the coast (its line is antialiased).
+    """
+    from tessera_vz.core.coastline import land_polygons
+
+    land = shapely.union_all(land_polygons((lon - 1, lat - 1, lon + 1, lat + 1)))
+    here = shapely.Point(lon, lat)
+    assert here.distance(land.boundary) > 0.012, (lon, lat)  # not on the coastline
+    return LAND if land.contains(here) else BACKGROUND
+
+
+def blend(colour: tuple[int, int, int], opacity: float, under: Any = BACKGROUND) -> np.ndarray:
+    """A fill colour drawn with ``opacity`` over the map background (or ``under``)."""
+    return np.array(colour) * opacity + np.array(under) * (1 - opacity)
 
 
 class MapView:
@@ -160,11 +175,19 @@ def test_viewer_in_chromium(base: str, store: TesseraStore) -> None:
             differs = np.abs(img - np.array(BACKGROUND)).sum(axis=-1) > 6
             assert differs.mean() > 0.1, differs.mean()
             tile = view.colour(img, 0.85, 49.95)
-            assert np.abs(tile - blend(ZONE31, 0.35)).max() <= 8, tile
+            assert np.abs(tile - blend(ZONE31, 0.35, ground(0.85, 49.95))).max() <= 8, tile
             gap = view.colour(img, 0.85, 49.75)  # indexed in 2024 only
-            assert np.abs(gap - blend(GAP, 0.45)).max() <= 8, gap
-            outside = view.colour(img, 0.6, 49.85)
-            assert np.abs(outside - np.array(BACKGROUND)).max() <= 2, outside
+            assert np.abs(gap - blend(GAP, 0.45, ground(0.85, 49.75))).max() <= 8, gap
+            # Outside the tiles: the Channel and Normandy, from the layer the app serves.
+            assert ground(0.62, 50.0) == BACKGROUND and ground(0.62, 49.72) == LAND
+            sea, land = view.colour(img, 0.62, 50.0), view.colour(img, 0.62, 49.72)
+            assert np.abs(sea - np.array(BACKGROUND)).max() <= 2, sea
+            assert np.abs(land - np.array(LAND)).max() <= 2, land
+            # Every pixel of the meridian 0.62 E from 49.82 N to 49.90 N: the coast line crosses.
+            (x, y0), (_, y1) = view.xy(0.62, 49.90), view.xy(0.62, 49.82)
+            column = img[round(y0) : round(y1), round(x)].sum(axis=-1)
+            assert column.min() < sum(LAND) - 60, column  # the coastline is drawn, in COAST
+            assert base + "/data/land-50m.geojson" in requests
 
             # Click a pixel: the plot shows the values the reader reads there.
             view.click(0.8623, 49.9342)
@@ -195,8 +218,10 @@ def test_viewer_in_chromium(base: str, store: TesseraStore) -> None:
             page.select_option("#year", "2024")
             page.wait_for_selector("body[data-tiles='2024']", timeout=60_000)
             img24 = view.shot()
-            assert np.abs(view.colour(img24, 0.85, 49.75) - blend(ZONE31, 0.35)).max() <= 8
-            assert np.abs(view.colour(img24, 0.85, 49.85) - blend(GAP, 0.45)).max() <= 8
+            land24 = ground(0.85, 49.75)
+            assert np.abs(view.colour(img24, 0.85, 49.75) - blend(ZONE31, 0.35, land24)).max() <= 8
+            gap24 = blend(GAP, 0.45, ground(0.85, 49.85))
+            assert np.abs(view.colour(img24, 0.85, 49.85) - gap24).max() <= 8
 
             # Draw a box (Shift+drag): the preview covers it, downloads are offered.
             view.click(0.8345, 49.9121)

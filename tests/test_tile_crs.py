@@ -247,12 +247,16 @@ def test_older_code_refuses_a_newer_layout(
     out = tmp_path / "index"
     shutil.copytree(indexed["out"], out)
     tip = _repo(out).lookup_branch("2024")
-    # The same tree from another server (another URL): every tile must be re-indexed.
+    # The same tree from another server (another URL, a deliberate move to another mirror of
+    # the same dataset): every tile must be re-indexed.
     root = indexed["root"]
     with NginxServer(root) as server:
         monkeypatch.setattr(migration, "LAYOUT_VERSION", 1)
         opts = IndexOptions(
-            source=server.url, out=str(out), manifest=str(root / "manifest.parquet")
+            source=server.url,
+            out=str(out),
+            manifest=str(root / "manifest.parquet"),
+            move_source=True,
         )
         with pytest.raises(ConfigurationError, match="newer tessera-vz"):
             run_index(opts)

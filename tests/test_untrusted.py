@@ -72,10 +72,22 @@ def _point_argv(spec: TileSpec, out: Path, *extra: str) -> list[str]:
 
 
 def test_local_sources_are_not_read_by_default(
-    tree: tuple[Path, list[TileSpec]], local_index: Path, capsys: pytest.CaptureFixture[str]
+    tree: tuple[Path, list[TileSpec]],
+    local_index: Path,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
 ) -> None:
+    """An index the user did not make here (a copy: no permission remembered for it)."""
+    import shutil
+
     root, specs = tree
     spec = specs[0]
+    # The user who indexed the tree reads it back without repeating a permission ...
+    mine = open_store(str(local_index)).point(spec.lon, spec.lat, YEAR)
+    assert mine.shape == (2,)
+    # ... and the same index anywhere else is someone else's.
+    shutil.copytree(local_index, tmp_path / "theirs")
+    local_index = tmp_path / "theirs"
     with pytest.raises(ConfigurationError, match="allow_local_sources") as info:
         open_store(str(local_index)).point(spec.lon, spec.lat, YEAR)
     assert spec.name in str(info.value)
@@ -152,12 +164,16 @@ def test_a_repo_pointing_at_local_files_cannot_read_them(
 
     store = open_store(str(out))
     assert prefix in store.containers(ZONE)
+    # (The copy is not the index the user made: its mirror on loopback needs permission.)
+    store = open_store(str(out), allow_private_sources=True)
     # tessera-vz's own reads follow the tiles table to the mirror, never the crafted chunk.
     honest = open_store(str(http_index)).point(spec.lon, spec.lat, YEAR)
     np.testing.assert_array_equal(store.point(spec.lon, spec.lat, YEAR), honest)
     # Through Icechunk (xr.open_zarr, or direct reads off) the crafted chunk is refused.
     with pytest.raises(ConfigurationError, match="not authorised"):
-        open_store(str(out), direct_reads=False).point(spec.lon, spec.lat, YEAR)
+        open_store(str(out), direct_reads=False, allow_private_sources=True).point(
+            spec.lon, spec.lat, YEAR
+        )
     with pytest.raises(Exception, match="authoriz"):
         store.open_tile(spec.lon, spec.lat, YEAR).embeddings.values  # noqa: B018
     # Allowing only another prefix keeps every container out.

@@ -112,10 +112,18 @@ def test_verify_finds_drifted_and_missing_tiles_and_index_fixes_drift(
 def test_verify_local_sources_need_permission(
     tree: tuple[Path, list[TileSpec]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """An index of a local tree is verified only with --allow-local-sources (else exit 2)."""
+    """Someone else's index of a local tree is verified only with --allow-local-sources.
+
+    The user's own index (indexed here, its permission remembered) needs none;
+    a copy of it elsewhere is someone else's (exit 2 without the flag).
+    """
     root, _specs = tree
+    mine = tmp_path / "mine"
+    assert run_index(IndexOptions(source=str(root), out=str(mine))).exit_code == 0
+    code, doc = _verify_cli(capsys, str(mine))
+    assert code == 0 and doc["healthy"] == 4
     out = tmp_path / "index"
-    assert run_index(IndexOptions(source=str(root), out=str(out))).exit_code == 0
+    shutil.copytree(mine, out)
     assert cli_main(["verify", str(out), "--json"]) == 2
     assert "allow-local-sources" in capsys.readouterr().err
     code, doc = _verify_cli(capsys, str(out), "--allow-local-sources")

@@ -89,12 +89,14 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     reads["v1"] = _reads(open_store(str(out), allow_local_sources=True))
     shutil.copytree(a, b)  # copy2: same sizes and mtimes, another source root
     _change(b, CHANGED, 1)
-    commits = run_index(IndexOptions(source=str(b), out=str(out))).commits
+    commits = run_index(IndexOptions(source=str(b), out=str(out), move_source=True)).commits
     assert sorted((c.zone, c.tag) for c in commits) == [(30, "2024-v2"), (31, "2024-v2")]
     reads["v2"] = _reads(open_store(str(out), allow_local_sources=True))
     shutil.copytree(b, c)
     _change(c, CHANGED, 2)
-    commits = run_index(IndexOptions(source=str(c), out=str(out), zones=[31])).commits
+    commits = run_index(
+        IndexOptions(source=str(c), out=str(out), zones=[31], move_source=True)
+    ).commits
     assert [(cm.zone, cm.tag) for cm in commits] == [(31, "2024-v3")]  # zone 30 not run
     return {"a": a, "b": b, "c": c, "out": out, "base": base, "reads": reads}
 
@@ -176,7 +178,7 @@ def test_open_zone_workers_read_the_pinned_snapshot(runs: dict[str, Any]) -> Non
     d = runs["base"] / "d"
     shutil.copytree(runs["c"], d)
     _change(d, CHANGED, 3)
-    commits = run_index(IndexOptions(source=str(d), out=str(runs["out"]))).commits
+    commits = run_index(IndexOptions(source=str(d), out=str(runs["out"]), move_source=True)).commits
     assert {cm.tag for cm in commits} == {"2024-v3", "2024-v4"}
     with (
         distributed.LocalCluster(

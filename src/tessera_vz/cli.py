@@ -22,9 +22,12 @@ from typing import Any, NoReturn
 
 from tessera_vz import __version__
 from tessera_vz.core.errors import ConfigurationError, TesseraError, VersionNotFoundError
+from tessera_vz.core.text import PrintableFormatter, printable
 
 #: Exit codes of every command.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: stdout's reader went away (``tessera-vz ... | head``): 128 + SIGPIPE, as shells report it.
+EXIT_BROKEN_PIPE = 141
 
 
 class Parser(argparse.ArgumentParser):
@@ -48,8 +51,9 @@ def _add_allow_source(p: argparse.ArgumentParser) -> None:
         "--allow-source",
         action="append",
         metavar="PREFIX",
-        help="read only from sources whose URL starts with PREFIX (repeatable; also where "
-        "redirects may lead, e.g. a CDN); default: every remote source the repo records",
+        help="read only from sources under PREFIX (scheme, host, port and whole path "
+        "segments; repeatable; also where redirects may lead, e.g. a CDN); default: every "
+        "remote source on a public address the repo records",
     )
 
 
@@ -59,6 +63,11 @@ def _add_read_flags(p: argparse.ArgumentParser, *, versions: bool = True) -> Non
         "--allow-local-sources",
         action="store_true",
         help="read tiles from file:// sources recorded in the repo",
+    )
+    p.add_argument(
+        "--allow-private",
+        action="store_true",
+        help="read tiles from sources on loopback, private, link-local or multicast addresses",
     )
     _add_allow_source(p)
     p.add_argument("--retries", type=int, default=3, help="retries of a failed request")
@@ -160,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="read every header again, even of tiles the inventory shows unchanged",
     )
+    ix.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="index tiles of a local SOURCE reached by symbolic links leading outside it "
+        "(skipped with a reason by default)",
+    )
     ix.add_argument("--json", action="store_true", help="print the JSON report on stdout")
     _add_progress(ix)
     ix.add_argument(
@@ -201,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     vf.add_argument("--zones", help="comma-separated UTM zones, e.g. 30,31")
     vf.add_argument("--json", action="store_true", help="print the JSON report on stdout")
     vf.add_argument("--concurrency", type=int, default=64, help="HEAD requests in flight")
+    _add_progress(vf)
     _add_read_flags(vf, versions=False)
     _command(vf, "verify:cmd_verify")
 
@@ -209,12 +225,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="a training table: embeddings of many points (CSV/Parquet/GeoParquet in, "
         "GeoParquet or CSV out)",
     )
-    pts.add_argument("input", help="CSV, Parquet or GeoParquet (point geometry) of the points")
-    pts.add_argument("--year", required=True, help="a year, or comma-separated years")
+    pts.add_argument(
+        "input",
+        help="CSV/TSV (GBIF downloads too), Parquet, GeoParquet, GeoPackage, GeoJSON or "
+        "shapefile of the points",
+    )
+    pts.add_argument(
+        "--year",
+        help="a year, or comma-separated years (default: each row's own year, from a 'year' "
+        "column)",
+    )
+    pts.add_argument(
+        "--year-column", metavar="COLUMN", help="read each row in the year this column holds"
+    )
     pts.add_argument("--store", required=True)
     pts.add_argument("--out", required=True, help="FILE.parquet (GeoParquet 1.1) or FILE.csv")
     pts.add_argument("--lon", metavar="COLUMN", help="longitude column (default: lon/longitude)")
     pts.add_argument("--lat", metavar="COLUMN", help="latitude column (default: lat/latitude)")
+    pts.add_argument("--geometry", metavar="COLUMN", help="a WKT (or WKB) point column, lon/lat")
     pts.add_argument(
         "--batch-size", type=int, default=100_000, help="points read at a time (default 100000)"
     )
@@ -227,7 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
         "region", help="a lon/lat box on one grid across zones (.tif COG, .zarr, .nc)"
     )
     for name in ("west", "south", "east", "north"):
-        rg.add_argument(name, type=float)
+        rg.add_argument(name, type=float, nargs="?", help=f"bbox {name} (degrees)")
+    rg.add_argument(
+        "--region-file",
+        metavar="AREA",
+        help="a polygon (.geojson, .gpkg, .shp) instead of the bbox: its box on the grid, "
+        "no-data outside it",
+    )
+    rg.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     rg.add_argument("--year", required=True, help="a year, or comma-separated years")
     rg.add_argument("--store", required=True)
     rg.add_argument("--out", required=True, help="FILE.tif (Cloud-Optimised GeoTIFF), .zarr or .nc")
@@ -241,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="int8 embeddings plus float32 scales (a .tif writes the scales to FILE_scales.tif)",
     )
     rg.add_argument("--json", action="store_true")
+    _add_progress(rg)
     _add_read_flags(rg)
     _command(rg, "region:cmd_region")
 
@@ -274,6 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ct.add_argument("store", help="the --out of `tessera-vz index` (path or s3://)")
     ct.add_argument("--out", required=True, help="catalog directory (tiles.parquet, stac/, ...)")
+    ct.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="where the index will be published (https://host/index or s3://bucket/index): "
+        "links to it are made under URL (default: relative to the catalog for a local index)",
+    )
     ct.add_argument("--json", action="store_true", help="print the JSON report on stdout")
     _add_progress(ct)
     _add_read_flags(ct, versions=False)
@@ -291,12 +333,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _fail(message: str) -> None:
     """One line on stderr: ``error: ...`` (red on a terminal), never markup-interpreted."""
-    text = " ".join(str(message).split())  # one line, whatever the exception held
+    # One line, whatever the exception held; values from an index or a server inside it
+    # keep no terminal control (an escape sequence in a tile name is shown as ``\x1b``).
+    text = printable(" ".join(str(message).split()), limit=4000)
     if sys.stderr.isatty():
         sys.stderr.write(f"\x1b[31merror:\x1b[0m {text}\n")
     else:
         sys.stderr.write(f"error: {text}\n")
     sys.stderr.flush()
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll says error or hang-up)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (captured)
+        return False
+
+
+def _quiet_stdout() -> int:
+    """Leave quietly after ``| head`` closed stdout, as Python's documentation recommends.
+
+    Whatever is still buffered cannot be delivered; stdout is pointed at
+    ``/dev/null`` so that the final flush does not fail a second time
+    (see "Note on SIGPIPE" in the :mod:`signal` documentation).
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -308,9 +376,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     verbose = args.verbose + args.sub_verbose
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     module, name = args.command_target.split(":")
     try:
         func: Any = getattr(importlib.import_module(f"tessera_vz.commands.{module}"), name)
@@ -318,6 +386,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _fail("interrupted (Ctrl-C); files being written were not completed")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        if not _stdout_gone():
+            raise  # a pipe of ours to somewhere else: not the user's `| head`
+        return _quiet_stdout()
     except (ConfigurationError, VersionNotFoundError) as exc:  # nothing was read or written
         _fail(str(exc))
         return EXIT_USAGE
@@ -336,7 +408,10 @@ def run() -> None:
     """
     code = main()
     logging.shutdown()
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # the last of the output met a closed pipe (`| head`)
+        code = _quiet_stdout()
     sys.stderr.flush()
     os._exit(code)
 

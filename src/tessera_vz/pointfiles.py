@@ -1,4 +1,4 @@
-"""Files of points: CSV, Parquet or GeoParquet in; GeoParquet 1.1 or CSV out.
+"""Files of points: CSV/TSV, Parquet, GeoParquet or vector files in; GeoParquet 1.1 or CSV out.
 
 The file side of ``tessera-vz points``; the table itself is
 :meth:`~tessera_vz.reader.store.TesseraStore.sample`'s. Inputs are read
@@ -7,6 +7,11 @@ sampled and written batch by batch: :class:`TableWriter` writes each batch
 as it comes into a hidden file beside the output, and renames it into place
 only when the last batch and the provenance are in, so an interrupted run
 never leaves a file that looks complete.
+
+Text tables (``.csv``, ``.tsv``, ``.txt``) have their delimiter sniffed
+from the header line, so GBIF's downloads (tab-separated, whatever their
+suffix; ``occurrence.txt`` of a Darwin Core archive) are read as columns.
+GeoPackage, GeoJSON and shapefiles go through :mod:`tessera_vz.vectorfiles`.
 """
 
 from __future__ import annotations
@@ -25,12 +30,17 @@ import pyarrow as pa
 from tessera_vz.core.errors import ConfigurationError
 from tessera_vz.core.files import atomic_path
 from tessera_vz.export import check_writable_folder
-from tessera_vz.reader.point_columns import GEOMETRY, PointsInput, points_input
+from tessera_vz.reader.point_columns import GEOMETRY, PointsInput, points_input, year_column_of
+from tessera_vz.vectorfiles import VECTOR_SUFFIXES, read_vector
 
 log = logging.getLogger(__name__)
 
 #: Input suffixes -> format.
-INPUTS = {"csv": "csv", "parquet": "parquet", "geoparquet": "parquet", "pq": "parquet"}
+INPUTS = {"csv": "csv", "tsv": "csv", "txt": "csv", "parquet": "parquet",
+          "geoparquet": "parquet", "pq": "parquet",
+          **dict.fromkeys(VECTOR_SUFFIXES, "vector")}  # fmt: skip
+#: Delimiters a text table may use, sniffed from its header line.
+DELIMITERS = ("\t", ",", ";", "|")
 #: Output suffixes -> format.
 OUTPUTS = {"parquet": "parquet", "geoparquet": "parquet", "pq": "parquet", "csv": "csv"}
 
@@ -55,23 +65,30 @@ def check_points_output(path: str | Path) -> str:
 
 
 def read_points_file(
-    path: str | Path, *, lon: str | None = None, lat: str | None = None
+    path: str | Path,
+    *,
+    lon: str | None = None,
+    lat: str | None = None,
+    geometry: str | None = None,
+    year: str | None = None,
+    own_years: bool = False,
 ) -> PointsInput:
-    """The points of a CSV, Parquet or GeoParquet file.
+    """The points of a CSV/TSV, Parquet, GeoParquet, GeoPackage, GeoJSON or shapefile.
 
     Coordinates come from the ``lon``/``lat`` columns when named, else from
-    a GeoParquet file's primary (point) geometry in its CRS, else from
-    columns named ``lon``/``longitude`` and ``lat``/``latitude``.
+    the ``geometry`` column when named, else from a GeoParquet or vector
+    file's (point) geometry in its CRS, else from recognised lon/lat columns
+    (``lon``/``longitude``/``decimalLongitude``, ...), else from a WKT text
+    column (``geometry``/``wkt``). ``own_years``: each row is read in its
+    own year, from column ``year`` or, when not named, a column named
+    ``year`` in any case (GBIF's).
 
     Raises
     ------
     ConfigurationError
         The file is missing, unreadable, of an unknown kind, or has no usable
-        coordinates (the message lists its columns).
+        coordinates or year column (the message lists its columns).
     """
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
     p = Path(path)
     if not p.is_file():
         what = "is a folder" if p.is_dir() else "does not exist"
@@ -80,27 +97,78 @@ def read_points_file(
     if fmt is None:
         found = f"'.{_suffix(p)}'" if _suffix(p) else "no suffix"
         raise ConfigurationError(
-            f"points file {str(path)!r} must be .csv, .parquet or .geoparquet; got {found}"
+            f"points file {str(path)!r} must be .csv/.tsv/.txt, .parquet, .geoparquet, "
+            f".gpkg, .geojson or .shp; got {found}"
         )
     what = f"points file {str(path)!r}"
-    try:
-        table = pq.read_table(p) if fmt == "parquet" else pacsv.read_csv(p)
-    except (OSError, pa.ArrowException) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigurationError(f"cannot read {what} as {fmt.upper()}: {first}") from None
-    geo = _geo(table.schema.metadata)
-    if geo is not None and lon is None and lat is None:
-        name = geo.get("primary_column", GEOMETRY)
-        column = geo.get("columns", {}).get(name, {})
+    crs: Any = None
+    if fmt == "vector":
+        table, crs = read_vector(p, what)
+        geo: dict[str, Any] | None = {"primary_column": GEOMETRY, "columns": {GEOMETRY: {}}}
+    else:
+        table = _read_table(p, fmt, what)
+        geo = _geo(table.schema.metadata)
+        table = table.replace_schema_metadata(None)
+    if own_years and year is None:
+        year = year_column_of(table)
+        if year is None:
+            raise ConfigurationError(
+                f"no --year given and {what} has no year column; columns: {table.column_names}. "
+                "Pass --year YEAR[,YEAR] or --year-column COLUMN"
+            )
+    if geometry is None and geo is not None and lon is None and lat is None:
+        geometry = geo.get("primary_column", GEOMETRY)
+        column = geo.get("columns", {}).get(geometry, {})
         if "crs" in column and column["crs"] is None:
             log.warning("%s: geometry CRS unknown (crs null); taking lon/lat", what)
-        inp = points_input(
-            table.replace_schema_metadata(None), geometry=name, crs=column.get("crs"), what=what
-        )
-    else:
-        inp = points_input(table.replace_schema_metadata(None), lon=lon, lat=lat, what=what)
+        crs = crs if fmt == "vector" else column.get("crs")
+    inp = points_input(table, lon=lon, lat=lat, geometry=geometry, crs=crs, year=year, what=what)
     log.info("%s: %d points from %s", what, inp.size, inp.source)
     return inp
+
+
+def _read_table(p: Path, fmt: str, what: str) -> pa.Table:
+    """A Parquet file, or a text table with its delimiter sniffed."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    try:
+        if fmt == "parquet":
+            return pq.read_table(p)
+        parse = _parse_options(p)
+        try:
+            return pacsv.read_csv(p, parse_options=parse)
+        except pa.ArrowInvalid as exc:
+            if "conversion error" not in str(exc).lower():
+                raise
+            # A column typed by its first rows holds other things further down
+            # (GBIF's wide tables): read every column as text, coordinates included.
+            names = pacsv.open_csv(p, parse_options=parse).schema.names
+            log.warning("%s: mixed column types (%s); reading every column as text", what, exc)
+            text = pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()))
+            return pacsv.read_csv(p, parse_options=parse, convert_options=text)
+    except (OSError, pa.ArrowException) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        kind = "Parquet" if fmt == "parquet" else "a delimited text table"
+        raise ConfigurationError(f"cannot read {what} as {kind}: {first}") from None
+
+
+def _parse_options(p: Path) -> Any:
+    """The delimiter the header line uses most (tab for GBIF); tab-separated text is unquoted.
+
+    GBIF's tab-separated files do not quote fields and hold stray ``"`` in
+    free text, so quoting is off for tabs.
+    """
+    import pyarrow.csv as pacsv
+
+    with p.open("rb") as f:
+        header = f.readline(1 << 20).decode("utf-8", "replace")
+    delimiter = max(DELIMITERS, key=header.count)
+    if header.count(delimiter) == 0:
+        delimiter = ","
+    if delimiter == "\t":
+        return pacsv.ParseOptions(delimiter="\t", quote_char=False)
+    return pacsv.ParseOptions(delimiter=delimiter)
 
 
 def _geo(metadata: Mapping[bytes, bytes] | None) -> dict[str, Any] | None:

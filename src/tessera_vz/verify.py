@@ -27,6 +27,8 @@ from tessera_vz.core.boundary import ObjectFacts, SourceFiles
 from tessera_vz.core.errors import ConfigurationError, SourceNotFoundError, TesseraError
 from tessera_vz.core.loop import sync
 from tessera_vz.core.options import ReadOptions, RetryPolicy
+from tessera_vz.core.permissions import authorised, with_remembered
+from tessera_vz.core.progress import Advance, ProgressStart, no_progress
 from tessera_vz.core.repos import quiet_icechunk
 from tessera_vz.indexer.roots import SourceRoot, checksum_of, checksum_text
 
@@ -71,7 +73,7 @@ class VerifyReport:
 
 
 async def _head(
-    files: SourceFiles, url: str, limit: asyncio.Semaphore
+    files: SourceFiles, url: str, limit: asyncio.Semaphore, advance: Advance
 ) -> ObjectFacts | TesseraError:
     """The object's facts, or the error the boundary turned its failure into."""
     async with limit:
@@ -79,6 +81,8 @@ async def _head(
             return await files.head(url, "verifying")
         except TesseraError as exc:  # every failure the boundary raises; classified by _compare
             return exc
+        finally:
+            advance(1)
 
 
 def _compare(
@@ -112,11 +116,15 @@ _RANK: dict[Status, int] = {"healthy": 0, "drifted": 1, "unreachable": 2, "missi
 
 
 async def _check_source(
-    root: SourceRoot, rows: list[dict[str, Any]], files: SourceFiles, concurrency: int
+    root: SourceRoot,
+    rows: list[dict[str, Any]],
+    files: SourceFiles,
+    concurrency: int,
+    advance: Advance,
 ) -> list[TileCheck]:
     limit = asyncio.Semaphore(concurrency)
     paths = [p for r in rows for p in (r["emb_path"], r["scales_path"])]
-    heads = await asyncio.gather(*(_head(files, root.url_of(p), limit) for p in paths))
+    heads = await asyncio.gather(*(_head(files, root.url_of(p), limit, advance) for p in paths))
     found = dict(zip(paths, heads, strict=True))
     out = []
     for r in rows:
@@ -131,6 +139,24 @@ async def _check_source(
     return out
 
 
+def _empty_selection(
+    path: str, years: list[int] | None, zones: list[int] | None, indexed: dict[int, list[int]]
+) -> str:
+    """Why ``--years``/``--zones`` select nothing, and what the index holds instead."""
+    asked = " and ".join(
+        f"{what} {', '.join(map(str, values))}"
+        for what, values in (("UTM zones", zones), ("years", years))
+        if values is not None
+    )
+    held = "; ".join(
+        f"utm{z:02d}: {', '.join(map(str, ys)) or 'no year'}" for z, ys in sorted(indexed.items())
+    )
+    return (
+        f"nothing to verify: {path} has no tiles of {asked}; it indexes {held or 'no zone'} "
+        "(check --years and --zones)"
+    )
+
+
 def verify_index(
     path: str,
     *,
@@ -143,44 +169,62 @@ def verify_index(
     timeout: float = 30.0,
     s3_options: dict[str, Any] | None = None,
     ca_file: str | None = None,
+    allow_private_sources: bool = False,
+    progress: ProgressStart = no_progress,
 ) -> VerifyReport:
     """Compare every indexed tile's source objects with what the index recorded.
 
-    Sources are reached the way a reader would: ``file://`` sources only with
-    ``allow_local_sources`` (a repository from elsewhere must not make us
-    probe local paths), and only prefixes in ``allowed_sources`` when given.
+    Sources are reached the way a reader would (:mod:`tessera_vz.core.permissions`):
+    ``file://`` sources and loopback or private addresses only with
+    ``allow_local_sources`` / ``allow_private_sources`` or a permission
+    remembered for this index (a repository from elsewhere must not make us
+    probe local paths or the user's network), and only prefixes in
+    ``allowed_sources`` when given.
     """
     from tessera_vz.reader import open_store
 
     quiet_icechunk()
     store = open_store(path, allow_local_sources=True, s3_options=s3_options)
-    by_source: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for zone in store.zones():
-        if zones is not None and zone not in zones:
-            continue
-        for year in store.years(zone):
-            if years is not None and year not in years:
-                continue
-            table = store.tiles(year, zone)
-            cols = {str(c): table[c].values for c in table.data_vars}
-            for i, name in enumerate(table.tile.values):
-                row = {c: v[i].item() for c, v in cols.items()}
-                row.update(tile=str(name), year=year, zone=zone)
-                by_source[str(row["source"])].append(row)
-    report = VerifyReport()
-    read = ReadOptions(
-        policy=RetryPolicy(retries=retries, timeout=timeout),
-        s3_options=tuple(sorted((s3_options or {}).items())),
-        ca_file=ca_file,
+    read = with_remembered(
+        path,
+        ReadOptions(
+            policy=RetryPolicy(retries=retries, timeout=timeout),
+            s3_options=tuple(sorted((s3_options or {}).items())),
+            ca_file=ca_file,
+            allow_local_sources=allow_local_sources,
+            allowed_sources=tuple(allowed_sources) if allowed_sources is not None else None,
+            allow_private_sources=allow_private_sources,
+        ),
     )
+    by_source: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    indexed = {zone: store.years(zone) for zone in store.zones()}
+    chosen = [
+        (zone, year)
+        for zone, zone_years in indexed.items()
+        if zones is None or zone in zones
+        for year in zone_years
+        if years is None or year in years
+    ]
+    if not chosen and (years is not None or zones is not None):
+        raise ConfigurationError(_empty_selection(path, years, zones, indexed))
+    for zone, year in chosen:
+        table = store.tiles(year, zone)
+        cols = {str(c): table[c].values for c in table.data_vars}
+        for i, name in enumerate(table.tile.values):
+            row = {c: v[i].item() for c, v in cols.items()}
+            row.update(tile=str(name), year=year, zone=zone)
+            by_source[str(row["source"])].append(row)
+    report = VerifyReport()
+    total = 2 * sum(len(rows) for rows in by_source.values())
+    advance = progress(f"verifying {total // 2} tiles ({total} files)", total)
     for url, rows in sorted(by_source.items()):
         root = SourceRoot(url)
-        if allowed_sources is not None and not any(url.startswith(a) for a in allowed_sources):
+        if allowed_sources is not None and not authorised(url, read):
             raise ConfigurationError(
                 f"{len(rows)} tiles of {path} come from {url}, which is not in the allowed "
                 f"sources {allowed_sources}; add it (--allow-source) to verify them"
             )
-        if root.is_local and not allow_local_sources:
+        if root.is_local and not authorised(url, read):
             raise ConfigurationError(
                 f"{len(rows)} tiles of {path} come from the local tree {url}; pass "
                 "--allow-local-sources (allow_local_sources=True) if you trust this index "
@@ -188,6 +232,6 @@ def verify_index(
             )
         log.info("verifying %d tiles against %s", len(rows), url)
         files = SourceFiles([url, *(allowed_sources or [])], read)
-        report.checks += sync(_check_source(root, rows, files, concurrency))
+        report.checks += sync(_check_source(root, rows, files, concurrency, advance))
     report.checks.sort(key=lambda c: (c.zone, c.year, c.tile))
     return report

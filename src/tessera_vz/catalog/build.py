@@ -22,6 +22,7 @@ the rest are catalogued, and the exit code says some failed.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from collections.abc import Iterable
@@ -50,6 +51,9 @@ from tessera_vz.catalog.tables import UnitVersion, unit_key
 from tessera_vz.core.errors import ConfigurationError, TesseraError
 from tessera_vz.core.layout import parse_tag, repo_name
 from tessera_vz.core.progress import ProgressStart, no_progress
+from tessera_vz.core.table import refused_rows
+from tessera_vz.core.text import printable
+from tessera_vz.core.urls import join
 from tessera_vz.reader import ReadOptions, open_store
 
 log = logging.getLogger(__name__)
@@ -72,6 +76,10 @@ class CatalogOptions:
     #: How to read the index (retries, timeouts, CA, trusted sources); when
     #: given it replaces the three fields above.
     read: ReadOptions | None = None
+    #: Where the index will be published (``https://host/index``, ``s3://...``):
+    #: the STAC ``index`` assets and the ``repo`` column then point under it.
+    #: Default: relative to the catalog for a local index, its URL otherwise.
+    base_url: str | None = None
 
 
 @dataclass
@@ -113,13 +121,26 @@ class CatalogReport:
         }
 
 
-def repo_href(root: str, zone: int) -> str:
-    """Where a client opens a zone's repository: absolute path, ``s3://`` or ``http(s)://`` URL."""
+def index_href(root: str, out: Path, base_url: str | None = None) -> str:
+    """Where the catalog finds the index: ``base_url``, its URL, or a path relative to ``out``.
+
+    A local index is named relative to the catalog folder (``../index``), so
+    the two can be published side by side on any web server, or moved
+    together, and no local path of the machine that built the catalog leaks
+    into it. ``base_url`` (the index's published address) wins.
+    """
+    if base_url:
+        return base_url.rstrip("/")
     parts = urlsplit(root)
     if parts.scheme in ("", "file"):
         base = Path(unquote(parts.path) if parts.scheme == "file" else root).expanduser()
-        return str(base.resolve() / repo_name(zone))
-    return root.rstrip("/") + "/" + repo_name(zone)
+        return Path(os.path.relpath(base.resolve(), out.resolve())).as_posix()
+    return root.rstrip("/")
+
+
+def repo_href(index: str, zone: int) -> str:
+    """A zone's repository under :func:`index_href` (a relative path or a URL)."""
+    return join(index, repo_name(zone)) if "://" in index else f"{index}/{repo_name(zone)}"
 
 
 def _tag_of(repo: Any, tags: Iterable[str], year: int, snapshot: str) -> str | None:
@@ -132,8 +153,11 @@ def _tag_of(repo: Any, tags: Iterable[str], year: int, snapshot: str) -> str | N
     return None
 
 
-def _units(store: Any, report: CatalogReport) -> tuple[list[UnitVersion], set[int]]:
-    """Every (zone, year) of the index at its current snapshot; zones that failed."""
+def _units(store: Any, report: CatalogReport, index: str) -> tuple[list[UnitVersion], set[int]]:
+    """Every (zone, year) of the index at its current snapshot; zones that failed.
+
+    ``index`` is where the catalog's links find the index (:func:`index_href`).
+    """
     units: list[UnitVersion] = []
     failed_zones: set[int] = set()
     for zone in store.zones():
@@ -146,7 +170,7 @@ def _units(store: Any, report: CatalogReport) -> tuple[list[UnitVersion], set[in
                 snap = str(repo.lookup_branch(str(year)))
                 units.append(
                     UnitVersion(zone, year, snap, _tag_of(repo, tags, year, snap),
-                                repo_href(store.root, zone), containers)
+                                repo_href(index, zone), containers)
                 )  # fmt: skip
         except (ic.IcechunkError, TesseraError, OSError, ValueError) as exc:
             # A zone that cannot be opened or listed (missing, damaged, unauthorised):
@@ -220,12 +244,14 @@ def _run(
 ) -> None:
     t0 = time.perf_counter()
     stac_dir = out / STAC_DIR
-    units, failed_zones = _units(store, report)
+    index = index_href(store.root, out, opts.base_url)
+    units, failed_zones = _units(store, report, index)
     state = load_state(out)
     if state is not None and (
         state.version != CATALOG_VERSION
         or state.store != _store_id(store.root)
         or state.collection_id != opts.collection_id
+        or state.index_href != index
     ):
         log.info("catalog in %s was written for another index or version: rebuilding", out)
         state = None
@@ -320,7 +346,7 @@ def _run(
     report.written.append(COVERAGE_PNG)
     shutil.rmtree(work, ignore_errors=True)
     save_state(out, CatalogState(CATALOG_VERSION, _store_id(store.root), opts.collection_id,
-                                 {unit_key(s.zone, s.year): s for s in order}))  # fmt: skip
+                                 {unit_key(s.zone, s.year): s for s in order}, index))  # fmt: skip
     report.written.append("catalog-state.json")
     report.timings["assemble"] = time.perf_counter() - t2
     report.built = [_unit_json(u, new_states[u.key].tiles) for u in build if u.key in new_states]
@@ -338,6 +364,23 @@ def _store_id(root: str) -> str:
 
 def _as_version(s: UnitState) -> UnitVersion:
     return UnitVersion(s.zone, s.year, s.snapshot, s.tag, "")
+
+
+def _without_refused(table: Any, u: UnitVersion, report: CatalogReport) -> Any:
+    """The table less the tiles whose records the index must not be trusted with.
+
+    A tile name becomes a file name (``stac/utmZZ/YEAR/{tile}.json``): a
+    crafted name (``../x``, an absolute path, escape sequences) or any other
+    refused value fails that tile with its reason, and the rest go on.
+    """
+    refused = refused_rows(table)
+    for name, reason in refused.items():
+        report.failed.append({"zone": u.zone, "year": u.year, "tile": printable(name),
+                              "reason": reason})  # fmt: skip
+    if not refused:
+        return table
+    log.warning("zone %d year %d: %d tiles refused", u.zone, u.year, len(refused))
+    return table.drop_sel(tile=list(refused))
 
 
 def _unit_json(u: UnitVersion, tiles: int) -> dict[str, Any]:
@@ -363,6 +406,7 @@ def _build_unit(
             f"branch {u.branch} of zone {u.zone} moved during the run ({u.snapshot} -> {now}); "
             "run the catalog again"
         )
+    table = _without_refused(table, u, report)
     rows = tables.unit_rows(table, u)
     items = stac.item_dicts(rows, u, collection_id)
     written, deleted = stac.write_unit(stac_dir, u, items)
@@ -370,7 +414,8 @@ def _build_unit(
     report.items_deleted += deleted
     pq.write_table(rows.table, work / f"tiles-{u.zone}-{u.year}.parquet")
     if items:
-        pq.write_table(stac.items_table(items), work / f"items-{u.zone}-{u.year}.parquet")
+        parquet_items = stac.rebase_index(items, u, stac.PARQUET_DEPTH)
+        pq.write_table(stac.items_table(parquet_items), work / f"items-{u.zone}-{u.year}.parquet")
     report.rows_built += rows.table.num_rows
     return UnitState(
         zone=u.zone,

@@ -2,8 +2,10 @@
 
 Every tile is exactly one 0.1-degree cell, so a year's coverage is a boolean
 raster of 3600 x 1800 cells drawn with ``imshow``, cropped to the indexed
-area: exact at any number of tiles (420,000 a year draw as fast as ten), and
-needing no basemap download. UTM zone edges are drawn for orientation.
+area plus a margin: exact at any number of tiles (420,000 a year draw as
+fast as ten). Land and coastlines come from the Natural Earth layer shipped
+in the package (:mod:`tessera_vz.core.coastline`), so no basemap is
+downloaded; UTM zone edges are drawn for orientation.
 
 The PNG carries a ``tessera:panels`` text chunk: for each year the pixel
 box of its map and the lon/lat extent it shows, so a program (or a test) can
@@ -23,9 +25,11 @@ from numpy.typing import ArrayLike
 
 from tessera_vz.core.files import atomic_path
 
-#: Colour of an indexed cell and of the map background.
+#: Colour of an indexed cell, of the map background (the sea), of land and of coastlines.
 TILE_COLOUR = "#1f77b4"
 BACKGROUND = "#f2f2f2"
+LAND_COLOUR = "#d9d4c7"
+COAST_COLOUR = "#5a5a5a"
 PANELS_KEY = "tessera:panels"
 CELL = 0.1
 #: Columns of a map's raster at most (a map is ~390 pixels wide): wider
@@ -34,12 +38,16 @@ MAX_COLS = 300
 
 
 def _extent(lon: np.ndarray, lat: np.ndarray) -> tuple[float, float, float, float]:
-    """Map extent: the cells' box plus a margin, snapped to whole degrees."""
+    """Map extent: the cells' box plus a margin (a fifth of its size, at least two cells).
+
+    Edges fall on whole cells (the raster's grid). A 0.6-degree dataset
+    gets a map about a degree wide, not a continent.
+    """
     if lon.size == 0:
         return -180.0, -90.0, 180.0, 90.0
     w, e = lon.min() - CELL / 2, lon.max() + CELL / 2
     s, n = lat.min() - CELL / 2, lat.max() + CELL / 2
-    pad = max(0.5, 0.1 * max(e - w, n - s))
+    pad = max(2 * CELL, 0.2 * max(e - w, n - s))
     w, e = w - pad, e + pad
     s, n = s - pad, n + pad
     # Keep the map's aspect within 1:3 (tall) .. 3:1 (wide), so a north-south
@@ -47,9 +55,45 @@ def _extent(lon: np.ndarray, lat: np.ndarray) -> tuple[float, float, float, floa
     grow_w = max(0.0, (n - s) / 1.2 - (e - w)) / 2
     grow_h = max(0.0, (e - w) / 3.0 - (n - s)) / 2
     # Up to 2 degrees beyond the globe's edges, so a tile at +/-180 is not hidden by the frame.
-    w, e = max(-182.0, math.floor(w - grow_w)), min(182.0, math.ceil(e + grow_w))
-    s, n = max(-92.0, math.floor(s - grow_h)), min(92.0, math.ceil(n + grow_h))
+    w, e = max(-182.0, _cells(w - grow_w, math.floor)), min(182.0, _cells(e + grow_w, math.ceil))
+    s, n = max(-92.0, _cells(s - grow_h, math.floor)), min(92.0, _cells(n + grow_h, math.ceil))
     return float(w), float(s), float(e), float(n)
+
+
+def _cells(value: float, rounding: Any) -> float:
+    """``value`` rounded to a whole number of cells (``math.floor`` or ``math.ceil``)."""
+    return round(rounding(round(value / CELL, 6)) * CELL, 6)
+
+
+def _draw_land(ax: Any, extent: Sequence[float]) -> None:
+    """Land (filled) and its coastline under the tiles, from the shipped Natural Earth layer."""
+    from matplotlib.collections import LineCollection, PolyCollection
+
+    from tessera_vz.core.coastline import land_polygons
+
+    # The globe's edges bound the land too, and are no coast.
+    w, s, e, n = (
+        max(extent[0], -180.0),
+        max(extent[1], -90.0),
+        min(extent[2], 180.0),
+        min(extent[3], 90.0),
+    )
+    polygons = land_polygons((w, s, e, n))
+    shells = [np.asarray(p.exterior.coords) for p in polygons]
+    holes = [np.asarray(r.coords) for p in polygons for r in p.interiors]
+    ax.add_collection(PolyCollection(shells, facecolors=LAND_COLOUR, edgecolors="none", zorder=0))
+    ax.add_collection(PolyCollection(holes, facecolors=BACKGROUND, edgecolors="none", zorder=0))
+    # The outline minus the clip rectangle's own edges: only real coasts get a line.
+    lines = []
+    for ring in shells + holes:
+        on_frame = (
+            np.isclose(ring[:, 0], w) | np.isclose(ring[:, 0], e)
+            | np.isclose(ring[:, 1], s) | np.isclose(ring[:, 1], n)
+        )  # fmt: skip
+        keep = ~(on_frame[:-1] & on_frame[1:])  # a segment along the frame is no coast
+        for a, b in zip(ring[:-1][keep], ring[1:][keep], strict=True):
+            lines.append((a, b))
+    ax.add_collection(LineCollection(lines, colors=COAST_COLOUR, linewidths=0.6, zorder=1))
 
 
 def _grid(lon: np.ndarray, lat: np.ndarray, extent: Sequence[float]) -> np.ndarray:
@@ -129,12 +173,15 @@ def render(path: Path, lon: ArrayLike, lat: ArrayLike, year: ArrayLike) -> dict[
             grid = _dilate(grid)  # a lone cell would otherwise be a 1-pixel speck
         f = CELL * factor
         shown = (w, w + f * grid.shape[1], n - f * grid.shape[0], n)  # a pooled grid is padded
-        ax.imshow(grid, extent=shown, origin="upper", cmap=cmap, vmin=0, vmax=1,
-                  interpolation="nearest", aspect="equal")  # fmt: skip
+        ax.set_facecolor(BACKGROUND)
+        _draw_land(ax, extent)
+        # Cells not indexed are transparent, so land and coasts show through them.
+        ax.imshow(np.ma.masked_where(~grid, grid), extent=shown, origin="upper", cmap=cmap,
+                  vmin=0, vmax=1, interpolation="nearest", aspect="equal", zorder=2)  # fmt: skip
         if e - w <= 120.0:  # zone edges help at regional scale, clutter a world map
             for edge in np.arange(-180.0, 181.0, 6.0):
                 if w < edge < e:
-                    ax.axvline(edge, color="#999999", linewidth=0.5, zorder=2)
+                    ax.axvline(edge, color="#999999", linewidth=0.5, zorder=3)
         ax.set_xlim(w, e)
         ax.set_ylim(s, n)
         ax.set_title(f"{y}: {int(sel.sum())} tiles" if y else "no tiles indexed", fontsize=10)

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 #: Bumped whenever what a catalog run writes changes meaning or schema: a
 #: catalog written by another version is rebuilt in full, never patched.
-CATALOG_VERSION = 1
+CATALOG_VERSION = 2  # 2: the index asset is relative to the catalog, or under --base-url
 STATE_FILE = "catalog-state.json"
 LOCK_FILE = ".catalog.lock"
 WORK_DIR = ".catalog-work"
@@ -65,12 +65,16 @@ class CatalogState:
     store: str
     collection_id: str
     units: dict[str, UnitState]
+    #: Where the catalog's links find the index (relative path or URL): when it
+    #: changes (``--base-url``, a moved catalog), every Item is rewritten.
+    index_href: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "version": self.version,
             "store": self.store,
             "collection_id": self.collection_id,
+            "index_href": self.index_href,
             "units": {k: asdict(u) for k, u in sorted(self.units.items(), key=_unit_order)},
         }
 
@@ -90,6 +94,7 @@ def load_state(out: Path) -> CatalogState | None:
             store=str(doc["store"]),
             collection_id=str(doc["collection_id"]),
             units={k: UnitState(**v) for k, v in doc["units"].items()},
+            index_href=str(doc.get("index_href", "")),
         )
     except FileNotFoundError:
         return None

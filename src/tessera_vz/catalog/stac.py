@@ -17,8 +17,11 @@ Items follow STAC 1.1 with the projection extension v2.0.0 (``proj:code``,
 grid), a datetime interval covering the year, and three assets: the
 Icechunk repository (with what a client needs to open the tile: group,
 snapshot id, tag, virtual chunk containers to authorise) and the two source
-``.npy`` files. Items are built as plain dicts (pystac objects cost far more
-per item and add nothing when writing); tests read them back with pystac.
+``.npy`` files. The repository's href is relative to the Item (a local index
+beside the catalog: ``../../../../index/utm31.icechunk``), or a URL (an index
+on S3 or a web server, or ``--base-url``), never a local absolute path.
+Items are built as plain dicts (pystac objects cost far more per item and
+add nothing when writing); tests read them back with pystac.
 """
 
 from __future__ import annotations
@@ -39,9 +42,9 @@ import xarray as xr
 from tessera_vz.catalog.footprints import stac_bbox
 from tessera_vz.catalog.tables import UnitRows, UnitVersion, unit_rows
 from tessera_vz.core.dataset import Dataset
-from tessera_vz.core.files import atomic_write_bytes
+from tessera_vz.core.files import atomic_write_bytes, inside
 from tessera_vz.core.geometry import tile_grids
-from tessera_vz.core.layout import tile_name
+from tessera_vz.core.layout import check_tile_name, tile_name
 
 STAC_VERSION = "1.1.0"
 PROJECTION_EXTENSION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
@@ -52,6 +55,33 @@ UNIT_CATALOG = "catalog.json"
 #: Media type of an Icechunk repository, as STAC tools that open Icechunk assets use it.
 ICECHUNK_MEDIA_TYPE = "application/vnd.zarr+icechunk"
 NPY_MEDIA_TYPE = "application/x-npy"
+
+
+#: Folders between the catalog's root and an Item file (``stac/utm31/2024/``), and
+#: ``items.parquet`` (``stac/``): a relative index href climbs that many.
+ITEM_DEPTH, PARQUET_DEPTH = 3, 1
+
+
+def catalog_relative(href: str, depth: int) -> str:
+    """``href`` (relative to the catalog's root, or a URL) as seen ``depth`` folders below it."""
+    if "://" in href or href.startswith("/"):
+        return href
+    return "../" * depth + href
+
+
+def rebase_index(
+    items: Sequence[dict[str, Any]], unit: UnitVersion, depth: int
+) -> list[dict[str, Any]]:
+    """Items whose ``index`` asset is relative to a file ``depth`` folders below the root.
+
+    Item files resolve relative hrefs from their own folder (STAC's rule);
+    ``items.parquet`` rows are read from ``stac/``, so theirs climb less.
+    """
+    href = catalog_relative(unit.repo, depth)
+    return [
+        {**it, "assets": {**it["assets"], "index": {**it["assets"]["index"], "href": href}}}
+        for it in items
+    ]
 
 
 def unit_dir(zone: int, year: int) -> str:
@@ -107,7 +137,7 @@ def item_dicts(
         }
         assets = {
             "index": {
-                "href": unit.repo,
+                "href": catalog_relative(unit.repo, ITEM_DEPTH),
                 "type": ICECHUNK_MEDIA_TYPE,
                 "title": f"Icechunk repository of UTM zone {unit.zone} (virtual references)",
                 "roles": ["data", "references"],
@@ -312,16 +342,21 @@ def write_unit(
     records the snapshot, and is what a later run checks before keeping the
     unit's files.
     """
-    folder = stac_dir / unit_dir(unit.zone, unit.year)
+    folder = inside(stac_dir, *unit_dir(unit.zone, unit.year).split("/"))
     folder.mkdir(parents=True, exist_ok=True)
-    wanted = {f"{it['properties']['tessera:tile']}.json" for it in items}
+    # Names from the index become file names: by the layout's grammar, then by where
+    # the path resolves (core.files.inside), nothing lands outside ``stac_dir``.
+    paths = [
+        inside(folder, check_tile_name(it["properties"]["tessera:tile"]) + ".json") for it in items
+    ]
+    wanted = {p.name for p in paths}
     deleted = 0
     for old in folder.glob("grid_*.json"):
         if old.name not in wanted:
             old.unlink()
             deleted += 1
-    for it in items:
-        write_json(folder / f"{it['properties']['tessera:tile']}.json", it)
+    for path, it in zip(paths, items, strict=True):
+        write_json(path, it)
     write_json(folder / UNIT_CATALOG, unit_catalog(unit, items))
     return len(items), deleted
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from rich.markup import escape
 
 from tessera_vz.commands.common import err, progress, read_options_of, wants_progress
 from tessera_vz.core.errors import ConfigurationError
+from tessera_vz.core.files import check_output_folder
 
 
 def cmd_catalog(args: argparse.Namespace) -> int:
@@ -25,7 +27,16 @@ def cmd_catalog(args: argparse.Namespace) -> int:
             raise ConfigurationError(
                 f"--out {args.out!r}: the folder {str(target.parent)!r} does not exist; create it"
             )
-    opts = CatalogOptions(store=args.store, out=args.out, read=read_options_of(args))
+        check_output_folder(args.out, "--out")
+    base_url = args.base_url
+    if base_url is not None and urlsplit(base_url).scheme not in ("http", "https", "s3"):
+        raise ConfigurationError(
+            f"--base-url must be the index's published address, an http(s):// or s3:// URL; "
+            f"got {base_url!r}"
+        )
+    opts = CatalogOptions(
+        store=args.store, out=args.out, read=read_options_of(args), base_url=base_url
+    )
     with progress(wants_progress(args)) as start:
         report = build_catalog(opts, progress=start)
     if args.json:

@@ -20,8 +20,22 @@ from rich.console import Console
 from tessera_vz.core.errors import ConfigurationError
 from tessera_vz.core.progress import Advance, ProgressStart, no_progress
 
-err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
+
+class _Console(Console):
+    """rich's Console, but a closed pipe (``| head``) is left to the CLI to end quietly.
+
+    rich's own handling exits 1 from inside ``print``; raising
+    :class:`BrokenPipeError` instead lets :func:`tessera_vz.cli.main` end
+    every command the same way, whether it printed with rich or ``print``.
+    """
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
+err = _Console(stderr=True, soft_wrap=True)
+out = _Console(soft_wrap=True)
 
 
 @contextmanager
@@ -87,6 +101,7 @@ def read_options_of(args: argparse.Namespace) -> Any:
         timeout=args.timeout,
         allow_local_sources=args.allow_local_sources,
         allowed_sources=args.allow_source,
+        allow_private_sources=args.allow_private,
         s3_options=s3_options(args),
         direct_reads=not args.through_icechunk,
         ca_file=args.ca_file,
@@ -170,6 +185,17 @@ def check_versions(
                 continue
             if pins.tag(zone, year) is not None or pins.snapshot(zone, year) is not None:
                 store.session(zone, year)
+
+
+def parse_zones(text: str | None) -> list[int] | None:
+    """``--zones 30,31``: UTM zone numbers 1-60, or None for all."""
+    from tessera_vz.indexer.run import parse_int_list
+
+    zones = parse_int_list(text, "zones")
+    bad = [z for z in zones or [] if not 1 <= z <= 60]
+    if bad:
+        raise ConfigurationError(f"--zones: UTM zones are 1-60, got {bad[0]}")
+    return zones
 
 
 def positive(value: int, flag: str) -> int:

@@ -5,17 +5,22 @@ from __future__ import annotations
 import argparse
 import json
 
-from tessera_vz.commands.common import err, positive, progress, s3_options, wants_progress
-from tessera_vz.core.errors import ConfigurationError
+from tessera_vz.commands.common import (
+    err,
+    parse_zones,
+    positive,
+    progress,
+    s3_options,
+    wants_progress,
+)
+from tessera_vz.core.files import check_output_folder
 
 
 def cmd_index(args: argparse.Namespace) -> int:
     from tessera_vz.indexer.run import IndexOptions, parse_int_list, run_index
 
-    zones = parse_int_list(args.zones, "zones")
-    bad = [z for z in zones or [] if not 1 <= z <= 60]
-    if bad:
-        raise ConfigurationError(f"--zones: UTM zones are 1-60, got {bad[0]}")
+    zones = parse_zones(args.zones)
+    check_output_folder(args.out, "--out")
     positive(args.concurrency, "--concurrency")
     positive(args.batch_tiles, "--batch-tiles")
     opts = IndexOptions(
@@ -39,6 +44,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         reprobe=args.reprobe,
         dataset=args.dataset,
         move_source=args.move_source,
+        follow_symlinks=args.follow_symlinks,
     )
     with progress(wants_progress(args)) as start:
         report = run_index(opts, progress=start)
@@ -53,15 +59,18 @@ def cmd_index(args: argparse.Namespace) -> int:
             markup=False,
         )
         for f in report.failed:
-            err.print(f"[red]failed[/red] {f.year} {f.tile}: {_plain(f.reason)}")
+            err.print(f"[red]failed[/red] {f.year} {_plain(f.tile)}: {_plain(f.reason)}")
         for w in report.warnings:
-            err.print(f"[yellow]warning[/yellow] {w.year} {w.tile}: {_plain(w.message)}")
+            err.print(f"[yellow]warning[/yellow] {w.year} {_plain(w.tile)}: {_plain(w.message)}")
         for c in report.commits:
             err.print(f"committed utm{c.zone:02d} {c.year} as {c.tag} ({c.snapshot})", markup=False)
     return report.exit_code
 
 
 def _plain(text: object) -> str:
+    """Untrusted text (a tile name, a server's reason) as inert output: no markup, no control."""
     from rich.markup import escape
 
-    return escape(str(text))
+    from tessera_vz.core.text import printable
+
+    return escape(printable(text, limit=4000))

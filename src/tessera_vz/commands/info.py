@@ -45,13 +45,7 @@ def info(path: str, options: Any = None) -> dict[str, Any]:
                 "repo": store._locations[zone],
                 "years": years,
                 "sources": store.containers(zone),
-                "authorised": sorted(
-                    credentials(
-                        store.containers(zone),
-                        allow_local_sources=opts.allow_local_sources,
-                        allowed=opts.allowed_sources,
-                    )
-                ),
+                "authorised": sorted(credentials(store.containers(zone), store.options)),
             }
         )
     return {"path": path, "dataset": store.dataset(), "zones": zones}

@@ -21,6 +21,7 @@ def cmd_point(args: argparse.Namespace) -> int:
     zones = reachable_zones(_array(args.lon))
     check_near(store, args.lon, args.lat, years, zones)
     check_versions(store, years, zones)
+    docs = []
     for year in years:
         t0 = time.perf_counter()
         loc = store.locate(args.lon, args.lat, year)
@@ -35,14 +36,47 @@ def cmd_point(args: argparse.Namespace) -> int:
         }  # fmt: skip
         if args.json:
             print(json.dumps(doc))  # one JSON line per year
-            continue
-        out.print(
-            f"{year}: {loc.name} row {loc.row} col {loc.col} ({len(values)} bands, "
-            f"{elapsed * 1000:.1f} ms, {tag or snapshot})",
-            markup=False,
-        )
-        out.print(values)
+        docs.append(doc)
+    if not args.json:
+        show_points(docs)
     return 0
+
+
+#: Values per line when a point's embedding is printed for a person.
+PER_LINE = 8
+
+
+def show_points(docs: list[dict[str, Any]]) -> None:
+    """What a person reads: a row per year (which tile, pixel and version), then the values.
+
+    The values are the dequantised embedding, eight to a line labelled by
+    their first band, so 128 bands take 16 short lines, under a line with
+    their range and mean; ``--json`` gives them in full precision.
+    """
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=f"lon {docs[0]['lon']}, lat {docs[0]['lat']}", title_justify="left",
+                  box=box.SIMPLE_HEAD)  # fmt: skip
+    for name in ("year", "tile", "zone", "pixel", "version", "valid", "ms"):
+        table.add_column(name, justify="left" if name in ("tile", "version") else "right",
+                         no_wrap=True)  # fmt: skip
+    for d in docs:
+        valid = sum(v is not None for v in d["embedding"])
+        table.add_row(str(d["year"]), d["tile"], str(d["zone"]), f"{d['row']},{d['col']}",
+                      d["version"] or d["snapshot"], f"{valid}/{len(d['embedding'])}",
+                      f"{d['seconds'] * 1000:.0f}")  # fmt: skip
+    out.print(table)
+    for d in docs:
+        emb = d["embedding"]
+        vals = [v for v in emb if v is not None]
+        summary = (f"min {min(vals):+.4f}, mean {sum(vals) / len(vals):+.4f}, "
+                   f"max {max(vals):+.4f}") if vals else "no data"  # fmt: skip
+        out.print(f"{d['year']} embedding ({summary}):", markup=False, highlight=False)
+        for start in range(0, len(emb), PER_LINE):
+            chunk = emb[start : start + PER_LINE]
+            cells = " ".join("    nan" if v is None else f"{v:+.4f}" for v in chunk)
+            out.print(f"  b{start:03d}  {cells}", markup=False, highlight=False)
 
 
 def check_near(store: Any, lon: float, lat: float, years: list[int], zones: list[int]) -> None:

@@ -37,16 +37,25 @@ def cmd_points(args: argparse.Namespace) -> int:
     )
     from tessera_vz.reader.samples import geo_metadata
 
-    years = parse_years(args.year)
+    if args.year is not None and args.year_column is not None:
+        raise ConfigurationError(
+            "--year and --year-column exclude each other: --year reads every row in the years "
+            "named, --year-column each row in its own year"
+        )
+    years = parse_years(args.year) if args.year is not None else None
     positive(args.batch_size, "--batch-size")
     fmt = check_points_output(args.out)
     if (args.lon is None) != (args.lat is None):
         raise ConfigurationError("--lon and --lat go together: name both columns, or neither")
-    inp = read_points_file(args.input, lon=args.lon, lat=args.lat)
+    if args.geometry is not None and args.lon is not None:
+        raise ConfigurationError("give --lon/--lat or --geometry, not both")
+    inp = read_points_file(args.input, lon=args.lon, lat=args.lat, geometry=args.geometry,
+                           year=args.year_column, own_years=years is None)  # fmt: skip
     if fmt == "csv":
         check_csv_columns(inp)
     store = open_index(args)
-    check_years(store, years)
+    if years is not None:
+        check_years(store, years)
     check_versions(store, years)
 
     provenance = store.sample_provenance(inp, years)
@@ -58,7 +67,8 @@ def cmd_points(args: argparse.Namespace) -> int:
         TableWriter(args.out, fmt, metadata) as writer,
         progress(wants_progress(args)) as start,
     ):
-        advance = start(f"{inp.size} points x {len(years)} years", inp.size)
+        per = f"x {len(years)} years" if years is not None else f"in their own {inp.year_source!r}"
+        advance = start(f"{inp.size} points {per}", inp.size)
         for batch in store.sample_batches(inp, years, batch_size=args.batch_size, progress=advance):
             counts.update(batch.column("status").to_pylist())
             writer.write(batch)
@@ -66,7 +76,7 @@ def cmd_points(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - t0
     doc = {
         "points": inp.size,
-        "years": years,
+        "years": years if years is not None else f"column {inp.year_source!r}",
         "rows": writer.rows,
         "with_data": counts.get("ok", 0),
         "status": dict(sorted(counts.items())),
@@ -75,14 +85,14 @@ def cmd_points(args: argparse.Namespace) -> int:
         "format": "GeoParquet" if fmt == "parquet" else "CSV",
         **provenance,
         "seconds": round(elapsed, 3),
-        "points_per_s": round(inp.size * len(years) / max(elapsed, 1e-9)),
+        "points_per_s": round(writer.rows / max(elapsed, 1e-9)),
     }
     if args.json:
         print(json.dumps(doc))
     else:
         summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         err.print(
-            f"{inp.size} points x {len(years)} years -> {args.out} ({summary}) in {elapsed:.2f}s; "
+            f"{inp.size} points {per} -> {args.out} ({summary}) in {elapsed:.2f}s; "
             f"read {provenance['tessera:versions'] or 'nothing'}",
             markup=False,
         )

@@ -12,8 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
-from tessera_vz.commands.common import check_versions, check_years, err, open_index, parse_years
+from tessera_vz.commands.common import (
+    check_versions,
+    check_years,
+    open_index,
+    out,
+    parse_years,
+    progress,
+    wants_progress,
+)
 from tessera_vz.core.coords import check_bbox
 from tessera_vz.core.errors import ConfigurationError
 
@@ -34,14 +43,36 @@ def resolution(text: str | None) -> tuple[float, float] | None:
     return (values[0], values[-1])
 
 
+def region_of(args: argparse.Namespace) -> tuple[tuple[float, float, float, float], Any]:
+    """The bbox, and the ``region()`` keywords of ``--region-file``'s polygon (if given)."""
+    corners = (args.west, args.south, args.east, args.north)
+    given = [v for v in corners if v is not None]
+    if args.region_file is None:
+        if len(given) != 4:
+            raise ConfigurationError(
+                f"region needs a bbox WEST SOUTH EAST NORTH (degrees) or --region-file AREA; "
+                f"got {len(given)} number{'s' if len(given) != 1 else ''}"
+            )
+        return check_bbox(corners), {}
+    if given:
+        raise ConfigurationError(
+            "give a bbox or --region-file, not both (the region is the polygon's box)"
+        )
+    from tessera_vz.reader.areas import area_bbox
+    from tessera_vz.vectorfiles import read_area
+
+    geometry, crs = read_area(args.region_file)
+    return check_bbox(area_bbox(geometry, crs)), {"area": geometry, "area_crs": crs}
+
+
 def cmd_region(args: argparse.Namespace) -> int:
     from tessera_vz.export import check_region_output, write_region
     from tessera_vz.reader.grids import grid_for_bbox
     from tessera_vz.reader.windows import MAX_PIXELS
 
-    bbox = check_bbox((args.west, args.south, args.east, args.north))
+    bbox, area = region_of(args)
     years = parse_years(args.year)
-    check_region_output(args.out, years=len(years), raw=args.raw)
+    check_region_output(args.out, years=len(years), raw=args.raw, overwrite=args.overwrite)
     if args.zone is not None and not 1 <= args.zone <= 60:
         raise ConfigurationError(f"--zone: UTM zones are 1-60, got {args.zone}")
     res = resolution(args.resolution)
@@ -58,13 +89,15 @@ def cmd_region(args: argparse.Namespace) -> int:
     from tessera_vz.core.geometry import utm_zone
 
     store = open_index(args)
-    zones = set(range(int(utm_zone(args.west)), int(utm_zone(args.east)) + 1))
+    zones = set(range(int(utm_zone(bbox[0])), int(utm_zone(bbox[2])) + 1))
     zones |= {args.zone} if args.zone else set()
     check_years(store, years, zones)
     check_versions(store, years, zones)
-    ds = store.region(bbox, years if len(years) > 1 else years[0], zone=args.zone,
-                      crs=args.crs, resolution=res, dequantise=False)  # fmt: skip
-    written = write_region(ds, args.out, raw=args.raw)
+    with progress(wants_progress(args)) as start:
+        ds = store.region(bbox, years if len(years) > 1 else years[0], zone=args.zone,
+                          crs=args.crs, resolution=res, dequantise=False, progress=start,
+                          **area)  # fmt: skip
+        written = write_region(ds, args.out, raw=args.raw, progress=start)
     doc = {
         "out": args.out,
         "files": [str(f) for f in written],
@@ -75,13 +108,39 @@ def cmd_region(args: argparse.Namespace) -> int:
         "grid": ds.attrs["tessera:grid"],
         "raw": bool(args.raw),
         "tessera:versions": ds.attrs.get("tessera:versions"),
+        "tessera:dataset": ds.attrs.get("tessera:dataset"),
     }
     if args.json:
         print(json.dumps(doc))
     else:
-        err.print(
-            f"wrote {', '.join(doc['files'])}: {doc['shape']} in {doc['proj:code']} "
-            f"(read {doc['tessera:versions']})",
-            markup=False,
-        )
+        show_region(doc, ds.attrs)
     return 0
+
+
+def show_region(doc: dict[str, Any], attrs: dict[str, Any]) -> None:
+    """What a person reads: the files written; the grid, CRS, shape, dataset and version."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE, show_header=False, title="region written", title_justify="left")
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    shape = " x ".join(f"{n} ({dim})" for dim, n in doc["shape"].items())
+    transform = attrs.get("spatial:transform") or [None] * 6
+    rows = [
+        ("file" if len(doc["files"]) == 1 else "files", "\n".join(doc["files"])),
+        ("grid", str(doc["grid"])),
+        ("CRS", str(doc["proj:code"])),
+        ("shape", shape),
+        ("pixel", f"{transform[0]:g} x {-transform[4]:g}" if transform[0] else "?"),
+        ("origin", f"{transform[2]:.12g}, {transform[5]:.12g} (top left)" if transform[0] else "?"),
+        ("bbox", ", ".join(f"{v:g}" for v in attrs.get("tessera:bbox") or [])),
+        ("zones", ", ".join(map(str, doc["zones"] or []))),
+        ("values", "int8 embeddings + float32 scales" if doc["raw"] else "float32 (dequantised)"),
+        ("dataset", str(attrs.get("tessera:dataset", "unknown"))),
+        ("version", str(doc["tessera:versions"])),
+        ("snapshot", str(attrs.get("tessera:snapshots"))),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    out.print(table, markup=False, highlight=False)

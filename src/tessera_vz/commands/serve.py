@@ -28,7 +28,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     store = open_index(args, args.store)
     check_versions(store)
     limits = Limits(preview_pixels=args.max_preview_pixels, region_pixels=args.max_region_pixels)
-    app = create_app(store, limits=limits, basemap=args.basemap)
+    app = create_app(store, limits=limits, basemap=args.basemap, host=args.host)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         err.print(f"[yellow]warning[/yellow] serving on {args.host}: anyone who reaches it can "
                   "read the index's data through this server")  # fmt: skip

@@ -7,7 +7,14 @@ import json
 
 from rich.markup import escape
 
-from tessera_vz.commands.common import err, positive, s3_options
+from tessera_vz.commands.common import (
+    err,
+    parse_zones,
+    positive,
+    progress,
+    s3_options,
+    wants_progress,
+)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -15,18 +22,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from tessera_vz.verify import verify_index
 
     positive(args.concurrency, "--concurrency")
-    report = verify_index(
-        args.store,
-        years=parse_int_list(args.years, "years"),
-        zones=parse_int_list(args.zones, "zones"),
-        allow_local_sources=args.allow_local_sources,
-        allowed_sources=args.allow_source,
-        concurrency=args.concurrency,
-        retries=args.retries,
-        timeout=args.timeout,
-        s3_options=s3_options(args),
-        ca_file=args.ca_file,
-    )
+    with progress(wants_progress(args)) as start:
+        report = verify_index(
+            args.store,
+            years=parse_int_list(args.years, "years"),
+            zones=parse_zones(args.zones),
+            allow_local_sources=args.allow_local_sources,
+            allowed_sources=args.allow_source,
+            allow_private_sources=args.allow_private,
+            concurrency=args.concurrency,
+            retries=args.retries,
+            timeout=args.timeout,
+            s3_options=s3_options(args),
+            ca_file=args.ca_file,
+            progress=start,
+        )
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:

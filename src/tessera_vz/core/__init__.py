@@ -5,7 +5,10 @@
   :mod:`.layout`, :mod:`.quantisation`, :mod:`.table` (the tiles table),
   :mod:`.checksums`, :mod:`.dataset` (a run's version and variant);
 - where things are and how they are reached: :mod:`.urls`, :mod:`.options`,
-  :mod:`.s3`, :mod:`.repos` (Icechunk repositories and their containers);
+  :mod:`.s3`, :mod:`.repos` (Icechunk repositories and their containers),
+  :mod:`.published` (published repositories read through the boundary);
+- what an index may make us contact: :mod:`.permissions`, :mod:`.addresses`;
+  untrusted text made inert: :mod:`.text`;
 - the byte boundary: :mod:`.boundary` (:class:`~.boundary.SourceFiles`:
   authorisation, retries, limits, errors) over one
   :class:`~.transport.Transport` per source root (:mod:`.transport_http` on

@@ -12,7 +12,9 @@ through obstore (:mod:`~tessera_vz.core.transport_store`). Its invariants,
 each proven by a test against a misbehaving server (``docs/reliability.md``):
 
 - only files under roots the caller authorised are read, and redirects are
-  followed only to authorised origins;
+  followed only to authorised origins; loopback, private, link-local and
+  multicast addresses only where the user allowed them
+  (:mod:`~tessera_vz.core.permissions`, checked on the address connected to);
 - the bytes returned for a range are exactly that range (``Content-Range``
   and length checked; multipart parts cover the request without overlap or
   conflict) or an error, never other data;
@@ -52,6 +54,7 @@ from tessera_vz.core.errors import (
     SourceUnavailableError,
 )
 from tessera_vz.core.options import ReadOptions, RetryPolicy
+from tessera_vz.core.permissions import private_permitted
 from tessera_vz.core.transport import (
     FileChangedError,
     FileGoneError,
@@ -126,10 +129,15 @@ class SourceFiles:
         self._roots |= {r if r.endswith("/") else r + "/" for r in roots}
 
     def root_of(self, url: str) -> str | None:
-        """The longest authorised root holding ``url``, or ``None``."""
+        """The longest authorised root holding ``url``, or ``None``.
+
+        Matched by parsed scheme, host, port and path segments
+        (:func:`~tessera_vz.core.urls.under`), never as a string prefix; a
+        URL with ``.``/``..`` segments lies under no root.
+        """
         best = None
         for root in self._roots:
-            if url.startswith(root) and (best is None or len(root) > len(best)):
+            if (best is None or len(root) > len(best)) and under(url, root):
                 best = root
         return best
 
@@ -154,7 +162,8 @@ class SourceFiles:
         if got is None:
             source = SourceRoot(root)
             if source.is_http:
-                got = HttpTransport(self.allowed, self._ca, self.policy.connect)
+                private_ok = private_permitted(root, self.options)
+                got = HttpTransport(self.allowed, self._ca, self.policy.connect, private_ok)
             else:
                 got = ObjectStoreTransport(source, self._obstore_options)
             self._transports[root] = got

@@ -91,13 +91,14 @@ def translate_error(exc: BaseException, label: str) -> TesseraError:
     if kind == ErrorKind.VIRTUAL_CHUNK_MODIFIED:
         return SourceChangedError(
             f"{label}: {first}. The source file changed after it was indexed; re-run "
-            "`tessera-vz index` for this source to index its new bytes"
+            "`tessera-vz index --reprobe` for this source to index its new bytes"
         )
     if kind == ErrorKind.UNAUTHORIZED_VIRTUAL_CHUNK_CONTAINER:
         return ConfigurationError(
             f"{label}: the repository reads this tile from a source you have not authorised. "
             "Pass allow_local_sources=True (CLI: --allow-local-sources) for file:// sources "
-            "you trust, or list it in allowed_sources"
+            "you trust, allow_private_sources=True (CLI: --allow-private) for sources on "
+            "loopback or private addresses, or list it in allowed_sources"
         )
     return SourceUnavailableError(f"{label}: {first}")
 

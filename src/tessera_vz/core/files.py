@@ -20,11 +20,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from platformdirs import user_cache_dir
 
@@ -34,6 +36,52 @@ log = logging.getLogger(__name__)
 
 #: Waiting longer than this for a lock is worth a line in the log.
 WAIT_WORTH_LOGGING = 0.5
+#: Seconds a failed write's partial output is given to stop changing, and at most
+#: to be removed (writer threads finishing their last chunk after a Ctrl-C).
+REMOVE_SETTLE, REMOVE_PATIENCE = 0.1, 10.0
+
+
+def probe_writable(folder: Path, target: str) -> None:
+    """A file can be created in ``folder`` (tried, then removed), else one line saying why.
+
+    ``target`` is what the user asked to write, named in the message.
+    """
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".tessera-vz-probe-"):
+            pass
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot write {target!r}: the folder {str(folder)!r} is not writable "
+            f"({exc.strerror or exc}); choose a folder you can write to, or change its "
+            "permissions"
+        ) from None
+
+
+def check_output_folder(path: str, flag: str) -> None:
+    """An output folder (``index --out``, ``catalog --out``) can be created and written.
+
+    Checked before any work, so a folder that cannot be written is one line
+    and exit code 2, not an errno after minutes of reading. The folder may
+    not exist yet (it is created): then its nearest existing parent must be
+    a writable folder. URLs other than ``file://`` (``s3://``) are left to
+    their writer.
+    """
+    parts = urlsplit(path)
+    if parts.scheme not in ("", "file") or (parts.scheme == "" and "://" in path):
+        return
+    target = Path(unquote(parts.path) if parts.scheme == "file" else path).expanduser()
+    if target.exists() and not target.is_dir():
+        raise ConfigurationError(
+            f"{flag} {path!r} is a file, not a folder; give a folder (it is created if missing)"
+        )
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigurationError(
+            f"{flag} {path!r}: {str(existing)!r} is a file, so no folder can be made under it"
+        )
+    probe_writable(existing, path)
 
 
 def cache_dir() -> Path | None:
@@ -92,6 +140,34 @@ def atomic_path(
         raise
 
 
+def inside(directory: str | Path, *names: str) -> Path:
+    """``directory/name/…``, refused (``ValueError``) unless it stays inside ``directory``.
+
+    Names that come from an index (tile names, years, zones) become file
+    names in a folder the user chose. Each must be one plain segment (no
+    ``/`` or ``\\``, not empty, ``.`` or ``..``, no control character), and
+    the path, resolved (symlinks followed), must still lie under the
+    resolved ``directory``: two checks, so neither a crafted name nor a
+    link planted in the output folder carries a write elsewhere.
+    """
+    base = Path(directory)
+    for name in names:
+        if (
+            not isinstance(name, str)
+            or name in ("", ".", "..")
+            or any(c in name for c in "/\\")
+            or any(ord(c) < 32 or ord(c) == 127 for c in name)
+        ):
+            raise ValueError(
+                f"{str(name)[:80]!r} is not a plain file name; nothing is written outside {base}"
+            )
+    path = base.joinpath(*names)
+    root = base.resolve()
+    if not path.resolve().is_relative_to(root):
+        raise ValueError(f"{path} resolves outside {root}; not written")
+    return path
+
+
 def atomic_write_bytes(target: str | Path, data: bytes, *, mode: int | None = None) -> None:
     """Write ``data`` to ``target`` through :func:`atomic_path` (a reader never sees half)."""
     with atomic_path(target, mode=mode) as tmp, open(tmp, "xb") as f:
@@ -114,11 +190,25 @@ def _replace(tmp: Path, final: Path) -> None:
 
 
 def _remove(path: Path) -> None:
-    """Delete a file or directory if it exists (cleaning up after a failed write)."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+    """Delete a file or directory if it exists (cleaning up after a failed write).
+
+    On Ctrl-C the main thread gets here while writer threads (dask's, zarr's)
+    may still be finishing the chunk they hold, and a late chunk write
+    recreates its folders: so delete, give them a moment, and delete again
+    until the path stays gone (for at most :data:`REMOVE_PATIENCE` seconds).
+    """
+    deadline = time.monotonic() + REMOVE_PATIENCE
+    while True:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        time.sleep(REMOVE_SETTLE)
+        if not os.path.lexists(path):
+            return
+        if time.monotonic() > deadline:
+            log.warning("could not remove the partial output %s; delete it by hand", path)
+            return
 
 
 @contextmanager

@@ -1,10 +1,14 @@
 """The GeoParquet 1.1 ``geo`` metadata of every table tessera-vz writes.
 
 Points tables (``tessera-vz points``, ``TesseraStore.sample``) and the
-catalog's ``tiles.parquet`` both carry one WKB geometry column in
-EPSG:4326; this is the one place their ``geo`` document is built, so both
-follow the same version of the specification. A few keys written by hand
-with pyarrow: no GeoPandas needed to write.
+catalog's ``tiles.parquet`` both carry one WKB geometry column of WGS 84
+longitudes and latitudes; this is the one place their ``geo`` document is
+built, so both follow the same version of the specification. The column
+has no ``crs`` field: GeoParquet's default, OGC:CRS84 (WGS 84, longitude
+first), is exactly what it holds, and readers (GeoPandas, DuckDB, GDAL)
+expect the default rather than an EPSG:4326 PROJJSON whose axis order is
+latitude first. A few keys written by hand with pyarrow: no GeoPandas
+needed to write.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ def geo_metadata(
     counterclockwise: bool = False,
     covering: str | None = None,
 ) -> dict[str, Any]:
-    """The ``geo`` document of a table with one WKB geometry column in EPSG:4326.
+    """The ``geo`` document of a table with one WKB geometry column in OGC:CRS84 (lon, lat).
 
     Parameters
     ----------
@@ -44,12 +48,11 @@ def geo_metadata(
         The name of a struct column holding each row's bbox (fields
         :data:`BBOX_FIELDS`), declared so readers can prune row groups.
     """
-    from pyproj import CRS
-
     meta: dict[str, Any] = {
         "encoding": "WKB",
         "geometry_types": sorted(set(geometry_types)),
-        "crs": CRS.from_epsg(4326).to_json_dict(),
+        # No "crs": the specification's default, OGC:CRS84 (WGS 84, longitude first), which
+        # is what the coordinates are. An explicit EPSG:4326 would say latitude first.
         "edges": "planar",
     }
     if counterclockwise:

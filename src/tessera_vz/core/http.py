@@ -42,6 +42,7 @@ import aiohttp
 # Imported first so that its exit hook, which stops the background loop, runs after
 # ours below, which closes this module's clients on that loop.
 import tessera_vz.core.loop  # noqa: F401
+from tessera_vz.core.addresses import PublicResolver, check_literal
 from tessera_vz.core.errors import AnswerError, RedirectRefusedError
 
 log = logging.getLogger(__name__)
@@ -62,26 +63,34 @@ except PackageNotFoundError:  # running from a source tree without metadata
     USER_AGENT = "tessera-vz"
 
 
-_SESSIONS: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+_SESSIONS: dict[tuple[asyncio.AbstractEventLoop, bool], aiohttp.ClientSession] = {}
 _LOCK = threading.Lock()
 
 
-def session() -> aiohttp.ClientSession:
-    """The running loop's HTTP client (created on first use)."""
+def session(public_only: bool = False) -> aiohttp.ClientSession:
+    """The running loop's HTTP client (created on first use).
+
+    ``public_only`` clients resolve names through
+    :class:`~tessera_vz.core.addresses.PublicResolver`: they never connect
+    to a loopback, private, link-local or multicast address.
+    """
     loop = asyncio.get_running_loop()
     with _LOCK:
-        got = _SESSIONS.get(loop)
+        got = _SESSIONS.get((loop, public_only))
         if got is None or got.closed:
-            for old in [lp for lp in _SESSIONS if lp.is_closed()]:
+            for old in [k for k in _SESSIONS if k[0].is_closed()]:
                 _drop(_SESSIONS.pop(old))
+            resolver = PublicResolver() if public_only else None
             got = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=CONNECTIONS, keepalive_timeout=KEEPALIVE),
+                connector=aiohttp.TCPConnector(
+                    limit=CONNECTIONS, keepalive_timeout=KEEPALIVE, resolver=resolver
+                ),
                 trust_env=False,
                 auto_decompress=False,
                 headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
                 skip_auto_headers=("Accept",),
             )
-            _SESSIONS[loop] = got
+            _SESSIONS[(loop, public_only)] = got
         return got
 
 
@@ -112,20 +121,28 @@ async def answer(
     ca_file: str | None,
     connect_timeout: float,
     method: str = "GET",
+    private_ok: bool = False,
 ) -> AsyncIterator[aiohttp.ClientResponse]:
     """Send a request and yield the final answer, its body unread.
 
     Redirects are followed by hand, each to a URL ``allowed`` accepts
-    (:class:`RedirectRefusedError` otherwise). The answer is released to the
-    pool when the caller read its body whole, and its connection closed
-    otherwise (an error page, a whole file, a body refused half-way).
+    (:class:`RedirectRefusedError` otherwise). Unless ``private_ok`` (the
+    user allowed this source), no hop connects to a loopback, private,
+    link-local or multicast address (:mod:`~tessera_vz.core.addresses`).
+    The answer is released to the pool when the caller read its body whole,
+    and its connection closed otherwise (an error page, a whole file, a body
+    refused half-way).
     """
-    client = session()
     limits = aiohttp.ClientTimeout(
         total=None, connect=connect_timeout, sock_connect=connect_timeout
     )
     tls = ssl_context(ca_file) if urlsplit(url).scheme == "https" else None
     for _hop in range(MAX_REDIRECTS + 1):
+        if not private_ok:
+            check_literal(url)  # names are checked by the resolver, on the address used
+        # Through a proxy the user configured, the proxy resolves the name (and the
+        # connection goes to the proxy, which may well be on loopback).
+        client = session(public_only=not private_ok and proxy_for(url) is None)
         resp = await client.request(
             method, url, headers=dict(headers), allow_redirects=False,
             proxy=proxy_for(url), ssl=tls if tls is not None else True, timeout=limits,
@@ -299,7 +316,7 @@ def _close_all() -> None:
     with _LOCK:
         clients = list(_SESSIONS.items())
         _SESSIONS.clear()
-    for owner, client in clients:
+    for (owner, _public_only), client in clients:
         if owner.is_running():
             future = asyncio.run_coroutine_threadsafe(client.close(), owner)
             with contextlib.suppress(Exception):

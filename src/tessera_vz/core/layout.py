@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from tessera_vz.core.text import printable
+
 #: Bumped when what a tile group holds changes. Each year-branch commit records
 #: the layout its groups follow (``tessera:layout_version`` in the commit's
 #: metadata and the branch's root attributes; none means 1), and ``main`` the
@@ -84,9 +86,52 @@ def repo_name(zone: int) -> str:
 
 
 def zone_of_repo(name: str) -> int | None:
-    """Zone number of a repository name, or ``None`` if it is not one of ours."""
+    """Zone number (1-60) of a repository name, or ``None`` if it is not one of ours."""
     m = _REPO_RE.match(name)
-    return int(m.group(1)) if m else None
+    return int(m.group(1)) if m and 1 <= int(m.group(1)) <= 60 else None
+
+
+#: Years an index may hold: four digits, from the first Sentinel archives to well ahead.
+YEARS = range(1970, 2101)
+
+
+def year_of_branch(name: str) -> int | None:
+    """The year a branch holds (``"2024"``), or ``None`` for any other branch name.
+
+    Branch names come from a repository (untrusted) and become directory
+    names (``stac/utm31/2024/``) and messages, so only a plausible
+    four-digit year is one.
+    """
+    if len(name) == 4 and name.isascii() and name.isdigit() and int(name) in YEARS:
+        return int(name)
+    return None
+
+
+def check_tile_name(name: object) -> str:
+    """``name`` if it is a TESSERA tile name exactly as the grammar writes it, else ``ValueError``.
+
+    ``grid_<lon>_<lat>``: two decimals, the centre of a 0.1° cell (an odd
+    multiple of 0.05), lon within ±180 and lat within ±90, written as
+    :func:`tile_name` writes it (no ``+``, no leading zeros). A name from an
+    index becomes a file name (``{tile}.json``), a group path and a message;
+    only these can.
+    """
+    text = str(name)
+    m = _TILE_RE.match(text) if isinstance(name, str) else None
+    if m is not None:
+        lon, lat = float(m.group(1)), float(m.group(2))
+        centi = (round(lon * 100), round(lat * 100))
+        if (
+            abs(lon) <= 180
+            and abs(lat) <= 90
+            and all(c % 10 == 5 for c in centi)
+            and tile_name(lon, lat) == text
+        ):
+            return text
+    raise ValueError(
+        f"tile name '{printable(text, 80)}' is not grid_<lon>_<lat> with the centre of a "
+        "0.1 degree cell (two decimals, an odd multiple of 0.05, lon within 180 and lat within 90)"
+    )
 
 
 def tile_name(lon: float, lat: float) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tessera_vz.core.errors import ConfigurationError
+from tessera_vz.core.urls import check_root
 
 #: Status codes worth another attempt (as obstore and Icechunk retry them).
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -117,6 +118,18 @@ class ReadOptions:
     allowed_sources
         Explicit allow-list of source URL prefixes; when given, only sources
         under these prefixes are read (and redirects only followed to them).
+        Matched by scheme, host, port and path on segment boundaries; a
+        prefix with ``.``/``..`` segments or credentials is refused.
+    allow_private_sources
+        Authorise sources on loopback, private, link-local or multicast
+        addresses (checked on the address connected to). Off by default, so
+        that an index from elsewhere cannot make the reader fetch from the
+        user's machine or network.
+    remembered_sources
+        Sources the user allowed for this index earlier (recorded on their
+        machine, see :mod:`~tessera_vz.core.permissions`; ``open_store``
+        fills it in): trusted like ``allow_local_sources`` and
+        ``allow_private_sources`` for those roots only.
     s3_options
         Endpoint, region, anonymous access or credentials for ``s3://``
         sources and indexes (see :func:`~tessera_vz.core.s3.s3_settings`).
@@ -139,6 +152,12 @@ class ReadOptions:
     s3_options: tuple[tuple[str, Any], ...] = ()
     direct_reads: bool = True
     ca_file: str | None = None
+    allow_private_sources: bool = False
+    remembered_sources: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for prefix in self.allowed_sources or ():
+            check_root(prefix)  # a clear error for '..', credentials, a query, no host
 
     @classmethod
     def of(
@@ -152,6 +171,7 @@ class ReadOptions:
         s3_options: Mapping[str, Any] | None = None,
         direct_reads: bool = True,
         ca_file: str | None = None,
+        allow_private_sources: bool = False,
     ) -> ReadOptions:
         """Build options from plain keyword arguments (``None`` keeps a default)."""
         changes: dict[str, Any] = {"retries": retries, "timeout": timeout, "backoff": backoff}
@@ -163,6 +183,7 @@ class ReadOptions:
             s3_options=_frozen(s3_options),
             direct_reads=direct_reads,
             ca_file=ca_file,
+            allow_private_sources=allow_private_sources,
         )
 
     @property

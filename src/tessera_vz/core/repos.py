@@ -18,10 +18,13 @@ from urllib.parse import urlsplit
 import icechunk as ic
 
 from tessera_vz.core import shutdown  # noqa: F401  (tokio exit hook: see the module)
+from tessera_vz.core.addresses import check_resolved
 from tessera_vz.core.errors import ConfigurationError
 from tessera_vz.core.layout import zone_of_repo
-from tessera_vz.core.options import RetryPolicy
+from tessera_vz.core.options import ReadOptions, RetryPolicy
+from tessera_vz.core.permissions import authorised, private_permitted
 from tessera_vz.core.s3 import s3_settings
+from tessera_vz.core.text import printable
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +69,33 @@ def container_for(
     return ic.VirtualChunkContainer(url_prefix, store, name=container_name(url_prefix))
 
 
-def storage_for(location: str, *, s3_options: dict[str, Any] | None = None) -> ic.Storage:
-    """Icechunk storage of one repository at a local path or ``s3://`` URL."""
+def storage_for(
+    location: str,
+    *,
+    s3_options: dict[str, Any] | None = None,
+    options: ReadOptions | None = None,
+) -> ic.Storage:
+    """Icechunk storage of one repository at a local path or an ``s3://`` or ``http(s)://`` URL.
+
+    A published repository (``http(s)://``) is read through
+    :mod:`~tessera_vz.core.published` under ``options`` (the reader's
+    policy: timeouts, retries, a size cap, no redirect elsewhere).
+    """
     parts = urlsplit(location)
     if parts.scheme == "s3":
         if not parts.netloc:
             raise ConfigurationError(f"repository location {location!r} names no bucket")
         return s3_settings(s3_options).storage(parts.netloc, parts.path.strip("/"))
     if parts.scheme in ("http", "https"):
-        # A published copy on a web server: Icechunk's read-only HTTP storage.
-        return ic.http_storage(location.rstrip("/") + "/")
+        # A published copy on a web server: Icechunk's read-only HTTP storage, pointed
+        # at our loopback proxy, which fetches through the boundary.
+        from tessera_vz.core.published import proxy
+
+        read = options if options is not None else ReadOptions()
+        wait = f"{int(read.policy.worst_case()) + 10}s"
+        return ic.http_storage(
+            proxy().url_for(location, read), opts={"timeout": wait, "connect_timeout": "5s"}
+        )
     if parts.scheme not in ("", "file"):
         raise ConfigurationError(
             f"repository location {location!r}: expected a local path, an s3:// URL or an "
@@ -177,36 +197,59 @@ def with_read_policy(cfg: ic.RepositoryConfig, policy: RetryPolicy) -> ic.Reposi
     return cfg
 
 
-def credentials(
-    containers: Iterable[str],
-    *,
-    allow_local_sources: bool = False,
-    allowed: Iterable[str] | None = None,
-    s3_options: dict[str, Any] | None = None,
-) -> dict[str, ic.AnyCredential | None]:
-    """Authorise the containers a reader trusts.
+def with_users_s3(
+    cfg: ic.RepositoryConfig, s3_options: dict[str, Any] | None
+) -> ic.RepositoryConfig:
+    """Read every ``s3://`` container with the user's endpoint, region and transport.
 
-    Remote containers (``http(s)://``, ``s3://``) recorded in the repo are
-    trusted by default, ``file://`` ones only with ``allow_local_sources``;
-    ``allowed``, when given, is the explicit allow-list of URL prefixes.
-    ``s3://`` containers get the reader's credentials: anonymous when
-    ``s3_options`` (or ``AWS_SKIP_SIGNATURE``) says so, explicit keys when
-    given, else the ``AWS_*`` environment; the repository never holds any.
+    A repository records each container's store config (endpoint,
+    ``allow_http``), and Icechunk uses it with the credentials the reader
+    hands over: a crafted repository naming its own endpoint received the
+    user's signed ``Authorization`` header and session token. So the reader
+    replaces each S3 container's store, in memory only, with the user's own
+    S3 settings (the ones its repository storage and our reads use); the
+    recorded endpoint is never contacted.
+    """
+    mine = s3_settings(s3_options).store_config()
+    for prefix, vcc in dict(cfg.virtual_chunk_containers or {}).items():
+        if urlsplit(prefix).scheme == "s3":
+            cfg.set_virtual_chunk_container(ic.VirtualChunkContainer(prefix, mine, name=vcc.name))
+    return cfg
+
+
+def credentials(
+    containers: Iterable[str], options: ReadOptions
+) -> dict[str, ic.AnyCredential | None]:
+    """Authorise the containers a reader trusts (:mod:`~tessera_vz.core.permissions`).
+
+    Remote containers are trusted by default, ``file://`` ones and those on
+    loopback or private addresses only with the user's permission;
+    ``allowed_sources``, when given, is the only list. Icechunk connects by
+    itself, so an ``http(s)`` container's name is resolved here, once
+    (tessera-vz's own reads check each connection). ``s3://`` containers get
+    the reader's credentials, to be used with the reader's endpoint only
+    (:func:`with_users_s3`): anonymous when ``s3_options`` (or
+    ``AWS_SKIP_SIGNATURE``) says so, explicit keys when given, else the
+    ``AWS_*`` environment; the repository never holds any.
     """
     s3_cred = None
-    allow = list(allowed) if allowed is not None else None
     out: dict[str, ic.AnyCredential | None] = {}
     for prefix in containers:
         scheme = urlsplit(prefix).scheme
-        if allow is not None and not any(prefix.startswith(a) for a in allow):
-            log.info("not authorising virtual chunk container %s (not allowed)", prefix)
+        if not authorised(prefix, options):
+            log.info("not authorising virtual chunk container %s (not allowed)", printable(prefix))
             continue
         if scheme == "file":
-            if allow_local_sources or allow is not None:
-                out[prefix] = ic.credentials.LocalFileSystemAccess
+            out[prefix] = ic.credentials.LocalFileSystemAccess
         elif scheme in ("http", "https"):
+            if not private_permitted(prefix, options):
+                try:
+                    check_resolved(prefix)
+                except ConfigurationError as exc:
+                    log.info("not authorising virtual chunk container %s: %s", prefix, exc)
+                    continue
             out[prefix] = ic.credentials.HttpAccess
         elif scheme == "s3":
-            s3_cred = s3_cred or s3_settings(s3_options).credentials()
+            s3_cred = s3_cred or s3_settings(options.s3).credentials()
             out[prefix] = s3_cred
     return out

@@ -15,7 +15,7 @@ import xarray as xr
 from numpy.typing import NDArray
 
 from tessera_vz.core.checksums import checksum_value
-from tessera_vz.core.layout import TILES
+from tessera_vz.core.layout import TILES, check_tile_name
 from tessera_vz.core.urls import check_path, check_root
 
 if TYPE_CHECKING:
@@ -86,7 +86,9 @@ def refused_rows(table: xr.Dataset) -> dict[str, str]:
     """Tiles whose records cannot be used as they are, each with the reason.
 
     A repository is an untrusted input: its paths, URLs and checksums become
-    request lines and headers, its offsets and shapes byte ranges. A value
+    request lines and headers, its offsets and shapes byte ranges, its tile
+    names file names and messages (checked against the layout's grammar,
+    :func:`~tessera_vz.core.layout.check_tile_name`). A value
     no indexer writes (control characters, a path leaving its root, an
     offset outside the file, a scales dtype that is not 4-byte float) fails
     that tile with a clear reason, before any request is made for it.
@@ -114,6 +116,7 @@ def refused_rows(table: xr.Dataset) -> dict[str, str]:
         epsg = col["epsg"].astype(np.int64)
         refuse(~(((epsg > 32600) & (epsg <= 32660)) | ((epsg > 32700) & (epsg <= 32760))),
                "its EPSG code is not a UTM zone")  # fmt: skip
+        refuse(col["zone"].astype(np.int64) != epsg % 100, "its zone is not its EPSG code's zone")
         per_band = col["scales_ndim"].astype(np.int64) == 3
         refuse(
             ~np.isin(col["scales_ndim"].astype(np.int64), (2, 3)), "its scales are not 2-D or 3-D"
@@ -128,6 +131,7 @@ def refused_rows(table: xr.Dataset) -> dict[str, str]:
         if name in out:
             continue
         try:
+            check_tile_name(name)
             descr = np.dtype(str(col["scales_descr"][i]))
             if descr.kind != "f" or descr.itemsize != 4:
                 raise ValueError(f"scales dtype {descr.str!r} is not a 4-byte float")

@@ -77,8 +77,8 @@ def changed(checksum: str | None) -> FileChangedError:
     """The file no longer matches its recorded checksum (a failed precondition)."""
     return FileChangedError(
         f" no longer matches the checksum recorded when it was indexed ({checksum}). The "
-        "source file changed after it was indexed; re-run `tessera-vz index` for this source "
-        "to index its new bytes"
+        "source file changed after it was indexed; re-run `tessera-vz index --reprobe` for this "
+        "source to index its new bytes"
     )
 
 

@@ -40,7 +40,7 @@ from tessera_vz.core.transport import (
 #: (nginx spends ~100), beyond the ranges themselves.
 PART_OVERHEAD = 512
 
-_REINDEX = "Re-run `tessera-vz index` for this source"
+_REINDEX = "Re-run `tessera-vz index --reprobe` for this source"
 
 
 class HttpTransport:
@@ -58,15 +58,20 @@ class HttpTransport:
         Extra certificate authorities to trust, or ``None``.
     connect_timeout
         Seconds allowed to open a connection.
+    private_ok
+        The user allowed this root to be on a loopback or private address;
+        otherwise no request of it connects to one.
     """
 
     def __init__(
-        self, allowed: Callable[[str], bool], ca_file: str | None, connect_timeout: float
-    ) -> None:
+        self, allowed: Callable[[str], bool], ca_file: str | None, connect_timeout: float,
+        private_ok: bool = False,
+    ) -> None:  # fmt: skip
         self.multi_range = True
         self._allowed = allowed
         self._ca = ca_file
         self._connect = connect_timeout
+        self._private_ok = private_ok
 
     def _answer(
         self, url: str, headers: Mapping[str, str], method: str = "GET"
@@ -74,7 +79,7 @@ class HttpTransport:
         """One request under the boundary's trust: redirects to authorised roots, its CA."""
         return http.answer(
             url, headers, allowed=self._allowed, ca_file=self._ca,
-            connect_timeout=self._connect, method=method,
+            connect_timeout=self._connect, method=method, private_ok=self._private_ok,
         )  # fmt: skip
 
     async def read(self, file: IndexedFile, start: int, end: int) -> Buffer:
@@ -178,7 +183,7 @@ def _status(resp: aiohttp.ClientResponse, checksum: str | None) -> None:
     if status == 416:
         raise FileChangedError(
             " is shorter than when it was indexed (416 Range Not Satisfiable); re-run "
-            "`tessera-vz index` for this source"
+            "`tessera-vz index --reprobe` for this source"
         )
     if status in (404, 410):
         raise FileGoneError(f"HTTP {status}")

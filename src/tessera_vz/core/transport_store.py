@@ -171,7 +171,10 @@ class ObjectStoreTransport:
         return _facts(meta)
 
     async def fetch(self, url: str, limit: int) -> bytes:
-        got = await obstore.get_async(self._store(), self._path(url))
+        try:
+            got = await obstore.get_async(self._store(), self._path(url))
+        except (NotFoundError, FileNotFoundError):
+            raise FileGoneError("no such object") from None
         if int(got.meta["size"]) > limit:
             raise AnswerError(f"{got.meta['size']} bytes, over the {limit}-byte limit")
         return (await got.bytes_async()).to_bytes()

@@ -84,7 +84,24 @@ def check_root(url: str) -> str:
             f"source root {url!r} has a query or fragment; expected the URL of the tree's "
             "root directory"
         )
+    if dot_segments(parts.path):
+        raise ConfigurationError(
+            f"source root {url!r} has '.' or '..' segments (a client would collapse them and "
+            "read elsewhere than the root names); give the root's path without them"
+        )
     return url.rstrip("/") + "/"
+
+
+def dot_segments(path: str) -> bool:
+    """Whether a URL path holds a ``.`` or ``..`` segment, percent-encoded or not.
+
+    Clients and servers collapse them (``/tiles/../secret`` is ``/secret``),
+    so a path holding one is not the place it seems to name: roots, allowed
+    prefixes and paths with one are refused. Decoding also splits
+    ``%2f``/``\\`` (servers that treat them as separators).
+    """
+    decoded = unquote(path).replace("\\", "/")
+    return any(s in (".", "..") for s in decoded.split("/"))
 
 
 def check_path(rel: str) -> str:
@@ -130,13 +147,20 @@ def origin(url: str) -> Origin:
 
 
 def under(url: str, prefix: str) -> bool:
-    """Whether ``url`` lies below ``prefix`` (same origin, path under the prefix's path).
+    """Whether ``url`` lies below ``prefix``: same scheme, host and port, path on segment bounds.
 
-    Compares parsed parts, so ``http://a.org:80/x`` is under
-    ``http://A.org/`` and ``http://a.org.evil/`` is not under ``http://a.org``.
+    Compares parsed parts, never strings: ``http://a.org:80/x`` is under
+    ``http://A.org/``; ``http://a.org.evil/`` is not under ``http://a.org``,
+    ``http://h:18759/`` not under ``http://h:1875``, ``/tilesX/`` not under
+    ``/tiles``. A URL or prefix with credentials, or with a dot segment
+    (:func:`dot_segments`), is under nothing.
     """
     if origin(url) != origin(prefix):
         return False
-    path, base = urlsplit(url).path, urlsplit(prefix).path
-    base = base if base.endswith("/") else base + "/"
-    return (path if path.endswith("/") else path + "/").startswith(base) or path.startswith(base)
+    a, b = urlsplit(url), urlsplit(prefix)
+    if a.username or a.password or b.username or b.password:
+        return False
+    if dot_segments(a.path) or dot_segments(b.path):
+        return False
+    base = b.path if b.path.endswith("/") else b.path + "/"
+    return (a.path if a.path.endswith("/") else a.path + "/").startswith(base)

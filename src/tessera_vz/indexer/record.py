@@ -80,6 +80,13 @@ def build_record(
     if sh.dtype.kind != "f" or sh.dtype.itemsize != 4:
         raise InvalidTileError(f"scales must be float32; found {sh.dtype.str} {sh.shape}")
     h, w, b = eh.shape
+    if min(h, w, b) < 1:
+        # Icechunk refuses the zero-length chunks such a tile would need, and that
+        # refusal would abort the whole zone-year: refused here, this tile alone.
+        raise InvalidTileError(
+            f"embeddings shape {eh.shape} has an empty axis; a tile holds at least one "
+            "row, one column and one band"
+        )
     if sh.shape not in ((h, w), (h, w, b)):
         raise InvalidTileError(
             f"scales shape {sh.shape} does not match embeddings shape {eh.shape}; expected "

@@ -21,6 +21,7 @@ from obstore.store import ObjectStore
 
 from tessera_vz.core.dataset import Dataset
 from tessera_vz.core.errors import ConfigurationError
+from tessera_vz.core.permissions import remember
 from tessera_vz.core.progress import ProgressStart, no_progress
 from tessera_vz.core.repos import quiet_icechunk
 from tessera_vz.indexer.datasets import (
@@ -48,6 +49,7 @@ from tessera_vz.indexer.run_options import (
     source_options,
     source_s3_options,
 )
+from tessera_vz.indexer.symlinks import skip_outside_links
 from tessera_vz.indexer.unit import run_unit
 
 log = logging.getLogger(__name__)
@@ -68,10 +70,17 @@ def _inventory(
     """
     if manifest is not None:
         rows = row_filter(manifest, dataset)
-        return manifest_inventory(manifest, root, years=opts.years, zones=opts.zones, rows=rows)
-    if store is None:  # HTTP(S): nothing to list (find_manifest said so already)
+        table, failures = manifest_inventory(
+            manifest, root, years=opts.years, zones=opts.zones, rows=rows
+        )
+    elif store is None:  # HTTP(S): nothing to list (find_manifest said so already)
         raise ConfigurationError(f"source {root.url} cannot be listed; pass --manifest")
-    return listing_inventory(store, years=opts.years, zones=opts.zones)
+    else:
+        table, failures = listing_inventory(store, years=opts.years, zones=opts.zones)
+    if opts.follow_symlinks:
+        return table, failures
+    table, outside = skip_outside_links(table, root)
+    return table, [*failures, *outside]
 
 
 def run_index(opts: IndexOptions, progress: ProgressStart = no_progress) -> Report:
@@ -102,6 +111,9 @@ def run_index(opts: IndexOptions, progress: ProgressStart = no_progress) -> Repo
     # One dataset, one source per index: refused here, before anything is written.
     identity = settle(opts.out, recorded(opts.out, opts.s3_options), dataset, root,
                       explicit=bool(opts.dataset), move_source=opts.move_source)  # fmt: skip
+    # The user indexed this tree: reading it back from this index needs no permission
+    # again on this machine (remembered here, never in the index, which travels).
+    remember(opts.out, [root.url, *opts.allowed_sources])
     tiles, failures = _inventory(opts, root, store, manifest, identity.dataset)
     report = Report(failed=list(failures), dataset=identity.label, source=root.url)
     units = split_units(tiles)

@@ -63,13 +63,22 @@ class IndexOptions:
     #: Allow SOURCE to differ from the root the index was made from: a move to
     #: another mirror of the same dataset (another dataset is always refused).
     move_source: bool = False
+    #: Index tiles of a local tree reached by symbolic links leading outside it
+    #: (skipped with a reason by default: see :mod:`tessera_vz.indexer.symlinks`).
+    follow_symlinks: bool = False
 
 
 def read_options(opts: IndexOptions) -> ReadOptions:
-    """How the run reads its source: retry policy, the source's S3 settings, extra CA."""
+    """How the run reads its source: retry policy, the source's S3 settings, extra CA.
+
+    The run reads only what the user named (SOURCE, the manifest,
+    ``--allow-source``), so those may be on loopback or private addresses.
+    """
     policy = RetryPolicy(retries=opts.retries, timeout=opts.timeout, backoff=opts.backoff)
     s3 = tuple(sorted(source_s3_options(opts).items()))
-    return ReadOptions(policy=policy, s3_options=s3, ca_file=opts.ca_file)
+    return ReadOptions(
+        policy=policy, s3_options=s3, ca_file=opts.ca_file, allow_private_sources=True
+    )
 
 
 def source_files(opts: IndexOptions, root: SourceRoot) -> SourceFiles:

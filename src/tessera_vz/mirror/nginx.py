@@ -152,6 +152,11 @@ class NginxServer:
         nginx's ``max_ranges``: with 1, a multi-range request is answered
         200 with the whole file, as by a mirror that does not serve them
         (S3 behind a CDN, some object gateways). Default: nginx's, no limit.
+    worker_user
+        Run the workers as this user (and group: ``"nobody nogroup"``), as a
+        packaged nginx does, so files a server would refuse to publish (not
+        world-readable) answer 403 here too. Needs root; default: the
+        invoking user.
     tls
         Serve HTTPS with this server certificate (a test CA's:
         :func:`tessera_vz.testing.tls.make_test_ca`), as the real mirrors
@@ -165,8 +170,10 @@ class NginxServer:
         port: int | None = None,
         max_ranges: int | None = None,
         tls: Certificate | None = None,
+        worker_user: str | None = None,
     ) -> None:
         self.root = Path(root).resolve()
+        self._worker_user = worker_user
         self._max_ranges = max_ranges
         self.tls = tls
         self._requested_port = port
@@ -181,6 +188,8 @@ class NginxServer:
         # As root, nginx would drop its worker to "nobody", who cannot read a
         # pytest tmp dir (mode 0700); keep the worker as the invoking user.
         user = "user root;\n" if os.geteuid() == 0 else ""
+        if self._worker_user is not None:
+            user = f"user {self._worker_user};\n"
         temp_paths = "\n".join(
             f"    {kind}_temp_path {_quote(tmp / kind)};"
             for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")

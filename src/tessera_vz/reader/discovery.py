@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -24,12 +25,15 @@ from tessera_vz.core.errors import ConfigurationError, SourceNotFoundError
 from tessera_vz.core.layout import ZONE_LIST, parse_zone_list
 from tessera_vz.core.loop import sync
 from tessera_vz.core.options import ReadOptions
+from tessera_vz.core.permissions import authorised
+from tessera_vz.core.published import published_errors
 from tessera_vz.core.repos import (
     credentials,
     read_config,
     repositories,
     storage_for,
     with_read_policy,
+    with_users_s3,
 )
 
 log = logging.getLogger(__name__)
@@ -38,7 +42,8 @@ log = logging.getLogger(__name__)
 def published_zones(root: str, options: ReadOptions) -> dict[int, str]:
     """Zone -> repository URL of an index published on a web server, from its zone list."""
     base = root.rstrip("/") + "/"
-    files = SourceFiles([base], options)
+    # The user named this URL: it may be on their own network.
+    files = SourceFiles([base], replace(options, allow_private_sources=True))
     url = base + ZONE_LIST
     try:
         data = sync(files.fetch(url, "reading the index's zone list", limit=1 << 20))
@@ -90,26 +95,31 @@ def open_repository(
     ``allowed_sources``, redirect targets such as a CDN behind a mirror),
     so tessera-vz's own reads trust exactly what Icechunk's do.
     """
-    storage = storage_for(location, s3_options=options.s3)
-    cfg = with_read_policy(read_config(ic.Repository.fetch_config(storage)), options.policy)
+    storage = storage_for(location, s3_options=options.s3, options=options)
+    with published_errors(location):
+        fetched = ic.Repository.fetch_config(storage)
+    cfg = with_read_policy(read_config(fetched), options.policy)
+    cfg = with_users_s3(cfg, options.s3)
     wanted = list((cfg.virtual_chunk_containers or {}).keys())
-    creds = credentials(
-        wanted,
-        allow_local_sources=options.allow_local_sources,
-        allowed=options.allowed_sources,
-        s3_options=options.s3,
-    )
+    trusted = [p for p in wanted if authorised(p, options)]
+    # Icechunk connects by itself: its containers on private addresses are left out
+    # at open; our own reads check the address of every connection instead.
+    creds = credentials(trusted, options)
     for prefix in wanted:
         if prefix not in creds:
-            log.info("not authorising source %s of zone %d", prefix, zone)
-    files.allow(creds)
+            log.info("not authorising source %s of zone %d for Icechunk", prefix, zone)
+    files.allow(trusted)
     if options.allowed_sources is not None:
         # Redirect targets the user authorised (a CDN behind the mirror).
         files.allow(options.allowed_sources)
-    return ic.Repository.open(storage, config=cfg, authorize_virtual_chunk_access=creds or None)
+    with published_errors(location):
+        return ic.Repository.open(storage, config=cfg, authorize_virtual_chunk_access=creds or None)
 
 
 def containers(location: str, options: ReadOptions) -> list[str]:
     """Source URL prefixes a zone's repository wants to read from (trusted or not)."""
-    cfg = ic.Repository.fetch_config(storage_for(location, s3_options=options.s3))
+    with published_errors(location):
+        cfg = ic.Repository.fetch_config(
+            storage_for(location, s3_options=options.s3, options=options)
+        )
     return sorted((cfg.virtual_chunk_containers or {}).keys()) if cfg else []

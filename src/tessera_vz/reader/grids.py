@@ -57,8 +57,13 @@ class Grid:
     false_northing: float = 0.0
 
     @classmethod
-    def of_window(cls, window: Window) -> Grid:
-        """The grid of a zone window (the zone's northern 10 m lattice)."""
+    def of_window(cls, window: Window, *, south: bool = False) -> Grid:
+        """The grid of a zone window: on the zone's northern CRS, or its southern (``327zz``,
+        northings 10,000,000 m higher, the same pixels) with ``south``."""
+        if south:
+            top = window.top + FALSE_NORTHING
+            return cls(f"EPSG:{32700 + window.zone}", window.left, top, PIXEL, PIXEL,
+                       window.height, window.width, window.zone, FALSE_NORTHING)  # fmt: skip
         return cls(f"EPSG:{window.epsg}", window.left, window.top, PIXEL, PIXEL,
                    window.height, window.width, window.zone)  # fmt: skip
 
@@ -176,8 +181,10 @@ def grid_for_bbox(
     """The grid a region of ``bbox`` is returned on, and a sentence saying why.
 
     ``crs=None``: the 10 m lattice of UTM zone ``zone`` (default: the zone
-    of the bbox centre), on the zone's northern CRS as the tiles' mosaic is
-    (southern pixels have negative northings). Otherwise the smallest grid
+    of the bbox centre), on the zone's northern CRS (``326zz``) as the
+    tiles' mosaic is where the bbox reaches north of the equator (southern
+    pixels then have negative northings), on its southern CRS (``327zz``)
+    for a bbox wholly south of it (north edge at most 0). Otherwise the smallest grid
     of ``crs`` aligned to whole multiples of the resolution that covers the
     bbox's outline. ``resolution`` is one number or ``(xres, yres)`` in the
     CRS's units (default :func:`default_resolution`).
@@ -189,13 +196,16 @@ def grid_for_bbox(
     if crs is None:
         z = int(utm_zone((w + e) / 2)) if zone is None else _zone(zone)
         why = "the zone of the bbox centre" if zone is None else "as requested"
+        epsg = (32700 if n <= 0 else 32600) + z
         if res is None or res == (PIXEL, PIXEL):
-            grid = Grid.of_window(window_for_bbox((w, s, e, n), z))
-            return grid, f"10 m lattice of UTM zone {z} (EPSG:{32600 + z}), {why}"
-        target = CRS.from_epsg(32600 + z)
+            grid = Grid.of_window(window_for_bbox((w, s, e, n), z), south=n <= 0)
+            return grid, f"10 m lattice of UTM zone {z} (EPSG:{epsg}), {why}"
+        target = CRS.from_epsg(epsg)
     else:
         target = parse_crs(crs)
         why = "as requested"
+    if res is not None:
+        _check_units(target, res, (s + n) / 2)
     xres, yres = res if res is not None else default_resolution(target, (s + n) / 2)
     text = crs_text(target)
     lons, lats = bbox_outline((w, s, e, n))
@@ -221,6 +231,34 @@ def grid_for_bbox(
     unit = target.axis_info[0].unit_name if target.axis_info else "unit"
     about = "" if res is not None else f", about {TARGET_METRES:g} m at latitude {(s + n) / 2:.2f}"
     return grid, f"{_name(target)} at {xres:g} x {yres:g} {unit}{about}, {why}"
+
+
+#: Ground size (metres) of a pixel beyond which a resolution is taken for a unit mix-up:
+#: 10 degrees asked as if metres, 0.0001 metres asked as if degrees.
+_LARGEST_PIXEL, _SMALLEST_PIXEL = 100_000.0, 0.01
+
+
+def _check_units(crs: CRS, res: tuple[float, float], lat: float) -> None:
+    """Refuse a resolution absurd for the CRS's units (degrees given as metres, or back).
+
+    A 10 m dataset read at 10 degrees a pixel is not a coarse view but a
+    mistake: every pixel centre misses every tile, and the read would say
+    nothing covers the bbox. The message says what the number means in this
+    CRS and what to give instead.
+    """
+    unit = crs.axis_info[0].unit_name if crs.axis_info else "unit"
+    metres = [r / g for r, g in zip(res, default_resolution(crs, lat), strict=True)]
+    ground = max(metres) * TARGET_METRES
+    if min(metres) * TARGET_METRES >= _SMALLEST_PIXEL and ground <= _LARGEST_PIXEL:
+        return
+    size = ground if ground > _LARGEST_PIXEL else min(metres) * TARGET_METRES
+    about = f"{size / 1000:,.0f} km" if size >= 1000 else f"{size:.2g} m"
+    good = default_resolution(crs, lat)
+    raise ConfigurationError(
+        f"resolution {res[0]:g} x {res[1]:g} is in the units of {_name(crs)} ({unit}): "
+        f"pixels of about {about} on the ground, for 10 m data; give about "
+        f"{good[0]:g},{good[1]:g} ({unit}, about 10 m here), or omit it for that default"
+    )
 
 
 def _name(crs: CRS) -> str:

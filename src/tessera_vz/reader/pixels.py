@@ -151,3 +151,33 @@ def swapped_hint(located: Callable[[float, float], bool], lon: float, lat: float
         f"; lon/lat may be swapped: lon={lat}, lat={lon} lies in indexed tiles "
         "(coordinates are longitude first)"
     )
+
+
+def explain_missing(
+    located: Callable[[float, float], bool],
+    zone_reason: Callable[[], None],
+    lon: float,
+    lat: float,
+    year: int,
+    exc: TileNotFoundError | None,
+) -> None:
+    """Raise why no tile of ``year`` holds a point: the zone's own reason, and a hint when
+    lon/lat look swapped; return when :func:`location` will say which tile is missing.
+
+    ``located(x, y)`` says whether a point is read; ``zone_reason()`` raises the
+    zone-year's :class:`TileNotFoundError` (not indexed, say) or returns.
+    """
+    hint = swapped_hint(located, lon, lat)
+    if exc is None and not hint:
+        return
+    try:
+        zone_reason()
+    except TileNotFoundError as reason:
+        raise TileNotFoundError(
+            f"no indexed tile of {year} is near lon={lon}, lat={lat}: {reason}{hint}"
+        ) from None
+    if exc is not None:
+        raise TileNotFoundError(f"{exc}{hint}") from None
+    raise TileNotFoundError(
+        f"no indexed tile of {year} covers lon={lon}, lat={lat}{hint}"
+    ) from None

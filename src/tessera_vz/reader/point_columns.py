@@ -27,9 +27,14 @@ from tessera_vz.core.errors import ConfigurationError
 log = logging.getLogger(__name__)
 
 
-#: Column names taken as longitude / latitude when none is named (case-insensitive).
-LON_NAMES = ("lon", "longitude", "lng")
-LAT_NAMES = ("lat", "latitude")
+#: Column names taken as longitude / latitude when none is named (case-insensitive);
+#: ``decimalLongitude``/``decimalLatitude`` are Darwin Core's (GBIF downloads).
+LON_NAMES = ("lon", "longitude", "lng", "decimallongitude")
+LAT_NAMES = ("lat", "latitude", "decimallatitude")
+#: Text columns taken as WKT point geometries when no lon/lat column is found.
+WKT_NAMES = ("geometry", "wkt", "geom", "the_geom")
+#: Column name taken as each row's year when none is named (case-insensitive; Darwin Core's).
+YEAR_NAMES = ("year",)
 #: The name of the output's point geometry column.
 GEOMETRY = "geometry"
 #: Columns every sampled row gets, before the bands and the geometry.
@@ -50,6 +55,11 @@ class PointsInput:
     lat: NDArray[np.float64]
     empty: NDArray[np.bool_]
     source: str
+    #: Each row's own year (0 where its cell is missing or not a year), when read
+    #: from a column; ``None`` when the years are given for every row.
+    year: NDArray[np.int64] | None = None
+    #: The column the years came from, for messages.
+    year_source: str | None = None
 
     @property
     def size(self) -> int:
@@ -63,6 +73,7 @@ def points_input(
     lat: str | None = None,
     geometry: str | None = None,
     crs: Any = None,
+    year: str | None = None,
     what: str = "the points",
 ) -> PointsInput:
     """Where each point is, from lon/lat columns or a point geometry column.
@@ -72,8 +83,15 @@ def points_input(
     exposing the Arrow C stream. Coordinates come from ``geometry`` (a WKB or
     GeoArrow point column in ``crs``, default EPSG:4326 / OGC:CRS84) when
     given, else from the ``lon`` and ``lat`` columns, which default to a
-    column named ``lon``/``longitude``/``lng`` and ``lat``/``latitude`` (in
-    any case). ``x``/``y`` are never taken for lon/lat: name them.
+    column named ``lon``/``longitude``/``lng``/``decimalLongitude`` and
+    ``lat``/``latitude``/``decimalLatitude`` (in any case), else from a text
+    column of WKT points named ``geometry``/``wkt``/``geom``/``the_geom``.
+    ``x``/``y`` are never taken for lon/lat: they are as often metres in a
+    projected CRS as degrees, so name them.
+
+    ``year`` names a column holding each row's own year (an integer, or
+    text such as ``"2024"``), kept in ``PointsInput.year`` with 0 where a
+    cell is missing or not a four-digit year.
 
     Raises
     ------
@@ -82,6 +100,8 @@ def points_input(
         lists the columns there are), or a column cannot hold coordinates.
     """
     table, geometry, crs = _as_table(points, geometry, crs)
+    if geometry is None and lon is None and lat is None:
+        geometry = _wkt_column(table)
     if geometry is not None and lon is None and lat is None:
         if geometry not in table.column_names:
             raise ConfigurationError(
@@ -98,7 +118,65 @@ def points_input(
         empty = ex | ey
         kept = table
         source = f"columns {lon_col!r}/{lat_col!r}"
-    return PointsInput(_renamed(kept), x, y, empty, source)
+    inp = PointsInput(_renamed(kept), x, y, empty, source)
+    if year is not None:
+        if year not in table.column_names:
+            raise ConfigurationError(
+                f"{what} have no year column {year!r}; columns: {table.column_names}"
+            )
+        inp.year, inp.year_source = _years(table.column(year), year, what), year
+    return inp
+
+
+def own_year_column(points: Any, years: Any, year_column: str | None) -> str | None:
+    """The column each row's year comes from: ``year_column``, or without ``years`` a
+    column named ``year``; ``None`` when ``years`` are given for every row."""
+    if years is not None and year_column is not None:
+        raise ConfigurationError(
+            f"give years ({years!r}) or year_column ({year_column!r}), not both"
+        )
+    return year_column or (year_column_of(points) if years is None else None)
+
+
+def year_column_of(points: Any) -> str | None:
+    """The column of ``points`` named ``year`` in any case, if there is one."""
+    names = getattr(points, "column_names", None) or [str(c) for c in points.columns]
+    lower = {c.lower(): c for c in names}
+    return next((lower[n] for n in YEAR_NAMES if n in lower), None)
+
+
+def _years(col: pa.ChunkedArray, name: str, what: str) -> NDArray[np.int64]:
+    """A year column as int64, 0 where a cell is missing, not an integer or not 1000-9999."""
+    t = col.type
+    if pa.types.is_null(t):
+        return np.zeros(len(col), np.int64)
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        text = [(v or "").strip() for v in col.to_pylist()]
+        values = np.array([float(v) if v.isdigit() else np.nan for v in text], np.float64)
+    elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        values = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+        values = np.where(col.is_null().to_numpy(zero_copy_only=False), np.nan, values)
+    else:
+        raise ConfigurationError(
+            f"year column {name!r} of {what} holds {t}; expected years such as 2024"
+        )
+    with np.errstate(invalid="ignore"):
+        ok = (
+            np.isfinite(values) & (values == np.round(values)) & (values >= 1000) & (values <= 9999)
+        )
+    return np.where(ok, np.nan_to_num(values), 0).astype(np.int64)
+
+
+def _wkt_column(table: pa.Table) -> str | None:
+    """A text column named like a geometry (``geometry``, ``wkt``, ..), if no lon/lat is there."""
+    lower = {c.lower(): c for c in table.column_names}
+    if any(n in lower for n in LON_NAMES) or any(n in lower for n in LAT_NAMES):
+        return None
+    for name in WKT_NAMES:
+        t = table.schema.field(lower[name]).type if name in lower else None
+        if t is not None and (pa.types.is_string(t) or pa.types.is_large_string(t)):
+            return lower[name]
+    return None
 
 
 def _as_table(points: Any, geometry: str | None, crs: Any) -> tuple[pa.Table, str | None, Any]:
@@ -180,8 +258,9 @@ def _from_geometry(
         empty = col.is_null().to_numpy(zero_copy_only=False)
         x = pc.struct_field(col, "x").to_numpy(zero_copy_only=False).astype(np.float64)
         y = pc.struct_field(col, "y").to_numpy(zero_copy_only=False).astype(np.float64)
-    elif pa.types.is_binary(t) or pa.types.is_large_binary(t):
-        geoms = shapely.from_wkb(col.to_numpy(zero_copy_only=False), on_invalid="raise")
+    elif any(is_(t) for is_ in (pa.types.is_binary, pa.types.is_large_binary,
+                                 pa.types.is_string, pa.types.is_large_string)):  # fmt: skip
+        geoms = _geometries(col, name, what)
         empty = shapely.is_missing(geoms) | shapely.is_empty(geoms)
         kinds = shapely.get_type_id(geoms)
         bad = np.flatnonzero(~empty & (kinds != 0))
@@ -191,16 +270,35 @@ def _from_geometry(
                      6: "MultiPolygon", 7: "GeometryCollection"}  # fmt: skip
             raise ConfigurationError(
                 f"geometry column {name!r} of {what} holds a {names.get(int(kind), 'non-point')} "
-                f"in row {int(bad[0])} ({bad.size} such rows); points are expected"
+                f"in row {int(bad[0])} ({bad.size} such rows); points are sampled one pixel "
+                "each: give points, or read an area with `tessera-vz region --region-file`"
             )
         x = np.where(empty, np.nan, shapely.get_x(geoms))
         y = np.where(empty, np.nan, shapely.get_y(geoms))
     else:
         raise ConfigurationError(
-            f"geometry column {name!r} of {what} holds {t}; expected WKB points (GeoParquet)"
+            f"geometry column {name!r} of {what} holds {t}; expected WKB points (GeoParquet) "
+            "or WKT text"
         )
     x, y = _to_lonlat(x, y, crs, name)
     return x, y, np.asarray(empty, bool)
+
+
+def _geometries(col: pa.ChunkedArray, name: str, what: str) -> NDArray[Any]:
+    """Shapely geometries of a WKB (binary) or WKT (text) column; a blank cell is missing."""
+    import shapely
+
+    values = col.to_numpy(zero_copy_only=False)
+    try:
+        if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
+            return np.asarray(shapely.from_wkb(values, on_invalid="raise"))
+        text = np.array([v if v is not None and v.strip() else None for v in values], object)
+        return np.asarray(shapely.from_wkt(text, on_invalid="raise"))
+    except shapely.errors.GEOSException as exc:
+        kind = "WKB" if pa.types.is_binary(col.type) else "WKT"
+        raise ConfigurationError(
+            f"geometry column {name!r} of {what} holds something that is not {kind}: {exc}"
+        ) from None
 
 
 def _to_lonlat(x: NDArray[Any], y: NDArray[Any], crs: Any, name: str) -> tuple[Any, Any]:

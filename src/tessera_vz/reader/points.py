@@ -30,7 +30,9 @@ NO_DATA = "no data"  # covered, but the pixel's scale is invalid (no-data)
 INVALID = "invalid coordinate"  # not finite, or outside lon [-180, 180] / lat [-90, 90]
 EMPTY = "empty"  # the coordinate cell (or geometry) is missing
 ERROR = "error"  # the tile could not be read (its source failed); the rest were read
-STATUSES = (OK, NO_TILE, NO_DATA, INVALID, EMPTY, ERROR)
+NO_YEAR = "no year"  # the row's own year (a year column) is missing or not a year
+YEAR_NOT_INDEXED = "year not indexed"  # the row's own year is indexed in no zone
+STATUSES = (OK, NO_TILE, NO_DATA, INVALID, EMPTY, ERROR, NO_YEAR, YEAR_NOT_INDEXED)
 
 
 async def read_located(

@@ -28,6 +28,7 @@ from zarr.core.buffer import default_buffer_prototype
 
 from tessera_vz.core.boundary import SourceFiles
 from tessera_vz.core.errors import SourceUnavailableError, translate_error
+from tessera_vz.core.text import printable
 from tessera_vz.reader.range_plan import (
     POINT_PART,
     POINT_RANGE_GAP,
@@ -112,7 +113,8 @@ class ByteSource:
         for name in dict.fromkeys(np.asarray(names).tolist()):
             if name in self.refused:
                 raise SourceUnavailableError(
-                    f"{what}: tile {name} ({self.year}, zone {self.zone}): {self.refused[name]}"
+                    f"{what}: tile {printable(name)} ({self.year}, zone {self.zone}): "
+                    f"{self.refused[name]}"
                 )
 
 

@@ -24,7 +24,9 @@ from numpy.typing import NDArray
 
 from tessera_vz.core.errors import TileNotFoundError, VersionNotFoundError
 from tessera_vz.core.loop import sync
+from tessera_vz.core.progress import ProgressStart, no_progress
 from tessera_vz.core.quantisation import dequantise as dequantise_values
+from tessera_vz.reader.areas import area_bbox, area_mask
 from tessera_vz.reader.georef import grid_dataset
 from tessera_vz.reader.grids import Grid, grid_for_bbox
 from tessera_vz.reader.mosaic import band_count, read_window
@@ -86,7 +88,7 @@ async def read_grid(
 
 def read_region(
     zone_years: ZoneYears,
-    bbox: tuple[float, float, float, float],
+    bbox: tuple[float, float, float, float] | None,
     years: Sequence[int],
     series: bool,
     *,
@@ -95,14 +97,26 @@ def read_region(
     resolution: float | Sequence[float] | None = None,
     dequantise: bool = True,
     gap: int = DEFAULT_GAP,
+    area: tuple[Any, Any] | None = None,
+    progress: ProgressStart = no_progress,
 ) -> xr.Dataset:
     """A lon/lat box on one grid, read from every zone it reaches (see ``TesseraStore.region``).
+
+    ``area``: ``(polygon, crs)``; pixels whose centre lies outside it are
+    no-data (NaN, and NaN scales in a raw region); its lon/lat bounds are
+    the bbox when ``bbox`` is ``None``. ``progress`` is told of
+    each zone window read.
 
     ``series`` adds a ``time`` axis over ``years``; without it ``years``
     holds the one year read. Raises :class:`ValueError` before any read
     when the output, or the source windows of one year, exceed
     :data:`~tessera_vz.reader.windows.MAX_PIXELS`.
     """
+    years = sorted(years)  # the time axis ascends, whatever order the years were asked in
+    if bbox is None:
+        if area is None:
+            raise TypeError("give a bbox (west, south, east, north) or an area (a polygon)")
+        bbox = area_bbox(*area)
     grid, why = grid_for_bbox(bbox, crs=crs, resolution=resolution, zone=zone)
     if grid.size > MAX_PIXELS:
         raise ValueError(
@@ -120,10 +134,22 @@ def read_region(
         )
     plans = [_plan_year(zone_years, sampler, bbox, zones, y) for y in years]
 
+    advance = progress(f"reading {grid.height} x {grid.width} pixels", len(plans))
+
+    async def read_one(p: list[Pick], src: Any) -> Any:
+        got = await read_grid(grid, p, src, gap)
+        advance(1)
+        return got
+
     async def read_all() -> list[tuple[NDArray[np.int8], NDArray[np.float32], NDArray[np.bool_]]]:
-        return list(await asyncio.gather(*(read_grid(grid, p, src, gap) for p, src in plans)))
+        return list(await asyncio.gather(*(read_one(p, src) for p, src in plans)))
 
     results = sync(read_all()) if any(p for p, _ in plans) else []
+    if area is not None:
+        inside = area_mask(grid, *area)
+        for emb, scale, filled in results:
+            filled &= inside
+            emb[~inside], scale[~inside] = 0, np.nan
     if not any(filled.any() for _, _, filled in results):
         raise TileNotFoundError(
             f"no indexed tile covers bbox {bbox} in {list(years)} (UTM zones {zones} searched)"
@@ -150,6 +176,7 @@ def read_region(
         "tessera:grid": why,
         "tessera:resampling": "nearest",
         "tessera:zones": sorted({z for z, _ in read_from}),
+        **({"tessera:area": f"{area[0].geom_type} in {area[1]}; no-data outside"} if area else {}),
         **zone_years.provenance(read_from),
     }
     ds = grid_dataset(grid, data_vars, bands, attrs)

@@ -41,7 +41,16 @@ from tessera_vz.core.quantisation import dequantise
 from tessera_vz.reader.pixels import Located, locate_pixels
 from tessera_vz.reader.point_columns import GEOMETRY, PointsInput
 from tessera_vz.reader.point_rule import reachable_zones
-from tessera_vz.reader.points import point_status, read_isolated, read_located, years_list
+from tessera_vz.reader.points import (
+    EMPTY,
+    INVALID,
+    NO_YEAR,
+    YEAR_NOT_INDEXED,
+    point_status,
+    read_isolated,
+    read_located,
+    years_list,
+)
 from tessera_vz.reader.range_fetch import ByteSource
 from tessera_vz.reader.range_plan import POINT_GAP
 from tessera_vz.reader.zone_year import ZoneYears
@@ -74,22 +83,24 @@ def point_wkb(
 
 
 def geometry_field() -> pa.Field:
-    """The point column, also tagged as a GeoArrow WKB array in EPSG:4326.
+    """The point column, also tagged as a GeoArrow WKB array in OGC:CRS84 (lon, lat).
 
-    GeoParquet readers go by the file's ``geo`` metadata; the field's GeoArrow
-    extension metadata lets Arrow-native tools (``GeoDataFrame.from_arrow``,
-    lonboard) see the geometry of an in-memory table too.
+    GeoParquet readers go by the file's ``geo`` metadata (which leaves the
+    CRS to its CRS84 default); the field's GeoArrow extension metadata lets
+    Arrow-native tools (``GeoDataFrame.from_arrow``, lonboard) see the
+    geometry of an in-memory table too. GeoArrow has no default CRS, so it is
+    named here: CRS84, the longitude-first WGS 84 the coordinates are in.
     """
     from pyproj import CRS
 
-    meta = {"crs": CRS.from_epsg(4326).to_json_dict()}
+    meta = {"crs": CRS.from_user_input("OGC:CRS84").to_json_dict()}
     return pa.field(GEOMETRY, pa.binary(), metadata={
         "ARROW:extension:name": "geoarrow.wkb", "ARROW:extension:metadata": json.dumps(meta),
     })  # fmt: skip
 
 
 def geo_metadata(inp: PointsInput) -> dict[str, Any]:
-    """GeoParquet 1.1 ``geo`` metadata of the output's point column (EPSG:4326, with its bbox)."""
+    """GeoParquet 1.1 ``geo`` metadata of the output's point column (lon/lat, with its bbox)."""
     ok = valid_lonlat_mask(inp.lon, inp.lat) & ~inp.empty
     bbox = None
     if ok.any():
@@ -100,9 +111,12 @@ def geo_metadata(inp: PointsInput) -> dict[str, Any]:
 
 @dataclass
 class YearSample:
-    """What one year gave a batch of points: status, pixel and values per point."""
+    """What one year gave a batch of points: status, pixel and values per point.
 
-    year: int
+    ``year`` is one year for every point, or each point's own (0: none).
+    """
+
+    year: int | NDArray[np.int64]
     status: NDArray[np.object_]
     tile: NDArray[np.object_]
     row: NDArray[np.int64]
@@ -126,7 +140,8 @@ def batch_table(
             name: kept.column(name) for name in kept.column_names
         }
         cols["point_id"] = pa.array(np.arange(start, stop, dtype=np.int64))
-        cols["year"] = pa.array(np.full(n, s.year, np.int16))
+        years = np.broadcast_to(np.asarray(s.year, np.int64), (n,))
+        cols["year"] = pa.array(years.astype(np.int16), mask=years == 0)
         cols["status"] = pa.array(s.status.tolist(), pa.string())
         tiles = np.asarray(s.tile, dtype=object)
         cols["tile"] = pa.array(tiles, pa.string(), mask=~s.located)
@@ -195,40 +210,91 @@ def point_values(
 def sample_batches(
     zone_years: ZoneYears,
     inp: PointsInput,
-    years: int | Sequence[int],
+    years: int | Sequence[int] | None,
     *,
     batch_size: int = SAMPLE_BATCH,
     progress: Callable[[int], None] | None = None,
 ) -> Iterator[pa.Table]:
-    """The rows of ``TesseraStore.sample``, batch by batch (without the file metadata)."""
+    """The rows of ``TesseraStore.sample``, batch by batch (without the file metadata).
+
+    ``years=None``: each row is read in its own year (``inp.year``), one
+    row per input row; a row whose year is missing, or indexed in no zone,
+    is not read and says so in its status (never another year's value).
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    ys, _ = years_list(years)
-    bands = zone_years.bands(ys)
+    ys = _years_read(zone_years, inp, years)
+    bands = zone_years.bands(ys or zone_years.years())
     for start in range(0, inp.size, batch_size):
         stop = min(start + batch_size, inp.size)
         lon, lat = inp.lon[start:stop], inp.lat[start:stop]
         empty = inp.empty[start:stop]
-
+        own = None if years is not None or inp.year is None else inp.year[start:stop]
+        # Each year's points (all of them, or the rows of that year).
+        parts = [np.ones(stop - start, bool) if own is None else own == y for y in ys]
         # Tables are loaded (sync) before the reads of every year run together.
-        plans = [_sample_plan(zone_years, lon, lat, empty, y) for y in ys]
+        plans = [_sample_plan(zone_years, lon[m], lat[m], empty[m], y)
+                 for y, m in zip(ys, parts, strict=True) if m.any()]  # fmt: skip
 
         async def read_years(plans: list[Any] = plans) -> list[YearSample]:
             return list(await asyncio.gather(*(_sample_year(*p) for p in plans)))
 
         samples = sync(read_years())
+        if own is not None:
+            done = [m for m in parts if m.any()]
+            samples = [_own_years(own, empty, valid_lonlat_mask(lon, lat), done, samples, bands)]
         yield batch_table(inp, start, stop, samples, bands)
         if progress is not None:
             progress(stop - start)
 
 
-def empty_sample(zone_years: ZoneYears, inp: PointsInput, years: int | Sequence[int]) -> pa.Table:
+def _years_read(
+    zone_years: ZoneYears, inp: PointsInput, years: int | Sequence[int] | None
+) -> list[int]:
+    """The years a sample reads: those asked, else the indexed years of the rows' own years."""
+    if years is not None:
+        return years_list(years)[0]
+    if inp.year is None:
+        raise TypeError("give years=… (an int or a list of years), or a year column")
+    indexed = set(zone_years.years())
+    return sorted({int(y) for y in np.unique(inp.year)} & indexed)
+
+
+def _own_years(
+    own: NDArray[np.int64],
+    empty: NDArray[np.bool_],
+    valid: NDArray[np.bool_],
+    masks: Sequence[NDArray[np.bool_]],
+    samples: Sequence[YearSample],
+    bands: int,
+) -> YearSample:
+    """One sample of a batch whose rows each chose their year: the reads of each year merged."""
+    n = own.size
+    status = np.full(n, YEAR_NOT_INDEXED, dtype=object)
+    status[own == 0] = NO_YEAR
+    status[~valid] = INVALID
+    status[empty] = EMPTY
+    tile = np.full(n, None, dtype=object)
+    row, col = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    located = np.zeros(n, bool)
+    values = np.full((n, bands), np.nan, np.float32)
+    for m, s in zip(masks, samples, strict=True):
+        status[m], tile[m], row[m], col[m], located[m] = s.status, s.tile, s.row, s.col, s.located
+        if s.values.shape[1] == bands:
+            values[m] = s.values
+    return YearSample(own, status, tile, row, col, located, values)
+
+
+def empty_sample(
+    zone_years: ZoneYears, inp: PointsInput, years: int | Sequence[int] | None
+) -> pa.Table:
     """A table of the sampled columns and no rows (for input without points)."""
-    return empty_table(inp, zone_years.bands(years_list(years)[0]))
+    return empty_table(inp, zone_years.bands(_years_read(zone_years, inp, years) or
+                                             zone_years.years()))  # fmt: skip
 
 
 def sample_provenance(
-    zone_years: ZoneYears, inp: PointsInput, years: int | Sequence[int]
+    zone_years: ZoneYears, inp: PointsInput, years: int | Sequence[int] | None
 ) -> dict[str, str]:
     """Provenance of a sampled table: the versions it reads, the index, the years.
 
@@ -239,7 +305,7 @@ def sample_provenance(
     that does not exist fails here, and a writer can put the provenance
     in the file's schema up front.
     """
-    ys, _ = years_list(years)
+    ys = _years_read(zone_years, inp, years)
     valid = valid_lonlat_mask(inp.lon, inp.lat) & ~inp.empty
     zones = reachable_zones(inp.lon[valid]) if valid.any() else []
     read = [(z, y) for y in ys for z in zones if zone_years.find(z, y) is not None]

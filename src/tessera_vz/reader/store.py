@@ -30,9 +30,11 @@ from tessera_vz.core.coords import check_lonlat
 from tessera_vz.core.errors import ConfigurationError, TileNotFoundError
 from tessera_vz.core.geometry import cell_centre, utm_zone
 from tessera_vz.core.options import ReadOptions
+from tessera_vz.core.permissions import with_remembered
+from tessera_vz.core.progress import no_progress
 from tessera_vz.core.quantisation import dequantise, valid_scale
 from tessera_vz.core.repos import quiet_icechunk
-from tessera_vz.reader import pixels, regions, samples
+from tessera_vz.reader import pixels, point_columns, regions, samples
 from tessera_vz.reader.discovery import containers, discover_zones
 from tessera_vz.reader.pixels import Located, TileLocation, locate_pixels
 from tessera_vz.reader.point_columns import PointsInput, points_input
@@ -70,7 +72,7 @@ class TesseraStore:
         versions: Versions = None,
     ) -> None:  # fmt: skip
         self.root = root
-        self.options = options if options is not None else ReadOptions()
+        self.options = with_remembered(root, options or ReadOptions())  # docs/security.md
         self.versions: Pins = pins(versions)
         self._locations = zones
         # Checks the CA file too: a missing one is a clear error now, not at first read.
@@ -131,10 +133,19 @@ class TesseraStore:
         """
         return self._zone_years.dataset(self.zones())
 
-    def tiles(self, year: int, zone: int) -> xr.Dataset:
-        """The year's tiles table of a zone (one row per tile), with the version read."""
-        table = self._zone_years.get(zone, year).table
-        return table.assign_attrs(self.provenance([(zone, year)]))
+    def tiles(self, year: int, zone: int | None = None) -> xr.Dataset:
+        """The year's tiles table (a row per tile) of ``zone``, or of every zone one after the
+        other (``zone`` column), with the versions read; :class:`TileNotFoundError` if none."""
+        if zone is not None:
+            found = [(zone, self._zone_years.get(zone, year))]
+        else:
+            found = [(z, ix) for z in self.zones() if (ix := self._zone_years.find(z, year))]
+        if not found:
+            years = ", ".join(map(str, self.years())) or "none"
+            raise TileNotFoundError(f"year {year} not indexed in {self.root}; indexed: {years}")
+        tables = [ix.table for _, ix in found]
+        table = tables[0] if len(tables) == 1 else xr.concat(tables, dim="tile")
+        return table.assign_attrs(self.provenance([(z, year) for z, _ in found]))
 
     def zone_year(self, zone: int, year: int) -> tuple[ByteSource, TileRects]:
         """A zone-year's byte source and tile rectangles, as windows need them (cached)."""
@@ -176,8 +187,7 @@ class TesseraStore:
         return pixels.location(loc, lon, lat, y)
 
     def _explain(self, lon: float, lat: float, year: int, exc: TileNotFoundError | None) -> None:
-        """Raise why no tile of ``year`` holds a point: the zone's own reason, and a hint
-        when lon/lat look swapped."""
+        """Raise why no tile of ``year`` holds a point (:func:`pixels.explain_missing`)."""
         zone = int(utm_zone(cell_centre(lon, lat)[0]))
 
         def located(x: float, y: float) -> bool:
@@ -186,20 +196,10 @@ class TesseraStore:
             except TileNotFoundError:
                 return False
 
-        hint = pixels.swapped_hint(located, lon, lat)
-        if exc is None and not hint:
-            return  # pixels.location says which tile is missing
-        try:
+        def zone_reason() -> None:
             self._zone_years.get(zone, year).table  # noqa: B018 - raises the zone's reason
-        except TileNotFoundError as reason:
-            raise TileNotFoundError(
-                f"no indexed tile of {year} is near lon={lon}, lat={lat}: {reason}{hint}"
-            ) from None
-        if exc is not None:
-            raise TileNotFoundError(f"{exc}{hint}") from None
-        raise TileNotFoundError(
-            f"no indexed tile of {year} covers lon={lon}, lat={lat}{hint}"
-        ) from None
+
+        pixels.explain_missing(located, zone_reason, lon, lat, year, exc)
 
     def locate_points(self, lons: ArrayLike, lats: ArrayLike, year: int) -> Located:
         """The tile and pixel of many points (``ok`` is False where there is none)."""
@@ -250,9 +250,10 @@ class TesseraStore:
         return out if series else out[0]
 
     def sample(
-        self, points: Any, years: int | Sequence[int], *, lon: str | None = None,
+        self, points: Any, years: int | Sequence[int] | None = None, *, lon: str | None = None,
         lat: str | None = None, geometry: str | None = None, crs: Any = None,
-        batch_size: int = SAMPLE_BATCH, progress: Callable[[int], None] | None = None,
+        year_column: str | None = None, batch_size: int = SAMPLE_BATCH,
+        progress: Callable[[int], None] | None = None,
     ) -> pa.Table:  # fmt: skip
         """Points as a training table: one row per input row and year, every input column kept.
 
@@ -265,8 +266,14 @@ class TesseraStore:
         invalid scale, ``invalid coordinate``, ``empty`` for a missing
         coordinate, ``error`` when its tile's source failed), the ``tile``,
         ``row`` and ``col`` read, the dequantised bands ``b000``.. (null unless
-        ``ok``) and a ``geometry`` (WKB point, EPSG:4326). Coordinates outside
-        lon [-180, 180] / lat [-90, 90] are never read. The schema carries
+        ``ok``) and a ``geometry`` (WKB point, EPSG:4326). Without ``years``
+        each observation is read in its own year, from ``year_column``
+        (default: a column named ``year``, as GBIF's): one row per input row,
+        ``year`` the embedding year read (the input's column is kept as
+        ``year_input``), status ``no year`` where the cell is missing or not
+        a year and ``year not indexed`` where no zone indexed it — never
+        another year's value. Coordinates outside lon [-180, 180] / lat
+        [-90, 90] are never read. The schema carries
         GeoParquet 1.1 ``geo`` metadata and the provenance
         (``tessera:versions``, ``tessera:snapshots``), so
         ``pyarrow.parquet.write_table(t, "x.parquet")`` writes GeoParquet.
@@ -276,7 +283,8 @@ class TesseraStore:
         tables too big for one result, :meth:`sample_batches` yields the
         batches.
         """
-        inp = self.points_input(points, lon=lon, lat=lat, geometry=geometry, crs=crs)
+        year = point_columns.own_year_column(points, years, year_column)
+        inp = self.points_input(points, lon=lon, lat=lat, geometry=geometry, crs=crs, year=year)
         provenance = self.sample_provenance(inp, years)
         parts = list(self.sample_batches(inp, years, batch_size=batch_size, progress=progress))
         table = pa.concat_tables(parts) if parts else self.empty_sample(inp, years)
@@ -287,8 +295,8 @@ class TesseraStore:
         return points_input(points, **where)
 
     def sample_batches(
-        self, inp: PointsInput, years: int | Sequence[int], *, batch_size: int = SAMPLE_BATCH,
-        progress: Callable[[int], None] | None = None,
+        self, inp: PointsInput, years: int | Sequence[int] | None, *,
+        batch_size: int = SAMPLE_BATCH, progress: Callable[[int], None] | None = None,
     ) -> Iterator[pa.Table]:  # fmt: skip
         """The rows of :meth:`sample`, batch by batch (without the file metadata).
 
@@ -299,56 +307,59 @@ class TesseraStore:
             self._zone_years, inp, years, batch_size=batch_size, progress=progress
         )
 
-    def empty_sample(self, inp: PointsInput, years: int | Sequence[int]) -> pa.Table:
+    def empty_sample(self, inp: PointsInput, years: int | Sequence[int] | None) -> pa.Table:
         """A table of :meth:`sample`'s columns and no rows (for input without points)."""
         return samples.empty_sample(self._zone_years, inp, years)
 
-    def sample_provenance(self, inp: PointsInput, years: int | Sequence[int]) -> dict[str, str]:
+    def sample_provenance(
+        self, inp: PointsInput, years: int | Sequence[int] | None
+    ) -> dict[str, str]:
         """Provenance of a sampled table (:func:`.samples.sample_provenance`), before any read."""
         return samples.sample_provenance(self._zone_years, inp, years)
 
     def region(
-        self, bbox: tuple[float, float, float, float], year: int | Sequence[int] | None = None,
-        *, years: Sequence[int] | None = None, zone: int | None = None, crs: Any = None,
-        resolution: float | Sequence[float] | None = None, dequantise: bool = True,
-        gap: int = DEFAULT_GAP,
+        self, bbox: tuple[float, float, float, float] | None,
+        year: int | Sequence[int] | None = None, *, years: Sequence[int] | None = None,
+        zone: int | None = None, crs: Any = None, resolution: float | Sequence[float] | None = None,
+        dequantise: bool = True, gap: int = DEFAULT_GAP, area: Any = None,
+        area_crs: Any = "EPSG:4326", progress: Any = None,
     ) -> xr.Dataset:  # fmt: skip
-        """A lon/lat box on one grid, read from every zone it reaches.
+        """A lon/lat box (or a polygon's box) on one grid, read from every zone it reaches.
 
-        ``bbox`` is ``(west, south, east, north)`` in degrees. The grid is,
-        by default, the 10 m lattice of the UTM zone holding the bbox centre
-        (``zone`` picks another zone's lattice); ``crs`` (``"EPSG:4326"``,
+        ``bbox`` is ``(west, south, east, north)`` in degrees, or ``None``
+        with ``area``: a shapely (multi)polygon in ``area_crs``, whose
+        lon/lat bounds are the bbox and outside which pixels are no-data.
+        The grid is, by default, the 10 m lattice of the UTM zone holding
+        the bbox centre (``zone`` picks another zone's lattice; ``327zz``
+        for a bbox wholly south of the equator); ``crs`` (``"EPSG:4326"``,
         any EPSG code or CRS pyproj reads) gives that CRS's grid, and
         ``resolution`` its pixel size in the CRS's units, one number or
-        ``(xres, yres)``, by default about 10 m (for a geographic CRS, 10 m
-        along the parallel and the meridian at the bbox's centre latitude,
-        rounded to two significant digits: see
-        :func:`~tessera_vz.reader.grids.default_resolution`). The
+        ``(xres, yres)``, by default about 10 m
+        (:func:`~tessera_vz.reader.grids.default_resolution`). The
         ``tessera:grid`` attribute says which grid and why.
 
-        Pixels are taken by nearest neighbour from the zone mosaics (rule
-        in :mod:`~tessera_vz.reader.resample`): an output pixel takes the
-        pixel of the zone of the 0.1-degree cell holding its centre (the
-        lattice pixel containing the centre, valued as in that zone's
-        mosaic: the tile whose cell holds that pixel's centre, else any
-        covering tile), else, where no tile of that zone covers it, the
-        adjacent zone's pixel there. On the default grid the zone's own
-        pixels are not resampled: a region inside one zone is its mosaic.
-        Pixels no indexed tile covers, or whose scale is invalid, are NaN.
+        Pixels are taken by nearest neighbour from the zone mosaics (the
+        rule of :mod:`~tessera_vz.reader.resample`: the pixel of the zone
+        of the 0.1-degree cell holding the output pixel's centre, else the
+        adjacent zone's); on the default grid a region inside one zone is
+        its mosaic, not resampled. Pixels no indexed tile covers, or whose
+        scale is invalid, are NaN.
 
         Returns ``embeddings`` float32 ``(y, x, band)`` dequantised, or raw
         int8 ``embeddings`` plus ``scales`` with ``dequantise=False`` (both
-        copied from the same source pixel); a ``time`` axis with a list of
-        years. Each zone's window is read once, only the needed columns of
-        each tile row. At most :data:`~tessera_vz.reader.windows.MAX_PIXELS`
-        pixels are returned, and at most as many read per year (the windows
-        of all zones), which bounds memory; larger areas go through
-        :meth:`open_zone`.
+        copied from the same source pixel); a ``time`` axis, ascending,
+        with a list of years. Each zone's window is read once, only the
+        needed columns of each tile row. At most
+        :data:`~tessera_vz.reader.windows.MAX_PIXELS` pixels are returned,
+        and at most as many read per year, which bounds memory; larger
+        areas go through :meth:`open_zone`. ``progress``: a
+        ``start(label, total)`` (:mod:`tessera_vz.core.progress`).
         """
         ys, series = years_asked(year, years)
         return regions.read_region(
             self._zone_years, bbox, ys, series, zone=zone, crs=crs, resolution=resolution,
-            dequantise=dequantise, gap=gap,
+            dequantise=dequantise, gap=gap, area=None if area is None else (area, area_crs),
+            progress=progress or no_progress,
         )  # fmt: skip
 
     def open_zone(
@@ -402,7 +413,7 @@ def open_store(
     path: str, *, options: ReadOptions | None = None, allow_local_sources: bool = False,
     allowed_sources: Iterable[str] | None = None, s3_options: dict[str, Any] | None = None,
     retries: int | None = None, timeout: float | None = None, direct_reads: bool = True,
-    ca_file: str | None = None, versions: Versions = None,
+    ca_file: str | None = None, versions: Versions = None, allow_private_sources: bool = False,
 ) -> TesseraStore:  # fmt: skip
     """Open the index written by ``tessera-vz index --out PATH``.
 
@@ -415,8 +426,8 @@ def open_store(
 
     Give either ``options`` (a :class:`~tessera_vz.core.options.ReadOptions`)
     or its fields as keywords: ``retries`` and ``timeout`` (seconds per
-    attempt) bound every source read, ``allow_local_sources`` /
-    ``allowed_sources`` say which sources may be read, ``s3_options`` how to
+    attempt) bound every source read, ``allow_local_sources``, ``allow_private_sources``
+    and ``allowed_sources`` say which sources may be read, ``s3_options`` how to
     reach S3, ``ca_file`` an extra CA to trust for HTTPS, and
     ``direct_reads=False`` sends pixel reads through Icechunk instead of
     tessera-vz's checked reader.
@@ -425,11 +436,11 @@ def open_store(
         options = ReadOptions.of(
             retries=retries, timeout=timeout, allow_local_sources=allow_local_sources,
             allowed_sources=allowed_sources, s3_options=s3_options, direct_reads=direct_reads,
-            ca_file=ca_file,
+            ca_file=ca_file, allow_private_sources=allow_private_sources,
         )  # fmt: skip
     elif (allow_local_sources, allowed_sources, s3_options, retries, timeout, ca_file) != (
         False, None, None, None, None, None
-    ) or not direct_reads:  # fmt: skip
+    ) or not direct_reads or allow_private_sources:  # fmt: skip
         raise ConfigurationError(
             "give either options=ReadOptions(...) or its fields as keywords, not both"
         )

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tessera_vz.core.errors import ConfigurationError, TileNotFoundError, VersionNotFoundError
-from tessera_vz.core.layout import branch_name, parse_tag
+from tessera_vz.core.layout import branch_name, parse_tag, year_of_branch
 
 if TYPE_CHECKING:
     import icechunk as ic
@@ -191,7 +191,7 @@ def snapshot_to_read(
         return str(repo.lookup_tag(tag)), tag
     branches = repo.list_branches()
     if branch_name(year) not in branches:
-        indexed = sorted({int(b) for b in branches if b.isdigit()})
+        indexed = sorted({y for b in branches if (y := year_of_branch(b))})
         raise TileNotFoundError(
             f"year {year} is not indexed in UTM zone {zone}; indexed years: {indexed}"
         )

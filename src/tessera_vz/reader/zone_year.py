@@ -24,9 +24,10 @@ import xarray as xr
 from tessera_vz.core.boundary import SourceFiles
 from tessera_vz.core.dataset import only_one
 from tessera_vz.core.errors import TileNotFoundError, VersionNotFoundError
-from tessera_vz.core.layout import BAND_COUNT
+from tessera_vz.core.layout import BAND_COUNT, year_of_branch
 from tessera_vz.core.options import ReadOptions
 from tessera_vz.core.table import TileLookup, read_table, refused_rows
+from tessera_vz.core.text import printable
 from tessera_vz.reader import table_cache
 from tessera_vz.reader.discovery import open_repository
 from tessera_vz.reader.identity import recorded_identity
@@ -107,7 +108,9 @@ class ZoneYearIndex:
             table_cache.save(self.location, self.snapshot, table)
         self._refused = refused_rows(table)
         for name, reason in list(self._refused.items())[:5]:
-            log.warning("zone %d year %s: tile %s: %s", self.zone, self.year, name, reason)
+            log.warning(
+                "zone %d year %s: tile %s: %s", self.zone, self.year, printable(name), reason
+            )
         return table
 
     @property
@@ -180,7 +183,7 @@ class ZoneYears:
         zones = [zone] if zone is not None else self.zones()
         found: set[int] = set()
         for z in zones:
-            found |= {int(b) for b in self.repo(z).list_branches() if b.isdigit()}
+            found |= {y for b in self.repo(z).list_branches() if (y := year_of_branch(b))}
         return sorted(found)
 
     def get(self, zone: int, year: int) -> ZoneYearIndex:

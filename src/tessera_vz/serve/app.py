@@ -10,8 +10,12 @@ own package only, and answers every bad request with a 4xx and a one-line JSON
 ``{"error": ...}``; an unexpected failure is a 500 with a one-line message (the
 traceback goes to the server's log, never to the client). Endpoints are plain
 functions, so Starlette runs them in its thread pool and a slow region read
-never blocks the event loop; heavy requests (previews, downloads) are limited
-to a few at a time so that memory stays bounded.
+never blocks the event loop; heavy requests (previews, downloads) run a few at
+a time on threads of their own behind a bounded queue
+(:class:`~tessera_vz.serve.guard.HeavyQueue`), so memory stays bounded and
+light requests always find a thread. Requests are untrusted: sizes are
+checked on the output grid, ``Host`` on a loopback bind, and error answers
+name no local path (:mod:`tessera_vz.serve.guard`, :mod:`tessera_vz.serve.answers`).
 """
 
 from __future__ import annotations
@@ -20,11 +24,10 @@ import json
 import logging
 import math
 import shutil
-import tempfile
-import threading
 import zipfile
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -40,102 +43,28 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tessera_vz.core.coastline import land_file
 from tessera_vz.core.coords import BBox, check_bbox, check_lonlat
 from tessera_vz.export import write_region
-from tessera_vz.reader import (
-    ConfigurationError,
-    SourceChangedError,
-    SourceUnavailableError,
-    TesseraStore,
-)
+from tessera_vz.reader import TesseraStore
+from tessera_vz.serve.answers import api, api_async, error_response
 from tessera_vz.serve.coverage import Coverage, feature_collection
+from tessera_vz.serve.guard import (
+    ApiError,
+    HeavyQueue,
+    HostCheck,
+    Limits,
+    allowed_hosts,
+    check_size,
+)
 from tessera_vz.serve.preview import preview_png
+from tessera_vz.serve.scratch import Scratch
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 #: Download formats of ``/api/region`` -> (suffix written by write_region, media type).
 FORMATS = {"tif": ("tif", "image/tiff"), "zarr": ("zarr", "application/zip")}
-#: Metres per degree of latitude, and of longitude at the equator (WGS84, rounded).
-M_PER_DEG_LAT = 110_574.0
-M_PER_DEG_LON = 111_320.0
-
-
-@dataclass(frozen=True)
-class Limits:
-    """How much one request may ask for; larger requests get a 413.
-
-    Attributes
-    ----------
-    preview_pixels
-        10 m pixels of a preview box (2,000,000 = 14 x 14 km, 256 MB of int8 read).
-    region_pixels
-        10 m pixels of a download (float32: 512 bytes per pixel written).
-    features
-        Tile cells (or gaps) in one ``/api/tiles`` answer; the page then
-        asks for the tiles of its view only.
-    years
-        Years in one time-series request.
-    heavy_requests
-        Previews and downloads computed at the same time (others wait).
-    """
-
-    preview_pixels: int = 2_000_000
-    region_pixels: int = 1_000_000
-    features: int = 50_000
-    years: int = 50
-    heavy_requests: int = 2
-
-
-class ApiError(Exception):
-    """A request the API refuses: HTTP status and a one-line message."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    line = " ".join(str(message).split()) or "error"
-    return JSONResponse({"error": line}, status_code=status)
-
-
-def _status_of(exc: BaseException) -> int:
-    """HTTP status of a reader error: bad input 400, not indexed 404, source trouble 502."""
-    if isinstance(exc, ApiError):
-        return exc.status
-    if isinstance(exc, (SourceChangedError, SourceUnavailableError)):
-        return 502
-    if isinstance(exc, ConfigurationError):
-        return 400
-    if isinstance(exc, LookupError):
-        return 404
-    if isinstance(exc, ValueError):
-        return 400
-    return 500
-
-
-def _api(fn: Callable[[Request], Response]) -> Callable[[Request], Response]:
-    """Run an endpoint, turning every failure into a one-line JSON error."""
-
-    def endpoint(request: Request) -> Response:
-        try:
-            return fn(request)
-        except Exception as exc:
-            # A deliberate catch-all: a server answers every request. Our errors and the
-            # built-in kinds they subclass get their 4xx/502 (``_status_of``); anything
-            # else is a bug, a 500 whose traceback goes to the log, never to the client.
-            status = _status_of(exc)
-            if status >= 500:
-                log.warning("%s %s failed: %s", request.method, request.url.path, exc,
-                            exc_info=status == 500)  # fmt: skip
-            message = str(exc) if status != 500 else f"internal error: {type(exc).__name__}"
-            return _error(status, message)
-
-    endpoint.__name__ = fn.__name__
-    endpoint.__doc__ = fn.__doc__
-    return endpoint
 
 
 # -- parameters -----------------------------------------------------------
@@ -183,26 +112,6 @@ def _bbox(request: Request, required: bool = True) -> BBox | None:
     return check_bbox(values)
 
 
-def _pixels(bbox: BBox) -> float:
-    """About how many 10 m pixels a lon/lat box holds (enough to enforce a limit)."""
-    w, s, e, n = bbox
-    mid = math.radians((s + n) / 2)
-    width_m = (e - w) * M_PER_DEG_LON * max(math.cos(mid), 0.0)
-    height_m = (n - s) * M_PER_DEG_LAT
-    return width_m * height_m / 100.0
-
-
-def _check_size(bbox: BBox, limit: int, what: str) -> None:
-    pixels = _pixels(bbox)
-    if pixels > limit:
-        side = math.sqrt(limit) * 10 / 1000
-        raise ApiError(
-            413,
-            f"the {what} box covers about {pixels:,.0f} pixels of 10 m, over the limit of "
-            f"{limit:,} (about {side:.0f} x {side:.0f} km); draw a smaller box",
-        )
-
-
 def _values(vec: np.ndarray) -> list[float | None]:
     return [None if not math.isfinite(float(v)) else float(v) for v in vec]
 
@@ -211,7 +120,11 @@ def _values(vec: np.ndarray) -> list[float | None]:
 
 
 def create_app(
-    store: TesseraStore, *, limits: Limits | None = None, basemap: str | None = None
+    store: TesseraStore,
+    *,
+    limits: Limits | None = None,
+    basemap: str | None = None,
+    host: str = "127.0.0.1",
 ) -> Starlette:
     """The viewer over an open store.
 
@@ -225,10 +138,17 @@ def create_app(
         Optional XYZ raster tile URL template (``https://…/{z}/{x}/{y}.png``)
         the page shows under the tile cells when it can reach it; ``None``
         (default) draws no basemap, so the page needs no network at all.
+    host
+        The address the server is bound to. When it is a loopback address,
+        only requests whose ``Host`` is ``localhost``, ``127.0.0.1``,
+        ``[::1]`` or ``host`` itself (any port) are answered, others get a
+        400 (a DNS-rebinding page cannot drive the viewer); bound elsewhere
+        the user chose to be reached by any name.
     """
     lim = limits or Limits()
     coverage = Coverage(store)
-    heavy = threading.BoundedSemaphore(lim.heavy_requests)
+    heavy = HeavyQueue(lim.heavy_requests, lim.heavy_queue, lim.heavy_wait)
+    scratch = Scratch()
 
     def info(request: Request) -> Response:
         """Zones, years, bounds and limits: what the page needs to start."""
@@ -311,15 +231,18 @@ def create_app(
             {"lon": lon, "lat": lat, "years": years, "series": [entries[y] for y in years]}
         )
 
-    def preview(request: Request) -> Response:
+    async def preview(request: Request) -> Response:
         """PNG false colour (3 principal components) of a box, with its corners in a header."""
         bbox = _bbox(request)
         assert bbox is not None
         year = _year_param(request)
-        _check_size(bbox, lim.preview_pixels, "preview")
-        with heavy:
+        check_size(bbox, lim.preview_pixels, "preview")
+
+        def work() -> tuple[bytes, Any]:
             ds = store.region(bbox, year, dequantise=False)
-            png = preview_png(ds)
+            return preview_png(ds), ds
+
+        png, ds = await heavy.run(work)
         corners = _corners(ds)
         return Response(
             png,
@@ -331,7 +254,7 @@ def create_app(
             },
         )
 
-    def region(request: Request) -> Response:
+    async def region(request: Request) -> Response:
         """The box as a file written by ``write_region``: GeoTIFF, or a zip of a Zarr store."""
         bbox = _bbox(request)
         assert bbox is not None
@@ -339,25 +262,28 @@ def create_app(
         fmt = (_param(request, "format", required=False) or "tif").lower()
         if fmt not in FORMATS:
             raise ApiError(400, f"format must be one of {sorted(FORMATS)}, got {fmt!r}")
-        _check_size(bbox, lim.region_pixels, "download")
+        check_size(bbox, lim.region_pixels, "download")
         suffix, media = FORMATS[fmt]
         stem = "tessera_{}_{}".format(year, "_".join(f"{v:.4f}" for v in bbox))
-        work = Path(tempfile.mkdtemp(prefix="tessera-vz-region-"))
-        try:
-            with heavy:
-                ds = store.region(bbox, year)
-                target = work / f"{stem}.{suffix}"
-                write_region(ds, target)
+
+        def work() -> tuple[Path, Path]:
+            folder = scratch.new()
+            try:
+                target = folder / f"{stem}.{suffix}"
+                write_region(store.region(bbox, year), target)
                 if fmt == "zarr":
-                    target = _zip_dir(target, work / f"{stem}.zarr.zip")
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
+                    target = _zip_dir(target, folder / f"{stem}.zarr.zip")
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            return folder, target
+
+        folder, target = await heavy.run(work)
         return FileResponse(
             target,
             media_type=media,
             filename=target.name,
-            background=BackgroundTask(shutil.rmtree, work, ignore_errors=True),
+            background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True),
         )
 
     def page(request: Request) -> Response:
@@ -365,27 +291,41 @@ def create_app(
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        return _error(exc.status_code, f"{exc.detail}: {request.url.path}")
+        # The path is the client's own text, not ours: shown as sent.
+        return error_response(exc.status_code, f"{exc.detail}: {request.url.path}", local=False)
 
     routes = [
         Route("/", page, methods=["GET", "HEAD"]),
-        Route("/api/info", _api(info), methods=["GET", "HEAD"]),
-        Route("/api/tiles", _api(tiles), methods=["GET", "HEAD"]),
-        Route("/api/gaps", _api(gaps), methods=["GET", "HEAD"]),
-        Route("/api/point", _api(point), methods=["GET", "HEAD"]),
-        Route("/api/preview.png", _api(preview), methods=["GET", "HEAD"]),
-        Route("/api/region", _api(region), methods=["GET", "HEAD"]),
+        Route("/api/info", api(info), methods=["GET", "HEAD"]),
+        Route("/api/tiles", api(tiles), methods=["GET", "HEAD"]),
+        Route("/api/gaps", api(gaps), methods=["GET", "HEAD"]),
+        Route("/api/point", api(point), methods=["GET", "HEAD"]),
+        Route("/api/preview.png", api_async(preview), methods=["GET", "HEAD"]),
+        Route("/api/region", api_async(region), methods=["GET", "HEAD"]),
         Mount("/static", app=StaticFiles(directory=STATIC, follow_symlink=False), name="static"),
+        # The land layer (Natural Earth, shipped): the map shows coasts with no network.
+        Mount("/data", app=StaticFiles(directory=land_file().parent), name="data"),
     ]
-    headers = [
-        (b"x-content-type-options", b"nosniff"),
-        (b"referrer-policy", b"no-referrer"),
-        (b"content-security-policy", _csp(basemap).encode()),
-    ]
+    headers = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+               (b"content-security-policy", _csp(basemap).encode())]  # fmt: skip
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        scratch.open()  # also removes the downloads of viewers killed before their shutdown
+        try:
+            yield
+        finally:
+            heavy.close()
+            scratch.close()
+
     return Starlette(
         routes=routes,
         exception_handlers={HTTPException: http_error},
-        middleware=[Middleware(SecurityHeaders, headers=headers)],
+        middleware=[
+            Middleware(HostCheck, hosts=allowed_hosts(host)),
+            Middleware(SecurityHeaders, headers=headers),
+        ],
+        lifespan=lifespan,
     )
 
 

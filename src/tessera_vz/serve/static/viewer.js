@@ -7,6 +7,10 @@
   const ZONE_COLOURS = ["#2f6fde", "#e3892b", "#2a9d5c", "#9b51e0", "#c23b73", "#168a99",
     "#8c6d1f", "#5b6bd6", "#d9534f", "#3c8d40", "#b5651d", "#6a4c93"];
   const BACKGROUND = "#e8ecf1";
+  // Land and coasts from the app's own Natural Earth layer: the map shows where it is offline.
+  const LAND = "#dedacb";
+  const COAST = "#8f8a7a";
+  const LAND_URL = "/data/land-50m.geojson";
   const M_PER_DEG_LAT = 110574.0;
   const M_PER_DEG_LON = 111320.0;
 
@@ -63,6 +67,10 @@
     const colour = zones.length
       ? ["match", ["get", "zone"], ...zones.flatMap((z) => [z, zoneColour(z)]), "#888888"]
       : "#888888";
+    map.addSource("land", { type: "geojson", data: new URL(LAND_URL, location.href).href });
+    map.addLayer({ id: "land-fill", type: "fill", source: "land", paint: { "fill-color": LAND } });
+    map.addLayer({ id: "land-line", type: "line", source: "land",
+      paint: { "line-color": COAST, "line-width": 1 } });
     map.addSource("tiles", { type: "geojson", data: empty });
     map.addSource("gaps", { type: "geojson", data: empty });
     map.addSource("box", { type: "geojson", data: empty });

@@ -1,0 +1,201 @@
+"""A published index's repository objects, fetched under the same policy as tiles.
+
+Icechunk's read-only HTTP storage (``ic.http_storage``) is an object_store
+client with none of the boundary's limits: a server that stalls hung
+``info --timeout 2 --retries 0`` past 150 s, an 8 GiB ``Content-Length`` grew
+the process to 4.4 GB, redirects were followed to any origin, and every
+request carried ``//`` after the repository root. Its options bound
+timeouts at best; no size cap, no redirect control, no way to join paths
+differently.
+
+So Icechunk never talks to the publishing server. It talks to a small HTTP
+server of ours on ``127.0.0.1`` (one per process, on its own thread and
+event loop, so a blocking Icechunk call on any other thread cannot starve
+it), which answers each ``GET`` by fetching the object through
+:class:`~tessera_vz.core.boundary.SourceFiles`: the reader's per-request
+timeout and retries, at most :data:`MAX_REPOSITORY_OBJECT` bytes, redirects
+only below the repository's own root, exactly one slash
+(:func:`~tessera_vz.core.urls.join`), ``Content-Range`` checked. Paths are
+served under a random token, each repository under its own number: the
+proxy reads nothing but the repositories this process opened. A failure
+is answered ``400`` (a status Icechunk does not retry: our own retries were
+spent), and remembered, so the caller can raise our error instead of
+Icechunk's (:meth:`RepositoryProxy.failure`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import secrets
+import threading
+from collections.abc import Buffer, Iterator
+from dataclasses import replace
+from urllib.parse import urlsplit
+
+import icechunk as ic
+from aiohttp import web
+
+from tessera_vz.core.boundary import SourceFiles
+from tessera_vz.core.errors import SourceNotFoundError, TesseraError
+from tessera_vz.core.options import ReadOptions
+from tessera_vz.core.urls import check_path, join
+
+log = logging.getLogger(__name__)
+
+#: The largest repository object (snapshot, manifest, transaction log) read.
+MAX_REPOSITORY_OBJECT = 256 << 20
+_RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
+#: Folders of a repository whose objects never change once written (content-named).
+_IMMUTABLE = frozenset({"snapshots", "manifests", "transactions", "chunks"})
+#: Bytes of immutable objects kept for later ranges of the same object.
+_CACHE_BYTES = 64 << 20
+
+
+class RepositoryProxy:
+    """The loopback server Icechunk reads published repositories through.
+
+    State is real (the thread, its loop and server, the repositories
+    served and their last failures), hence a class; one per process
+    (:func:`proxy`).
+    """
+
+    def __init__(self) -> None:
+        self._token = secrets.token_urlsafe(16)
+        self._bases: list[tuple[str, SourceFiles]] = []
+        self._failures: dict[str, TesseraError] = {}
+        self._cache: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._port = 0
+        threading.Thread(target=self._run, name="tessera-vz-repo-proxy", daemon=True).start()
+        self._ready.wait()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application()
+        app.router.add_route("GET", "/{token}/{n}/{path:.*}", self._serve)
+        app.router.add_route("HEAD", "/{token}/{n}/{path:.*}", self._serve)
+        runner = web.AppRunner(app, access_log=None)
+        self._loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(site.start())
+        self._port = runner.addresses[0][1]
+        self._ready.set()
+        self._loop.run_forever()
+
+    def url_for(self, base: str, options: ReadOptions) -> str:
+        """The loopback URL Icechunk opens for the repository published at ``base``."""
+        base = base.rstrip("/") + "/"
+        # The user named this URL: it may be on their own network.
+        files = SourceFiles([base], replace(options, allow_private_sources=True))
+        with self._lock:
+            self._bases.append((base, files))
+            n = len(self._bases) - 1
+        return f"http://127.0.0.1:{self._port}/{self._token}/{n}/"
+
+    def failure(self, base: str) -> TesseraError | None:
+        """The last failure while serving the repository published at ``base``, if any."""
+        return self._failures.get(base.rstrip("/") + "/")
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        if request.match_info["token"] != self._token:
+            return web.Response(status=404)
+        try:
+            n = int(request.match_info["n"])
+            base, files = self._bases[n]
+            # Icechunk joins with "//": the object's path is what follows the slashes.
+            path = check_path(request.match_info["path"].lstrip("/"))
+        except (ValueError, IndexError) as exc:
+            return web.Response(status=404, text=str(exc))
+        url = join(base, path)
+        purpose = "reading the published repository"
+        try:
+            data, start, total = await self._fetch(files, url, request.headers.get("Range"))
+        except SourceNotFoundError:
+            return web.Response(status=404)  # Icechunk asks for optional objects too
+        except (TesseraError, ValueError) as exc:
+            error = exc if isinstance(exc, TesseraError) else TesseraError(str(exc))
+            self._failures[base] = error
+            log.info("%s: %s", purpose, error)
+            return web.Response(status=400, text=str(error))
+        headers = {"Accept-Ranges": "bytes"}
+        status = 200
+        if start is not None:
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{start + len(memoryview(data)) - 1}/{total}"
+        body = b"" if request.method == "HEAD" else bytes(data)
+        return web.Response(status=status, body=body, headers=headers)
+
+    async def _fetch(
+        self, files: SourceFiles, url: str, ranged: str | None
+    ) -> tuple[Buffer, int | None, int]:
+        """The object (or the range asked), where the range starts, and the object's size.
+
+        Objects are fetched whole (at most :data:`MAX_REPOSITORY_OBJECT`
+        bytes) and ranges cut from them: every answer then knows the size
+        ``Content-Range`` names. Immutable objects (everything but ``repo``
+        and refs) are kept in a small cache for the next range.
+        """
+        whole = self._cache.get(url)
+        if whole is None:
+            whole = bytes(
+                await files.fetch(url, "reading the published repository", MAX_REPOSITORY_OBJECT)
+            )
+            if url.rsplit("/", 2)[-2] in _IMMUTABLE:
+                self._remember(url, whole)
+        m = _RANGE.match(ranged.strip()) if ranged else None
+        if m is None:
+            return whole, None, len(whole)
+        start = int(m.group(1))
+        end = min(int(m.group(2)) + 1 if m.group(2) else len(whole), len(whole))
+        if start >= len(whole) or end <= start:
+            raise ValueError(f"{url}: range {ranged!r} outside an object of {len(whole)} bytes")
+        return memoryview(whole)[start:end], start, len(whole)
+
+    def _remember(self, url: str, data: bytes) -> None:
+        self._cache[url] = data
+        while sum(len(v) for v in self._cache.values()) > _CACHE_BYTES and len(self._cache) > 1:
+            self._cache.pop(next(iter(self._cache)))
+
+
+_PROXY: RepositoryProxy | None = None
+_PROXY_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def published_errors(location: str) -> Iterator[None]:
+    """Raise our error (what the boundary saw) instead of Icechunk's for a published repo."""
+    try:
+        yield
+    except ic.IcechunkError:
+        seen = _PROXY.failure(location) if _PROXY is not None else None
+        if seen is None or urlsplit(location).scheme not in ("http", "https"):
+            raise
+        raise seen from None
+
+
+def _forget_after_fork() -> None:
+    """A forked child has no proxy thread: it starts its own on first use."""
+    global _PROXY, _PROXY_LOCK
+    _PROXY, _PROXY_LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def proxy() -> RepositoryProxy:
+    """The process's repository proxy (started on first use)."""
+    global _PROXY
+    with _PROXY_LOCK:
+        if _PROXY is None:
+            _PROXY = RepositoryProxy()
+        return _PROXY
+
+
+__all__ = ["MAX_REPOSITORY_OBJECT", "RepositoryProxy", "proxy", "published_errors"]
