@@ -676,22 +676,13 @@ def region_vs_sequential(
     tile's rows, through the same client. Best of ``repeat``, alternating.
     """
     facts = side.table.sel(tile=name)
-    width = int(facts.width)
-    emb_url = join(str(facts.source.item()), str(facts.emb_path.item()))
-    sca_url = join(str(facts.source.item()), str(facts.scales_path.item()))
     store, plain, files = side.store, side.plain, side.files
     reg = store.region(bbox, YEAR, dequantise=False)
     height = min(reg.sizes["y"], int(facts.height))
     nbytes = int(reg.embeddings.nbytes + reg.scales.nbytes)
-    e0, s0 = int(facts.emb_offset), int(facts.scales_offset)
 
-    async def sequential() -> None:
-        await asyncio.gather(
-            files.get(emb_url, e0, e0 + height * width * 128, str(facts.emb_checksum.item()),
-                      "sequential", int(facts.emb_size)),
-            files.get(sca_url, s0, s0 + height * width * 4, str(facts.scales_checksum.item()),
-                      "sequential", int(facts.scales_size)),
-        )  # fmt: skip
+    def sequential() -> Any:
+        return single_range.sequential_rows(files, facts, height)
 
     mine, seq, ice = [], [], []
     cpu: dict[str, list[float]] = {"reader": [], "sequential": []}

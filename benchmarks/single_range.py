@@ -49,6 +49,19 @@ def _best(fn: Any, repeat: int) -> float:
     return best
 
 
+async def sequential_rows(files: Any, facts: Any, rows: int) -> None:
+    """The physical limit of a full-width window: the tile's first ``rows`` rows of both
+    files, one ranged GET each (issued together), through the reader's client."""
+    width, source = int(facts.width), str(facts.source.item())
+    e0, s0 = int(facts.emb_offset), int(facts.scales_offset)
+    await asyncio.gather(
+        files.get(join(source, str(facts.emb_path.item())), e0, e0 + rows * width * 128,
+                  str(facts.emb_checksum.item()), "sequential", int(facts.emb_size)),
+        files.get(join(source, str(facts.scales_path.item())), s0, s0 + rows * width * 4,
+                  str(facts.scales_checksum.item()), "sequential", int(facts.scales_size)),
+    )  # fmt: skip
+
+
 def figures(
     store: Any, w: Any, ceiling: Any, ceiling_ranges: Any, repeat: int, n: int,
     sites: int | None = None,
@@ -71,23 +84,10 @@ def figures(
     tracemalloc.stop()
     bbox, rows = w.regions["region"]
     facts = table.sel(tile=w.spec.name)
-    width = int(facts.width)
     reg = store.region(bbox, YEAR, dequantise=False)
     nbytes = int(reg.embeddings.nbytes + reg.scales.nbytes)
-    emb = join(str(facts.source.item()), str(facts.emb_path.item()))
-    sca = join(str(facts.source.item()), str(facts.scales_path.item()))
-    e0, s0 = int(facts.emb_offset), int(facts.scales_offset)
-
-    async def sequential() -> None:
-        await asyncio.gather(
-            files.get(emb, e0, e0 + rows * width * 128, str(facts.emb_checksum.item()),
-                      "sequential", int(facts.emb_size)),
-            files.get(sca, s0, s0 + rows * width * 4, str(facts.scales_checksum.item()),
-                      "sequential", int(facts.scales_size)),
-        )  # fmt: skip
-
     region_s = _best(lambda: store.region(bbox, YEAR, dequantise=False), repeat)
-    seq_s = _best(lambda: sync(sequential()), repeat)
+    seq_s = _best(lambda: sync(sequential_rows(files, facts, rows)), repeat)
     ranges_per_s = 2 * lons.size / pts
     return {
         "ceiling_per_s": top,
