@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,27 @@ def serve(root: Path) -> NginxServer:
 def serve_tls(root: Path, ca: TestCA, **kwargs: Any) -> NginxServer:
     """Start nginx on ``root`` over HTTPS with ``ca``'s server certificate (``test_ca``)."""
     return NginxServer(root, tls=ca, **kwargs).start()
+
+
+@contextmanager
+def indexed_over_https(root: Path, specs: list[Any], ca: TestCA, out: Path) -> Iterator[str]:
+    """Serve ``root`` over HTTPS (manifest written from ``specs``), index it into ``out``.
+
+    Yields the server's URL (every tile indexed); the server stops afterwards.
+    """
+    from tessera_vz.indexer.run import IndexOptions, run_index
+    from tessera_vz.testing.tiles import write_manifest
+
+    write_manifest(root, specs)
+    server = serve_tls(root, ca)
+    try:
+        report = run_index(
+            IndexOptions(source=server.url, out=str(out), manifest=str(root / "manifest.parquet"))
+        )
+        assert not report.failed and report.indexed == len(specs)
+        yield server.url
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

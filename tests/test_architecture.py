@@ -51,7 +51,7 @@ def layer(module: str) -> str:
         return "core"
     if sub in ("reader", "indexer", "testing"):
         return sub
-    if sub in ("catalog", "export", "pointfiles", "vectorfiles", "verify"):
+    if sub in ("catalog", "export", "pointfiles", "vectorfiles", "verify", "maps"):
         return "outputs"
     return "top"
 

@@ -57,6 +57,8 @@ def _cases(s: dict[str, Any]) -> list[tuple[list[str], int, str]]:
     pts = ["points", str(b / "pts.csv"), "--year", str(YEAR), *read]
     pts_out = [*pts, "--out", str(b / "p.parquet")]
     ixc = ["index", src, "--out", str(b / "new-index")]
+    area = ["--bbox", "0.04", "52.14", "0.06", "52.16", *read, "--out", str(b / "m.tif")]
+    place = ["--lon", "0.05", "--lat", "52.15"]
     return [
         # argparse's own usage errors
         ([], 2, "required: COMMAND"),
@@ -160,6 +162,29 @@ def _cases(s: dict[str, Any]) -> list[tuple[list[str], int, str]]:
           str(b / "r.tif")], 2, "must be .geojson, .gpkg or .shp"),
         (["region", "--region-file", str(b / "line.geojson"), "--year", "2024", *read, "--out",
           str(b / "r.tif")], 2, "a region needs polygons"),
+        # classify, similar, change: training, model, references, area, years
+        (["classify", "--year", "2024", *area], 2, "TRAINING"),
+        (["classify", str(b / "pts.csv"), "--label", "crop", "--year", "2024", *area], 2,
+         "--label 'crop' is not a column"),
+        (["classify", str(b / "pts.csv"), "--label", "lat", "--year", "2024,2025", *area], 2,
+         "one year"),
+        (["classify", "--model-in", str(b / "nope.joblib"), "--year", "2024", *area], 2,
+         "does not exist"),
+        (["classify", "--model-in", str(b / "pts.csv"), "--year", "2024", *area], 2,
+         "cannot load model"),
+        (["similar", *place, "--year", "2024", *area[:-1], str(b / "m.png")], 2,
+         "must end in .tif"),
+        (["similar", "--lon", "500", "--lat", "52", "--year", "2024", *area], 2, "lon=500.0"),
+        (["similar", *place, "--year", "2024", *area, "--top", "3"], 2, "--matches"),
+        (["change", "--years", "2024,2025", *area], 2, "year 2025 not indexed"),
+        (["change", "--years", "2023,2024", "--region-file", str(b / "nope.geojson"), *area[5:]], 2,
+         "does not exist"),
+        (["change", "--years", "2024,2025", "--region-file", str(b / "pts.csv"), *area[5:]], 2,
+         "must be .geojson, .gpkg or .shp"),
+        (["change", "--years", "2023,2024", *area[:-1], str(b / "pts.csv")], 2, "must end in .tif"),
+        (["rgb", "--year", "2024", *area[:-1], str(b / "m.jpg")], 2, "or .png"),
+        (["classify", "--model-in", str(b / "m.joblib"), "--year", "2024", *area[:-1],
+          str(b / "there.zarr")], 2, "must end in .tif"),
         # index: selections that select nothing, bad sources
         ([*ixc, "--zones", "99"], 2, "UTM zones are 1-60"),
         ([*ixc, "--zones", "thirty"], 2, "comma-separated integers"),
@@ -203,7 +228,7 @@ def test_bad_inputs_fail_first_with_one_line(
     assert len(cases) >= 30
     commands = {argv[0] for argv, _, _ in cases if argv}
     assert commands >= {"index", "info", "point", "points", "region", "verify", "catalog",
-                        "serve", "demo"}  # fmt: skip
+                        "serve", "demo", "classify", "similar", "change", "rgb"}  # fmt: skip
     failures = []
     for argv, code, message in cases:
         t0 = time.perf_counter()
@@ -225,6 +250,7 @@ def test_bad_inputs_fail_first_with_one_line(
     base = setup["base"]
     assert not (base / "new-index").exists() and not (base / "r.tif").exists()
     assert not (base / "p.parquet").exists() and not list(base.glob(".*partial"))
+    assert not (base / "m.tif").exists()
 
 
 def test_entry_point_errors_in_a_new_process(setup: dict[str, Any]) -> None:

@@ -34,13 +34,12 @@ from pyproj import CRS
 from tessera_vz.cli import main as cli
 from tessera_vz.core.errors import TileNotFoundError
 from tessera_vz.core.geometry import project, tile_grids
-from tessera_vz.indexer.run import IndexOptions, run_index
 from tessera_vz.reader import open_store
 from tessera_vz.reader.store import TesseraStore, dequantise
-from tessera_vz.testing.tiles import make_tree, write_manifest
+from tessera_vz.testing.tiles import make_tree
 from tessera_vz.testing.tls import TestCA
 
-from .conftest import serve_tls
+from .conftest import indexed_over_https
 
 YEAR = 2024
 BANDS = 2
@@ -70,16 +69,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, https: TestCA) -> Iterator[d
         specs += make_tree(
             root, centres=cells, years=(YEAR,), bands=BANDS, manifest=False, invalid_patch=False
         )
-    write_manifest(root, specs)
-    server = serve_tls(root, https)
-    try:
-        report = run_index(
-            IndexOptions(source=server.url, out=str(out), manifest=str(root / "manifest.parquet"))
-        )
-        assert not report.failed and report.indexed == len(specs)
-        yield {"root": root, "out": out, "url": server.url, "names": {s.name for s in specs}}
-    finally:
-        server.stop()
+    with indexed_over_https(root, specs, https, out) as url:
+        yield {"root": root, "out": out, "url": url, "names": {s.name for s in specs}}
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ patch, so a NaN can only mean "no tile".
 
 from __future__ import annotations
 
+import itertools
 import math
 import shutil
 from collections.abc import Iterator
@@ -442,3 +443,20 @@ def test_per_band_scales_across_zones(tmp_path: Path) -> None:
         )
         got = check_by_rule(ds, Tiles(specs, 2024))
         assert got["nan"] == 0 and min(got["per_zone"].values()) > 5000, got
+
+
+@pytest.mark.parametrize("crs", [None, "EPSG:4326"])
+@pytest.mark.parametrize("bbox", [*REGIONS.values(), (5.99, -0.06, 6.01, 0.06)])
+def test_strips_of_a_region_equal_one_read(
+    store: TesseraStore, bbox: tuple[float, float, float, float], crs: str | None
+) -> None:
+    """``rows=`` reads a strip pixel for pixel as the whole region holds it (seams included)."""
+    whole = store.region(bbox, 2024, crs=crs, dequantise=False)
+    h = whole.sizes["y"]
+    cuts = sorted({0, 1, 2, h // 4, h // 4 + 1, h // 2, h - 1, h})
+    parts = [store.region(bbox, 2024, crs=crs, dequantise=False, rows=(r0, r1))
+             for r0, r1 in itertools.pairwise(cuts)]  # fmt: skip
+    for name in ("embeddings", "scales", "y"):
+        joined = np.concatenate([p[name].values for p in parts])
+        np.testing.assert_array_equal(joined, whole[name].values)
+    assert all(p.attrs["proj:code"] == whole.attrs["proj:code"] for p in parts)

@@ -251,14 +251,19 @@ def test_a_name_resolving_to_loopback_is_refused_on_the_address_connected_to(
 
 
 def test_allowed_sources_match_parsed_parts_on_segment_boundaries(
-    http_index: Path, tree: tuple[Path, list[TileSpec]], nginx: NginxServer
+    http_index: Path, tree: tuple[Path, list[TileSpec]], nginx: NginxServer, tmp_path: Path
 ) -> None:
     """``--allow-source http://127.0.0.1:1875`` does not authorise port 18759, and so on."""
+    import shutil
+
+    # A copy: no permission is remembered for it, so only the prefixes given authorise.
+    index = tmp_path / "copy"
+    shutil.copytree(http_index, index)
     spec = tree[1][3]
     port = str(nginx.port)
     nginx.clear_log()
     for prefix in (f"http://127.0.0.1:{port[:-1]}", f"http://127.0.0.1:{port}0/"):
-        store = open_store(str(http_index), allowed_sources=[prefix])
+        store = open_store(str(index), allowed_sources=[prefix])
         with pytest.raises(ConfigurationError, match="not authorised"):
             store.point(spec.lon, spec.lat, YEAR)
     assert nginx.requests() == []

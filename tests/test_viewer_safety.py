@@ -140,7 +140,10 @@ def test_errors_name_no_local_path(tmp_path: Path) -> None:
     assert not run_index(IndexOptions(source=str(root), out=str(out))).failed
     tile = specs[0].name
     path = "/api/point?lon=0.75&lat=49.75&year=2024"
-    with running(create_app(open_store(str(out)), limits=LIMITS)) as url:
+    # A copy of the index: the permission its maker's run remembered does not travel with it.
+    copy = tmp_path / "secret-copy"
+    shutil.copytree(out, copy)
+    with running(create_app(open_store(str(copy)), limits=LIMITS)) as url:
         status, _, body = get(url + path)  # not authorised: a file:// source
         assert status == 400
         error = json.loads(body)["error"]

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from tessera_vz import __version__
+from tessera_vz.commands.map_args import add_map_commands
 from tessera_vz.core.errors import ConfigurationError, TesseraError, VersionNotFoundError
 from tessera_vz.core.text import PrintableFormatter, printable
 
@@ -280,6 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_read_flags(rg)
     _command(rg, "region:cmd_region")
 
+    def finish(mp: argparse.ArgumentParser, target: str) -> None:
+        _add_progress(mp)
+        _add_read_flags(mp)
+        _command(mp, target)
+
+    add_map_commands(sub, finish)
     sv = sub.add_parser("serve", help="a map viewer of an index in the browser (and its HTTP API)")
     sv.add_argument("store", help="the --out of `tessera-vz index` (path, s3:// or http(s)://)")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")

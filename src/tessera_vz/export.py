@@ -184,6 +184,32 @@ def write_region(
     return written
 
 
+def write_map(
+    ds: xr.Dataset,
+    name: str,
+    path: str | Path,
+    *,
+    nodata: Any,
+    band_names: tuple[str, ...] | None = None,
+    tags: dict[str, str] | None = None,
+) -> Path:
+    """One variable of a map (``(y, x)`` or ``(y, x, band)``) as a COG, as regions are written.
+
+    The map's ``tessera:*`` attributes (provenance, dataset) become GDAL
+    metadata as a region's do, plus ``tags``; ``band_names`` name the bands
+    (default: ``name``).
+    """
+    _need_rioxarray()
+    da = ds[name]
+    if "band" not in da.dims:
+        da = da.expand_dims("band", axis=-1).assign_coords(band=[0])
+    names = band_names or ((name,) if da.sizes["band"] == 1 else _names("b", da.sizes["band"]))
+    out = Path(path)
+    crs = ds["spatial_ref"].attrs["crs_wkt"]
+    _cog(da.transpose("y", "x", "band"), out, crs, nodata, names, {**_tags(ds), **(tags or {})})
+    return out
+
+
 class _Blocks(Callback):  # type: ignore[misc]
     """Dask callback advancing a progress bar as blocks are written.
 
@@ -274,13 +300,17 @@ def dequantised(ds: xr.Dataset, chunk: int = BLOCK) -> xr.Dataset:
     return out
 
 
-def _write_geotiff(ds: xr.Dataset, out: Path, raw: bool) -> list[Path]:
+def _need_rioxarray() -> None:
     try:
         import rioxarray  # noqa: F401
     except ImportError:
         raise ConfigurationError(
             "writing GeoTIFF needs rioxarray: pip install 'tessera-vz[geo]'"
         ) from None
+
+
+def _write_geotiff(ds: xr.Dataset, out: Path, raw: bool) -> list[Path]:
+    _need_rioxarray()
     if "time" in ds.dims:
         raise ConfigurationError(
             f"a GeoTIFF holds one year, this region has {ds.sizes['time']}; write .zarr or .nc"

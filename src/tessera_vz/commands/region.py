@@ -43,6 +43,26 @@ def resolution(text: str | None) -> tuple[float, float] | None:
     return (values[0], values[-1])
 
 
+def checked_grid(
+    bbox: tuple[float, float, float, float], *, crs: Any, resolution: Any, zone: int | None,
+    limit: int, what: str, hint: str = "",
+) -> Any:  # fmt: skip
+    """The grid of ``bbox`` (a usage error for an unknown CRS, or over ``limit`` pixels)."""
+    from tessera_vz.reader.grids import grid_for_bbox
+
+    try:
+        grid, _ = grid_for_bbox(bbox, crs=crs, resolution=resolution, zone=zone)
+    except ValueError as exc:  # an unknown CRS, a grid that cannot be built
+        raise ConfigurationError(f"{exc}") from None
+    if grid.size > limit:
+        raise ConfigurationError(
+            f"bbox {list(bbox)} is {grid.height} x {grid.width} pixels on this grid, over the "
+            f"{limit}-pixel limit of {what}; read a smaller bbox or pass a coarser "
+            f"--resolution{hint}"
+        )
+    return grid
+
+
 def region_of(args: argparse.Namespace) -> tuple[tuple[float, float, float, float], Any]:
     """The bbox, and the ``region()`` keywords of ``--region-file``'s polygon (if given)."""
     corners = (args.west, args.south, args.east, args.north)
@@ -67,7 +87,6 @@ def region_of(args: argparse.Namespace) -> tuple[tuple[float, float, float, floa
 
 def cmd_region(args: argparse.Namespace) -> int:
     from tessera_vz.export import check_region_output, write_region
-    from tessera_vz.reader.grids import grid_for_bbox
     from tessera_vz.reader.windows import MAX_PIXELS
 
     bbox, area = region_of(args)
@@ -76,16 +95,15 @@ def cmd_region(args: argparse.Namespace) -> int:
     if args.zone is not None and not 1 <= args.zone <= 60:
         raise ConfigurationError(f"--zone: UTM zones are 1-60, got {args.zone}")
     res = resolution(args.resolution)
-    try:
-        grid, _ = grid_for_bbox(bbox, crs=args.crs, resolution=res, zone=args.zone)
-    except ValueError as exc:  # an unknown CRS, a grid that cannot be built
-        raise ConfigurationError(f"{exc}") from None
-    if grid.size > MAX_PIXELS:
-        raise ConfigurationError(
-            f"bbox {list(bbox)} is {grid.height} x {grid.width} pixels on this grid, over the "
-            f"{MAX_PIXELS}-pixel limit of a region; read a smaller bbox or pass a coarser "
-            "--resolution (open_zone in Python reads larger areas lazily)"
-        )
+    checked_grid(
+        bbox,
+        crs=args.crs,
+        resolution=res,
+        zone=args.zone,
+        limit=MAX_PIXELS,
+        what="a region",
+        hint=" (open_zone in Python reads larger areas lazily)",
+    )
     from tessera_vz.core.geometry import utm_zone
 
     store = open_index(args)

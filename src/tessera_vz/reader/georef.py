@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -67,16 +68,22 @@ def grid_dataset(
     data_vars: Mapping[str, tuple[tuple[str, ...], Any]],
     bands: int,
     attrs: Mapping[str, Any] | None = None,
+    *,
+    rows: tuple[int, int] | None = None,
 ) -> xr.Dataset:
     """A Dataset on ``grid``: ``y``/``x`` pixel centres, ``band``, CRS both ways.
 
     ``data_vars`` maps names to ``(dims, data)``; data may be NumPy or lazy
     (xarray variables' data), so the in-memory ``region`` and the lazy
     ``open_zone`` share this one description of the grid. A zone window is
-    the grid of that zone's 10 m lattice.
+    the grid of that zone's 10 m lattice. ``rows`` ``(r0, r1)``: the data
+    are those rows of ``grid`` only (a strip), whose ``y`` are the grid's own.
     """
     g = grid if isinstance(grid, Grid) else Grid.of_window(grid)
     y, x = g.centres()
+    if rows is not None:
+        y = y[rows[0] : rows[1]]
+        g = replace(g, top=g.top - rows[0] * g.yres, height=rows[1] - rows[0])
     x_attrs, y_attrs = axis_attrs(g.crs)
     mapping = {"grid_mapping": "spatial_ref"}
     zone = {"tessera:zone": g.lattice} if g.lattice is not None else {}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,8 @@ from tessera_vz.reader.resample import Pick, Sampler
 from tessera_vz.reader.windows import MAX_PIXELS, TileRects
 from tessera_vz.reader.zone_year import ZoneYears
 
+#: Rows read beyond each side of a strip (see :func:`strip_of`).
+HALO = 1
 #: Pixels gathered per step: bounds the temporary copy (8 MiB of 128-band pixels).
 _GATHER = 1 << 16
 
@@ -53,6 +56,8 @@ async def read_grid(
     byte for byte; the others overwrite the pixels they own.
     """
     bands = {band_count(sources[p.zone][1], p.zone) for p in picks if sources[p.zone][1].names.size}
+    if not picks:  # nothing of the grid is covered (a strip of a region): the zones' band count
+        bands = {band_count(rects, z) for z, (_, rects) in sources.items() if rects.names.size}
     if len(bands) > 1:
         raise ValueError(f"zones of this region hold different band counts {sorted(bands)}")
     b = bands.pop() if bands else 128
@@ -97,6 +102,7 @@ def read_region(
     resolution: float | Sequence[float] | None = None,
     dequantise: bool = True,
     gap: int = DEFAULT_GAP,
+    rows: tuple[int, int] | None = None,
     area: tuple[Any, Any] | None = None,
     progress: ProgressStart = no_progress,
 ) -> xr.Dataset:
@@ -108,21 +114,23 @@ def read_region(
     each zone window read.
 
     ``series`` adds a ``time`` axis over ``years``; without it ``years``
-    holds the one year read. Raises :class:`ValueError` before any read
-    when the output, or the source windows of one year, exceed
-    :data:`~tessera_vz.reader.windows.MAX_PIXELS`.
+    holds the one year read. ``rows`` reads only those rows ``[r0, r1)``
+    of the grid (a strip: see :func:`strip_of`). Raises :class:`ValueError`
+    before any read when the output, or the source windows of one year,
+    exceed :data:`~tessera_vz.reader.windows.MAX_PIXELS`.
     """
     years = sorted(years)  # the time axis ascends, whatever order the years were asked in
     if bbox is None:
         if area is None:
             raise TypeError("give a bbox (west, south, east, north) or an area (a polygon)")
         bbox = area_bbox(*area)
-    grid, why = grid_for_bbox(bbox, crs=crs, resolution=resolution, zone=zone)
+    whole, why = grid_for_bbox(bbox, crs=crs, resolution=resolution, zone=zone)
+    grid, keep = (whole, slice(None)) if rows is None else strip_of(whole, rows)
     if grid.size > MAX_PIXELS:
         raise ValueError(
             f"bbox {bbox} covers {grid.height} x {grid.width} pixels, over the "
             f"{MAX_PIXELS}-pixel limit of an in-memory region; use open_zone(...).sel(...) "
-            "to read larger areas lazily, or a coarser resolution"
+            "to read larger areas lazily, or a coarser resolution (or read it in rows=)"
         )
     sampler = Sampler(grid)
     wanted = sampler.zones()
@@ -144,13 +152,14 @@ def read_region(
     async def read_all() -> list[tuple[NDArray[np.int8], NDArray[np.float32], NDArray[np.bool_]]]:
         return list(await asyncio.gather(*(read_one(p, src) for p, src in plans)))
 
-    results = sync(read_all()) if any(p for p, _ in plans) else []
+    results = sync(read_all()) if any(p for p, _ in plans) or rows is not None else []
     if area is not None:
         inside = area_mask(grid, *area)
         for emb, scale, filled in results:
             filled &= inside
             emb[~inside], scale[~inside] = 0, np.nan
-    if not any(filled.any() for _, _, filled in results):
+    results = [(e[keep], s[keep], f[keep]) for e, s, f in results]  # a strip without its halo
+    if rows is None and not any(filled.any() for _, _, filled in results):
         raise TileNotFoundError(
             f"no indexed tile covers bbox {bbox} in {list(years)} (UTM zones {zones} searched)"
         )
@@ -179,12 +188,29 @@ def read_region(
         **({"tessera:area": f"{area[0].geom_type} in {area[1]}; no-data outside"} if area else {}),
         **zone_years.provenance(read_from),
     }
-    ds = grid_dataset(grid, data_vars, bands, attrs)
+    ds = grid_dataset(grid if rows is None else whole, data_vars, bands, attrs, rows=rows)
     if series:
         ds = ds.assign_coords(time=("time", np.asarray(years, dtype=np.int32)))
     else:
         ds.attrs["tessera:year"] = years[0]
     return ds
+
+
+def strip_of(grid: Grid, rows: tuple[int, int]) -> tuple[Grid, slice]:
+    """The grid read for rows ``[r0, r1)`` of ``grid``, and the slice of it that is the strip.
+
+    A strip is read with :data:`HALO` rows more on each side (within the
+    grid): a pixel near a zone seam may take the nearest covered pixel of a
+    row next to it (rule step 4 of :mod:`.resample`), which must be read for
+    the strip's pixels to equal the whole region's. Pixel centres are the
+    whole grid's (``top`` moves by whole rows).
+    """
+    r0, r1 = (int(v) for v in rows)
+    if not 0 <= r0 < r1 <= grid.height:
+        raise ValueError(f"rows {rows!r}: expected 0 <= r0 < r1 <= {grid.height} (the grid's rows)")
+    h0, h1 = max(0, r0 - HALO), min(grid.height, r1 + HALO)
+    sub = replace(grid, top=grid.top - h0 * grid.yres, height=h1 - h0)
+    return sub, slice(r0 - h0, r1 - h0)
 
 
 def _plan_year(

@@ -322,7 +322,7 @@ class TesseraStore:
         year: int | Sequence[int] | None = None, *, years: Sequence[int] | None = None,
         zone: int | None = None, crs: Any = None, resolution: float | Sequence[float] | None = None,
         dequantise: bool = True, gap: int = DEFAULT_GAP, area: Any = None,
-        area_crs: Any = "EPSG:4326", progress: Any = None,
+        area_crs: Any = "EPSG:4326", progress: Any = None, rows: tuple[int, int] | None = None,
     ) -> xr.Dataset:  # fmt: skip
         """A lon/lat box (or a polygon's box) on one grid, read from every zone it reaches.
 
@@ -354,12 +354,13 @@ class TesseraStore:
         and at most as many read per year, which bounds memory; larger
         areas go through :meth:`open_zone`. ``progress``: a
         ``start(label, total)`` (:mod:`tessera_vz.core.progress`).
+        ``rows=(r0, r1)``: only those rows of the grid, as the whole region has them.
         """
         ys, series = years_asked(year, years)
         return regions.read_region(
             self._zone_years, bbox, ys, series, zone=zone, crs=crs, resolution=resolution,
             dequantise=dequantise, gap=gap, area=None if area is None else (area, area_crs),
-            progress=progress or no_progress,
+            progress=progress or no_progress, rows=rows,
         )  # fmt: skip
 
     def open_zone(
