@@ -18,6 +18,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import xarray as xr
 import zarr
 
 log = logging.getLogger(__name__)
@@ -57,3 +58,11 @@ def raise_zarr_concurrency() -> None:
     if zarr.config.get("async.concurrency") == _ZARR_DEFAULT:
         zarr.config.set({"async.concurrency": CONCURRENCY})
         log.info("zarr async.concurrency raised from %d to %d", _ZARR_DEFAULT, CONCURRENCY)
+
+
+def open_tile_group(store: Any, name: str, facts: Mapping[str, Any]) -> xr.Dataset:
+    """A tile group of an Icechunk session ``store`` as a lazy Dataset: dask chunks of
+    :func:`tile_chunks` (``facts``: its tiles-table row), zarr fetching 64 chunks at once."""
+    raise_zarr_concurrency()
+    chunks = tile_chunks(facts)
+    return xr.open_zarr(store, group=name, consolidated=False, zarr_format=3, chunks=chunks)
