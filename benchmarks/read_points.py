@@ -84,6 +84,7 @@ from tessera_vz.reader.windows import window_for_bbox
 sys.path.insert(0, str(Path(__file__).parent))
 
 import results_section
+import single_range
 from links import Link, ProxyProcess, Traffic
 from rewritten import RewrittenStore, ZoneGrid, chunk_box
 from rewritten import write as write_rewrite
@@ -675,22 +676,13 @@ def region_vs_sequential(
     tile's rows, through the same client. Best of ``repeat``, alternating.
     """
     facts = side.table.sel(tile=name)
-    width = int(facts.width)
-    emb_url = join(str(facts.source.item()), str(facts.emb_path.item()))
-    sca_url = join(str(facts.source.item()), str(facts.scales_path.item()))
     store, plain, files = side.store, side.plain, side.files
     reg = store.region(bbox, YEAR, dequantise=False)
     height = min(reg.sizes["y"], int(facts.height))
     nbytes = int(reg.embeddings.nbytes + reg.scales.nbytes)
-    e0, s0 = int(facts.emb_offset), int(facts.scales_offset)
 
-    async def sequential() -> None:
-        await asyncio.gather(
-            files.get(emb_url, e0, e0 + height * width * 128, str(facts.emb_checksum.item()),
-                      "sequential", int(facts.emb_size)),
-            files.get(sca_url, s0, s0 + height * width * 4, str(facts.scales_checksum.item()),
-                      "sequential", int(facts.scales_size)),
-        )  # fmt: skip
+    def sequential() -> Any:
+        return single_range.sequential_rows(files, facts, height)
 
     mine, seq, ice = [], [], []
     cpu: dict[str, list[float]] = {"reader": [], "sequential": []}
@@ -1001,6 +993,8 @@ def markdown(res: dict[str, Any], notes: list[str]) -> str:
     for target, met, detail in verdicts(res):
         mark = "n/a" if met is None else ("met" if met else "**missed**")
         lines.append(f"| {target} | {mark} | {detail} |")
+    if "single_range" in res:
+        lines += ["", *single_range.markdown(res["single_range"])]
     if notes:
         lines += ["", "### Causes and notes", "", *[f"- {n}" for n in notes]]
     return "\n".join(lines) + "\n"
@@ -1185,6 +1179,13 @@ def main(argv: list[str] | None = None) -> int:
         ]  # fmt: skip
         measure_links(sides, w, grid, repeat=args.repeat, heavy_repeat=heavy, ceiling_n=ceiling_n)
         res["links"] = {side.key: side.res for side in sides}
+        console.print("single-range mirrors: nginx max_ranges 1 (+20 ms) and S3 (moto)")
+        res["single_range"] = single_range.measure(
+            www, TILES, ca, work, w, indexes["latency"], ceiling, ceiling_ranges,
+            args.repeat, ceiling_n,
+        )  # fmt: skip
+        for line in single_range.markdown(res["single_range"]):
+            console.print(line, markup=False)
         errors = proxy.errors()
     if errors:
         # The proxy's own trouble (not the reader's): reported, never hidden.

@@ -18,11 +18,14 @@ if TYPE_CHECKING:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Keep the reader's on-disk table cache inside the test session's temp area."""
-    monkeypatch.setenv("TESSERA_VZ_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep the reader's on-disk caches inside each test's temp folder.
+
+    Per test, not per session: the single-range memory is keyed by origin
+    (``127.0.0.1:PORT``), and a port one test's ``max_ranges 1`` nginx used
+    may serve multi-range requests in the next.
+    """
+    monkeypatch.setenv("TESSERA_VZ_CACHE", str(tmp_path / "cache"))
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -10,7 +10,7 @@ from tessera_vz.core.boundary import PART, SourceFiles
 from tessera_vz.core.byteranges import MAX_RANGES
 from tessera_vz.reader.range_plan import coalesce, requests
 
-FILES = ["http://mirror/a.npy", "http://mirror/b.npy", "file:///data/c.npy"]
+FILES = ["http://mirror/a.npy", "http://mirror/b.npy", "s3://data/c.npy"]
 
 
 def _groups(codes: list[int], sizes: list[int]) -> list[list[int]]:
@@ -19,7 +19,7 @@ def _groups(codes: list[int], sizes: list[int]) -> list[list[int]]:
     starts = np.cumsum(size + PART) - size
     plan = coalesce(np.asarray(codes), FILES, starts, starts + size, gap=0)
     assert len(plan.keys) == len(sizes)  # nothing merged
-    bounds = requests(plan, SourceFiles(["http://mirror/", "file:///data/"])).tolist()
+    bounds = requests(plan, SourceFiles(["http://mirror/", "s3://data/"])).tolist()
     return [list(range(a, b)) for a, b in itertools.pairwise(bounds)]
 
 
@@ -34,7 +34,7 @@ def test_short_ranges_of_a_file_share_requests_up_to_the_limits() -> None:
 def test_long_pieces_and_other_files_are_requests_of_their_own() -> None:
     # Two pieces of merged rows then wedge rows: the pieces arrive in parallel.
     groups = _groups([0, 0, 0, 0, 1, 1, 2, 2], [PART, PART // 2, 500, 500, 500, 500, 500, 500])
-    assert groups == [[0], [1], [2, 3], [4, 5], [6], [7]]  # file:// has no multi-range
+    assert groups == [[0], [1], [2, 3], [4, 5], [6], [7]]  # S3 has no multi-range
 
 
 def test_coalesce_merges_close_ranges_of_one_file_and_cuts_long_runs() -> None:

@@ -82,7 +82,8 @@ def test_each_root_gets_one_backend_of_its_scheme(tmp_path: Path) -> None:
     assert isinstance(local, ObjectStoreTransport)
     assert isinstance(files._transport("s3://bucket/p/a.npy", "test"), ObjectStoreTransport)
     assert files.multi_range("https://mirror.example.org/t/a.npy")
-    assert not files.multi_range(tmp_path.as_uri() + "/a.npy")
+    assert files.multi_range(tmp_path.as_uri() + "/a.npy")  # many ranges per local read
+    assert not files.multi_range("s3://bucket/p/a.npy")
     assert not files.multi_range("https://elsewhere.example.org/a.npy")
     with pytest.raises(ConfigurationError, match=r"reading a test: .* is not authorised"):
         files._transport("https://elsewhere.example.org/a.npy", "reading a test")
@@ -192,9 +193,9 @@ def test_a_root_answering_multi_range_with_whole_files_is_read_range_by_range() 
     backend = Scripted([], multi_range=True)
     files = Through(backend)
     body, at = sync(files.get_ranges(URL, [0, 2], [1, 4], None, "reading a test"))
-    assert bytes(body) == b"acd" and at.tolist() == [0, 1]
+    assert bytes(body)[at[0] : at[0] + 1] == b"a" and bytes(body)[at[1] : at[1] + 2] == b"cd"
     assert not backend.multi_range and not files.multi_range(URL)
-    assert backend.calls == 3  # the refused multi-range request, then one per range
+    assert backend.calls == 2  # the refused multi-range request, then one for the close ranges
 
 
 # -- obstore reads of local files -----------------------------------------------------

@@ -40,7 +40,7 @@ import aiohttp
 import numpy as np
 from obstore.exceptions import BaseError as ObstoreError
 
-from tessera_vz.core import http
+from tessera_vz.core import http, range_memory
 from tessera_vz.core.checksums import (
     checksum_text,
     checksum_value,
@@ -74,6 +74,9 @@ log = logging.getLogger(__name__)
 PART = 8 << 20
 #: Requests in flight per reader, like Icechunk's partial-value concurrency.
 CONCURRENCY = 64
+#: Ranges of a single-range root closer than this share one request: a
+#: request costs a round trip (~20 ms on a real mirror), more than the bytes.
+SINGLE_GAP = 16 * 1024
 #: The largest object fetched whole (a manifest of the whole archive is ~0.5 GB).
 MAX_OBJECT = 4 << 30
 
@@ -115,6 +118,9 @@ class SourceFiles:
             self._obstore_options["client_options"]["root_certificate"] = Path(self._ca).read_text()
         self._transports: dict[str, Transport] = {}
         self._limits: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+        #: Roots that answered a multi-range request with one (no trial needed).
+        self._confirmed: set[str] = set()
+        self._trials: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Lock] = {}
         self.allow(roots)
 
     # -- authorisation -------------------------------------------------------
@@ -164,9 +170,18 @@ class SourceFiles:
         return got
 
     def multi_range(self, url: str) -> bool:
-        """Whether ``url`` is read with multi-range requests (HTTP roots that serve them)."""
+        """Whether ``url`` is read with multi-range requests (HTTP roots that serve them).
+
+        A root whose origin is remembered as single-range (by this process or
+        an earlier one: :mod:`~tessera_vz.core.range_memory`) is not.
+        """
         root = self.root_of(url)
-        return root is not None and self._transport_of(root).multi_range
+        if root is None:
+            return False
+        files = self._transport_of(root)
+        if files.multi_range and root not in self._confirmed and range_memory.single_range(root):
+            files.multi_range = False
+        return files.multi_range
 
     # -- reads -----------------------------------------------------------------
     async def get(
@@ -218,38 +233,89 @@ class SourceFiles:
 
         Returns one buffer and where each range begins in it: a multi-range
         answer stays the one body the server sent, so a caller cuts hundreds
-        of ranges out in one vectorised step. Ranges of an HTTP root that
-        serves multi-range requests share one request; a server that ignores
-        them (200 with the whole file, recognised before its body is read) is
-        read range by range from then on, as are S3 and local files.
+        of ranges out in one vectorised step. Ranges of a root that serves
+        multi-range requests share one request. The first multi-range
+        request to an origin not yet known goes alone (the others wait for
+        its answer), so an origin that answers with the whole file (``200``,
+        recognised before its body is read) does so once: it is remembered
+        (:mod:`~tessera_vz.core.range_memory`, for this process and later
+        ones) and read in single ranges, coalesced across small gaps, from
+        then on, as S3 is.
         """
         files = self._transport(url, purpose)
         if len(starts) == 1:
             one = await self.get(url, starts[0], ends[0], checksum, purpose, size)
             return one, np.zeros(1, np.int64)
-        if files.multi_range:
-            _check_checksum(checksum, url, purpose)
+        root = self.root_of(url) or url
+
+        async def multi() -> Ranges | None:
             got = await self._attempts(
                 url,
                 purpose,
                 lambda: files.read_ranges(IndexedFile(url, checksum, size), starts, ends),
             )
-            if got is not None:
-                return got
-            files.multi_range = False
-            log.warning(
-                "%s answers multi-range requests with whole files; reading its ranges one "
-                "request each",
-                self.root_of(url),
-            )
+            if got is None:
+                self._learn(root, files)
+            else:
+                self._confirmed.add(root)
+            return got
+
+        if self.multi_range(url):
+            _check_checksum(checksum, url, purpose)
+            trial = self._trial(root)
+            if trial is not None:  # the first request to this root goes alone
+                async with trial:
+                    if root not in self._confirmed and self.multi_range(url):
+                        got = await multi()
+                        if got is not None:
+                            return got
+            if self.multi_range(url):
+                got = await multi()
+                if got is not None:
+                    return got
+        return await self._single_ranges(url, starts, ends, checksum, purpose, size)
+
+    async def _single_ranges(
+        self, url: str, starts: Sequence[int], ends: Sequence[int], checksum: str | None,
+        purpose: str, size: int | None,
+    ) -> Ranges:  # fmt: skip
+        """Ranges read one request each, those closer than :data:`SINGLE_GAP` merged."""
+        s, e = np.asarray(starts, np.int64), np.asarray(ends, np.int64)
+        order = np.argsort(s, kind="stable")
+        reach = np.maximum.accumulate(e[order])
+        new = np.ones(s.size, dtype=bool)
+        new[1:] = s[order][1:] > reach[:-1] + SINGLE_GAP
+        first = np.flatnonzero(new)
+        span_start = s[order][first]
+        span_end = reach[np.append(first[1:], s.size) - 1]
         blobs = await asyncio.gather(
             *(
-                self.get(url, s, e, checksum, purpose, size)
-                for s, e in zip(starts, ends, strict=True)
+                self.get(url, a, b, checksum, purpose, size)
+                for a, b in zip(span_start.tolist(), span_end.tolist(), strict=True)
             )
         )
-        at = np.cumsum([0, *(e - s for s, e in zip(starts, ends, strict=True))])[:-1]
-        return b"".join(blobs), at.astype(np.int64)
+        base = np.cumsum(span_end - span_start) - (span_end - span_start)
+        span = np.cumsum(new) - 1
+        at = np.empty(s.size, np.int64)
+        at[order] = base[span] + s[order] - span_start[span]
+        return b"".join(blobs), at
+
+    def _trial(self, root: str) -> asyncio.Lock | None:
+        """The lock the first multi-range request to an unconfirmed root holds, else ``None``."""
+        if root in self._confirmed:
+            return None
+        key = (asyncio.get_running_loop(), root)
+        return self._trials.setdefault(key, asyncio.Lock())
+
+    def _learn(self, root: str, files: Transport) -> None:
+        """``root`` answered a multi-range request with the whole file: single ranges from now."""
+        files.multi_range = False
+        range_memory.learn(root)
+        log.warning(
+            "%s answers multi-range requests with whole files; reading its ranges one "
+            "request each from now on (remembered in the cache directory)",
+            root,
+        )
 
     async def probe(self, url: str, nbytes: int, purpose: str) -> tuple[bytes, ObjectFacts]:
         """The first ``nbytes`` of a file (fewer if it is shorter), its size and validators.

@@ -34,6 +34,7 @@ def checksum_text(checksum: str | dt.datetime) -> str:
     return checksum
 
 
+@functools.lru_cache(maxsize=65536)
 def checksum_value(text: str) -> str | dt.datetime:
     """Inverse of :func:`checksum_text`; ``ValueError`` for a value no server could have sent.
 

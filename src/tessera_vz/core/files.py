@@ -28,6 +28,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from platformdirs import user_cache_dir
+
 from tessera_vz.core.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,18 @@ def check_output_folder(path: str, flag: str) -> None:
             f"{flag} {path!r}: {str(existing)!r} is a file, so no folder can be made under it"
         )
     probe_writable(existing, path)
+
+
+def cache_dir() -> Path | None:
+    """Where tessera-vz keeps what later runs reuse (tables, single-range origins).
+
+    ``$TESSERA_VZ_CACHE``, else the user cache directory (platformdirs);
+    ``off`` (or empty, ``0``, ``none``) disables every on-disk cache.
+    """
+    env = os.environ.get("TESSERA_VZ_CACHE")
+    if env is not None and env.lower() in ("", "0", "off", "none"):
+        return None
+    return Path(env) if env else Path(user_cache_dir("tessera-vz"))
 
 
 def hidden_beside(target: str | Path, kind: str = "tmp") -> Path:

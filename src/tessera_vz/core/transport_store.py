@@ -14,15 +14,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote
 
+import numpy as np
 import obstore
 import obstore.store
 from obstore.exceptions import NotFoundError, PreconditionError
 
 from tessera_vz.core import shutdown  # noqa: F401  (tokio exit hook: see the module)
-from tessera_vz.core.checksums import precondition, valid_etag
+from tessera_vz.core.checksums import checksum_value, precondition, valid_etag
 from tessera_vz.core.errors import AnswerError, ConfigurationError
 from tessera_vz.core.s3 import s3_settings, split_options
 from tessera_vz.core.transport import (
+    FileChangedError,
     FileGoneError,
     IndexedFile,
     ObjectFacts,
@@ -77,8 +79,9 @@ class ObjectStoreTransport:
     """
 
     def __init__(self, root: SourceRoot, options: dict[str, Any]) -> None:
-        #: An object store has no multi-range request: its ranges are read one by one.
-        self.multi_range = False
+        #: S3 has no multi-range request: its ranges are read one request each.
+        #: A local file reads many ranges in one call (:meth:`read_ranges`).
+        self.multi_range = root.is_local
         self._root = root
         self._options = options
         self._made: obstore.store.LocalStore | obstore.store.S3Store | None = None
@@ -122,7 +125,33 @@ class ObjectStoreTransport:
     async def read_ranges(
         self, file: IndexedFile, starts: Sequence[int], ends: Sequence[int]
     ) -> Ranges | None:
-        return None  # no multi-range request: the boundary reads the ranges one by one
+        """Several ranges of a local file in one call (``None`` for S3: one request each).
+
+        obstore's ``get_ranges`` opens the file once and reads every range,
+        where one ``get`` per range costs a task, a file open and a Python
+        round trip each (measured: local points ran 4.6x slower than over
+        nginx). It takes no precondition, so the file's validators are
+        checked first, as obstore's own ``get`` checks them (a stat, then
+        the read).
+        """
+        if not self._root.is_local:
+            return None
+        path = self._path(file.url)
+        try:
+            if file.checksum is not None or file.size is not None:
+                _check_facts(file, _facts(await obstore.head_async(self._store(), path)))
+            got = await obstore.get_ranges_async(
+                self._store(), path, starts=starts, ends=ends, coalesce=0
+            )
+        except (NotFoundError, FileNotFoundError):
+            raise FileGoneError("no such file") from None
+        lengths = np.fromiter((len(b) for b in got), np.int64, count=len(got))
+        want = np.asarray(ends, np.int64) - np.asarray(starts, np.int64)
+        if not np.array_equal(lengths, want):
+            raise AnswerError(
+                "the file is shorter than indexed (a range came back short)", transient=True
+            )
+        return b"".join(got), np.cumsum(lengths) - lengths
 
     async def probe(self, url: str, nbytes: int) -> tuple[bytes, ObjectFacts]:
         try:
@@ -149,6 +178,24 @@ class ObjectStoreTransport:
         if int(got.meta["size"]) > limit:
             raise AnswerError(f"{got.meta['size']} bytes, over the {limit}-byte limit")
         return (await got.bytes_async()).to_bytes()
+
+
+def _check_facts(file: IndexedFile, facts: ObjectFacts) -> None:
+    """Refuse a file whose size or validators are not those the index recorded."""
+    if file.size is not None and facts.size != file.size:
+        raise FileChangedError(
+            f": the file holds {facts.size} bytes; it held {file.size} when indexed. Re-run "
+            "`tessera-vz index` for this source"
+        )
+    if file.checksum is None:
+        return
+    want = checksum_value(file.checksum)
+    if isinstance(want, dt.datetime):
+        ok = facts.last_modified is not None and facts.last_modified <= want
+    else:
+        ok = facts.e_tag is not None and facts.e_tag.strip('"') == want.strip('"')
+    if not ok:
+        raise changed(file.checksum)
 
 
 def _facts(meta: ObjectMeta) -> ObjectFacts:

@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from tessera_vz.core.errors import SourceChangedError, SourceUnavailableError
 from tessera_vz.reader.pixels import Located, only
-from tessera_vz.reader.range_fetch import ByteSource, fetch_points, gather
+from tessera_vz.reader.range_fetch import ByteSource, fetch_points
 from tessera_vz.reader.range_plan import POINT_GAP, tile_ranges
 
 #: Why a point has a value or not, per row of a sampled table (:func:`point_status`).
@@ -67,12 +67,13 @@ async def read_located(
         one = np.ones(idx.size, np.int64)
         e_want = tile_ranges("emb", names[m].tolist(), rows[m], cols[m], one, fm, b)
         s_want = tile_ranges("scales", names[m].tolist(), rows[m], cols[m], one, fm, s_item)
-        (e_plan, e_blobs), (s_plan, s_blobs) = await asyncio.gather(
-            fetch_points(source, e_want, gap, what), fetch_points(source, s_want, gap, what)
+        e_got, s_got = await asyncio.gather(
+            fetch_points(source, e_want, gap, what, b),
+            fetch_points(source, s_want, gap, what, s_item),
         )
-        emb[ok[m]] = gather(e_plan, e_blobs, b, what).view(np.int8)
+        emb[ok[m]] = e_got.view(np.int8)
         descr = np.dtype(str(f["scales_descr"][idx[0]]))
-        raw = gather(s_plan, s_blobs, s_item, what).view(descr).astype(np.float32)
+        raw = s_got.view(descr).astype(np.float32)
         scale[ok[m]] = raw if per_band else raw[:, 0]
     return emb, scale, loc.ok
 

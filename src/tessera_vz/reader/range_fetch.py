@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,12 +29,20 @@ from zarr.core.buffer import default_buffer_prototype
 from tessera_vz.core.boundary import SourceFiles
 from tessera_vz.core.errors import SourceUnavailableError, translate_error
 from tessera_vz.core.text import printable
-from tessera_vz.reader.range_plan import POINT_RANGE_GAP, Plan, Wanted, choose, requests
+from tessera_vz.reader.range_plan import (
+    POINT_PART,
+    POINT_RANGE_GAP,
+    Plan,
+    Wanted,
+    choose,
+    requests,
+)
 
 #: Ranges handed to one ``get_partial_values`` call, bounding memory.
 _BATCH = 8192
-#: Above this many fetched bytes, :func:`gather` cuts blob by blob instead of joining.
-_JOIN_LIMIT = 32 << 20
+#: Direct requests in flight at once per read (the boundary's own limit is
+#: per reader; this one bounds the tasks and bodies a read holds).
+IN_FLIGHT = 128
 
 
 async def fetch_chunks(store: IcechunkStore, plan: Plan, what: str) -> list[bytes]:
@@ -165,26 +173,70 @@ async def arrivals(
         return [Arrival(lo, body, at)]
 
     bounds = (plan.groups if plan.groups is not None else requests(plan, files)).tolist()
-    tasks = [asyncio.ensure_future(one(lo, hi)) for lo, hi in itertools.pairwise(bounds)]
+    async for done in bounded(one(lo, hi) for lo, hi in itertools.pairwise(bounds)):
+        yield done
+
+
+async def bounded[T](jobs: Iterator[Coroutine[Any, Any, T]]) -> AsyncIterator[T]:
+    """Run ``jobs`` with at most :data:`IN_FLIGHT` at once, yielding results as they finish.
+
+    A plan over a single-range mirror has one request per range (100,000
+    points: 200,000 of them); making every task at once costs memory in
+    proportion to the ranges and lets finished bodies pile up. Here memory
+    is bounded by what is in flight. Jobs not yet started are never made;
+    those running are cancelled if the caller stops early.
+    """
+    running: set[asyncio.Future[T]] = set()
     try:
-        for done in asyncio.as_completed(tasks):
-            yield await done
+        for job in jobs:
+            running.add(asyncio.ensure_future(job))
+            if len(running) >= IN_FLIGHT:
+                done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    yield task.result()
+        while running:
+            done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                yield task.result()
     finally:
-        for task in tasks:
+        for task in running:
             task.cancel()
 
 
 async def fetch_points(
-    source: ByteSource, wanted: Wanted, gap: int, what: str
-) -> tuple[Plan, list[Arrival]]:
-    """Fetch the points ``wanted``; the plan says where each range landed."""
+    source: ByteSource, wanted: Wanted, gap: int, what: str, length: int
+) -> NDArray[np.uint8]:
+    """The ``length`` bytes of each range ``wanted`` (all of one length), one row per range.
+
+    Each request's ranges are cut out as it arrives and its body dropped,
+    so memory is bounded by the answer (``N x length``) and the requests
+    in flight, not by the bytes the plan moves; merged requests are cut at
+    :data:`POINT_PART` bytes for the same reason.
+    """
     plan, via = choose(
-        source.files, wanted, gap, what, direct=source.direct, range_gap=POINT_RANGE_GAP
-    )
-    got: list[Arrival] = []
+        source.files, wanted, gap, what, direct=source.direct, range_gap=POINT_RANGE_GAP,
+        part=POINT_PART,
+    )  # fmt: skip
+    out = np.empty((len(plan.request), length), dtype=np.uint8)
+    order = np.argsort(plan.request, kind="stable")
+    by_request = plan.request[order]
     async for batch in arrivals(source.chunks, plan, via, wanted, what):
-        got.extend(batch)
-    return plan, got
+        for a in batch:
+            lo, hi = np.searchsorted(by_request, [a.first, a.first + a.at.size])
+            idx = order[lo:hi]
+            begin = a.at[plan.request[idx] - a.first] + plan.offset[idx]
+            buf = np.frombuffer(a.data, dtype=np.uint8)
+            if idx.size and int(begin.max()) + length > buf.size:
+                raise _short(plan, int(plan.request[idx[int(np.argmax(begin))]]), what)
+            out[idx] = sliding_window_view(buf, length)[begin]
+    return out
+
+
+def _short(plan: Plan, request: int, what: str) -> SourceUnavailableError:
+    return SourceUnavailableError(
+        f"{what}: the answer for {plan.keys[request]} holds fewer bytes than asked; the "
+        "transfer was cut or the file is shorter than indexed. Retry, or run `tessera-vz verify`"
+    )
 
 
 def landed(plan: Plan, got: Sequence[Arrival]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
@@ -195,40 +247,3 @@ def landed(plan: Plan, got: Sequence[Arrival]) -> tuple[NDArray[np.int64], NDArr
         src[a.first : a.first + a.at.size] = k
         pos[a.first : a.first + a.at.size] = a.at
     return src, pos
-
-
-def gather(plan: Plan, got: Sequence[Arrival], length: int, what: str) -> NDArray[np.uint8]:
-    """Cut each original range (all ``length`` bytes long) out of what arrived.
-
-    Small fetches are joined and cut in one vectorised step; large ones (a
-    cluster read as a few long runs of rows) are cut arrival by arrival,
-    because copying hundreds of megabytes into one buffer costs more than
-    the loop.
-    """
-    n = len(plan.request)
-    out = np.empty((n, length), dtype=np.uint8)
-    if n == 0:
-        return out
-    src, pos = landed(plan, got)
-    sizes = np.fromiter((len(a.data) for a in got), dtype=np.int64, count=len(got))
-    k = src[plan.request]
-    begin = pos[plan.request] + plan.offset
-    short = (k < 0) | (begin + length > sizes[k])
-    if short.any():
-        i = int(np.argmax(short))
-        raise SourceUnavailableError(
-            f"{what}: the answer for {plan.keys[plan.request[i]]} holds fewer bytes than "
-            f"asked; the transfer was cut or the file is shorter than indexed. Retry, or "
-            "run `tessera-vz verify`"
-        )
-    if sizes.sum() <= _JOIN_LIMIT:
-        base = np.cumsum(sizes) - sizes
-        flat = np.frombuffer(b"".join(a.data for a in got), dtype=np.uint8)
-        # Fancy indexing of the window view copies each range; np.take would copy every window.
-        return sliding_window_view(flat, length)[base[k] + begin]
-    order = np.argsort(k, kind="stable")
-    cuts = np.flatnonzero(np.diff(k[order])) + 1
-    for idx in np.split(order, cuts):
-        buf = np.frombuffer(got[int(k[idx[0]])].data, dtype=np.uint8)
-        out[idx] = sliding_window_view(buf, length)[begin[idx]]
-    return out

@@ -46,6 +46,9 @@ RANGE_GAP = 16 * 1024
 #: only points a few pixels apart share a range; a cluster's scales then
 #: move ~100 KB less per tile for the same requests.
 POINT_RANGE_GAP = 256
+#: Points' merged requests are cut at this size: a point wants 128 bytes, so a
+#: longer piece of a file is mostly waste held in memory while in flight.
+POINT_PART = 1 << 20
 _KEY_STRIDE = 1 << 42  # larger than any byte offset within a chunk
 
 
@@ -219,6 +222,7 @@ def choose(
     *,
     direct: bool = True,
     range_gap: int = RANGE_GAP,
+    part: int | None = None,
 ) -> tuple[Plan, SourceFiles | None]:
     """The plan for ``wanted``, and the direct reader unless Icechunk reads it.
 
@@ -241,7 +245,9 @@ def choose(
         file_ends = wanted.file_starts + wanted.lengths
         if all(files.multi_range(u) for u in wanted.checksums):
             gap = min(gap, range_gap)
-        by_file = coalesce(wanted.file, wanted.urls, wanted.file_starts, file_ends, gap, part=PART)
+        by_file = coalesce(
+            wanted.file, wanted.urls, wanted.file_starts, file_ends, gap, part=part or PART
+        )
         return dataclasses.replace(by_file, groups=requests(by_file, files)), files
     ends = wanted.chunk_starts + wanted.lengths
     return coalesce(wanted.chunk, wanted.chunk_keys(), wanted.chunk_starts, ends, gap), None

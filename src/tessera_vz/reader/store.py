@@ -42,6 +42,7 @@ from tessera_vz.reader.points import check_year, years_asked
 from tessera_vz.reader.range_fetch import ByteSource
 from tessera_vz.reader.range_plan import DEFAULT_GAP, POINT_GAP
 from tessera_vz.reader.samples import SAMPLE_BATCH
+from tessera_vz.reader.tile_chunks import open_tile_group
 from tessera_vz.reader.versions import Pins, Versions, pins
 from tessera_vz.reader.windows import TileRects
 from tessera_vz.reader.zone_year import ZoneYears
@@ -152,14 +153,10 @@ class TesseraStore:
         return index.source, index.rects
 
     def open_tile(self, lon: float, lat: float, year: int) -> xr.Dataset:
-        """The tile a point is read from (:meth:`locate`), lazily, through ``xr.open_zarr``.
-
-        The version read is in its attributes.
-        """
+        """The tile a point is read from (:meth:`locate`), lazily, through ``xr.open_zarr``
+        (:func:`~.tile_chunks.open_tile_group`). The version read is in its attributes."""
         loc = self.locate(lon, lat, year)
-        ds = xr.open_zarr(
-            self.session(loc.zone, year).store, group=loc.name, consolidated=False, zarr_format=3
-        )
+        ds = open_tile_group(self.session(loc.zone, year).store, loc.name, loc.facts)
         return ds.assign_attrs(self.provenance([(loc.zone, year)]))
 
     def locate(self, lon: float, lat: float, year: int) -> TileLocation:

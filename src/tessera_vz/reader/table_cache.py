@@ -23,9 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
-from platformdirs import user_cache_dir
 
-from tessera_vz.core.files import atomic_path
+from tessera_vz.core.files import atomic_path, cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +32,6 @@ log = logging.getLogger(__name__)
 MAX_FILES = 512
 #: Most bytes kept, unless ``$TESSERA_VZ_CACHE_MAX_MB`` says otherwise.
 MAX_BYTES = 256 * 1024 * 1024
-
-
-def cache_dir() -> Path | None:
-    """``$TESSERA_VZ_CACHE``, else the user cache directory; ``off`` disables it."""
-    env = os.environ.get("TESSERA_VZ_CACHE")
-    if env is not None and env.lower() in ("", "0", "off", "none"):
-        return None
-    return Path(env) if env else Path(user_cache_dir("tessera-vz"))
 
 
 def _path(repo_location: str, snapshot: str) -> Path | None:
