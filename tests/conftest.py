@@ -18,14 +18,17 @@ if TYPE_CHECKING:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep the reader's on-disk caches inside each test's temp folder.
+def _isolated_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Give each test its own on-disk caches, beside (not inside) its temp folder.
 
     Per test, not per session: the single-range memory is keyed by origin
     (``127.0.0.1:PORT``), and a port one test's ``max_ranges 1`` nginx used
-    may serve multi-range requests in the next.
+    may serve multi-range requests in the next. Not inside ``tmp_path``:
+    tests list their folder to prove nothing else was written there.
     """
-    monkeypatch.setenv("TESSERA_VZ_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TESSERA_VZ_CACHE", str(tmp_path_factory.mktemp("cache")))
 
 
 @pytest.fixture(autouse=True, scope="session")
