@@ -146,6 +146,25 @@ def _open_tile(out: Path, zone: int, year: int, name: str) -> xr.Dataset:
     return xr.open_zarr(repo.readonly_session(branch=str(year)).store, group=name)
 
 
+def _changed_message(out: Path, name: str) -> str:
+    """The error Icechunk raises reading a tile whose source changed after indexing.
+
+    Icechunk's own HTTP client does not retry a pooled connection the server
+    closed ("connection closed before message completed", seen once in CI);
+    that transport hiccup is not what this test is about, so it is retried.
+    """
+    for _ in range(3):
+        ds = _open_tile(out, 31, YEAR, name)
+        try:
+            ds.embeddings.values  # noqa: B018
+        except Exception as exc:  # Icechunk raises its own error classes
+            if "connection closed before message completed" not in str(exc):
+                return str(exc)
+        else:
+            raise AssertionError("reading a changed source succeeded")
+    raise AssertionError("Icechunk's HTTP client failed three times on closed connections")
+
+
 def test_index_over_nginx_roundtrip(
     tree: dict[str, Any], served: NginxServer, tmp_path: Path
 ) -> None:
@@ -210,10 +229,8 @@ def test_changed_source_fails_loudly_then_reindexes(
         original = np.load(path)
         resave(path, original + 1)  # same size, other bytes, written in place
         os.utime(path, (before + 5, before + 5))
-        ds = _open_tile(out, 31, YEAR, spec.name)
-        with pytest.raises(Exception, match="changed") as info:
-            ds.embeddings.values  # noqa: B018
-        assert spec.emb_path in str(info.value)
+        message = _changed_message(out, spec.name)
+        assert "changed" in message and spec.emb_path in message
         store = open_store(str(out))
         with pytest.raises(SourceChangedError, match=spec.name) as info2:
             store.point(spec.lon, spec.lat, YEAR)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import http.client
 import io
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +32,7 @@ import xarray as xr
 from PIL import Image
 
 from tessera_vz.core.geometry import project, tile_grids
+from tessera_vz.core.ports import fresh_port
 from tessera_vz.indexer.run import IndexOptions, run_index
 from tessera_vz.reader import TesseraStore, open_store
 from tessera_vz.reader.store import dequantise
@@ -395,15 +395,9 @@ def test_too_many_footprints_for_one_answer(store: TesseraStore) -> None:
         assert get_json(f"{url}/api/info")["limits"]["features"] == 4
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_cli_serve(world: dict[str, Any], store: TesseraStore) -> None:
     """`tessera-vz serve STORE --port P` answers the API as the app does in-process."""
-    port = _free_port()
+    port = fresh_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "tessera_vz.cli", "serve", str(world["out"]), "--port", str(port)],
         stdout=subprocess.PIPE,

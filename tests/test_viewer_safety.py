@@ -29,12 +29,13 @@ from typing import Any
 
 import pytest
 
+from tessera_vz.core.ports import fresh_port
 from tessera_vz.indexer.run import IndexOptions, run_index
 from tessera_vz.reader import open_store
 from tessera_vz.reader.grids import grid_for_bbox
 from tessera_vz.serve import Limits, create_app
 from tessera_vz.testing.tiles import make_tree
-from tests.test_serve_api import LIMITS, _free_port, get, running, world  # noqa: F401
+from tests.test_serve_api import LIMITS, get, running, world  # noqa: F401
 
 
 def request(base: str, path: str, host: str | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -239,7 +240,7 @@ def test_download_files_do_not_survive_a_double_ctrl_c(
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     env = {**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": os.pathsep.join(sys.path)}
-    port = _free_port()
+    port = fresh_port()
     proc = _serve(world["out"], port, env)
     try:
         url = f"http://127.0.0.1:{port}/api/region?bbox=0.7,49.7,0.9,49.9&year=2024&format=zarr"
@@ -257,7 +258,7 @@ def test_download_files_do_not_survive_a_double_ctrl_c(
             proc.kill()
             proc.communicate()
     # Whatever the first viewer left, the next one removes on starting...
-    port = _free_port()
+    port = fresh_port()
     proc = _serve(world["out"], port, env)
     assert not _leftovers(tmp), _leftovers(tmp)
     # ...and a viewer stopped by one Ctrl-C leaves no folder of its own.

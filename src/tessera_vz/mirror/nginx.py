@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any, Protocol, Self
 
+from tessera_vz.core.ports import fresh_port
+
 logger = logging.getLogger(__name__)
 
 NGINX_FALLBACK = "/usr/sbin/nginx"
@@ -92,13 +94,6 @@ def find_nginx() -> str:
     if os.access(NGINX_FALLBACK, os.X_OK):
         return NGINX_FALLBACK
     raise RuntimeError(NOT_FOUND_MESSAGE)
-
-
-def _free_port() -> int:
-    """A port the kernel just considered free on 127.0.0.1 (nginx binds it next)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _quote(value: str | Path) -> str:
@@ -251,7 +246,7 @@ http {{
         last_error = ""
         for _ in range(attempts):
             tmp = Path(tempfile.mkdtemp(prefix="tessera-nginx-"))
-            port = self._requested_port or _free_port()
+            port = self._requested_port or fresh_port()
             conf = tmp / "nginx.conf"
             conf.write_text(self._config(tmp, port))
             (tmp / "access.log").touch()

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 from pathlib import Path
 from typing import Any
 
+from tessera_vz.core.ports import fresh_port
 from tessera_vz.testing.service import Service
 
 logger = logging.getLogger(__name__)
@@ -25,12 +25,6 @@ logger = logging.getLogger(__name__)
 ACCESS_KEY = "AKIATESSERAVZTEST"
 SECRET_KEY = "tessera-vz-secret-never-written"
 REGION = "us-east-1"
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class MotoS3(Service):
@@ -43,7 +37,7 @@ class MotoS3(Service):
 
     def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
         self.host = host
-        self.port = port or _free_port(host)
+        self.port = port or fresh_port(host)
         self._server: Any = None
 
     @property
