@@ -17,6 +17,8 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any, cast
+from urllib.parse import urlsplit
 
 import icechunk as ic
 import xarray as xr
@@ -26,12 +28,13 @@ from tessera_vz.core.dataset import only_one
 from tessera_vz.core.errors import TileNotFoundError, VersionNotFoundError
 from tessera_vz.core.layout import BAND_COUNT, year_of_branch
 from tessera_vz.core.options import ReadOptions
-from tessera_vz.core.table import TileLookup, read_table, refused_rows
+from tessera_vz.core.table import TileLookup, refused_rows
 from tessera_vz.core.text import printable
 from tessera_vz.reader import table_cache
 from tessera_vz.reader.discovery import open_repository
 from tessera_vz.reader.identity import recorded_identity
 from tessera_vz.reader.range_fetch import ByteSource
+from tessera_vz.reader.table_fetch import read_table_at_once
 from tessera_vz.reader.versions import Pins, provenance, snapshot_to_read, tag_of
 from tessera_vz.reader.windows import TileRects, tile_rects
 
@@ -99,10 +102,11 @@ class ZoneYearIndex:
         with the reason (:attr:`refused`), and every read of it fails with
         that reason, unsent.
         """
-        store = self.session.store
         table = table_cache.load(self.location, self.snapshot)
         if table is None:
-            table = read_table(store)
+            # Only a miss opens the session (fetching the snapshot): a process that finds
+            # the table cached reads points without loading any Icechunk metadata.
+            table = read_table_at_once(self.session.store, remote=is_remote(self.location))
             if table is None:
                 raise TileNotFoundError(f"zone {self.zone} year {self.year} has no tiles table")
             table_cache.save(self.location, self.snapshot, table)
@@ -133,9 +137,24 @@ class ZoneYearIndex:
     def source(self) -> ByteSource:
         """Where the tiles' bytes come from, with the refused tiles named."""
         refused = self.refused
-        return ByteSource(
-            self.zone, self.year, self.files, self.session.store, self.direct, refused
-        )
+        # Direct reads never touch the Icechunk store: it is opened only if asked for.
+        chunks = self.session.store if not self.direct else cast(Any, _SessionStore(self))
+        return ByteSource(self.zone, self.year, self.files, chunks, self.direct, refused)
+
+
+class _SessionStore:
+    """A zone-year's session store, opened on first use (the snapshot is fetched then)."""
+
+    def __init__(self, index: ZoneYearIndex) -> None:
+        self._index = index
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._index.session.store, name)
+
+
+def is_remote(location: str) -> bool:
+    """Whether a repository location is behind a network (``http(s)://``, ``s3://``)."""
+    return urlsplit(location).scheme in ("http", "https", "s3")
 
 
 class ZoneYears:
