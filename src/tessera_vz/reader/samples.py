@@ -300,15 +300,15 @@ def sample_provenance(
 
     Known before any pixel is read: the zone-years are those the points
     may be read from (their cells' zones, and the neighbour zone of points
-    near a zone boundary) in which the year is indexed (each one's tiles table
-    says where the points are, or that no tile is), so a pinned version
-    that does not exist fails here, and a writer can put the provenance
-    in the file's schema up front.
+    near a zone boundary) in which the year is indexed (its branch, tag or
+    pinned snapshot exists: each zone's repository info says so, no table is
+    loaded), so a pinned version that does not exist fails here, and a
+    writer can put the provenance in the file's schema up front.
     """
     ys = _years_read(zone_years, inp, years)
     valid = valid_lonlat_mask(inp.lon, inp.lat) & ~inp.empty
     zones = reachable_zones(inp.lon[valid]) if valid.any() else []
-    read = [(z, y) for y in ys for z in zones if zone_years.find(z, y) is not None]
+    read = zone_years.indexed([(z, y) for y in ys for z in zones])
     return {
         **zone_years.provenance(read),
         "tessera:store": zone_years.root,
@@ -325,6 +325,7 @@ def _sample_plan(
 ) -> tuple[Located, dict[int, ByteSource], NDArray[np.bool_], NDArray[np.bool_], int]:
     """Locate one year of a batch: where each point is, and the byte sources to read."""
     valid = valid_lonlat_mask(lon, lat) & ~empty
+    zone_years.prepare_points(np.where(valid, lon, np.nan), year)
     rects = zone_years.rects_or_none(year)
     loc = locate_pixels(rects, np.where(valid, lon, np.nan), np.where(valid, lat, np.nan),
                         year, zone_years.root, strict=False)  # fmt: skip

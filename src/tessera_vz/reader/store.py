@@ -196,8 +196,10 @@ class TesseraStore:
 
     def locate_points(self, lons: ArrayLike, lats: ArrayLike, year: int) -> Located:
         """The tile and pixel of many points (``ok`` is False where there is none)."""
+        lon, lat = pixels.as_points(lons, lats)
+        self._zone_years.prepare_points(lon, check_year(year))
         rects = self._zone_years.rects_or_none(check_year(year))
-        return locate_pixels(rects, lons, lats, check_year(year), self.root)
+        return locate_pixels(rects, lon, lat, check_year(year), self.root)
 
     def point(
         self, lon: float, lat: float, year: int | Sequence[int] | None = None, *,

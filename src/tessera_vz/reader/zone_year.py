@@ -14,14 +14,18 @@ repository and each zone-year's handle once, and is what the reader modules
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, cast
 from urllib.parse import urlsplit
 
 import icechunk as ic
+import numpy as np
 import xarray as xr
+from numpy.typing import NDArray
 
 from tessera_vz.core.boundary import SourceFiles
 from tessera_vz.core.dataset import only_one
@@ -33,6 +37,7 @@ from tessera_vz.core.text import printable
 from tessera_vz.reader import table_cache
 from tessera_vz.reader.discovery import open_repository
 from tessera_vz.reader.identity import recorded_identity
+from tessera_vz.reader.point_rule import reachable_zones
 from tessera_vz.reader.range_fetch import ByteSource
 from tessera_vz.reader.table_fetch import read_table_at_once
 from tessera_vz.reader.versions import Pins, provenance, snapshot_to_read, tag_of
@@ -91,7 +96,8 @@ class ZoneYearIndex:
 
     def version(self) -> tuple[str | None, str]:
         """The tag (``None`` if no tag points at it) and the snapshot id read."""
-        self.session  # noqa: B018 - a snapshot that cannot be opened is no version
+        if self.pins.snapshot(self.zone, self.year) is not None:
+            self.session  # noqa: B018 - a pinned snapshot that cannot be opened is no version
         return self.tag, self.snapshot
 
     @cached_property
@@ -157,6 +163,22 @@ def is_remote(location: str) -> bool:
     return urlsplit(location).scheme in ("http", "https", "s3")
 
 
+#: Zones opened at once by :meth:`ZoneYears.prepare` (each mostly waits on round trips).
+PREPARE_THREADS = 8
+
+
+def concurrently[T, R](work: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """``[work(i) for i in items]``, at most :data:`PREPARE_THREADS` at once (order kept).
+
+    For per-zone metadata: each zone's round trips depend on one another,
+    different zones' do not (Icechunk's calls release the GIL while they wait).
+    """
+    if len(items) < 2:
+        return [work(i) for i in items]
+    with ThreadPoolExecutor(min(PREPARE_THREADS, len(items)), "tessera-vz-zone") as pool:
+        return list(pool.map(work, items))
+
+
 class ZoneYears:
     """The zone repositories of one index root and their zone-years, each opened once.
 
@@ -180,6 +202,10 @@ class ZoneYears:
         self._repos: dict[int, ic.Repository] = {}
         self._indexes: dict[tuple[int, int], ZoneYearIndex] = {}
         self._identity: dict[int, dict[str, str]] = {}
+        #: Guards the registries: :meth:`prepare` opens zones from several threads.
+        self._lock = threading.RLock()
+        #: One lock per zone, so a zone is opened once however many threads ask.
+        self._zone_locks: dict[int, threading.Lock] = {}
 
     def zones(self) -> list[int]:
         """UTM zones that have a repository here."""
@@ -191,29 +217,79 @@ class ZoneYears:
             raise TileNotFoundError(
                 f"no repository for UTM zone {zone} under {self.root}; zones here: {self.zones()}"
             )
-        if zone not in self._repos:
-            self._repos[zone] = open_repository(
-                self.locations[zone], zone, self.options, self.files
-            )
+        with self._lock:
+            if zone in self._repos:
+                return self._repos[zone]
+            lock = self._zone_locks.setdefault(zone, threading.Lock())
+        with lock:
+            if zone not in self._repos:
+                repo = open_repository(self.locations[zone], zone, self.options, self.files)
+                with self._lock:
+                    self._repos[zone] = repo
         return self._repos[zone]
 
     def years(self, zone: int | None = None) -> list[int]:
         """Years indexed in one zone, or in any zone."""
         zones = [zone] if zone is not None else self.zones()
         found: set[int] = set()
-        for z in zones:
-            found |= {y for b in self.repo(z).list_branches() if (y := year_of_branch(b))}
+        for branches in concurrently(lambda z: self.repo(z).list_branches(), zones):
+            found |= {y for b in branches if (y := year_of_branch(b))}
         return sorted(found)
 
     def get(self, zone: int, year: int) -> ZoneYearIndex:
         """The handle of a zone-year (its parts are found when first used)."""
         key = (int(zone), int(year))
-        if key not in self._indexes:
-            self._indexes[key] = ZoneYearIndex(
-                *key, self.repo(key[0]), self.locations[key[0]], self.root, self.pins,
-                self.files, self.options.direct_reads,
-            )  # fmt: skip
-        return self._indexes[key]
+        repo = self.repo(key[0])
+        with self._lock:
+            if key not in self._indexes:
+                self._indexes[key] = ZoneYearIndex(
+                    *key, repo, self.locations[key[0]], self.root, self.pins, self.files,
+                    self.options.direct_reads,
+                )  # fmt: skip
+            return self._indexes[key]
+
+    def prepare(self, zones: Iterable[int], year: int) -> None:
+        """Open the repositories and load the tables of ``zones`` for ``year``, concurrently.
+
+        Each zone costs a few round trips (its repository, snapshot, table
+        manifests) that depend on one another; different zones do not, so a
+        batch of points over many zones waits for about one zone's worth
+        instead of the sum. Zones without a repository are skipped; a zone
+        whose year is not indexed is left for :meth:`find` to report.
+        """
+        todo = [z for z in dict.fromkeys(int(z) for z in zones) if z in self.locations]
+        with self._lock:
+            todo = [z for z in todo if not self._loaded((z, int(year)))]
+        concurrently(lambda z: self.find(z, year), todo)
+
+    def prepare_points(self, lon: NDArray[np.float64], year: int) -> None:
+        """:meth:`prepare` the zones points at these longitudes may be read from (NaN: none)."""
+        finite = lon[np.isfinite(lon)]
+        if finite.size > 1:
+            self.prepare(reachable_zones(finite), year)
+
+    def _loaded(self, key: tuple[int, int]) -> bool:
+        index = self._indexes.get(key)
+        return index is not None and "table" in vars(index)  # the cached_property's value
+
+    def indexed(self, keys: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The (zone, year) of ``keys`` that are indexed (their branch or pin exists).
+
+        Known from each zone's repository info, concurrently; no snapshot
+        or table is loaded. A pinned version that does not exist is an error.
+        """
+        wanted = [(int(z), int(y)) for z, y in dict.fromkeys(keys) if z in self.locations]
+
+        def check(key: tuple[int, int]) -> bool:
+            try:
+                self.get(*key).snapshot  # noqa: B018 - resolves the branch, tag or pin
+            except VersionNotFoundError:
+                raise
+            except TileNotFoundError:
+                return False
+            return True
+
+        return [k for k, ok in zip(wanted, concurrently(check, wanted), strict=True) if ok]
 
     def find(self, zone: int, year: int) -> ZoneYearIndex | None:
         """The handle of a zone-year that has a tiles table, else ``None``.
@@ -257,18 +333,21 @@ class ZoneYears:
         records; zones of two datasets are refused (:func:`~tessera_vz.core.dataset.only_one`).
         """
         read = sorted({(int(z), int(y)) for z, y in keys})
+        versions = concurrently(lambda k: self.get(*k).version(), read)
         return {
-            **provenance((z, y, *self.get(z, y).version()) for z, y in read),
+            **provenance((z, y, *v) for (z, y), v in zip(read, versions, strict=True)),
             **self.dataset({z for z, _ in read} or set(self.zones())),
         }
 
     def dataset(self, zones: Iterable[int]) -> dict[str, str]:
         """The dataset attributes the repositories of ``zones`` record (one dataset, or refused)."""
-        found = []
-        for zone in sorted(zones):
-            if zone not in self._identity:
-                self._identity[zone] = recorded_identity(self.repo(zone))
-            found.append(self._identity[zone])
+        asked = sorted(zones)
+        missing = [z for z in asked if z not in self._identity]
+        for zone, found_here in zip(
+            missing, concurrently(lambda z: recorded_identity(self.repo(z)), missing), strict=True
+        ):
+            self._identity[zone] = found_here
+        found = [self._identity[zone] for zone in asked]
         label = only_one((f["tessera:dataset"] for f in found), f"reading {self.root}")
         return next((f for f in found if f["tessera:dataset"] == label), {"tessera:dataset": label})
 
