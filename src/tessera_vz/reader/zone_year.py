@@ -37,7 +37,7 @@ from tessera_vz.core.text import printable
 from tessera_vz.reader import table_cache
 from tessera_vz.reader.discovery import open_repository
 from tessera_vz.reader.identity import recorded_identity
-from tessera_vz.reader.point_rule import reachable_zones
+from tessera_vz.reader.resample import cell_zone
 from tessera_vz.reader.range_fetch import ByteSource
 from tessera_vz.reader.table_fetch import read_table_at_once
 from tessera_vz.reader.versions import Pins, provenance, snapshot_to_read, tag_of
@@ -263,10 +263,15 @@ class ZoneYears:
         concurrently(lambda z: self.find(z, year), todo)
 
     def prepare_points(self, lon: NDArray[np.float64], year: int) -> None:
-        """:meth:`prepare` the zones points at these longitudes may be read from (NaN: none)."""
+        """:meth:`prepare` the zones of the cells of points at these longitudes (NaN: none).
+
+        Only their own zones: a neighbour zone is read for a point near a zone
+        boundary only where its own zone's tiles leave its pixel uncovered,
+        and then loaded when first needed.
+        """
         finite = lon[np.isfinite(lon)]
         if finite.size > 1:
-            self.prepare(reachable_zones(finite), year)
+            self.prepare(np.unique(cell_zone(finite)).tolist(), year)
 
     def _loaded(self, key: tuple[int, int]) -> bool:
         index = self._indexes.get(key)
