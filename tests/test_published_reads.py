@@ -24,7 +24,7 @@ from tessera_vz.core import published
 from tessera_vz.core.geometry import project
 from tessera_vz.core.quantisation import dequantise
 from tessera_vz.indexer.run import IndexOptions, run_index
-from tessera_vz.reader import open_store
+from tessera_vz.reader import open_store, samples, zone_year
 from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.tiles import make_tree, write_manifest
 from tessera_vz.testing.tls import TestCA
@@ -135,6 +135,23 @@ def test_points_across_three_zones_equal_the_sources_and_the_regions(
         r = np.floor((y0 - n) / 10).astype(int)
         values = ds.embeddings.values[r, c]
         np.testing.assert_array_equal(values, got[inside])
+
+
+def test_a_batch_over_many_zones_keeps_few_loaded_and_reads_the_same(
+    site: dict[str, Any], fresh_proxy: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(5)
+    lon = np.concatenate([rng.uniform(5.81, 6.19, 60), rng.uniform(11.91, 12.09, 60)])
+    lat = rng.uniform(44.91, 45.09, lon.size)
+    points = pa.table({"lon": lon, "lat": lat})
+    expected = open_store(site["url"], allow_private_sources=True).sample(points, YEAR)
+    monkeypatch.setattr(zone_year, "MAX_LOADED", 1)
+    monkeypatch.setattr(samples, "GROUP_ZONES", 1)
+    store = open_store(site["url"], allow_private_sources=True)
+    got = store.sample(points, YEAR, batch_size=70)
+    assert got.equals(expected)
+    assert got.schema.metadata == expected.schema.metadata  # the same snapshots, named
+    assert len(store._zone_years.loaded()) == 1
 
 
 def test_a_batch_opens_the_zones_it_needs_only(site: dict[str, Any], fresh_proxy: None) -> None:

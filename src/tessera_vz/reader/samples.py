@@ -53,6 +53,7 @@ from tessera_vz.reader.points import (
 )
 from tessera_vz.reader.range_fetch import ByteSource
 from tessera_vz.reader.range_plan import POINT_GAP
+from tessera_vz.reader.resample import cell_zone
 from tessera_vz.reader.zone_year import ZoneYears
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,8 @@ log = logging.getLogger(__name__)
 #: Points read at a time by :func:`sample_batches` (values of a batch:
 #: 100,000 x 128 float32 = 51 MB per year).
 SAMPLE_BATCH = 100_000
+#: Zones (of the points' cells) a batch reads at a time (see :func:`_read_batch`).
+GROUP_ZONES = 6
 #: Schema metadata keys of the provenance (as the ``tessera:*`` attributes of Datasets).
 PROVENANCE_KEYS = (
     "tessera:versions", "tessera:snapshots", "tessera:store", "tessera:years", *DATASET_KEYS,
@@ -232,14 +235,7 @@ def sample_batches(
         own = None if years is not None or inp.year is None else inp.year[start:stop]
         # Each year's points (all of them, or the rows of that year).
         parts = [np.ones(stop - start, bool) if own is None else own == y for y in ys]
-        # Tables are loaded (sync) before the reads of every year run together.
-        plans = [_sample_plan(zone_years, lon[m], lat[m], empty[m], y)
-                 for y, m in zip(ys, parts, strict=True) if m.any()]  # fmt: skip
-
-        async def read_years(plans: list[Any] = plans) -> list[YearSample]:
-            return list(await asyncio.gather(*(_sample_year(*p) for p in plans)))
-
-        samples = sync(read_years())
+        samples = _read_batch(zone_years, lon, lat, empty, ys, parts)
         if own is not None:
             done = [m for m in parts if m.any()]
             samples = [_own_years(own, empty, valid_lonlat_mask(lon, lat), done, samples, bands)]
@@ -314,6 +310,74 @@ def sample_provenance(
         "tessera:store": zone_years.root,
         "tessera:years": " ".join(map(str, ys)),
     }
+
+
+def _read_batch(
+    zone_years: ZoneYears,
+    lon: NDArray[np.float64],
+    lat: NDArray[np.float64],
+    empty: NDArray[np.bool_],
+    ys: Sequence[int],
+    parts: Sequence[NDArray[np.bool_]],
+) -> list[YearSample]:
+    """Read a batch: one sample per year whose part (``parts``, the rows it reads) has rows.
+
+    The points go :data:`GROUP_ZONES` zones (of their cells) at a time: the
+    tables of a group are loaded together (:meth:`ZoneYears.prepare`), every
+    year of the group read concurrently, then the next group, so a batch
+    spread over the globe holds a few zones' tables at once, not sixty.
+    """
+    n = lon.size
+    valid = valid_lonlat_mask(lon, lat) & ~empty
+    home = np.zeros(n, np.int64)
+    home[valid] = cell_zone(lon[valid])
+    zones = np.unique(home[valid]).tolist()
+    groups = [zones[i : i + GROUP_ZONES] for i in range(0, len(zones), GROUP_ZONES)] or [[]]
+    wanted = [m for m in parts if m.any()]
+    years = [y for y, m in zip(ys, parts, strict=True) if m.any()]
+    pieces: list[list[tuple[NDArray[np.intp], YearSample]]] = [[] for _ in years]
+    for i, group in enumerate(groups):
+        mine = np.isin(home, group) | (~valid if i == 0 else False)  # no zone: with the first
+        todo = [(k, np.flatnonzero(m & mine)) for k, m in enumerate(wanted)]
+        todo = [(k, idx) for k, idx in todo if idx.size]
+        # Tables are loaded (sync) before the reads of every year run together.
+        plans = [_sample_plan(zone_years, lon[idx], lat[idx], empty[idx], years[k])
+                 for k, idx in todo]  # fmt: skip
+
+        async def read_years(plans: list[Any] = plans) -> list[YearSample]:
+            return list(await asyncio.gather(*(_sample_year(*p) for p in plans)))
+
+        for (k, idx), got in zip(todo, sync(read_years()), strict=True):
+            pieces[k].append((idx, got))
+    return [_merged(m, y, p) for m, y, p in zip(wanted, years, pieces, strict=True)]
+
+
+def _merged(
+    part: NDArray[np.bool_], year: int, pieces: Sequence[tuple[NDArray[np.intp], YearSample]]
+) -> YearSample:
+    """One year's sample of a batch's ``part`` from the samples of its zone groups.
+
+    ``pieces`` hold each group's rows (indices into the batch) and sample.
+    """
+    at = np.flatnonzero(part)
+    if len(pieces) == 1 and np.array_equal(pieces[0][0], at):
+        return pieces[0][1]
+    where = np.empty(part.size, np.intp)
+    where[at] = np.arange(at.size)
+    n = at.size
+    bands = max(p.values.shape[1] for _, p in pieces)
+    out = YearSample(
+        year, np.full(n, None, dtype=object), np.full(n, None, dtype=object),
+        np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, bool),
+        np.full((n, bands), np.nan, np.float32),
+    )  # fmt: skip
+    for idx, p in pieces:
+        i = where[idx]
+        out.status[i], out.tile[i], out.row[i], out.col[i] = p.status, p.tile, p.row, p.col
+        out.located[i] = p.located
+        if p.values.shape[1] == bands:
+            out.values[i] = p.values
+    return out
 
 
 def _sample_plan(

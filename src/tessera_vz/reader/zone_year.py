@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,8 +38,8 @@ from tessera_vz.core.text import printable
 from tessera_vz.reader import table_cache
 from tessera_vz.reader.discovery import open_repository
 from tessera_vz.reader.identity import recorded_identity
-from tessera_vz.reader.resample import cell_zone
 from tessera_vz.reader.range_fetch import ByteSource
+from tessera_vz.reader.resample import cell_zone
 from tessera_vz.reader.table_fetch import read_table_at_once
 from tessera_vz.reader.versions import Pins, provenance, snapshot_to_read, tag_of
 from tessera_vz.reader.windows import TileRects, tile_rects
@@ -64,10 +65,14 @@ class ZoneYearIndex:
     pins: Pins
     files: SourceFiles
     direct: bool = True
+    #: The snapshot and tag already resolved (by an earlier handle of this zone-year).
+    resolved: tuple[str, str | None] | None = None
     _refused: dict[str, str] = field(default_factory=dict, init=False, repr=False)
 
     @cached_property
     def _resolved(self) -> tuple[str, str | None]:
+        if self.resolved is not None:
+            return self.resolved
         return snapshot_to_read(self.repo, self.pins, self.zone, self.year, self.root)
 
     @property
@@ -165,6 +170,9 @@ def is_remote(location: str) -> bool:
 
 #: Zones opened at once by :meth:`ZoneYears.prepare` (each mostly waits on round trips).
 PREPARE_THREADS = 8
+#: Zone-years a :class:`ZoneYears` keeps loaded (tables, sessions): a 30,000-tile
+#: zone-year's table alone is ~35 MB in memory.
+MAX_LOADED = 16
 
 
 def concurrently[T, R](work: Callable[[T], R], items: Sequence[T]) -> list[R]:
@@ -183,7 +191,12 @@ class ZoneYears:
     """The zone repositories of one index root and their zone-years, each opened once.
 
     State is real (the open repositories and the ``{(zone, year): handle}``
-    cache), hence a class.
+    cache), hence a class. At most :data:`MAX_LOADED` zone-years are kept
+    (least recently used go, with their repository when no other year of
+    the zone is kept): a global read touches every zone, and a zone's
+    table, session and snapshot are megabytes. A zone-year asked for again
+    is read at the snapshot it was first read at (its table from the disk
+    cache), so one store never mixes two states of a zone-year.
     """
 
     def __init__(
@@ -200,7 +213,9 @@ class ZoneYears:
         self.pins = pins
         self.files = files
         self._repos: dict[int, ic.Repository] = {}
-        self._indexes: dict[tuple[int, int], ZoneYearIndex] = {}
+        self._indexes: OrderedDict[tuple[int, int], ZoneYearIndex] = OrderedDict()
+        #: The snapshot and tag each zone-year was first read at (kept after eviction).
+        self._resolved: dict[tuple[int, int], tuple[str, str | None]] = {}
         self._identity: dict[int, dict[str, str]] = {}
         #: Guards the registries: :meth:`prepare` opens zones from several threads.
         self._lock = threading.RLock()
@@ -241,12 +256,30 @@ class ZoneYears:
         key = (int(zone), int(year))
         repo = self.repo(key[0])
         with self._lock:
-            if key not in self._indexes:
-                self._indexes[key] = ZoneYearIndex(
-                    *key, repo, self.locations[key[0]], self.root, self.pins, self.files,
-                    self.options.direct_reads,
-                )  # fmt: skip
-            return self._indexes[key]
+            if key in self._indexes:
+                self._indexes.move_to_end(key)
+                return self._indexes[key]
+            index = self._indexes[key] = ZoneYearIndex(
+                *key, repo, self.locations[key[0]], self.root, self.pins, self.files,
+                self.options.direct_reads, self._resolved.get(key),
+            )  # fmt: skip
+            while len(self._indexes) > MAX_LOADED:
+                self._evict()
+            return index
+
+    def loaded(self) -> list[tuple[int, int]]:
+        """The (zone, year) handles kept now, least recently used first."""
+        with self._lock:
+            return list(self._indexes)
+
+    def _evict(self) -> None:
+        """Forget the least recently used zone-year (and its zone's repository if unused)."""
+        key, old = self._indexes.popitem(last=False)
+        if "_resolved" in vars(old):  # its snapshot is kept: a later handle reads the same
+            self._resolved[key] = old._resolved
+        if all(z != key[0] for z, _ in self._indexes):
+            self._repos.pop(key[0], None)
+        log.debug("zone %d year %d: handle released (least recently used)", *key)
 
     def prepare(self, zones: Iterable[int], year: int) -> None:
         """Open the repositories and load the tables of ``zones`` for ``year``, concurrently.
