@@ -161,3 +161,17 @@ def test_a_batch_opens_the_zones_it_needs_only(site: dict[str, Any], fresh_proxy
     store.points([5.85, 5.9], [45.0, 45.05], YEAR)  # zone 31, near no other zone
     repos = {r["uri"].split("/")[2] for r in index_requests(server) if r["uri"].endswith("/repo")}
     assert repos == {"utm31.icechunk"}, repos
+
+
+def test_a_region_across_three_zones_equals_the_points_at_its_pixels(
+    site: dict[str, Any], fresh_proxy: None
+) -> None:
+    store = open_store(site["url"], allow_private_sources=True)
+    ds = store.region((5.95, 44.95, 12.05, 44.97), YEAR, crs="EPSG:4326", resolution=0.005)
+    lon, lat = np.meshgrid(ds.x.values, ds.y.values)
+    values = ds.embeddings.values.reshape(-1, 4)
+    points = store.points(lon.ravel(), lat.ravel(), YEAR)
+    np.testing.assert_array_equal(values, points)
+    found = np.isfinite(values).all(axis=1)
+    zones = set((np.floor((lon.ravel()[found] + 180) / 6) + 1).astype(int).tolist())
+    assert zones == {31, 32, 33}, zones
