@@ -175,3 +175,160 @@ def test_classify_command_reads_polygons_from_geojson(
     assert doc["accuracy"] >= 0.95 and out.exists()
     assert cli([*argv[:-4], "--overwrite", "--max-pixels-per-polygon", "0", *argv[-4:]]) == 2
     assert "at least 1" in capsys.readouterr().err
+
+
+# -- the viewer's map endpoints -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def base(store: TesseraStore) -> Iterator[str]:
+    from tessera_vz.serve import Limits, create_app
+
+    from .test_serve_api import running
+
+    with running(create_app(store, limits=Limits(preview_pixels=400_000))) as url:
+        yield url
+
+
+def post(base: str, path: str, doc: Any, **headers: str) -> tuple[int, Any]:
+    """POST ``doc`` as JSON (or bytes as given); the status and the decoded JSON answer."""
+    import urllib.error
+    import urllib.request
+
+    body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+    req = urllib.request.Request(base + path, data=body, method="POST",
+                                 headers={"Content-Type": "application/json", **headers})  # fmt: skip
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def fetch(base: str, path: str) -> tuple[int, bytes, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(base + path, timeout=60) as r:
+            return r.status, r.read(), r.headers["content-type"]
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), exc.headers["content-type"]
+
+
+def clicks(polygon: Any, n: int, seed: int, label: str) -> list[dict[str, Any]]:
+    """``n`` random places inside ``polygon``, as the page sends its labelled clicks."""
+    rng = np.random.default_rng(seed)
+    w, s, e, n_ = polygon.bounds
+    out: list[dict[str, Any]] = []
+    while len(out) < n:
+        lon, lat = rng.uniform(w, e), rng.uniform(s, n_)
+        if polygon.contains(shapely.Point(lon, lat)):
+            out.append({"lon": round(lon, 6), "lat": round(lat, 6), "label": label})
+    return out
+
+
+def test_viewer_classifies_a_box_from_labelled_places(
+    world: dict[str, Any], store: TesseraStore, base: str, tmp_path: Path
+) -> None:
+    import io
+
+    import rasterio
+    from PIL import Image
+
+    from tessera_vz.serve.maps import PALETTE
+
+    places = clicks(WEST, 60, 1, "west") + clicks(EAST, 60, 2, "east")
+    bbox = [0.01, 52.08, 0.09, 52.115]
+    status, doc = post(base, "/api/map/classify", {"year": YEAR, "bbox": bbox, "places": places})
+    assert status == 200, doc
+    assert [c["name"] for c in doc["legend"]] == ["east", "west"]
+    assert (
+        doc["report"]["folds"] == 5
+        and sum(doc["training"].values()) == 120
+        and doc["training"]["ok"] > 110
+    )
+    status, tif, kind = fetch(base, doc["download"])
+    assert status == 200 and kind == "image/tiff"
+    (tmp_path / "m.tif").write_bytes(tif)
+    with rasterio.open(tmp_path / "m.tif") as f:
+        classes = f.read(1)
+        assert f.nodata == NODATA and f.tags()["TESSERA_CLASS_1"] == "west"
+    ds = store.region(tuple(bbox), YEAR)
+    assert classes.shape == (ds.sizes["y"], ds.sizes["x"])
+    values, known = truth(world, ds, YEAR)
+    valid = known & ~np.isnan(values).any(-1)
+    want = (values[..., 0] > 0).astype(np.uint8)  # west (code 1) where band 0 > 0
+    assert (classes[valid] == want[valid]).mean() >= 0.95
+    assert (classes[known & ~valid] == NODATA).all()
+    # the overlay: each class its legend colour, no data transparent, at the map's corners
+    status, png, kind = fetch(base, doc["png"])
+    assert status == 200 and kind == "image/png"
+    rgba = np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"))
+    assert rgba.shape[:2] == classes.shape
+    for c in doc["legend"]:
+        colour = [int(c["colour"][i : i + 2], 16) for i in (1, 3, 5)]
+        assert c["colour"] == PALETTE[c["code"]]
+        here = classes == c["code"]
+        assert here.sum() == c["pixels"] > 1000
+        assert (rgba[here][:, :3] == colour).all() and (rgba[here][:, 3] == 255).all()
+    assert (rgba[classes == NODATA][:, 3] == 0).all()
+    from tessera_vz.serve.corners import corners_lonlat
+
+    assert doc["corners"] == corners_lonlat(ds)  # the region's grid, as previews lie
+
+
+def test_viewer_similarity_to_a_label(store: TesseraStore, base: str, tmp_path: Path) -> None:
+    import rasterio
+
+    places = clicks(WEST, 3, 5, "west") + clicks(EAST, 2, 6, "east")
+    bbox = [0.02, 52.09, 0.08, 52.11]
+    status, doc = post(base, "/api/map/similar",
+                       {"year": YEAR, "bbox": bbox, "places": places, "label": "east"})  # fmt: skip
+    assert status == 200, doc
+    assert doc["map"] == "similarity" and doc["references"] == 2
+    _, tif, _ = fetch(base, doc["download"])
+    (tmp_path / "s.tif").write_bytes(tif)
+    with rasterio.open(tmp_path / "s.tif") as f:
+        got = f.read(1)
+    refs = np.array([store.point(p["lon"], p["lat"], YEAR) for p in places[3:]], np.float64)
+    emb = store.region(tuple(bbox), YEAR)["embeddings"].values.astype(np.float64)
+    unit = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
+    want = (unit @ (refs / np.linalg.norm(refs, axis=-1, keepdims=True)).T).max(-1)
+    ok = ~np.isnan(want)
+    np.testing.assert_allclose(got[ok], want[ok], atol=2e-7)
+    assert np.isnan(got[~ok]).all()
+    lo, hi = doc["legend"]
+    assert lo["value"] < hi["value"] <= 1.0
+
+
+def test_viewer_map_requests_are_guarded(base: str) -> None:
+    import http.client
+    from urllib.parse import urlsplit
+
+    one = {"year": YEAR, "bbox": [0.02, 52.09, 0.03, 52.1],
+           "places": [{"lon": 0.02, "lat": 52.1, "label": "a"}]}  # fmt: skip
+    cases = [
+        (post(base, "/api/map/classify", one), 400, "at least two classes"),
+        (post(base, "/api/map/classify", b"x=1", **{"Content-Type": "text/plain"}), 415, "json"),
+        (post(base, "/api/map/classify", one, Origin="http://evil.example"), 403, "own page"),
+        (post(base, "/api/map/classify", {**one, "bbox": [0.0, 52.0, 0.1, 52.2]}), 413, "limit"),
+        (post(base, "/api/map/classify", {**one, "places": one["places"] * 1001}), 413, "1,000"),
+        (post(base, "/api/map/classify", {**one, "model": "svm"}), 400, "model"),
+        (post(base, "/api/map/similar", {**one, "label": "b"}), 400, "labelled 'b'"),
+        (post(base, "/api/map/similar", {**one, "year": "2024"}), 400, "year"),
+        (post(base, "/api/map/similar", b"{" * 300_000), 413, "bytes"),
+        (post(base, "/api/map/classify", {**one, "places": [{"lon": 200, "lat": 0}]}), 400, "lon"),
+    ]
+    for (status, doc), want, words in cases:
+        assert status == want, (doc, want)
+        assert words.lower() in doc["error"].lower() and "/tmp" not in doc["error"]
+    for path in ("/api/map/" + "0" * 32 + ".tif", "/api/map/../x.png", "/api/map/abc.png"):
+        status, body, _ = fetch(base, path)
+        assert status == 404, (path, body)
+    # a page on another name (DNS rebinding) cannot drive it
+    conn = http.client.HTTPConnection(urlsplit(base).netloc, timeout=30)
+    conn.request("POST", "/api/map/classify", json.dumps(one),
+                 {"Host": "evil.example", "Content-Type": "application/json"})  # fmt: skip
+    assert conn.getresponse().status == 400
+    conn.close()

@@ -81,11 +81,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
 def write_classes(ds: Any, model: Any, out: Path) -> list[Path]:
     """The class COG (and probabilities beside it), and the class table as CSV and JSON."""
     from tessera_vz.export import write_map
-    from tessera_vz.maps.model import NODATA, class_table
+    from tessera_vz.maps.model import NODATA, class_table, class_tags
 
     table = class_table(model.classes)
-    tags = {"tessera_classes": json.dumps({str(r["code"]): r["name"] for r in table})}
-    tags |= {f"TESSERA_CLASS_{r['code']}": r["name"] for r in table}
+    tags = class_tags(model.classes)
     written = [write_map(ds, "classes", out, nodata=NODATA, tags=tags)]
     if "probabilities" in ds:
         prob = out.with_name(f"{out.stem}_probabilities.tif")
