@@ -196,8 +196,8 @@ def post(base: str, path: str, doc: Any, **headers: str) -> tuple[int, Any]:
     import urllib.request
 
     body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
-    req = urllib.request.Request(base + path, data=body, method="POST",
-                                 headers={"Content-Type": "application/json", **headers})  # fmt: skip
+    sent = {"Content-Type": "application/json", **headers}
+    req = urllib.request.Request(base + path, data=body, method="POST", headers=sent)
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
             return r.status, json.loads(r.read())
