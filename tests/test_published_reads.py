@@ -23,11 +23,12 @@ import pytest
 from tessera_vz.core import published
 from tessera_vz.core.geometry import project
 from tessera_vz.core.quantisation import dequantise
-from tessera_vz.indexer.run import IndexOptions, run_index
 from tessera_vz.reader import open_store, samples, zone_year
 from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.tiles import make_tree, write_manifest
 from tessera_vz.testing.tls import TestCA
+
+from .conftest import published_over_https
 
 YEAR = 2024
 #: Across the zone 31/32 and 32/33 boundaries (at 6 and 12 degrees east).
@@ -45,12 +46,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, https: TestCA) -> Iterator[di
     for box in BOXES:
         specs += make_tree(www / "tiles", bbox=box, years=(YEAR,), bands=4, manifest=False)
     write_manifest(www / "tiles", specs)
-    with NginxServer(www, tls=https) as server:
-        report = run_index(
-            IndexOptions(source=server.url + "tiles/", out=str(www / "index"),
-                         manifest=str(www / "tiles" / "manifest.parquet"))
-        )  # fmt: skip
-        assert report.exit_code == 0, report.failed
+    with published_over_https(www, https) as server:
         yield {"www": www, "server": server, "url": server.url + "index/", "specs": specs}
 
 
