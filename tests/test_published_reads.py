@@ -23,7 +23,7 @@ import pytest
 from tessera_vz.core import published
 from tessera_vz.core.geometry import project
 from tessera_vz.core.quantisation import dequantise
-from tessera_vz.reader import open_store, samples, zone_year
+from tessera_vz.reader import open_store, point_groups, zone_year
 from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.tiles import make_tree, write_manifest
 from tessera_vz.testing.tls import TestCA
@@ -140,14 +140,18 @@ def test_a_batch_over_many_zones_keeps_few_loaded_and_reads_the_same(
     lon = np.concatenate([rng.uniform(5.81, 6.19, 60), rng.uniform(11.91, 12.09, 60)])
     lat = rng.uniform(44.91, 45.09, lon.size)
     points = pa.table({"lon": lon, "lat": lat})
-    expected = open_store(site["url"], allow_private_sources=True).sample(points, YEAR)
+    unbounded = open_store(site["url"], allow_private_sources=True)
+    expected = unbounded.sample(points, YEAR)
+    expected_values = unbounded.points(lon, lat, YEAR)
     monkeypatch.setattr(zone_year, "MAX_LOADED", 1)
-    monkeypatch.setattr(samples, "GROUP_ZONES", 1)
+    monkeypatch.setattr(point_groups, "GROUP_ZONES", 1)
     store = open_store(site["url"], allow_private_sources=True)
     got = store.sample(points, YEAR, batch_size=70)
     assert got.equals(expected)
     assert got.schema.metadata == expected.schema.metadata  # the same snapshots, named
     assert len(store._zone_years.loaded()) == 1
+    np.testing.assert_array_equal(store.points(lon, lat, YEAR), expected_values)
+    assert np.isfinite(expected_values).all(axis=1).sum() > 60
 
 
 def test_a_batch_opens_the_zones_it_needs_only(site: dict[str, Any], fresh_proxy: None) -> None:

@@ -40,6 +40,7 @@ from tessera_vz.core.loop import sync
 from tessera_vz.core.quantisation import dequantise
 from tessera_vz.reader.pixels import Located, locate_pixels
 from tessera_vz.reader.point_columns import GEOMETRY, PointsInput
+from tessera_vz.reader.point_groups import zone_groups
 from tessera_vz.reader.point_rule import reachable_zones
 from tessera_vz.reader.points import (
     EMPTY,
@@ -48,12 +49,10 @@ from tessera_vz.reader.points import (
     YEAR_NOT_INDEXED,
     point_status,
     read_isolated,
-    read_located,
     years_list,
 )
 from tessera_vz.reader.range_fetch import ByteSource
 from tessera_vz.reader.range_plan import POINT_GAP
-from tessera_vz.reader.resample import cell_zone
 from tessera_vz.reader.zone_year import ZoneYears
 
 log = logging.getLogger(__name__)
@@ -61,8 +60,6 @@ log = logging.getLogger(__name__)
 #: Points read at a time by :func:`sample_batches` (values of a batch:
 #: 100,000 x 128 float32 = 51 MB per year).
 SAMPLE_BATCH = 100_000
-#: Zones (of the points' cells) a batch reads at a time (see :func:`_read_batch`).
-GROUP_ZONES = 6
 #: Schema metadata keys of the provenance (as the ``tessera:*`` attributes of Datasets).
 PROVENANCE_KEYS = (
     "tessera:versions", "tessera:snapshots", "tessera:store", "tessera:years", *DATASET_KEYS,
@@ -183,33 +180,6 @@ def with_metadata(
     return table.replace_schema_metadata(meta)
 
 
-def point_values(
-    zone_years: ZoneYears, located: Sequence[Located], years: Sequence[int], gap: int = POINT_GAP
-) -> NDArray[np.float32]:
-    """``(time, N, bands)`` dequantised values of located points, the years read concurrently.
-
-    A point without a pixel, or whose scale is invalid, is a row of NaN.
-    """
-
-    async def read_all() -> list[tuple[NDArray[np.int8], NDArray[np.float32], NDArray[np.bool_]]]:
-        reads = []
-        for loc, y in zip(located, years, strict=True):
-            zones = np.unique(loc.zone[loc.ok]).tolist()
-            sources = {z: zone_years.get(z, y).source for z in zones}
-            reads.append(read_located(sources, loc, y, gap))
-        return list(await asyncio.gather(*reads))
-
-    out = []
-    for emb, scale, ok in sync(read_all()):
-        if emb.shape[1] == 0:
-            out.append(np.full((ok.size, zone_years.bands(years)), np.nan, np.float32))
-            continue
-        values = dequantise(emb, scale)
-        values[~ok] = np.nan
-        out.append(values)
-    return np.stack(out)
-
-
 def sample_batches(
     zone_years: ZoneYears,
     inp: PointsInput,
@@ -322,22 +292,15 @@ def _read_batch(
 ) -> list[YearSample]:
     """Read a batch: one sample per year whose part (``parts``, the rows it reads) has rows.
 
-    The points go :data:`GROUP_ZONES` zones (of their cells) at a time: the
+    The points go :data:`~.point_groups.GROUP_ZONES` zones (of their cells) at a time: the
     tables of a group are loaded together (:meth:`ZoneYears.prepare`), every
     year of the group read concurrently, then the next group, so a batch
     spread over the globe holds a few zones' tables at once, not sixty.
     """
-    n = lon.size
-    valid = valid_lonlat_mask(lon, lat) & ~empty
-    home = np.zeros(n, np.int64)
-    home[valid] = cell_zone(lon[valid])
-    zones = np.unique(home[valid]).tolist()
-    groups = [zones[i : i + GROUP_ZONES] for i in range(0, len(zones), GROUP_ZONES)] or [[]]
     wanted = [m for m in parts if m.any()]
     years = [y for y, m in zip(ys, parts, strict=True) if m.any()]
     pieces: list[list[tuple[NDArray[np.intp], YearSample]]] = [[] for _ in years]
-    for i, group in enumerate(groups):
-        mine = np.isin(home, group) | (~valid if i == 0 else False)  # no zone: with the first
+    for mine in zone_groups(lon, valid_lonlat_mask(lon, lat) & ~empty):
         todo = [(k, np.flatnonzero(m & mine)) for k, m in enumerate(wanted)]
         todo = [(k, idx) for k, idx in todo if idx.size]
         # Tables are loaded (sync) before the reads of every year run together.
