@@ -90,6 +90,21 @@ def test_with_the_table_cached_a_cold_point_loads_no_snapshot(
     assert again.shape == (4,)
 
 
+def test_a_second_process_takes_immutable_objects_from_the_cache_folder(
+    site: dict[str, Any], fresh_proxy: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server: NginxServer = site["server"]
+    spec = site["specs"][2]
+    store = open_store(site["url"], allow_private_sources=True)
+    first = store.open_tile(spec.lon, spec.lat, YEAR).embeddings.values
+    monkeypatch.setattr(published, "_PROXY", None)  # a second process, same cache folder
+    server.clear_log()
+    again = open_store(site["url"], allow_private_sources=True).open_tile(spec.lon, spec.lat, YEAR)
+    np.testing.assert_array_equal(again.embeddings.values, first)
+    asked = [r["uri"].rsplit("/index/", 1)[1] for r in index_requests(server)]
+    assert all(u == "zones.json" or u.endswith("/repo") for u in asked), asked
+
+
 def from_sources(site: dict[str, Any], tile: str, row: int, col: int) -> np.ndarray:
     """The dequantised pixel, read with ``np.load`` from the tile's source files."""
     spec = next(s for s in site["specs"] if s.name == tile)

@@ -49,6 +49,7 @@ from urllib.parse import urlsplit
 import icechunk as ic
 from aiohttp import web
 
+from tessera_vz.core import object_cache
 from tessera_vz.core.boundary import SourceFiles
 from tessera_vz.core.errors import SourceNotFoundError, TesseraError
 from tessera_vz.core.options import ReadOptions
@@ -193,15 +194,21 @@ class RepositoryProxy:
         Objects are fetched whole (at most :data:`MAX_REPOSITORY_OBJECT`
         bytes) and ranges cut from them: every answer then knows the size
         ``Content-Range`` names. Immutable objects (everything but ``repo``
-        and refs) are kept in a small cache for the next range.
+        and refs) are kept in a small cache for the next range, and on disk
+        (:mod:`~tessera_vz.core.object_cache`) for the next process.
         """
+        immutable = url.rsplit("/", 2)[-2] in _IMMUTABLE
         whole = self._cache.get(url)
+        if whole is None and immutable:
+            whole = object_cache.load(url)
         if whole is None:
             whole = bytes(
                 await files.fetch(url, "reading the published repository", MAX_REPOSITORY_OBJECT)
             )
-            if url.rsplit("/", 2)[-2] in _IMMUTABLE:
-                self._remember(url, whole)
+            if immutable:
+                object_cache.save(url, whole)
+        if immutable:
+            self._remember(url, whole)
         return _cut(whole, url, ranged)
 
     def _remember(self, url: str, data: bytes) -> None:
