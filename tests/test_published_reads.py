@@ -12,6 +12,7 @@ the source files and the region reads at the same pixels.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tessera_vz.core import published
+from tessera_vz.core import object_cache, published
 from tessera_vz.core.geometry import project
 from tessera_vz.core.quantisation import dequantise
 from tessera_vz.reader import open_store, point_groups, zone_year
@@ -190,3 +191,21 @@ def test_a_region_across_three_zones_equals_the_points_at_its_pixels(
     found = np.isfinite(values).all(axis=1)
     zones = set((np.floor((lon.ravel()[found] + 180) / 6) + 1).astype(int).tolist())
     assert zones == {31, 32, 33}, zones
+
+
+def test_the_object_cache_is_bounded_and_keeps_what_is_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(object_cache, "MAX_FILES", 4)
+    monkeypatch.setattr(object_cache, "PRUNE_EVERY", 1)
+    monkeypatch.setattr(object_cache, "_SAVED", 0)
+    url = "https://mirror.example.org/index/utm31.icechunk/snapshots/"
+    object_cache.save(url + "HOT", b"hot")
+    for i in range(10):
+        time.sleep(0.02)  # file times tick coarsely: keep the order of use visible
+        object_cache.save(url + f"S{i}", bytes([i]) * 10)
+        time.sleep(0.02)
+        assert object_cache.load(url + "HOT") == b"hot"  # used, so kept
+    kept = [i for i in range(10) if object_cache.load(url + f"S{i}") is not None]
+    assert kept == [7, 8, 9]
+    assert object_cache.load(url + "S9") == bytes([9]) * 10

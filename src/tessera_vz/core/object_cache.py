@@ -28,6 +28,9 @@ MAX_FILES = 4096
 MAX_BYTES = 256 * 1024 * 1024
 #: Where the objects go below the cache directory.
 FOLDER = "repository-objects"
+#: Saves between two prunes (the first save of a process prunes).
+PRUNE_EVERY = 64
+_SAVED = 0
 
 
 def _path(url: str) -> Path | None:
@@ -62,7 +65,10 @@ def save(url: str, data: bytes) -> None:
     except OSError as exc:
         log.info("could not cache %s: %s", url, exc)
         return
-    prune(path.parent.parent, "*/*", MAX_FILES, keep=path)
+    global _SAVED
+    _SAVED += 1
+    if (_SAVED - 1) % PRUNE_EVERY == 0:  # a listing of thousands of files is not free
+        prune(path.parent.parent, "*/*", MAX_FILES, keep=path)
 
 
 def max_bytes(default: int = MAX_BYTES) -> int:
