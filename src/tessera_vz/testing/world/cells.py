@@ -137,7 +137,12 @@ def make_world(
     if include is not None:
         land = np.isin(cell_key(*include), cell_key(lon_i, lat_i))
         keys = np.union1d(keys, cell_key(include[0][land], include[1][land]))
-    keys = np.unique(keys)
+    return world_of(keys, year)
+
+
+def world_of(keys: NDArray[np.int64], year: int = 2024) -> World:
+    """The world of exactly these cells (:func:`cell_key` values), land or not."""
+    keys = np.unique(np.asarray(keys, dtype=np.int64))
     lo = keys // 20000 - 18000
     la = keys % 20000 - 9000
     grids = tile_grids(lo / 100.0, la / 100.0)

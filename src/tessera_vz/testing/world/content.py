@@ -53,9 +53,7 @@ def file_size(kind: str, height: int, width: int) -> int:
     return len(header(kind, height, width)) + height * width * per_pixel
 
 
-def _data(
-    kind: str, year: int, lon: float, lat: float, width: int, start: int, stop: int
-) -> bytes:
+def _data(kind: str, year: int, lon: float, lat: float, width: int, start: int, stop: int) -> bytes:
     """Data bytes ``[start, stop)`` (counted from the end of the header)."""
     if stop <= start:
         return b""

@@ -31,11 +31,9 @@ def write_world_manifest(world: World, dataset_dir: str | Path) -> Path:
     base = f"{S3_NPY}{dataset.path}/"
     names = np.asarray(world.names(), dtype=object)
     directory = base + f"{world.year}/" + names
+    shapes = list(zip(world.height.tolist(), world.width.tolist(), strict=True))
     sizes = {
-        kind: np.array(
-            [content.file_size(kind, int(h), int(w)) for h, w in zip(world.height, world.width)]
-        )
-        for kind in ("emb", "scales")
+        k: np.array([content.file_size(k, h, w) for h, w in shapes]) for k in ("emb", "scales")
     }
     mtime = pd.to_datetime(world.mtime, unit="s", utc=True).as_unit("us")
     df = pd.DataFrame(

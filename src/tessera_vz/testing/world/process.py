@@ -34,15 +34,18 @@ class WorldServer:
         Seconds added before each answer (0.020: +20 ms per request).
     prefix
         The dataset directory's path on the server (upstream's ``/npy/v1/`` layout).
+    port
+        Port on 127.0.0.1 (0: a fresh one); an index records its source's URL, port
+        included, so serving a kept world again needs the same port.
     """
 
     def __init__(
         self, world: str | Path, dataset_dir: str | Path, ca: TestCA, *, delay: float = 0.0,
-        prefix: str = "/npy/v1/",
+        prefix: str = "/npy/v1/", port: int = 0,
     ) -> None:  # fmt: skip
         self.args = [
             str(world), str(dataset_dir), "--cert", str(ca.server_cert), "--key",
-            str(ca.server_key), "--delay", str(delay), "--prefix", prefix,
+            str(ca.server_key), "--delay", str(delay), "--prefix", prefix, "--port", str(port),
         ]  # fmt: skip
         self._proc: subprocess.Popen[str] | None = None
         self._log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (lives with the child)

@@ -71,7 +71,7 @@ class Obj:
         return f'"{self.mtime:x}-{self.size:x}"'
 
 
-def parse_ranges(value: str, size: int) -> list[tuple[int, int]] | None | int:
+def parse_ranges(value: str, size: int) -> list[tuple[int, int]] | int | None:
     """Half-open ranges of a ``Range`` header as nginx reads it.
 
     Returns the ranges, ``None`` to answer the whole file (200), or ``416``.
@@ -275,7 +275,7 @@ async def _serve(args: argparse.Namespace) -> None:
     runner = web.ServerRunner(web.Server(site.handle, access_log=None), handle_signals=False)
     await runner.setup()
     for _ in range(5):
-        port = fresh_port()
+        port = args.port or fresh_port()
         try:
             await web.TCPSite(runner, "127.0.0.1", port, ssl_context=ctx, backlog=1024).start()
             break
@@ -298,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cert", required=True)
     ap.add_argument("--key", required=True)
     ap.add_argument("--prefix", default="/npy/v1/")
+    ap.add_argument("--port", type=int, default=0, help="port (default: a fresh one)")
     ap.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
     args = ap.parse_args(argv)
     asyncio.run(_serve(args))
