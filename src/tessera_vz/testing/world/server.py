@@ -239,7 +239,7 @@ class WorldSite:
         await resp.write_eof()
         return resp
 
-    def _count(self, resp: web.StreamResponse) -> web.StreamResponse:
+    def _count[R: web.StreamResponse](self, resp: R) -> R:
         self.stats[f"status_{resp.status}"] += 1
         body = getattr(resp, "body", None)
         if isinstance(body, bytes):
