@@ -1,25 +1,20 @@
-"""The world's tile server in a child process, driven over its stdin and stdout.
+"""The world's tile server in a child process (:class:`~tessera_vz.testing.child.ChildServer`).
 
-A child started with ``python -m`` rather than ``multiprocessing``, so it
-imports only the server, and its event loop and GIL are its own: the
-benchmark measures the indexer and the reader, not their contention with
-the server.
+Started with ``python -m`` rather than ``multiprocessing``, so it imports
+only the server, and its event loop and GIL are its own: the benchmark
+measures the indexer and the reader, not their contention with the server.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any, Self
 
+from tessera_vz.testing.child import ChildServer
 from tessera_vz.testing.tls import TestCA
 
 
-class WorldServer:
+class WorldServer(ChildServer):
     """Serve ``world`` (a :meth:`World.save` file) and ``dataset_dir``'s manifest over HTTPS.
 
     Parameters
@@ -43,71 +38,24 @@ class WorldServer:
         self, world: str | Path, dataset_dir: str | Path, ca: TestCA, *, delay: float = 0.0,
         prefix: str = "/npy/v1/", port: int = 0,
     ) -> None:  # fmt: skip
-        self.args = [
-            str(world), str(dataset_dir), "--cert", str(ca.server_cert), "--key",
-            str(ca.server_key), "--delay", str(delay), "--prefix", prefix, "--port", str(port),
-        ]  # fmt: skip
-        self._proc: subprocess.Popen[str] | None = None
-        self._log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (lives with the child)
-        self.url = ""
-
-    def start(self) -> Self:
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "tessera_vz.testing.world.server", *self.args],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
-        )  # fmt: skip
-        assert self._proc.stdout is not None
-        self.url = self._proc.stdout.readline().strip()
-        if not self.url.startswith("https://"):
-            self.stop()
-            raise RuntimeError(f"the world server did not start: {self.stderr()[-3000:]}")
-        return self
-
-    def _ask(self, command: str) -> Any:
-        proc = self._proc
-        if proc is None or proc.stdin is None or proc.stdout is None:
-            raise RuntimeError("the world server is not running")
-        proc.stdin.write(command + "\n")
-        proc.stdin.flush()
-        return json.loads(proc.stdout.readline())
+        server = [str(world), str(dataset_dir), "--cert", str(ca.server_cert)]
+        server += ["--key", str(ca.server_key), "--delay", str(delay), "--prefix", prefix]
+        server += ["--port", str(port)]
+        argv = [sys.executable, "-m", "tessera_vz.testing.world.server", *server]
+        super().__init__(argv, "world server")
 
     def stats(self) -> dict[str, int]:
         """Requests (total and per kind: emb, scales, manifest, other), statuses, bytes."""
-        return dict(self._ask("stats"))
+        return dict(self.ask("stats"))
 
     def reset(self) -> None:
         """Zero the counters."""
-        self._ask("reset")
+        self.ask("reset")
 
     def reload(self) -> None:
         """Read the world file again (new generations and mtimes)."""
-        self._ask("reload")
+        self.ask("reload")
 
     def set_delay(self, seconds: float) -> None:
         """Seconds added before each answer from now on."""
-        self._ask(f"delay {seconds}")
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        with contextlib.suppress(OSError, ValueError):
-            if proc.stdin is not None:
-                proc.stdin.close()  # the child's command thread ends, and the server stops
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def stderr(self) -> str:
-        """What the child wrote to stderr so far."""
-        self._log.flush()
-        self._log.seek(0)
-        return self._log.read()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.ask(f"delay {seconds}")
