@@ -115,7 +115,7 @@ class TesseraStore:
 
     def version(self, zone: int, year: int) -> tuple[str | None, str]:
         """The tag (``None`` if no tag points at it) and snapshot id a zone-year is read at."""
-        return self._zone_years.get(zone, year).version()
+        return self._zone_years.version((int(zone), int(year)))
 
     def provenance(self, keys: Iterable[tuple[int, int]]) -> dict[str, str]:
         """``tessera:versions`` and ``tessera:snapshots`` attributes of what was read.

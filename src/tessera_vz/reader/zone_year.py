@@ -216,6 +216,8 @@ class ZoneYears:
         self._indexes: OrderedDict[tuple[int, int], ZoneYearIndex] = OrderedDict()
         #: The snapshot and tag each zone-year was first read at (kept after eviction).
         self._resolved: dict[tuple[int, int], tuple[str, str | None]] = {}
+        #: Each zone-year's (tag, snapshot) once named (:meth:`version`).
+        self._versions: dict[tuple[int, int], tuple[str | None, str]] = {}
         self._identity: dict[int, dict[str, str]] = {}
         #: Guards the registries: :meth:`prepare` opens zones from several threads.
         self._lock = threading.RLock()
@@ -371,11 +373,23 @@ class ZoneYears:
         records; zones of two datasets are refused (:func:`~tessera_vz.core.dataset.only_one`).
         """
         read = sorted({(int(z), int(y)) for z, y in keys})
-        versions = concurrently(lambda k: self.get(*k).version(), read)
+        versions = concurrently(self.version, read)
         return {
             **provenance((z, y, *v) for (z, y), v in zip(read, versions, strict=True)),
             **self.dataset({z for z, _ in read} or set(self.zones())),
         }
+
+    def version(self, key: tuple[int, int]) -> tuple[str | None, str]:
+        """A zone-year's tag and snapshot read (:meth:`ZoneYearIndex.version`), found once.
+
+        Kept past the handle's eviction: naming the version of sixty zones
+        must not reopen sixty repositories.
+        """
+        if key not in self._versions:
+            found = self.get(*key).version()
+            with self._lock:
+                self._versions[key] = found
+        return self._versions[key]
 
     def dataset(self, zones: Iterable[int]) -> dict[str, str]:
         """The dataset attributes the repositories of ``zones`` record (one dataset, or refused)."""
