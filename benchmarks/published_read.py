@@ -284,7 +284,9 @@ def table(result: dict[str, Any]) -> tuple[Table, str]:
         "opens the repositories and tables of its zones six at a time, concurrently, and "
         "the store keeps at most 16 zone-years loaded (a table costs ~1.15 kB per tile in "
         "memory: a 30,000-tile zone-year ~35 MB), so a global sample's memory is bounded "
-        "by its batch, not by the 60 zones.",
+        "by its batch, not by the 60 zones. The machine is shared: the times move with "
+        "its load from run to run (before and after are taken in the same run; compare "
+        "them with each other).",
     ]
     return t, "\n".join(md)
 
