@@ -33,6 +33,19 @@ log = logging.getLogger(__name__)
 #: gain little until 19, which takes ~13 s.
 METADATA_COMPRESSION_LEVEL = 9
 
+#: Chunks up to this size are stored inline in their array's manifest instead
+#: of as an object of their own (Icechunk's default is 512 bytes). A tile's
+#: ``y`` and ``x`` chunks, blosc-compressed to ~300-600 bytes
+#: (:data:`~tessera_vz.indexer.documents.COORDINATE_CODEC`), were two objects
+#: and ~16 kB a tile; the manifest Icechunk writes for each array anyway now
+#: holds them. Small columns of the tiles table go inline too.
+INLINE_CHUNK_BYTES = 4096
+
+#: Array manifests written at once by a commit (Icechunk's default is 1).
+#: A run's commit writes a few small manifests per tile, one after another
+#: by default; in parallel it is storage-bound instead of latency-bound.
+COMMIT_CONCURRENCY = 64
+
 
 def _write_config(cfg: ic.RepositoryConfig | None) -> ic.RepositoryConfig:
     """The persisted config plus a small cache and stronger compression for writing.
@@ -45,6 +58,9 @@ def _write_config(cfg: ic.RepositoryConfig | None) -> ic.RepositoryConfig:
     config: ic.RepositoryConfig = read_config(cfg)
     config.caching = ic.CachingConfig(num_chunk_refs=50_000, num_snapshot_nodes=100_000)
     config.compression = ic.CompressionConfig(level=METADATA_COMPRESSION_LEVEL)
+    config.inline_chunk_threshold_bytes = INLINE_CHUNK_BYTES
+    if config.manifest is not None:
+        config.manifest.max_concurrent_manifest_fetches_during_commit = COMMIT_CONCURRENCY
     return config
 
 
