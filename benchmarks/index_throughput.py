@@ -10,8 +10,9 @@ run on this machine:
   plus per-array virtual refs, for a subset, as most virtualisation code does;
 * the full ``tessera-vz index`` run in a child process (commit included), its
   peak memory, and the report's own breakdown of where the time goes;
-* the same index over a local nginx for a subset: requests and bytes on the
-  wire per file (headers only);
+* the same index over HTTPS (nginx with TLS) for a subset, on loopback and
+  through a streaming +20 ms delay proxy (:mod:`links`), each in a child
+  process: tiles/s, peak memory, requests and bytes on the wire per file;
 * the repository it produced: objects, bytes, references, bytes per reference.
 
 Prints a table and writes ``benchmarks/results/index_throughput.json``.
@@ -40,7 +41,6 @@ from rich.table import Table
 from tessera_vz.core.layout import source_paths
 from tessera_vz.indexer.probe import probe_all
 from tessera_vz.indexer.roots import source_reader, source_root
-from tessera_vz.indexer.run import IndexOptions, run_index
 from tessera_vz.reader import ReadOptions, open_store
 from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.tiles import make_tree
@@ -78,17 +78,27 @@ def tree_stats(path: Path) -> dict[str, int]:
     }
 
 
-def index_in_child(src: Path, out: str, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run ``tessera-vz index`` in a child process: its report, wall time and peak RSS."""
+def index_in_child(
+    src: Path | str, out: str, env: dict[str, str] | None = None, extra: list[str] | None = None
+) -> dict[str, Any]:
+    """Run ``tessera-vz index`` in a child process: its report, wall time, CPU and peak RSS.
+
+    Peak RSS is the largest of any child so far (``RUSAGE_CHILDREN``), so the
+    runs that must be compared are made smallest first.
+    """
     cmd = [sys.executable, "-m", "tessera_vz.cli", "index", str(src), "--out", out, "--json",
-           "--quiet"]  # fmt: skip
+           "--quiet", *(extra or [])]  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"index failed ({proc.returncode}): {proc.stderr[-3000:]}")
     return {
         "wall_s": wall,
+        "cpu_s": cpu,
         "report": json.loads(proc.stdout),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     }
@@ -159,6 +169,41 @@ def naive_baseline(src: Path, specs: list[Any], out: Path) -> float:
     return (time.perf_counter() - t0) / len(specs)
 
 
+def https_runs(src: Path, subset: list[Any], work: Path) -> dict[str, Any]:
+    """Index ``subset`` over HTTPS from its manifest, on loopback and at +20 ms, in children."""
+    from links import ProxyProcess
+
+    from tessera_vz.testing.tiles import write_manifest
+    from tessera_vz.testing.tls import make_test_ca
+
+    ca = make_test_ca(work / "ca")
+    env = {**os.environ, "SSL_CERT_FILE": str(ca.ca_cert)}
+    manifest = work / "subset.parquet"
+    write_manifest(src, subset, path=manifest)
+    out: dict[str, Any] = {}
+    with NginxServer(src, tls=ca) as server, ProxyProcess(server.url, delay=0.010) as proxy:
+        for key, url in (("loopback", server.url), ("+20 ms", proxy.url)):
+            server.clear_log()
+            run = index_in_child(
+                url, str(work / f"https-index-{len(out)}"), env=env,
+                extra=["--manifest", str(manifest)],
+            )  # fmt: skip
+            reqs = [r for r in server.requests() if r["uri"].endswith(".npy")]
+            rep = run["report"]
+            out[key] = {
+                "tiles": len(subset),
+                "indexed": rep["indexed"],
+                "seconds": run["wall_s"],
+                "cpu_s": run["cpu_s"],
+                "tiles_per_s": rep["indexed"] / run["wall_s"],
+                "peak_rss_mb": run["peak_rss_mb"],
+                "timings": rep["timings"],
+                "requests_per_file": len(reqs) / (2 * len(subset)),
+                "wire_bytes_per_file": sum(r["bytes_sent"] for r in reqs) / (2 * len(subset)),
+            }
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiles", type=int, default=5000)
@@ -216,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": run["wall_s"],
         "tiles_per_s": report["indexed"] / run["wall_s"],
         "indexed": report["indexed"],
+        "cpu_s": run["cpu_s"],
         "failed": len(report["failed"]),
         "bytes_read_per_file": report["bytes_read"] / max(1, report["requests"]),
         "requests": report["requests"],
@@ -224,28 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     results["repo"] = repo_stats(out, len(specs))
 
-    # Bytes on the wire per file over HTTP, from nginx's log.
-    subset = specs[: args.http_tiles]
-    with NginxServer(src) as server:
-        manifest = work / "subset.parquet"
-        from tessera_vz.testing.tiles import write_manifest
-
-        write_manifest(src, subset, path=manifest)
-        server.clear_log()
-        t = time.perf_counter()
-        http = run_index(
-            IndexOptions(source=server.url, out=str(work / "http-index"), manifest=str(manifest))
-        )
-        http_s = time.perf_counter() - t
-        reqs = [r for r in server.requests() if r["uri"].endswith(".npy")]
-    results["http"] = {
-        "tiles": len(subset),
-        "seconds": http_s,
-        "tiles_per_s": http.indexed / http_s,
-        "requests_per_file": len(reqs) / (2 * len(subset)),
-        "wire_bytes_per_file": sum(r["bytes_sent"] for r in reqs) / (2 * len(subset)),
-        "body_bytes_per_file": sum(r["body_bytes_sent"] for r in reqs) / (2 * len(subset)),
-    }
+    # Over HTTPS (TLS nginx), on loopback and through a +20 ms link, from the manifest.
+    results["http"] = https_runs(src, specs[: args.http_tiles], work)
 
     ix = results["index"]
     tm = ix["timings"]
@@ -256,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     tab.add_column("value", justify="right")
     tab.add_column("note")
     tab.add_row(
-        "index tiles/s (commit included)", f"{ix['tiles_per_s']:.0f}", f"{ix['wall_s']:.1f} s wall"
+        "index tiles/s (commit included)",
+        f"{ix['tiles_per_s']:.0f}",
+        f"{ix['wall_s']:.1f} s wall, CPU {ix['cpu_s']:.1f} s",
     )
     tab.add_row(
         "  floor: header probes only",
@@ -278,17 +306,25 @@ def main(argv: list[str] | None = None) -> int:
     tab.add_row(
         "bytes read per file (local)", f"{ix['bytes_read_per_file']:.0f}", "one ranged read"
     )
-    h = results["http"]
-    tab.add_row(
-        "HTTP requests per file", f"{h['requests_per_file']:.2f}", f"nginx log, {h['tiles']} tiles"
-    )
-    tab.add_row(
-        "HTTP wire bytes per file",
-        f"{h['wire_bytes_per_file']:.0f}",
-        f"body {h['body_bytes_per_file']:.0f} + response headers",
-    )
+    for key, h in results["http"].items():
+        tab.add_row(
+            f"HTTPS {key}: tiles/s",
+            f"{h['tiles_per_s']:.0f}",
+            f"{h['indexed']} tiles in {h['seconds']:.1f} s, CPU {h['cpu_s']:.1f} s, "
+            f"peak {h['peak_rss_mb']:.0f} MB, {h['requests_per_file']:.2f} req/file",
+        )
     r = results["repo"]
-    tab.add_row("repo bytes per tile", f"{r['bytes_per_tile']:.0f}", f"{r['objects']} objects")
+    kinds = ("manifests", "chunks", "snapshots", "transactions")
+    tab.add_row(
+        "repo bytes per tile",
+        f"{r['bytes_per_tile']:.0f}",
+        ", ".join(f"{k} {r.get(f'bytes_{k}', 0) / args.tiles:.0f}" for k in kinds),
+    )
+    tab.add_row(
+        "repo objects per tile",
+        f"{r['objects'] / args.tiles:.2f}",
+        ", ".join(f"{k} {r.get(f'objects_{k}', 0) / args.tiles:.2f}" for k in kinds),
+    )
     tab.add_row(
         "references per tile",
         f"{r['references_per_tile']:.0f}",
