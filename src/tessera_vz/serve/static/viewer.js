@@ -372,7 +372,7 @@
 
   map.on("click", (e) => {
     if (state.justDrew) { state.justDrew = false; return; }
-    if (state.drawing) { return; }
+    if (state.drawing || state.labelling) { return; } // labelling: labels.js takes the click
     const hit = map.queryRenderedFeatures(e.point, { layers: ["tiles-fill"] });
     if (!hit.length) {
       el("pixel").hidden = false;
