@@ -142,8 +142,8 @@ def draft_repo(repo: ic.Repository) -> ic.Repository:
     return repo.reopen(config=config)
 
 
-def collect_amended(repo: ic.Repository, zone: int, year: int) -> int:
-    """Delete the snapshots and transaction logs a run's batches amended away; bytes freed.
+def collect_amended(repo: ic.Repository, zone: int) -> int:
+    """Delete the snapshots and transaction logs that batches amended away; bytes freed.
 
     A unit written in several batches amends its scratch commit once per
     batch, and each amend leaves the replaced snapshot and its transaction
@@ -153,16 +153,16 @@ def collect_amended(repo: ic.Repository, zone: int, year: int) -> int:
     Icechunk's garbage collection removes what no branch or tag reaches.
 
     Only safe while no other writer can have objects in flight in this
-    repository: the caller holds the zone's lock
-    (:mod:`~tessera_vz.indexer.locks`), so every object older than now is
-    either reachable or garbage. Its cost grows with the repository (it
-    reads every reachable manifest), so it runs only after a multi-batch unit.
+    repository, so the caller holds the zone's lock
+    (:mod:`~tessera_vz.indexer.locks`): every object older than now is then
+    either reachable or garbage. It reads every reachable manifest of the
+    zone, so a run calls it once per zone, after all its units.
     """
     t = time.perf_counter()
     summary = repo.garbage_collect(dt.datetime.now(dt.UTC))
     log.info(
-        "zone %d year %d: removed %d amended snapshots, %d transaction logs (%d bytes) in %.1f s",
-        zone, year, summary.snapshots_deleted, summary.transaction_logs_deleted,
+        "zone %d: removed %d amended snapshots, %d transaction logs (%d bytes) in %.1f s",
+        zone, summary.snapshots_deleted, summary.transaction_logs_deleted,
         summary.bytes_deleted, time.perf_counter() - t,
     )  # fmt: skip
     return int(summary.bytes_deleted)

@@ -34,7 +34,7 @@ from tessera_vz.indexer.migration import (
 from tessera_vz.indexer.record import TileRecord
 from tessera_vz.indexer.references import set_references, write_table
 from tessera_vz.indexer.report import Commit
-from tessera_vz.indexer.repository import collect_amended, draft_repo, next_tag
+from tessera_vz.indexer.repository import draft_repo, next_tag
 from tessera_vz.indexer.roots import SourceRoot
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,6 @@ def write_unit(
     timings: dict[str, float],
     batch_tiles: int = 1000,
     expected_tip: str | Literal["lookup"] | None = "lookup",
-    exclusive: bool = False,
 ) -> Commit:
     """Write new/changed ``records``, remove ``drop``, store ``rows`` as the table.
 
@@ -186,9 +185,8 @@ def write_unit(
     other group in ``rows`` is rewritten in the current one from its table
     row, in the same commit: no header is read, no reference rewritten.
 
-    ``exclusive`` says that no other writer can be writing to this repository
-    (the caller holds the zone's lock): then the snapshots that the batches
-    amended away are deleted once the year is published
+    The snapshots and transaction logs that the batches amended away stay
+    behind, unreachable, until the run collects them
     (:func:`~tessera_vz.indexer.repository.collect_amended`).
     """
     branch = branch_name(year)
@@ -258,12 +256,8 @@ def write_unit(
             # Only Icechunk's own failures are swallowed: the scratch branch is
             # harmless litter, and this must never mask the real outcome.
             log.warning("could not delete scratch branch %s", work)
-    if exclusive and len(batches) > 1:
-        t = time.perf_counter()
-        collect_amended(repo, zone, year)
-        timings["collect"] = timings.get("collect", 0.0) + time.perf_counter() - t
     log.info("zone %d year %d: committed %s as %s (%d tiles)", zone, year, snapshot, tag, len(rows))
-    return Commit(zone=zone, year=year, snapshot=snapshot, tag=tag)
+    return Commit(zone=zone, year=year, snapshot=snapshot, tag=tag, batches=len(batches))
 
 
 def _publish(
