@@ -5,7 +5,8 @@ A tile group is a Zarr group (``grid_0.85_49.95``) of two virtual arrays
 the CF grid mapping ``spatial_ref``. Its array metadata documents are
 rendered here as JSON and ``set`` through the store (``create_array`` costs
 ~6 ms a call; a ``set`` of the document ~0.2 ms). The coordinates are real
-data, a chunk each; ``spatial_ref`` is a 0-d array with no chunk (its value
+data, one blosc-compressed chunk each, small enough to live inline in the
+array's manifest (:data:`COORDINATE_CODEC`); ``spatial_ref`` is a 0-d array with no chunk (its value
 is its fill value), so it costs a node in the snapshot and no object. The
 documents of layout 1 (before the grid mapping) are kept too, so tests can
 build an index of the previous layout and prove that a run upgrades it.
