@@ -182,7 +182,12 @@ def many_points(server: NginxServer, url: str, src: str, specs: list[Any], n: in
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="published-read-"))
+    with tempfile.TemporaryDirectory(prefix="published-read-") as tmp:
+        return run_in(args, Path(tmp))
+
+
+def run_in(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Build, serve, index and measure everything under ``work``."""
     ca = make_test_ca(work / "ca")
     os.environ["SSL_CERT_FILE"] = str(ca.ca_cert)
     www = work / "www"
