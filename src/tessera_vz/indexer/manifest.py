@@ -319,8 +319,9 @@ def manifest_inventory(
     ``manifest`` may be an open Parquet file (:func:`open_manifest`): it is
     then read a batch of rows at a time, only the columns needed, so memory
     holds the inventory, not the manifest; with ``years``, only the row
-    groups and rows of those years are checked (:mod:`.manifest_scan`). ``rows`` keeps the rows of one
-    dataset (:func:`.datasets.row_filter`) before any check.
+    groups and rows of those years are checked (:mod:`.manifest_scan`).
+    ``rows`` keeps the rows of one dataset (:func:`.datasets.row_filter`)
+    before any check.
     """
     is_file = isinstance(manifest, pq.ParquetFile)
     names = manifest.schema_arrow.names if is_file else manifest.column_names

@@ -92,7 +92,9 @@ def manifest_batches(
         number = np.arange(start, start + batch.num_rows, dtype=np.int64)
         year = batch.column("year")
         if value_set is not None and pa.types.is_integer(year.type):
-            keep = pc.or_(pc.is_in(pc.cast(year, pa.int64()), value_set=value_set), pc.is_null(year))
+            keep = pc.or_(
+                pc.is_in(pc.cast(year, pa.int64()), value_set=value_set), pc.is_null(year)
+            )
             mask = np.asarray(keep.to_numpy(zero_copy_only=False), dtype=bool)
             if not mask.all():
                 batch, number = batch.filter(pa.array(mask)), number[mask]

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import icechunk as ic
+import numpy as np
 import pyarrow as pa
 import zarr
 from zarr.errors import GroupNotFoundError
@@ -53,16 +54,14 @@ class UnitPlan:
     ``run`` is false only when the unit is known to have nothing to do:
     nothing to probe, nothing removed, layout current. ``skipped`` counts
     the tiles the inventory shows unchanged (reported as skipped when the
-    unit is not run; a unit that runs counts its own).
+    unit is not run; a unit that runs counts its own). A unit with no year
+    branch yet, or no readable repository, runs with its counts left at 0.
     """
 
     run: bool
     skipped: int = 0
     probe: int = 0
     removed: int = 0
-
-    # A unit with no year branch yet, or no readable repository, runs whole:
-    # its probe and removed counts are left at 0 (unknown until it runs).
 
 
 def recorded_columns(store: Any) -> pa.Table:
@@ -74,7 +73,11 @@ def recorded_columns(store: Any) -> pa.Table:
     present = set(group.array_keys())
     if "tile" not in present:
         return RECORDED_SCHEMA.empty_table()
-    columns = {("name" if c == "tile" else c): group[c][...] for c in _COLUMNS if c in present}
+    columns: dict[str, np.ndarray] = {}
+    for c in _COLUMNS:
+        array = group[c] if c in present else None
+        if isinstance(array, zarr.Array):
+            columns["name" if c == "tile" else c] = np.asarray(array[...])
     return recorded_of(columns, len(columns["name"]))
 
 
