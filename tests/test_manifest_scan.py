@@ -84,3 +84,22 @@ def test_a_bad_row_of_the_kept_year_is_refused_by_name_when_other_years_are_skip
     lon, lat = table.column("lon")[75].as_py(), table.column("lat")[75].as_py()
     assert (failures[0].path, failures[0].year) == (bad[75], 2024)
     assert failures[0].tile == f"grid_{lon:.2f}_{lat:.2f}"
+
+
+def test_datasets_come_from_row_group_statistics_and_filter_rows_alike(tmp_path: Path) -> None:
+    from tessera_vz.indexer.datasets import _stat_pairs, manifest_datasets, row_filter
+
+    specs = tile_specs(CENTRES, (2024,), 2)
+    one = pq.read_table(write_upstream_manifest(tmp_path / "a", specs, Dataset("1.0", "vultr")))
+    two = pq.read_table(write_upstream_manifest(tmp_path / "b", specs, Dataset("1.1", "cambridge")))
+    path = tmp_path / "both.parquet"
+    pq.write_table(pa.concat_tables([one, two]), path, row_group_size=30)  # one dataset a group
+    pf = pq.ParquetFile(path)
+    assert _stat_pairs(pf) == [("1.0", "vultr"), ("1.1", "cambridge")]
+    assert manifest_datasets(pf) == {Dataset("1.0", "vultr"), Dataset("1.1", "cambridge")}
+    tiles, _ = manifest_inventory(pf, ROOT, rows=row_filter(pf, Dataset("1.1", "cambridge")))
+    assert tiles.num_rows == 30
+    mixed = tmp_path / "mixed.parquet"
+    pq.write_table(pa.concat_tables([one, two]), mixed, row_group_size=45)  # a group of both
+    assert _stat_pairs(pq.ParquetFile(mixed)) is None
+    assert manifest_datasets(pq.ParquetFile(mixed)) == manifest_datasets(pf)
