@@ -21,7 +21,7 @@ def markers(owner: str) -> tuple[str, str]:
 
 
 #: The scripts that own a section, in the order ``scale.py`` appends them.
-OWNERS = ("read_points.py", "world.py")
+OWNERS = ("read_points.py", "world.py", "sync.py")
 BEGIN, END = markers("read_points.py")
 
 
