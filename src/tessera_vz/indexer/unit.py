@@ -31,6 +31,7 @@ from tessera_vz.core.repos import quiet_icechunk
 from tessera_vz.core.table import COLUMN_DEFAULTS, COLUMNS, read_table
 from tessera_vz.indexer.inventory import TileSource, inventory_table, tile_sources
 from tessera_vz.indexer.locks import repo_lock
+from tessera_vz.indexer.memory import no_cycle_collection
 from tessera_vz.indexer.migration import layout_outdated
 from tessera_vz.indexer.probe import PASS_DELAY, Probe, ProbeError, probe_all
 from tessera_vz.indexer.record import TileRecord, build_record
@@ -274,7 +275,7 @@ def run_unit(
         root = source_root(opts.source)
     if files is None:
         files = source_files(opts, root)
-    with repo_lock(opts.out, zone):
+    with repo_lock(opts.out, zone), no_cycle_collection():
         try:
             return index_unit(zone, year, tiles, opts, root, files, progress)
         except UnitConflictError as exc:
