@@ -26,6 +26,7 @@ from tessera_vz.core.repos import storage_for
 from tessera_vz.indexer.run import IndexOptions, run_index
 from tessera_vz.reader import open_store
 from tessera_vz.testing.nginx import NginxServer
+from tessera_vz.testing.s3 import MotoS3
 from tessera_vz.testing.tiles import TileSpec, make_tree
 from tessera_vz.testing.upstream import write_upstream_manifest
 
@@ -114,3 +115,24 @@ def test_nothing_changed_costs_the_manifest_alone(indexed: Any) -> None:
     assert (report["indexed"], report["skipped"], report["requests"]) == (0, 6, 0)
     assert report["commits"] == [] and report["failed"] == []
     assert _tips(out) == before
+
+
+def test_the_plan_reads_an_index_on_s3_and_a_change_there_is_synced(
+    tmp_path: Path, s3_env: MotoS3
+) -> None:
+    """Index on S3 (moto): the plan opens its repositories there, read-only."""
+    root = tmp_path / "v1.1-cam"
+    specs = make_tree(root, centres=CENTRES[:4], years=(YEAR,), bands=2, manifest=False)
+    write_upstream_manifest(root, specs, DATASET, tz_aware=True)
+    s3_env.create_bucket("sync-index")
+    out = "s3://sync-index/idx"
+    opts = IndexOptions(source=str(root), out=out, manifest=str(root / "manifest.parquet"))
+    assert run_index(opts).indexed == 4
+    again = run_index(opts)
+    assert (again.indexed, again.skipped, again.commits) == (0, 4, [])
+    new = _change(root, specs[2])  # zone 32
+    write_upstream_manifest(root, specs, DATASET, tz_aware=True)
+    synced = run_index(opts)
+    assert (synced.indexed, synced.skipped, [c.zone for c in synced.commits]) == (1, 3, [32])
+    ds = open_store(out).open_tile(specs[2].lon, specs[2].lat, YEAR)
+    np.testing.assert_array_equal(ds.embeddings.values, new)
