@@ -117,6 +117,15 @@ def test_nothing_changed_costs_the_manifest_alone(indexed: Any) -> None:
     assert _tips(out) == before
 
 
+def test_nothing_changed_leaves_the_zone_list_as_it_was(indexed: Any) -> None:
+    _root, _specs, out, _server, opts = indexed
+    zones = out / "zones.json"
+    first = (zones.read_bytes(), zones.stat().st_mtime_ns)
+    time.sleep(1.1)  # the list records its writing time in seconds
+    assert run_index(opts).commits == []
+    assert (zones.read_bytes(), zones.stat().st_mtime_ns) == first
+
+
 def test_the_plan_reads_an_index_on_s3_and_a_change_there_is_synced(
     tmp_path: Path, s3_env: MotoS3
 ) -> None:
