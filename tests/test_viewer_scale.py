@@ -1,7 +1,7 @@
 """The viewer at archive size: counts, coverage and gaps without reading every tiles table.
 
 A small two-zone, two-year index is written by the real indexer, which
-records each zone-year's cells on the zone's ``main``. The viewer must then
+records each zone-year's cells in the zone's repository (branch ``coverage``). The viewer must then
 answer ``/api/info``, the coverage raster, gaps and footprints in a bbox
 without loading any tiles table (none lands in the table cache), give the
 same answers as when it computes them from the tables (records removed, or
@@ -45,6 +45,10 @@ Z32 = (7.0, 45.0, 7.2, 45.2)
 TOP = (2.0, 45.2, 2.4, 45.3)
 
 
+#: Index folder -> the tree it was made from (a later run must read the same tree).
+SOURCES: dict[Path, Path] = {}
+
+
 def _tables(cache: Path) -> list[Path]:
     return sorted((cache / "tables").rglob("*.npz")) if (cache / "tables").exists() else []
 
@@ -59,6 +63,7 @@ def index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
               manifest=False)  # fmt: skip
     report = run_index(IndexOptions(source=str(root), out=str(out), dataset="1.1/cambridge"))
     assert not report.failed and report.indexed == len(block) + 4
+    SOURCES[out] = root
     yield out
 
 
@@ -82,8 +87,8 @@ def test_indexer_records_each_zone_year(index: Path) -> None:
     store = open_store(str(index))
     for zone in (31, 32):
         repo = store.repo(zone)
-        main = zarr.open_group(repo.readonly_session("main").store, mode="r")
-        doc = main[cells.GROUP].attrs[cells.ATTRIBUTE]
+        root = zarr.open_group(repo.readonly_session(branch=cells.BRANCH).store, mode="r")
+        doc = root.attrs[cells.ATTRIBUTE]
         assert doc["version"] == cells.VERSION
         for year in store.years(zone):
             cs = cells.decode(doc["years"][str(year)], zone, year)
@@ -117,15 +122,13 @@ def test_answers_without_reading_any_table(index: Path, tmp_path: Path) -> None:
 
 def _remove_records(index: Path, zone: int) -> None:
     repo = ic.Repository.open(ic.local_filesystem_storage(str(index / repo_name(zone))))
-    session = repo.writable_session("main")
-    del zarr.open_group(session.store, mode="a")[cells.GROUP]
-    session.commit("remove coverage records")
+    repo.delete_branch(cells.BRANCH)
 
 
 def _hostile_record(index: Path, zone: int) -> None:
     repo = ic.Repository.open(ic.local_filesystem_storage(str(index / repo_name(zone))))
-    session = repo.writable_session("main")
-    group = zarr.open_group(session.store, mode="a")[cells.GROUP]
+    session = repo.writable_session(cells.BRANCH)
+    group = zarr.open_group(session.store, mode="a")
     doc = dict(group.attrs[cells.ATTRIBUTE])
     record = dict(doc["years"]["2024"])
     record["tiles"] += 1  # the bitmap no longer says what the record claims
@@ -209,3 +212,21 @@ def test_gaps_equal_the_set_rule(seed: int) -> None:
     for g, w in zip(got, want, strict=True):
         assert g is not None
         assert {(int(c), int(r)) for c, r in zip(*g.cells(), strict=True)} == w
+
+
+def test_a_new_year_does_not_carry_the_records(index: Path) -> None:
+    """Year branches start from ``main``: the records live elsewhere, so none lands in a year."""
+    root = SOURCES[index]
+    make_tree(root, centres=cell_centres(TOP), years=(2026,), bands=4, sparse=True,
+              manifest=False)  # fmt: skip
+    report = run_index(IndexOptions(source=str(root), out=str(index), dataset="1.1/cambridge"))
+    assert not report.failed
+    store = open_store(str(index))
+    repo = store.repo(31)
+    year = zarr.open_group(repo.readonly_session(branch="2026").store, mode="r")
+    names = [str(n) for n in store.tiles(2026, 31)["tile"].values]
+    assert sorted(year.group_keys()) == sorted(["tiles", *names])
+    assert cells.ATTRIBUTE not in year.attrs
+    doc = zarr.open_group(repo.readonly_session(branch=cells.BRANCH).store, mode="r").attrs
+    assert "2026" in doc[cells.ATTRIBUTE]["years"]
+    assert Coverage(store).count(2026) == 4

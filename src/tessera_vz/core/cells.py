@@ -8,11 +8,13 @@ the viewer can count tiles, draw coverage and find gaps for the whole
 archive without loading a single tiles table (each needs its year's
 snapshot, megabytes per zone).
 
-The indexer records one :class:`CellSet` per year on each repository's
-``main`` (group :data:`GROUP`, attribute :data:`ATTRIBUTE`), keyed by the
-snapshot it describes; a reader uses a record only for the snapshot it
-reads. Records are untrusted input: :func:`decode` checks every field and
-bounds the decompressed size before inflating anything.
+The indexer records one :class:`CellSet` per year in each repository, in
+the root attributes (:data:`ATTRIBUTE`) of its branch :data:`BRANCH` (not a
+year, so no reader takes it for one; not ``main``, whose content every new
+year branch starts from), keyed by the snapshot it describes; a reader uses
+a record only for the snapshot it reads. Records are untrusted input:
+:func:`decode` checks every field and bounds the decompressed size before
+inflating anything.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-#: Child group of ``main`` holding the records (the root's attributes describe the repo).
-GROUP = "coverage"
-#: Attribute of :data:`GROUP`: ``{"version": 1, "years": {"2024": record, ...}}``.
+#: The branch whose root group holds the records.
+BRANCH = "coverage"
+#: Root attribute on :data:`BRANCH`: ``{"version": 1, "years": {"2024": record, ...}}``.
 ATTRIBUTE = "tessera:coverage"
 VERSION = 1
 #: Cell index ranges of the globe: ``floor(lon * 10)``, ``floor(lat * 10)``.

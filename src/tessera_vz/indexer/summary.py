@@ -1,13 +1,13 @@
-"""Record on ``main`` which cells each year of a zone covers, for readers of the whole archive.
+"""Record which cells each year of a zone covers, for readers of the whole archive.
 
 The viewer's counts, coverage raster and gaps need, per (zone, year), only
 which 0.1-degree cells hold a tile (:mod:`tessera_vz.core.cells`). Loading
 the year's tiles table for that means fetching the year's snapshot (about
 3 MB per 7,000 tiles), so 60 zones of a global year would be hundreds of
 MB before the first paint. After each run, every zone described on
-``main`` also gets its years' cell bitmaps (a few kB each) in the child
-group :data:`~tessera_vz.core.cells.GROUP`, each keyed by the snapshot of
-the year branch it was computed from: a year whose branch has not moved
+``main`` also gets its years' cell bitmaps (a few kB each) on its branch
+:data:`~tessera_vz.core.cells.BRANCH`, each keyed by the snapshot of the
+year branch it was computed from: a year whose branch has not moved
 keeps its record without reading anything, and a reader ignores a record
 whose snapshot is not the one it reads.
 """
@@ -27,10 +27,12 @@ log = logging.getLogger(__name__)
 
 
 def _recorded(repo: ic.Repository) -> dict[str, Any]:
-    """The records ``main`` holds now (``{}`` when none or unreadable)."""
+    """The records the repository holds now (``{}`` when none or unreadable)."""
+    if cells.BRANCH not in repo.list_branches():
+        return {}
     try:
-        root = zarr.open_group(repo.readonly_session("main").store, mode="r", zarr_format=3)
-        doc = root[cells.GROUP].attrs.get(cells.ATTRIBUTE)
+        store = repo.readonly_session(branch=cells.BRANCH).store
+        doc = zarr.open_group(store, mode="r", zarr_format=3).attrs.get(cells.ATTRIBUTE)
     except (KeyError, ValueError, ic.IcechunkError, FileNotFoundError):
         return {}
     if not isinstance(doc, dict) or doc.get("version") != cells.VERSION:
@@ -48,7 +50,7 @@ def _year_record(repo: ic.Repository, zone: int, year: int, snapshot: str) -> di
 
 
 def record_coverage(repo: ic.Repository, zone: int) -> bool:
-    """Bring ``main``'s cell records of ``zone`` up to date; ``True`` if it committed.
+    """Bring the cell records of ``zone`` up to date; ``True`` if it committed.
 
     Derived from the year branches alone, so concurrent runs converge: on a
     conflict the records are recomputed (unchanged years cost nothing) and
@@ -72,13 +74,17 @@ def record_coverage(repo: ic.Repository, zone: int) -> bool:
                 log.info("zone %d year %d has no tiles table: no coverage record", zone, year)
         if years == before:
             return False
-        session = repo.writable_session("main")
+        if cells.BRANCH not in repo.list_branches():
+            try:
+                repo.create_branch(cells.BRANCH, snapshot_id=repo.lookup_branch("main"))
+            except ic.IcechunkError:  # a concurrent run created it: commit on it
+                log.info("branch %s of zone %d appeared meanwhile", cells.BRANCH, zone)
+        session = repo.writable_session(cells.BRANCH)
         root = zarr.open_group(session.store, mode="a", zarr_format=3)
-        group = root.require_group(cells.GROUP)
-        group.attrs.put({cells.ATTRIBUTE: {"version": cells.VERSION, "years": years}})
+        root.attrs.put({cells.ATTRIBUTE: {"version": cells.VERSION, "years": years}})
         try:
             session.commit("record coverage")
             return True
         except ic.ConflictError:
-            log.info("main moved while recording the coverage of zone %d; retrying", zone)
+            log.info("the coverage of zone %d moved while recording it; retrying", zone)
     raise RuntimeError(f"could not record the coverage of zone {zone} after repeated conflicts")

@@ -113,6 +113,7 @@ def create_app(
                 "zones": store.zones(),
                 "years": years,
                 "tiles": {str(y): coverage.count(y) for y in years},
+                "gaps": {str(y): coverage.gap_count(y) for y in years},
                 "bounds": coverage.bounds(),
                 "limits": asdict(lim),
                 "basemap": basemap,

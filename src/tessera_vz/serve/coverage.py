@@ -4,8 +4,8 @@ The viewer draws each tile as its 0.1-degree cell (centre +- 0.05 degrees),
 the area whose pixels the mosaic rule takes from it (the catalog's
 *footprint* is another thing: the tile's UTM rectangle unprojected). Each
 zone-year is a bitmap of cells (:class:`~tessera_vz.core.cells.CellSet`):
-the one the indexer recorded on the zone's ``main`` when its snapshot is the
-one this store reads (no tiles table is loaded: a global year's counts,
+the one the indexer recorded in the zone's repository (branch ``coverage``)
+when its snapshot is the one this store reads (no tiles table is loaded: a global year's counts,
 raster and gaps cost one small read per zone), else computed once from the
 zone-year's ``tiles`` table (:meth:`TesseraStore.tiles`, cached on disk by
 snapshot).
@@ -144,13 +144,15 @@ class Coverage:
         return sorted({y for ys in self.zone_years().values() for y in ys})
 
     def _records(self, zone: int) -> dict[str, Any]:
-        """The cell records on the zone's ``main`` (untrusted; decoded one by one on use)."""
+        """The cell records of the zone's branch ``coverage`` (untrusted; decoded on use)."""
         if zone not in self._recorded:
+            doc = None
             try:
                 repo = self.store.repo(zone)
-                root = zarr.open_group(repo.readonly_session("main").store, mode="r",
-                                       zarr_format=3)  # fmt: skip
-                doc = root[cellmaps.GROUP].attrs.get(cellmaps.ATTRIBUTE)
+                if cellmaps.BRANCH in repo.list_branches():
+                    store = repo.readonly_session(branch=cellmaps.BRANCH).store
+                    root = zarr.open_group(store, mode="r", zarr_format=3)
+                    doc = root.attrs.get(cellmaps.ATTRIBUTE)
             except (KeyError, ValueError, ic.IcechunkError, FileNotFoundError):
                 doc = None
             ok = isinstance(doc, dict) and doc.get("version") == cellmaps.VERSION
@@ -222,6 +224,10 @@ class Coverage:
         with self._lock:
             self._gaps[year] = out
         return out
+
+    def gap_count(self, year: int) -> int:
+        """How many gaps ``year`` has, every zone."""
+        return sum(cs.tiles for cs, _ in self.gap_sets(year))
 
     def gaps(self, year: int, bbox: BBox | None = None) -> Cells:
         """Cells expected but missing in ``year`` intersecting ``bbox`` (module docstring)."""

@@ -130,7 +130,9 @@
   // VECTOR_ZOOM, and as cells of the tiles in view from there.
   const VECTOR_ZOOM = 7;
   function large() {
-    return (state.info.tiles[String(state.year)] || 0) > state.info.limits.features;
+    const y = String(state.year);
+    return Math.max(state.info.tiles[y] || 0, (state.info.gaps || {})[y] || 0) >
+      state.info.limits.features;
   }
 
   function setRaster() {
