@@ -44,6 +44,7 @@ test: $(STAMP) nginx chromium lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP) nginx
+	$(BIN)/pip install -q -e '.[test,bench]'
 	$(BIN)/python benchmarks/index_throughput.py
 	$(BIN)/python benchmarks/read_points.py
 

@@ -20,16 +20,12 @@ only on the +20 ms link.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import json
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Self
 
+from tessera_vz.testing.child import ChildServer
 from tessera_vz.testing.nginx import NginxServer
 
 #: The child: run the proxy, print its URL, answer ``stats``/``reset`` lines on stdin.
@@ -49,7 +45,7 @@ with LatencyProxy(sys.argv[1], delay=float(sys.argv[2])) as proxy:
 """
 
 
-class ProxyProcess:
+class ProxyProcess(ChildServer):
     """A :class:`LatencyProxy` in a child process, driven over its stdin and stdout.
 
     A child started with ``python -c`` rather than ``multiprocessing``, so
@@ -64,71 +60,22 @@ class ProxyProcess:
     """
 
     def __init__(self, upstream: str, delay: float = 0.010) -> None:
+        super().__init__([sys.executable, "-c", _CHILD, upstream, str(delay)], "latency proxy")
         self.upstream = upstream
         self.delay = delay
-        self._proc: subprocess.Popen[str] | None = None
-        self.url = ""
-        #: The child's stderr (asyncio logs a callback's exception there).
-        self._log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (lives with the child)
-
-    def start(self) -> Self:
-        self._proc = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, self.upstream, str(self.delay)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
-        )  # fmt: skip
-        assert self._proc.stdout is not None
-        self.url = self._proc.stdout.readline().strip()
-        if not self.url.startswith(("http://", "https://")):
-            self.stop()
-            raise RuntimeError(f"the latency proxy did not start: {self.stderr()[-2000:]}")
-        return self
-
-    def _ask(self, command: str) -> Any:
-        proc = self._proc
-        if proc is None or proc.stdin is None or proc.stdout is None:
-            raise RuntimeError("the latency proxy is not running")
-        proc.stdin.write(command + "\n")
-        proc.stdin.flush()
-        return json.loads(proc.stdout.readline())
 
     def stats(self) -> dict[str, int]:
         """``bytes_up``, ``bytes_down``, ``connections``, ... since the last reset."""
-        return dict(self._ask("stats"))
+        return dict(self.ask("stats"))
 
     def reset(self) -> None:
-        self._ask("reset")
-
-    def stop(self) -> None:
-        """Stop the child (its log stays readable until this object goes)."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        with contextlib.suppress(OSError, ValueError):
-            if proc.stdin is not None:
-                proc.stdin.close()  # the child's loop ends, and the proxy stops
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def stderr(self) -> str:
-        """What the child wrote to stderr so far."""
-        self._log.flush()
-        self._log.seek(0)
-        return self._log.read()
+        self.ask("reset")
 
     def errors(self) -> list[str]:
         """The last line of each traceback the child logged (e.g. by asyncio callbacks)."""
         lines = self.stderr().splitlines()
         return [b for a, b in itertools.pairwise(lines) if a.startswith("  ") and
                 b and not b.startswith((" ", "Traceback"))]  # fmt: skip
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 @dataclass

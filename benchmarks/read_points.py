@@ -1182,7 +1182,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print("single-range mirrors: nginx max_ranges 1 (+20 ms) and S3 (moto)")
         res["single_range"] = single_range.measure(
             www, TILES, ca, work, w, indexes["latency"], ceiling, ceiling_ranges,
-            args.repeat, ceiling_n,
+            args.repeat, ceiling_n, multi_server=server,
         )  # fmt: skip
         for line in single_range.markdown(res["single_range"]):
             console.print(line, markup=False)

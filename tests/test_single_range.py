@@ -112,6 +112,40 @@ def test_single_range_mirror_reads_as_a_multi_range_one_and_remembers_it(
         assert log and not _multi(log) and all(r["status"] == 206 for r in log), log
 
 
+def test_single_range_region_requests_are_bounded_by_the_files_it_touches(
+    tmp_path_factory: pytest.TempPathFactory, https: TestCA, tmp_path: Path
+) -> None:
+    """A region where four tiles meet, on a single-range origin, costs a few requests per
+    file, not one per row: each tile's rows are ~18 KB apart (16 bands), so a plan of one
+    request per row span (~100 rows per tile) would send hundreds. Values equal a
+    multi-range mirror's, and no whole-file answer follows the first."""
+    root = tmp_path_factory.mktemp("single-range-corner")
+    specs = make_tree(root, bbox=BBOX, years=(YEAR,), bands=16)
+    bbox = (0.895, 49.895, 0.905, 49.905)  # ~70 x 110 pixels around the corner of 4 cells
+    with NginxServer(root, tls=https) as multi:
+        _index(multi.url, root, tmp_path / "multi")
+        want = open_store(str(tmp_path / "multi")).region(bbox, YEAR, dequantise=False)
+    with NginxServer(root, tls=https, max_ranges=1) as single:
+        _index(single.url, root, tmp_path / "single")
+        store = open_store(str(tmp_path / "single"))
+        lon, lat = _points(specs, 5, seed=11)
+        store.points(lon, lat, YEAR)  # the origin's lesson (one whole-file answer)
+        assert range_memory.single_range(single.url)
+        single.clear_log()
+        got = store.region(bbox, YEAR, dequantise=False)
+        log = single.requests()
+    np.testing.assert_array_equal(got.embeddings.values, want.embeddings.values)
+    np.testing.assert_array_equal(got.scales.values, want.scales.values)
+    assert np.isfinite(got.scales.values).any()
+    files = {r["uri"] for r in log}
+    rows = got.sizes["y"]
+    assert len(files) == 8, files  # embeddings and scales of the four tiles
+    assert all(r["status"] == 206 and "," not in (r["range"] or "") for r in log), log
+    # Each file's row spans merge across the columns between them: at most two
+    # requests a file, where one per row would be ~8 x rows.
+    assert len(log) <= 2 * len(files) < rows, (len(log), rows, log)
+
+
 def range_memory_file() -> Path:
     base = range_memory.cache_dir()
     assert base is not None

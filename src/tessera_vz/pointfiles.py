@@ -72,6 +72,7 @@ def read_points_file(
     geometry: str | None = None,
     year: str | None = None,
     own_years: bool = False,
+    areas: bool = False,
 ) -> PointsInput:
     """The points of a CSV/TSV, Parquet, GeoParquet, GeoPackage, GeoJSON or shapefile.
 
@@ -81,7 +82,8 @@ def read_points_file(
     (``lon``/``longitude``/``decimalLongitude``, ...), else from a WKT text
     column (``geometry``/``wkt``). ``own_years``: each row is read in its
     own year, from column ``year`` or, when not named, a column named
-    ``year`` in any case (GBIF's).
+    ``year`` in any case (GBIF's). ``areas``: polygon features are kept as
+    areas (training areas of ``classify``) instead of refused.
 
     Raises
     ------
@@ -122,7 +124,8 @@ def read_points_file(
         if "crs" in column and column["crs"] is None:
             log.warning("%s: geometry CRS unknown (crs null); taking lon/lat", what)
         crs = crs if fmt == "vector" else column.get("crs")
-    inp = points_input(table, lon=lon, lat=lat, geometry=geometry, crs=crs, year=year, what=what)
+    inp = points_input(table, lon=lon, lat=lat, geometry=geometry, crs=crs, year=year, what=what,
+                       areas=areas)  # fmt: skip
     log.info("%s: %d points from %s", what, inp.size, inp.source)
     return inp
 

@@ -1,4 +1,4 @@
-"""``tessera-vz classify``: labelled points to a class map (a uint8 COG and its class table).
+"""``tessera-vz classify``: labelled points or polygons to a class map (a uint8 COG, classes).
 
 Checks first (area, output, model files, the training file and its label
 column, years, versions, a loaded model's dataset), then: sample the
@@ -42,7 +42,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     if args.training is not None:
         from tessera_vz.pointfiles import read_points_file
 
-        inp = read_points_file(args.training, lon=args.lon, lat=args.lat)
+        inp = read_points_file(args.training, lon=args.lon, lat=args.lat, areas=True)
         if args.label not in inp.table.column_names:
             raise ConfigurationError(
                 f"--label {args.label!r} is not a column of {args.training!r}; columns: "
@@ -54,8 +54,9 @@ def cmd_classify(args: argparse.Namespace) -> int:
         model.check(store.dataset())
     with progress(wants_progress(args)) as start:
         if inp is not None:
-            x, labels, counts = training_set(store, _points(inp, args.label), year, args.label,
-                                             lon="tessera_lon", lat="tessera_lat")  # fmt: skip
+            x, labels, counts = training_set(
+                store, inp, year, args.label, max_pixels_per_polygon=args.max_pixels_per_polygon
+            )
             model = fit(x, labels, args.model, store.dataset(), folds=args.folds,
                         label=args.label, year=year)  # fmt: skip
             model.report["training"] = counts
@@ -80,11 +81,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
 def write_classes(ds: Any, model: Any, out: Path) -> list[Path]:
     """The class COG (and probabilities beside it), and the class table as CSV and JSON."""
     from tessera_vz.export import write_map
-    from tessera_vz.maps.model import NODATA, class_table
+    from tessera_vz.maps.model import NODATA, class_table, class_tags
 
     table = class_table(model.classes)
-    tags = {"tessera_classes": json.dumps({str(r["code"]): r["name"] for r in table})}
-    tags |= {f"TESSERA_CLASS_{r['code']}": r["name"] for r in table}
+    tags = class_tags(model.classes)
     written = [write_map(ds, "classes", out, nodata=NODATA, tags=tags)]
     if "probabilities" in ds:
         prob = out.with_name(f"{out.stem}_probabilities.tif")
@@ -104,14 +104,6 @@ def write_classes(ds: Any, model: Any, out: Path) -> list[Path]:
            "dataset": model.dataset.get("tessera:dataset"), **_scores(model.report)}  # fmt: skip
     atomic_write_bytes(json_path, json.dumps(doc, indent=1).encode())
     return [*written, csv_path, json_path]
-
-
-def _points(inp: Any, label: str) -> Any:
-    """The training points as read (coordinates found by ``points``' rules) and their labels."""
-    import pyarrow as pa
-
-    return pa.table({"tessera_lon": inp.lon, "tessera_lat": inp.lat,
-                     label: inp.table.column(label)})  # fmt: skip
 
 
 def _scores(rep: dict[str, Any]) -> dict[str, Any]:

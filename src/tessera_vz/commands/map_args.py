@@ -27,7 +27,9 @@ def add_map_commands(sub: Any, finish: Callable[[argparse.ArgumentParser, str], 
     """Add the four map commands to ``sub``; ``finish(parser, target)`` adds the CLI's common
     flags (progress, read flags) and names the function that runs the command."""
     cl = sub.add_parser("classify", help="labelled points to a class map (uint8 COG)")
-    cl.add_argument("training", nargs="?", help="CSV, Parquet or GeoParquet of labelled points")
+    cl.add_argument(
+        "training", nargs="?", help="labelled points or polygons: CSV, (Geo)Parquet, GeoJSON, GPKG"
+    )
     cl.add_argument("--label", metavar="COLUMN", help="the training table's class column")
     cl.add_argument("--lon", metavar="COLUMN", help="longitude column (default: lon/longitude)")
     cl.add_argument("--lat", metavar="COLUMN", help="latitude column (default: lat/latitude)")
@@ -39,7 +41,11 @@ def add_map_commands(sub: Any, finish: Callable[[argparse.ArgumentParser, str], 
     cl.add_argument("--model-out", metavar="FILE.joblib", help="save the fitted model")
     cl.add_argument("--model-in", metavar="FILE.joblib", help="apply a saved model (no TRAINING)")
     sim = sub.add_parser("similar", help="cosine similarity of every pixel to reference places")
-    sim.add_argument("reference", nargs="?", help="CSV, Parquet or GeoParquet of reference points")
+    sim.add_argument(
+        "reference",
+        nargs="?",
+        help="reference points or polygons: CSV, (Geo)Parquet, GeoJSON, GPKG",
+    )
     sim.add_argument("--lon", type=float, help="one reference place: longitude")
     sim.add_argument("--lat", type=float, help="one reference place: latitude")
     sim.add_argument("--how", choices=("max", "mean"), default="max",
@@ -49,6 +55,14 @@ def add_map_commands(sub: Any, finish: Callable[[argparse.ArgumentParser, str], 
     chg = sub.add_parser("change", help="cosine distance between two years' embeddings")
     chg.add_argument("--years", required=True, help="the two years compared, e.g. 2023,2024")
     pca = sub.add_parser("rgb", help="a false-colour picture: PCA of the area's embeddings")
+    for mp in (cl, sim):
+        mp.add_argument(
+            "--max-pixels-per-polygon",
+            type=int,
+            default=10_000,
+            metavar="N",
+            help="pixels a polygon gives at most, drawn with a fixed seed (10,000)",
+        )
     for mp, target in ((cl, "classify:cmd_classify"), (sim, "similar:cmd_similar"),
                        (chg, "change:cmd_change"), (pca, "rgb:cmd_rgb")):  # fmt: skip
         add_area_flags(mp)

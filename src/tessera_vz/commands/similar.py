@@ -1,15 +1,17 @@
 """``tessera-vz similar``: cosine similarity of every pixel to reference places (a float32 COG).
 
-The references are a table of points (any file ``points`` reads) or one
-place (``--lon X --lat Y``); their embeddings are read first, then every
-pixel of the area is scored strip by strip, ``max`` or ``mean`` over the
-references. ``--top K --matches FILE.parquet`` also writes the K most
-similar pixels as GeoParquet.
+The references are a table of points or polygons (any file ``points``
+reads; a polygon's every pixel is a reference) or one place (``--lon X
+--lat Y``); their embeddings are read first, then every pixel of the area
+is scored strip by strip, ``max`` or ``mean`` over the references.
+``--top K --matches FILE.parquet`` also writes the K most similar pixels as
+GeoParquet.
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import numpy as np
 
@@ -42,18 +44,18 @@ def cmd_similar(args: argparse.Namespace) -> int:
     if args.matches:
         check_out(args.matches, "--matches", (".parquet", ".geoparquet"), overwrite=args.overwrite)
     if place:
-        lon, lat = np.array([args.lon], np.float64), np.array([args.lat], np.float64)
+        import pyarrow as pa
+
+        refs: Any = pa.table({"lon": [args.lon], "lat": [args.lat]})
     else:
         from tessera_vz.pointfiles import read_points_file
 
-        inp = read_points_file(args.reference)
-        lon, lat = inp.lon, inp.lat
+        refs = read_points_file(args.reference, areas=True)
     store = open_index(args)
     check_area_years(store, area, [year])
-    import pyarrow as pa
-
-    refs = pa.table({"lon": lon, "lat": lat})
-    embeddings = reference_embeddings(store, refs, year, lon="lon", lat="lat")
+    embeddings = reference_embeddings(
+        store, refs, year, max_pixels_per_polygon=args.max_pixels_per_polygon
+    )
     with progress(wants_progress(args)) as start:
         ds, matches = similar(store, area, year, embeddings, how=args.how, top=args.top,
                               progress=start)  # fmt: skip

@@ -1,8 +1,8 @@
 """Labelled places to a class map: sample, fit, cross-validate, predict every pixel.
 
-:func:`training_set` samples the embeddings of labelled points with
-``store.sample`` (the points table ``tessera-vz points`` writes; points
-only: polygons are not read as training areas yet). :func:`fit` fits a
+:func:`training_set` reads the embeddings of labelled places: points
+with ``store.sample`` (any table ``tessera-vz points`` reads), polygons
+pixel by pixel through the region reader (:mod:`.places`). :func:`fit` fits a
 scikit-learn model (:func:`.model.estimator`) and reports its k-fold
 accuracy and confusion matrix. :func:`predict` applies a model to every
 pixel of an area strip by strip (:mod:`.strips`): ``classes`` uint8 codes
@@ -23,6 +23,7 @@ from tessera_vz.core.errors import ConfigurationError
 from tessera_vz.core.progress import ProgressStart, no_progress
 from tessera_vz.maps.area import Area
 from tessera_vz.maps.model import NODATA, Model, estimator
+from tessera_vz.maps.places import MAX_PIXELS_PER_POLYGON, place_embeddings, places_input
 from tessera_vz.maps.strips import STRIP_PIXELS, Layer, chunks, map_strips
 from tessera_vz.reader.samples import band_names
 
@@ -33,30 +34,32 @@ FOLDS = 5
 
 
 def training_set(
-    store: Any, points: Any, year: int, label: str, **where: Any
-) -> tuple[NDArray[np.float32], NDArray[np.str_], dict[str, int]]:
-    """Embeddings ``(n, bands)`` and label names of the points with data and a label.
+    store: Any, points: Any, year: int, label: str, *,
+    max_pixels_per_polygon: int = MAX_PIXELS_PER_POLYGON, **where: Any,
+) -> tuple[NDArray[np.float32], NDArray[np.str_], dict[str, int]]:  # fmt: skip
+    """Embeddings ``(n, bands)`` and label names of the labelled places with data.
 
     ``points`` is anything ``store.sample`` takes (``where``: its
-    ``lon=``/``lat=``/``geometry=``/``crs=``). Returns also the count of
-    rows per status (``no label`` for a missing label).
+    ``lon=``/``lat=``/``geometry=``/``crs=``), or a
+    :class:`~tessera_vz.reader.point_columns.PointsInput`; its rows are
+    points (one pixel each) or polygons (every pixel inside, at most
+    ``max_pixels_per_polygon``: :mod:`.places`). Rows without a label are
+    not read. Returns also the counts of :class:`.places.PlaceEmbeddings`
+    (point rows per status, polygon pixels) and ``no label``.
     """
-    table = store.sample(points, year, **where)
-    if label not in table.column_names:
+    inp = places_input(store, points, **where)
+    if label not in inp.table.column_names:
         raise ConfigurationError(
             f"--label {label!r} is not a column of the training table; columns: "
-            f"{', '.join(c for c in table.column_names if not c.startswith('b0'))}"
+            f"{', '.join(c for c in inp.table.column_names if not c.startswith('b0'))}"
         )
-    status = np.asarray(table.column("status").to_pylist(), dtype=object)
-    labels = np.asarray(table.column(label).to_pylist(), dtype=object)
+    labels = np.asarray(inp.table.column(label).to_pylist(), dtype=object)
     has_label = np.array([v is not None and str(v) != "" for v in labels], dtype=bool)
-    status[(status == "ok") & ~has_label] = "no label"
-    counts = {str(k): int(v) for k, v in zip(*np.unique(status.astype(str), return_counts=True),
-                                             strict=True)}  # fmt: skip
-    ok = np.flatnonzero(status == "ok")
-    names = [n for n in band_names(256) if n in table.column_names]
-    x = np.column_stack([table.column(n).to_numpy(zero_copy_only=False)[ok] for n in names])
-    return x.astype(np.float32), np.asarray([str(v) for v in labels[ok]], dtype=str), counts
+    got = place_embeddings(store, inp, year, rows=np.flatnonzero(has_label),
+                           max_pixels=max_pixels_per_polygon)  # fmt: skip
+    counts = got.counts | ({"no label": int((~has_label).sum())} if not has_label.all() else {})
+    names = np.asarray([str(v) for v in labels[got.rows]], dtype=str)
+    return got.values, names, counts
 
 
 def fit(

@@ -23,35 +23,35 @@ from tessera_vz.core.errors import ConfigurationError, TileNotFoundError
 from tessera_vz.core.progress import ProgressStart, no_progress
 from tessera_vz.maps.area import Area
 from tessera_vz.maps.matches import top_matches
+from tessera_vz.maps.places import MAX_PIXELS_PER_POLYGON, place_embeddings
 from tessera_vz.maps.strips import STRIP_PIXELS, Layer, chunks, map_strips, unit_rows
-from tessera_vz.reader.samples import band_names
 
 #: How similarities to several references combine.
 REDUCERS = ("max", "mean")
 
 
-def reference_embeddings(store: Any, references: Any, year: int, **where: Any) -> NDArray[Any]:
-    """Reference embeddings ``(n, bands)``: an array as given, or points sampled for ``year``.
+def reference_embeddings(
+    store: Any, references: Any, year: int, *,
+    max_pixels_per_polygon: int = MAX_PIXELS_PER_POLYGON, **where: Any,
+) -> NDArray[Any]:  # fmt: skip
+    """Reference embeddings ``(n, bands)``: an array as given, or places read for ``year``.
 
     ``references`` is a 2-D array of embeddings, or anything
     :meth:`~tessera_vz.reader.store.TesseraStore.sample` accepts (a table
-    of points; ``where`` passes its ``lon=``/``lat=``/``geometry=``/``crs=``).
-    Points without data are left out; none with data is an error.
+    of points, or of polygons whose every pixel is a reference, at most
+    ``max_pixels_per_polygon`` each: :mod:`.places`; ``where`` passes its
+    ``lon=``/``lat=``/``geometry=``/``crs=``). Places without data are
+    left out; none with data is an error.
     """
     if isinstance(references, np.ndarray) and references.ndim == 2:
         return np.asarray(references, dtype=np.float64)
-    table = store.sample(references, year, **where)
-    status = np.asarray(table.column("status").to_pylist(), dtype=object)
-    ok = np.flatnonzero(status == "ok")
-    if ok.size == 0:
-        found = dict(zip(*np.unique(status.astype(str), return_counts=True), strict=True))
+    got = place_embeddings(store, references, year, max_pixels=max_pixels_per_polygon, **where)
+    if got.values.shape[0] == 0:
         raise TileNotFoundError(
-            f"none of the {len(status)} reference points has an embedding in {year} "
-            f"(status: {found}); pick references inside the indexed area"
+            f"none of the reference places has an embedding in {year} ({got.counts}); "
+            "pick references inside the indexed area"
         )
-    names = [n for n in band_names(256) if n in table.column_names]
-    values = np.column_stack([table.column(n).to_numpy(zero_copy_only=False) for n in names])
-    return np.asarray(values[ok], dtype=np.float64)
+    return np.asarray(got.values, dtype=np.float64)
 
 
 def similar(

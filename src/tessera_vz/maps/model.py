@@ -118,3 +118,12 @@ def estimator(kind: str, samples: int) -> Any:
 def class_table(classes: Sequence[str]) -> list[dict[str, Any]]:
     """``[{"code": 0, "name": …}, …]``: the class table written beside a map."""
     return [{"code": i, "name": name} for i, name in enumerate(classes)]
+
+
+def class_tags(classes: Sequence[str]) -> dict[str, str]:
+    """GeoTIFF tags naming the classes: ``tessera_classes`` (JSON) and ``TESSERA_CLASS_{code}``."""
+    import json
+
+    table = class_table(classes)
+    tags = {"tessera_classes": json.dumps({str(r["code"]): r["name"] for r in table})}
+    return tags | {f"TESSERA_CLASS_{r['code']}": r["name"] for r in table}

@@ -60,6 +60,11 @@ class PointsInput:
     year: NDArray[np.int64] | None = None
     #: The column the years came from, for messages.
     year_source: str | None = None
+    #: With ``areas=True``: each row's (multi)polygon, in ``areas_crs``, ``None`` for a point
+    #: row (whose ``lon``/``lat`` are NaN for an area row); ``None`` when no row is an area.
+    areas: NDArray[Any] | None = None
+    #: The CRS of ``areas`` (``None``: lon/lat).
+    areas_crs: Any = None
 
     @property
     def size(self) -> int:
@@ -75,6 +80,7 @@ def points_input(
     crs: Any = None,
     year: str | None = None,
     what: str = "the points",
+    areas: bool = False,
 ) -> PointsInput:
     """Where each point is, from lon/lat columns or a point geometry column.
 
@@ -93,6 +99,10 @@ def points_input(
     text such as ``"2024"``), kept in ``PointsInput.year`` with 0 where a
     cell is missing or not a four-digit year.
 
+    ``areas=True`` also accepts polygon and multipolygon geometries (training
+    areas: ``tessera-vz classify``), kept in ``PointsInput.areas``; without
+    it a polygon is refused, as points are sampled one pixel each.
+
     Raises
     ------
     ConfigurationError
@@ -107,7 +117,7 @@ def points_input(
             raise ConfigurationError(
                 f"{what} have no geometry column {geometry!r}; columns: {table.column_names}"
             )
-        x, y, empty = _from_geometry(table.column(geometry), geometry, crs, what)
+        x, y, empty, shapes = _from_geometry(table.column(geometry), geometry, crs, what, areas)
         kept = table.drop_columns([geometry])
         source = f"geometry column {geometry!r}"
     else:
@@ -116,9 +126,11 @@ def points_input(
         x, ex = _numbers(table.column(lon_col), lon_col, what)
         y, ey = _numbers(table.column(lat_col), lat_col, what)
         empty = ex | ey
-        kept = table
+        kept, shapes = table, None
         source = f"columns {lon_col!r}/{lat_col!r}"
     inp = PointsInput(_renamed(kept), x, y, empty, source)
+    if shapes is not None:
+        inp.areas, inp.areas_crs = shapes, crs
     if year is not None:
         if year not in table.column_names:
             raise ConfigurationError(
@@ -248,12 +260,14 @@ def _numbers(col: pa.ChunkedArray, name: str, what: str) -> tuple[NDArray[Any], 
 
 
 def _from_geometry(
-    col: pa.ChunkedArray, name: str, crs: Any, what: str
-) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
-    """Point coordinates of a WKB or GeoArrow column, in EPSG:4326 lon/lat."""
+    col: pa.ChunkedArray, name: str, crs: Any, what: str, areas: bool = False
+) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any] | None]:
+    """Point coordinates of a WKB or GeoArrow column, in EPSG:4326 lon/lat, and with
+    ``areas`` the polygon rows' geometries (``None`` when there is none)."""
     import shapely
 
     t = col.type
+    shapes = None
     if pa.types.is_struct(t) and {"x", "y"} <= {t.field(i).name for i in range(t.num_fields)}:
         empty = col.is_null().to_numpy(zero_copy_only=False)
         x = pc.struct_field(col, "x").to_numpy(zero_copy_only=False).astype(np.float64)
@@ -263,7 +277,11 @@ def _from_geometry(
         geoms = _geometries(col, name, what)
         empty = shapely.is_missing(geoms) | shapely.is_empty(geoms)
         kinds = shapely.get_type_id(geoms)
-        bad = np.flatnonzero(~empty & (kinds != 0))
+        polygon = ~empty & np.isin(kinds, (3, 6)) & areas  # Polygon, MultiPolygon
+        if polygon.any():
+            shapes = np.asarray(geoms, dtype=object).copy()
+            shapes[~polygon] = None
+        bad = np.flatnonzero(~empty & (kinds != 0) & ~polygon)
         if bad.size:
             kind = shapely.get_type_id(geoms[bad[0]])
             names = {1: "LineString", 3: "Polygon", 4: "MultiPoint", 5: "MultiLineString",
@@ -272,16 +290,20 @@ def _from_geometry(
                 f"geometry column {name!r} of {what} holds a {names.get(int(kind), 'non-point')} "
                 f"in row {int(bad[0])} ({bad.size} such rows); points are sampled one pixel "
                 "each: give points, or read an area with `tessera-vz region --region-file`"
+                + (" (training areas are polygons)" if areas else "")
             )
-        x = np.where(empty, np.nan, shapely.get_x(geoms))
-        y = np.where(empty, np.nan, shapely.get_y(geoms))
+        point = ~empty & ~polygon
+        only = np.asarray(geoms, dtype=object).copy()
+        only[~point] = None
+        x = np.where(point, shapely.get_x(only), np.nan)
+        y = np.where(point, shapely.get_y(only), np.nan)
     else:
         raise ConfigurationError(
             f"geometry column {name!r} of {what} holds {t}; expected WKB points (GeoParquet) "
             "or WKT text"
         )
     x, y = _to_lonlat(x, y, crs, name)
-    return x, y, np.asarray(empty, bool)
+    return x, y, np.asarray(empty, bool), shapes
 
 
 def _geometries(col: pa.ChunkedArray, name: str, what: str) -> NDArray[Any]:

@@ -30,8 +30,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from pyproj import Transformer
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
@@ -47,6 +45,7 @@ from tessera_vz.core.coords import check_lonlat
 from tessera_vz.export import write_region
 from tessera_vz.reader import TesseraStore
 from tessera_vz.serve.answers import api, api_async, error_response
+from tessera_vz.serve.corners import corners_lonlat
 from tessera_vz.serve.coverage import Coverage, feature_collection
 from tessera_vz.serve.guard import (
     ApiError,
@@ -56,6 +55,7 @@ from tessera_vz.serve.guard import (
     allowed_hosts,
     check_size,
 )
+from tessera_vz.serve.maps import map_routes
 from tessera_vz.serve.params import _bbox, _number, _param, _values, _year
 from tessera_vz.serve.preview import preview_png
 from tessera_vz.serve.raster import Pyramids, tile_png
@@ -206,7 +206,7 @@ def create_app(
             return preview_png(ds), ds
 
         png, ds = await heavy.run(work)
-        corners = _corners(ds)
+        corners = corners_lonlat(ds)
         return Response(
             png,
             media_type="image/png",
@@ -268,6 +268,7 @@ def create_app(
         Route("/api/point", api(point), methods=["GET", "HEAD"]),
         Route("/api/preview.png", api_async(preview), methods=["GET", "HEAD"]),
         Route("/api/region", api_async(region), methods=["GET", "HEAD"]),
+        *map_routes(store, lim, heavy, scratch),
         Mount("/static", app=StaticFiles(directory=STATIC, follow_symlink=False), name="static"),
         # The land layer (Natural Earth, shipped): the map shows coasts with no network.
         Mount("/data", app=StaticFiles(directory=land_file().parent), name="data"),
@@ -329,21 +330,6 @@ def _csp(basemap: str | None) -> str:
         "style-src 'self' 'unsafe-inline'; object-src 'none'; base-uri 'none'; "
         "frame-ancestors 'none'"
     )
-
-
-def _corners(ds: Any) -> list[list[float]]:
-    """Lon/lat of the region's outer corners: top-left, top-right, bottom-right, bottom-left."""
-    x = np.asarray(ds["x"].values, dtype=np.float64)
-    y = np.asarray(ds["y"].values, dtype=np.float64)
-    dx = float(x[1] - x[0]) if x.size > 1 else 10.0
-    dy = float(y[1] - y[0]) if y.size > 1 else -10.0
-    left, right = x[0] - dx / 2, x[-1] + dx / 2
-    top, bottom = y[0] - dy / 2, y[-1] + dy / 2
-    to_lonlat = Transformer.from_crs(str(ds.attrs["proj:code"]), "EPSG:4326", always_xy=True)
-    xs = np.array([left, right, right, left])
-    ys = np.array([top, top, bottom, bottom])
-    lon, lat = to_lonlat.transform(xs, ys)
-    return [[round(float(a), 7), round(float(b), 7)] for a, b in zip(lon, lat, strict=True)]
 
 
 def _zip_dir(src: Path, dest: Path) -> Path:

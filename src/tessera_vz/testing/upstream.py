@@ -19,11 +19,15 @@ import datetime as dt
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tessera_vz.core.dataset import Dataset, from_dir_name
 from tessera_vz.testing.tiles import TileSpec, make_tree
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Where upstream's bucket keeps the npy datasets (``s3scan`` examples).
 S3_NPY = "s3://tessera/tessera/npy/"
@@ -79,12 +83,22 @@ def write_upstream_manifest(
                 "scales_size": s_size,
             }
         )
-    df = pd.DataFrame(records)
+    out = Path(path) if path is not None else root / "manifest.parquet"
+    return write_upstream_frame(pd.DataFrame(records), out)
+
+
+def write_upstream_frame(df: pd.DataFrame, out: str | Path) -> Path:
+    """Finish and write a manifest frame as ``s3scan`` does: sorted, ``lon_i``/``lat_i`` added.
+
+    ``df`` holds the columns up to ``scales_size`` (see :func:`write_upstream_manifest`),
+    built by a caller that knows its files' facts without a file system (the
+    simulated world of :mod:`tessera_vz.testing.world`).
+    """
     if len(df):
         df = df.sort_values(["version", "variant", "year", "lon", "lat"])
         df["lon_i"] = (df["lon"] * 100).round().astype(np.int32)
         df["lat_i"] = (df["lat"] * 100).round().astype(np.int32)
-    out = Path(path) if path is not None else root / "manifest.parquet"
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_parquet(out, index=False)
     return out

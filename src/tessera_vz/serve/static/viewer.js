@@ -399,7 +399,7 @@
 
   map.on("click", (e) => {
     if (state.justDrew) { state.justDrew = false; return; }
-    if (state.drawing) { return; }
+    if (state.drawing || state.labelling) { return; } // labelling: labels.js takes the click
     const hit = map.queryRenderedFeatures(e.point, { layers: ["tiles-fill"] });
     // Below VECTOR_ZOOM a large year has no cells to hit: the server says if a tile is there.
     if (!hit.length && !(large() && map.getZoom() < VECTOR_ZOOM)) {
