@@ -10,11 +10,13 @@ run on this machine:
   plus per-array virtual refs, for a subset, as most virtualisation code does;
 * the full ``tessera-vz index`` run in a child process (commit included), its
   peak memory, and the report's own breakdown of where the time goes;
-* the same index over a local nginx for a subset: requests and bytes on the
-  wire per file (headers only);
+* the same index over HTTPS (nginx with TLS) for a subset, on loopback and
+  through a streaming +20 ms delay proxy (:mod:`links`), each in a child
+  process: tiles/s, peak memory, requests and bytes on the wire per file;
 * the repository it produced: objects, bytes, references, bytes per reference.
 
-Prints a table and writes ``benchmarks/results/index_throughput.json``.
+Prints a table, writes ``benchmarks/results/index_throughput.json`` and its
+section of ``benchmarks/RESULTS.md`` (``--no-results`` leaves RESULTS.md alone).
 """
 
 from __future__ import annotations
@@ -34,13 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import results_section
 from rich.console import Console
 from rich.table import Table
 
 from tessera_vz.core.layout import source_paths
 from tessera_vz.indexer.probe import probe_all
 from tessera_vz.indexer.roots import source_reader, source_root
-from tessera_vz.indexer.run import IndexOptions, run_index
 from tessera_vz.reader import ReadOptions, open_store
 from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.tiles import make_tree
@@ -78,17 +80,27 @@ def tree_stats(path: Path) -> dict[str, int]:
     }
 
 
-def index_in_child(src: Path, out: str, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run ``tessera-vz index`` in a child process: its report, wall time and peak RSS."""
+def index_in_child(
+    src: Path | str, out: str, env: dict[str, str] | None = None, extra: list[str] | None = None
+) -> dict[str, Any]:
+    """Run ``tessera-vz index`` in a child process: its report, wall time, CPU and peak RSS.
+
+    Peak RSS is the largest of any child so far (``RUSAGE_CHILDREN``), so the
+    runs that must be compared are made smallest first.
+    """
     cmd = [sys.executable, "-m", "tessera_vz.cli", "index", str(src), "--out", out, "--json",
-           "--quiet"]  # fmt: skip
+           "--quiet", *(extra or [])]  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"index failed ({proc.returncode}): {proc.stderr[-3000:]}")
     return {
         "wall_s": wall,
+        "cpu_s": cpu,
         "report": json.loads(proc.stdout),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     }
@@ -159,12 +171,123 @@ def naive_baseline(src: Path, specs: list[Any], out: Path) -> float:
     return (time.perf_counter() - t0) / len(specs)
 
 
+def https_runs(src: Path, subset: list[Any], work: Path) -> dict[str, Any]:
+    """Index ``subset`` over HTTPS from its manifest, on loopback and at +20 ms, in children."""
+    from links import ProxyProcess
+
+    from tessera_vz.testing.tiles import write_manifest
+    from tessera_vz.testing.tls import make_test_ca
+
+    ca = make_test_ca(work / "ca")
+    env = {**os.environ, "SSL_CERT_FILE": str(ca.ca_cert)}
+    manifest = work / "subset.parquet"
+    write_manifest(src, subset, path=manifest)
+    out: dict[str, Any] = {}
+    with NginxServer(src, tls=ca) as server, ProxyProcess(server.url, delay=0.010) as proxy:
+        for key, url in (("loopback", server.url), ("+20 ms", proxy.url)):
+            server.clear_log()
+            run = index_in_child(
+                url, str(work / f"https-index-{len(out)}"), env=env,
+                extra=["--manifest", str(manifest)],
+            )  # fmt: skip
+            reqs = [r for r in server.requests() if r["uri"].endswith(".npy")]
+            rep = run["report"]
+            out[key] = {
+                "tiles": len(subset),
+                "indexed": rep["indexed"],
+                "seconds": run["wall_s"],
+                "cpu_s": run["cpu_s"],
+                "tiles_per_s": rep["indexed"] / run["wall_s"],
+                "peak_rss_mb": run["peak_rss_mb"],
+                "timings": rep["timings"],
+                "requests_per_file": len(reqs) / (2 * len(subset)),
+                "wire_bytes_per_file": sum(r["bytes_sent"] for r in reqs) / (2 * len(subset)),
+            }
+    return out
+
+
+HERE = Path(__file__).parent
+OWNER = "index_throughput.py"
+
+#: The same script's figures before issue 23 (main at 0f29da6, 2,000 tiles, local
+#: disk, 2026-12-07): kept as history, since a run measures only the code it runs.
+BEFORE = (
+    "Before issue 23's index-size work (main at 0f29da6, same 2,000-tile tree, local "
+    "disk): 26,252 bytes and 6.03 objects per tile (coordinate chunks 2.01 objects and "
+    "15,858 B, manifests 4.01 and 7,065 B, snapshots 562 B, transaction logs 2,761 B), "
+    "CPU 15.3 s, peak 793 MB. At 7,000 tiles (scale.py, 2026-12-02): 31,731 B and 7.01 "
+    "objects per tile, peak 1,252 MB. After, at 7,000 tiles in seven batches (local, "
+    "2026-12-07, load ~10): 9,903 B and 4.01 objects per tile (manifests 7,676 B, "
+    "transaction log 1,780 B, snapshot 400 B), CPU 61 s (115 tiles per CPU-second), "
+    "peak 1,365 MB: over 1 GB because each amend rebuilds the unit's cumulative "
+    "transaction log (~18 kB a tile before compression), so the last batches' commits "
+    "hold the whole unit's."
+)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The RESULTS.md section of a run: throughput, memory, bytes and objects per tile."""
+    ix, r = results["index"], results["repo"]
+    n = results["tiles"]
+    kinds = ("manifests", "chunks", "snapshots", "transactions")
+    rows = [
+        ("local disk", ix["indexed"], ix["wall_s"], ix["cpu_s"], ix["peak_rss_mb"]),
+        *(
+            (f"HTTPS {key}", h["indexed"], h["seconds"], h["cpu_s"], h["peak_rss_mb"])
+            for key, h in results["http"].items()
+        ),
+    ]
+    lines = [
+        "## Index size and throughput",
+        "",
+        f"Generated by `python benchmarks/index_throughput.py --tiles {n}` on "
+        f"{results['machine']} ({results['cpus']} cores, shared: wall times move with the "
+        f"load, CPU seconds much less), {time.strftime('%Y-%m-%d')}. Sparse real-size tiles "
+        "(128 bands) of one zone-year, indexed from the manifest; HTTPS is a TLS nginx, "
+        "+20 ms a streaming delay proxy in front of it; each run in a child process.",
+        "",
+        "| run | tiles | wall | tiles/s | CPU | tiles per CPU-second | peak RSS |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        *(
+            f"| {name} | {k} | {w:.1f} s | {k / w:.0f} | {c:.1f} s | {k / c:.0f} | {m:.0f} MB |"
+            for name, k, w, c, m in rows
+        ),
+        "",
+        "| repository (local run) | per tile | " + " | ".join(kinds) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in kinds) + " |",
+        f"| bytes | {r['bytes_per_tile']:,.0f} | "
+        + " | ".join(f"{r.get(f'bytes_{k}', 0) / n:,.0f}" for k in kinds)
+        + " |",
+        f"| objects | {r['objects'] / n:.2f} | "
+        + " | ".join(f"{r.get(f'objects_{k}', 0) / n:.2f}" for k in kinds)
+        + " |",
+        "",
+        f"References per tile: {r['references_per_tile']:.0f} "
+        f"({r['tiles_with_one_row_chunks']} tiles have 1-row chunks); manifest bytes per "
+        f"reference {r['manifest_bytes_per_reference']:.1f}. Time in the local run: "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in ix["timings"].items())
+        + ".",
+        "",
+        BEFORE,
+        "",
+        "Targets (issue 23): >= 300 tiles/s on 2 cores, < 1 GB per worker, <= 10 kB and "
+        "<= 1 object per tile. Icechunk 2.3 writes one manifest per array per commit "
+        "(`flush_new_node` in its session.rs; the format allows several arrays per manifest, "
+        "no writer makes one), so four arrays with chunks (embeddings, scales, y, x) are a "
+        "floor of four objects a tile, two if the coordinate arrays went (and with them "
+        "`xr.open_zarr`'s coordinates). Each commit's cost is mostly per manifest "
+        "(building, zstd, one file), so the same floor bounds throughput.",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiles", type=int, default=5000)
     ap.add_argument("--http-tiles", type=int, default=300)
     ap.add_argument("--naive-tiles", type=int, default=200)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--no-results", action="store_true", help="do not touch RESULTS.md")
     ap.add_argument(
         "--out", default=str(Path(__file__).parent / "results" / "index_throughput.json")
     )
@@ -216,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": run["wall_s"],
         "tiles_per_s": report["indexed"] / run["wall_s"],
         "indexed": report["indexed"],
+        "cpu_s": run["cpu_s"],
         "failed": len(report["failed"]),
         "bytes_read_per_file": report["bytes_read"] / max(1, report["requests"]),
         "requests": report["requests"],
@@ -224,28 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     results["repo"] = repo_stats(out, len(specs))
 
-    # Bytes on the wire per file over HTTP, from nginx's log.
-    subset = specs[: args.http_tiles]
-    with NginxServer(src) as server:
-        manifest = work / "subset.parquet"
-        from tessera_vz.testing.tiles import write_manifest
-
-        write_manifest(src, subset, path=manifest)
-        server.clear_log()
-        t = time.perf_counter()
-        http = run_index(
-            IndexOptions(source=server.url, out=str(work / "http-index"), manifest=str(manifest))
-        )
-        http_s = time.perf_counter() - t
-        reqs = [r for r in server.requests() if r["uri"].endswith(".npy")]
-    results["http"] = {
-        "tiles": len(subset),
-        "seconds": http_s,
-        "tiles_per_s": http.indexed / http_s,
-        "requests_per_file": len(reqs) / (2 * len(subset)),
-        "wire_bytes_per_file": sum(r["bytes_sent"] for r in reqs) / (2 * len(subset)),
-        "body_bytes_per_file": sum(r["body_bytes_sent"] for r in reqs) / (2 * len(subset)),
-    }
+    # Over HTTPS (TLS nginx), on loopback and through a +20 ms link, from the manifest.
+    results["http"] = https_runs(src, specs[: args.http_tiles], work)
 
     ix = results["index"]
     tm = ix["timings"]
@@ -256,7 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     tab.add_column("value", justify="right")
     tab.add_column("note")
     tab.add_row(
-        "index tiles/s (commit included)", f"{ix['tiles_per_s']:.0f}", f"{ix['wall_s']:.1f} s wall"
+        "index tiles/s (commit included)",
+        f"{ix['tiles_per_s']:.0f}",
+        f"{ix['wall_s']:.1f} s wall, CPU {ix['cpu_s']:.1f} s",
     )
     tab.add_row(
         "  floor: header probes only",
@@ -278,17 +384,25 @@ def main(argv: list[str] | None = None) -> int:
     tab.add_row(
         "bytes read per file (local)", f"{ix['bytes_read_per_file']:.0f}", "one ranged read"
     )
-    h = results["http"]
-    tab.add_row(
-        "HTTP requests per file", f"{h['requests_per_file']:.2f}", f"nginx log, {h['tiles']} tiles"
-    )
-    tab.add_row(
-        "HTTP wire bytes per file",
-        f"{h['wire_bytes_per_file']:.0f}",
-        f"body {h['body_bytes_per_file']:.0f} + response headers",
-    )
+    for key, h in results["http"].items():
+        tab.add_row(
+            f"HTTPS {key}: tiles/s",
+            f"{h['tiles_per_s']:.0f}",
+            f"{h['indexed']} tiles in {h['seconds']:.1f} s, CPU {h['cpu_s']:.1f} s, "
+            f"peak {h['peak_rss_mb']:.0f} MB, {h['requests_per_file']:.2f} req/file",
+        )
     r = results["repo"]
-    tab.add_row("repo bytes per tile", f"{r['bytes_per_tile']:.0f}", f"{r['objects']} objects")
+    kinds = ("manifests", "chunks", "snapshots", "transactions")
+    tab.add_row(
+        "repo bytes per tile",
+        f"{r['bytes_per_tile']:.0f}",
+        ", ".join(f"{k} {r.get(f'bytes_{k}', 0) / args.tiles:.0f}" for k in kinds),
+    )
+    tab.add_row(
+        "repo objects per tile",
+        f"{r['objects'] / args.tiles:.2f}",
+        ", ".join(f"{k} {r.get(f'objects_{k}', 0) / args.tiles:.2f}" for k in kinds),
+    )
     tab.add_row(
         "references per tile",
         f"{r['references_per_tile']:.0f}",
@@ -303,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     console.print(tab)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
+    if not args.no_results:
+        results_section.write(HERE / "RESULTS.md", markdown(results), OWNER)
     console.print(f"wrote {args.out}; work dir {work}")
     return 0
 

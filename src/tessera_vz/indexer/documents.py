@@ -5,7 +5,8 @@ A tile group is a Zarr group (``grid_0.85_49.95``) of two virtual arrays
 the CF grid mapping ``spatial_ref``. Its array metadata documents are
 rendered here as JSON and ``set`` through the store (``create_array`` costs
 ~6 ms a call; a ``set`` of the document ~0.2 ms). The coordinates are real
-data, a chunk each; ``spatial_ref`` is a 0-d array with no chunk (its value
+data, one blosc-compressed chunk each, small enough to live inline in the
+array's manifest (:data:`COORDINATE_CODEC`); ``spatial_ref`` is a 0-d array with no chunk (its value
 is its fill value), so it costs a node in the snapshot and no object. The
 documents of layout 1 (before the grid mapping) are kept too, so tests can
 build an index of the previous layout and prove that a run upgrades it.
@@ -22,6 +23,7 @@ from typing import Any
 
 import icechunk as ic
 import numpy as np
+from numcodecs import Blosc
 from pyproj import CRS
 from zarr.core.buffer import Buffer, default_buffer_prototype
 
@@ -67,7 +69,31 @@ _ATTRS: dict[str, dict[str, Any]] = {
     "emb2": {**_EMB_ATTRS, **_GRID_MAPPED},
     "scales2": {**_SCALES_ATTRS, **_GRID_MAPPED},
     "crs": {},
+    # Layout 2's coordinates: the same attributes, blosc-compressed chunks.
+    "y2": _Y_ATTRS,
+    "x2": _X_ATTRS,
 }
+
+
+#: Codec of the coordinate chunks (``y``, ``x``): blosc's byte shuffle lines up
+#: the bytes of the evenly spaced float64 centres and zstd then packs a
+#: ~8.9 kB chunk into ~300-600 bytes, small enough for Icechunk to store it
+#: inline in the array's manifest instead of as an object of its own
+#: (:data:`~tessera_vz.indexer.repository.INLINE_CHUNK_BYTES`). Blosc is a
+#: codec of the Zarr v3 core specification, so every Zarr reader decodes it.
+COORDINATE_CODEC: dict[str, Any] = {
+    "name": "blosc",
+    "configuration": {
+        "cname": "zstd",
+        "clevel": 5,
+        "shuffle": "shuffle",
+        "typesize": 8,
+        "blocksize": 0,
+    },
+}
+_BLOSC = Blosc(cname="zstd", clevel=5, shuffle=Blosc.SHUFFLE, blocksize=0, typesize=8)
+#: Array kinds whose chunks are real data written by the indexer (compressed).
+_COMPRESSED = frozenset({"y2", "x2"})
 
 
 def _buffer(data: bytes) -> Buffer:
@@ -94,6 +120,8 @@ def _template(descr: str, ndim: int, dims: tuple[str, ...], attrs_key: str) -> d
     doc: dict[str, Any] = json.loads(
         meta.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
     )
+    if attrs_key in _COMPRESSED:
+        doc["codecs"] = [*doc["codecs"], COORDINATE_CODEC]
     return doc
 
 
@@ -249,8 +277,8 @@ def tile_documents(g: TileGroup, coordinates: bool = True) -> list[tuple[str, by
     ]
     if coordinates:
         h, w = g.height, g.width
-        docs.append((f"{n}/y/zarr.json", _array_doc((h,), (h,), "<f8", ("y",), "y")))
-        docs.append((f"{n}/x/zarr.json", _array_doc((w,), (w,), "<f8", ("x",), "x")))
+        docs.append((f"{n}/y/zarr.json", _array_doc((h,), (h,), "<f8", ("y",), "y2")))
+        docs.append((f"{n}/x/zarr.json", _array_doc((w,), (w,), "<f8", ("x",), "x2")))
     return docs
 
 
@@ -317,13 +345,16 @@ def _layout1_documents(r: TileRecord, root: SourceRoot, budget: int) -> list[tup
 def _coordinate_chunks(r: TileRecord, layout: int) -> list[tuple[str, bytes]]:
     """The one chunk of each coordinate array (``band`` too in layout 1): pixel centres."""
     y, x = pixel_centres(r.left, r.top, r.height, r.width)
-    chunks = [
-        (f"{r.name}/y/c/0", y.astype("<f8").tobytes()),
-        (f"{r.name}/x/c/0", x.astype("<f8").tobytes()),
-    ]
     if layout < 2:
-        chunks.append((f"{r.name}/band/c/0", np.arange(r.bands, dtype="<i2").tobytes()))
-    return chunks
+        return [
+            (f"{r.name}/y/c/0", y.astype("<f8").tobytes()),
+            (f"{r.name}/x/c/0", x.astype("<f8").tobytes()),
+            (f"{r.name}/band/c/0", np.arange(r.bands, dtype="<i2").tobytes()),
+        ]
+    return [
+        (f"{r.name}/y/c/0", _BLOSC.encode(y.astype("<f8").tobytes())),
+        (f"{r.name}/x/c/0", _BLOSC.encode(x.astype("<f8").tobytes())),
+    ]
 
 
 async def write_tile_groups(

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 
 log = logging.getLogger(__name__)
@@ -47,3 +50,22 @@ def release() -> None:
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+@contextmanager
+def no_cycle_collection() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a unit is indexed.
+
+    A unit allocates hundreds of thousands of short-lived containers (the
+    groups' documents, the store's futures), none in cycles, and each
+    allocation burst set off a full collection: ~6 % of a run's CPU went to
+    ``gc_collect_main``. Reference counting still frees everything; cycles,
+    if any, are collected when the batch is done.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()

@@ -33,6 +33,8 @@ class Commit:
     year: int
     snapshot: str
     tag: str
+    #: Batches written (each after the first amended the scratch commit).
+    batches: int = 1
 
 
 @dataclass

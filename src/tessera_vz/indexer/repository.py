@@ -10,7 +10,9 @@ and branches so that concurrent runs converge.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any, Literal, overload
 
@@ -33,6 +35,28 @@ log = logging.getLogger(__name__)
 #: gain little until 19, which takes ~13 s.
 METADATA_COMPRESSION_LEVEL = 9
 
+#: zstd level of a unit's intermediate batches. Their snapshots and
+#: transaction logs are replaced by the next batch's amend, and a
+#: transaction log (the changes since the year's previous tip, ~18 kB a tile
+#: before compression) compresses *worse* at 9 than at 3 and 3.6x slower:
+#: at level 9, re-compressing the growing log was most of a 7,000-tile
+#: unit's commit time. The last batch is written at
+#: :data:`METADATA_COMPRESSION_LEVEL`, so the published snapshot is as small.
+DRAFT_COMPRESSION_LEVEL = 3
+
+#: Chunks up to this size are stored inline in their array's manifest instead
+#: of as an object of their own (Icechunk's default is 512 bytes). A tile's
+#: ``y`` and ``x`` chunks, blosc-compressed to ~300-600 bytes
+#: (:data:`~tessera_vz.indexer.documents.COORDINATE_CODEC`), were two objects
+#: and ~16 kB a tile; the manifest Icechunk writes for each array anyway now
+#: holds them. Small columns of the tiles table go inline too.
+INLINE_CHUNK_BYTES = 4096
+
+#: Array manifests written at once by a commit (Icechunk's default is 1).
+#: A run's commit writes a few small manifests per tile, one after another
+#: by default; in parallel it is storage-bound instead of latency-bound.
+COMMIT_CONCURRENCY = 64
+
 
 def _write_config(cfg: ic.RepositoryConfig | None) -> ic.RepositoryConfig:
     """The persisted config plus a small cache and stronger compression for writing.
@@ -45,6 +69,9 @@ def _write_config(cfg: ic.RepositoryConfig | None) -> ic.RepositoryConfig:
     config: ic.RepositoryConfig = read_config(cfg)
     config.caching = ic.CachingConfig(num_chunk_refs=50_000, num_snapshot_nodes=100_000)
     config.compression = ic.CompressionConfig(level=METADATA_COMPRESSION_LEVEL)
+    config.inline_chunk_threshold_bytes = INLINE_CHUNK_BYTES
+    if config.manifest is not None:
+        config.manifest.max_concurrent_manifest_fetches_during_commit = COMMIT_CONCURRENCY
     return config
 
 
@@ -106,6 +133,39 @@ def open_repo(
         cfg.set_virtual_chunk_container(container)
         ic.Repository.create(storage, config=cfg).save_config()
     return ic.Repository.open(storage, config=_write_config(ic.Repository.fetch_config(storage)))
+
+
+def draft_repo(repo: ic.Repository) -> ic.Repository:
+    """The same repository, writing metadata at :data:`DRAFT_COMPRESSION_LEVEL`."""
+    config = repo.config
+    config.compression = ic.CompressionConfig(level=DRAFT_COMPRESSION_LEVEL)
+    return repo.reopen(config=config)
+
+
+def collect_amended(repo: ic.Repository, zone: int) -> int:
+    """Delete the snapshots and transaction logs that batches amended away; bytes freed.
+
+    A unit written in several batches amends its scratch commit once per
+    batch, and each amend leaves the replaced snapshot and its transaction
+    log behind, unreachable: the log of an amend holds every change since
+    the year's previous tip, so a 7,000-tile unit in batches of 1,000 left
+    about three times the published metadata as garbage (~6 kB a tile).
+    Icechunk's garbage collection removes what no branch or tag reaches.
+
+    Only safe while no other writer can have objects in flight in this
+    repository, so the caller holds the zone's lock
+    (:mod:`~tessera_vz.indexer.locks`): every object older than now is then
+    either reachable or garbage. It reads every reachable manifest of the
+    zone, so a run calls it once per zone, after all its units.
+    """
+    t = time.perf_counter()
+    summary = repo.garbage_collect(dt.datetime.now(dt.UTC))
+    log.info(
+        "zone %d: removed %d amended snapshots, %d transaction logs (%d bytes) in %.1f s",
+        zone, summary.snapshots_deleted, summary.transaction_logs_deleted,
+        summary.bytes_deleted, time.perf_counter() - t,
+    )  # fmt: skip
+    return int(summary.bytes_deleted)
 
 
 def next_tag(repo: ic.Repository, year: int) -> str:

@@ -34,14 +34,14 @@ from tessera_vz.indexer.datasets import (
 )
 from tessera_vz.indexer.discover import find_manifest
 from tessera_vz.indexer.distributed import run_units
-from tessera_vz.indexer.inventory import TileSource, split_units
+from tessera_vz.indexer.inventory import TileSource, Units, split_units
 from tessera_vz.indexer.listing import listing_inventory
-from tessera_vz.indexer.locks import repo_lock
+from tessera_vz.indexer.locks import lock_path, repo_lock
 from tessera_vz.indexer.manifest import manifest_inventory
 from tessera_vz.indexer.memory import limit_arenas
 from tessera_vz.indexer.publish import write_zone_list
 from tessera_vz.indexer.report import Failure, Report
-from tessera_vz.indexer.repository import open_repo, update_main
+from tessera_vz.indexer.repository import collect_amended, open_repo, update_main
 from tessera_vz.indexer.roots import SourceRoot, object_store, source_root
 from tessera_vz.indexer.run_options import (
     IndexOptions,
@@ -51,6 +51,7 @@ from tessera_vz.indexer.run_options import (
 )
 from tessera_vz.indexer.summary import record_coverage
 from tessera_vz.indexer.symlinks import skip_outside_links
+from tessera_vz.indexer.sync_plan import plan_units
 from tessera_vz.indexer.unit import run_unit
 
 log = logging.getLogger(__name__)
@@ -123,8 +124,11 @@ def run_index(opts: IndexOptions, progress: ProgressStart = no_progress) -> Repo
     del tiles
     t1 = time.perf_counter()
     report.timings["inventory"] = t1 - t0
+    if not opts.reprobe:
+        units = _units_with_work(opts, root, units, report)
+        report.timings["plan"] = time.perf_counter() - t1
     by_zone: dict[int, list[int]] = defaultdict(list)
-    if opts.scheduler or opts.workers:
+    if units and (opts.scheduler or opts.workers):  # no cluster for nothing to do
         done = run_units(opts, units, progress)
     else:
         done = (
@@ -135,6 +139,8 @@ def run_index(opts: IndexOptions, progress: ProgressStart = no_progress) -> Repo
         report.merge(unit)
         if unit.commits:
             by_zone[zone].append(year)
+    # Zones where a unit amended its batches: their replaced snapshots are garbage.
+    amended = {c.zone for c in report.commits if c.batches > 1}
     t2 = time.perf_counter()
     # Zones that changed, and any whose main does not record this dataset and source yet.
     stale = zones_to_describe(recorded(opts.out, opts.s3_options), identity)
@@ -146,11 +152,31 @@ def run_index(opts: IndexOptions, progress: ProgressStart = no_progress) -> Repo
             )  # fmt: skip
             update_main(repo, zone, [root.url], identity.dataset)
             record_coverage(repo, zone)  # the viewer's counts and coverage without tables
+            if zone in amended and lock_path(opts.out, zone) is not None:
+                t = time.perf_counter()
+                collect_amended(repo, zone)
+                report.timings["collect"] = report.timings.get("collect", 0.0) + (
+                    time.perf_counter() - t
+                )
     # The zone list a reader of a published copy needs, in step with the repos.
     write_zone_list(opts.out, opts.s3_options, identity.dataset, root.url)
     report.timings["describe"] = time.perf_counter() - t2
     report.timings["total"] = time.perf_counter() - t0
     return report
+
+
+def _units_with_work(opts: IndexOptions, root: SourceRoot, units: Units, report: Report) -> Units:
+    """The units whose inventory shows something new, changed or removed (:mod:`.sync_plan`).
+
+    The others are not run: their tiles count as skipped and unchanged.
+    """
+    plans = plan_units(opts.out, units, root.url, s3_options=opts.s3_options)
+    idle = {k for k, p in plans.items() if not p.run}
+    for key in idle:
+        report.skipped += plans[key].skipped
+        report.unchanged += plans[key].skipped
+    log.info("%d of %d units have nothing new, changed or removed", len(idle), len(plans))
+    return units.only(k for k in units if k not in idle)
 
 
 def _nothing_selected(opts: IndexOptions, where: str) -> str:

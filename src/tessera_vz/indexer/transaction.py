@@ -34,7 +34,7 @@ from tessera_vz.indexer.migration import (
 from tessera_vz.indexer.record import TileRecord
 from tessera_vz.indexer.references import set_references, write_table
 from tessera_vz.indexer.report import Commit
-from tessera_vz.indexer.repository import next_tag
+from tessera_vz.indexer.repository import draft_repo, next_tag
 from tessera_vz.indexer.roots import SourceRoot
 
 log = logging.getLogger(__name__)
@@ -184,6 +184,10 @@ def write_unit(
     :data:`~tessera_vz.core.layout.LAYOUT_VERSION`), the metadata of every
     other group in ``rows`` is rewritten in the current one from its table
     row, in the same commit: no header is read, no reference rewritten.
+
+    The snapshots and transaction logs that the batches amended away stay
+    behind, unreachable, until the run collects them
+    (:func:`~tessera_vz.indexer.repository.collect_amended`).
     """
     branch = branch_name(year)
     if expected_tip == "lookup":
@@ -216,6 +220,7 @@ def write_unit(
         "tessera:layout_version": layout,
     }
     batches = [records[i : i + batch_tiles] for i in range(0, len(records), batch_tiles)] or [[]]
+    draft = draft_repo(repo) if len(batches) > 1 else repo
     try:
         snapshot = ""
         for i, batch in enumerate(batches):
@@ -225,7 +230,7 @@ def write_unit(
                 zone, year, i + 1, len(batches), len(batch), work,
             )  # fmt: skip
             snapshot = _write_batch(
-                repo,
+                repo if last else draft,
                 work,
                 i == 0,
                 batch,
@@ -252,7 +257,7 @@ def write_unit(
             # harmless litter, and this must never mask the real outcome.
             log.warning("could not delete scratch branch %s", work)
     log.info("zone %d year %d: committed %s as %s (%d tiles)", zone, year, snapshot, tag, len(rows))
-    return Commit(zone=zone, year=year, snapshot=snapshot, tag=tag)
+    return Commit(zone=zone, year=year, snapshot=snapshot, tag=tag, batches=len(batches))
 
 
 def _publish(
