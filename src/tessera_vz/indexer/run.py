@@ -49,6 +49,7 @@ from tessera_vz.indexer.run_options import (
     source_options,
     source_s3_options,
 )
+from tessera_vz.indexer.summary import record_coverage
 from tessera_vz.indexer.symlinks import skip_outside_links
 from tessera_vz.indexer.sync_plan import plan_units
 from tessera_vz.indexer.unit import run_unit
@@ -150,6 +151,7 @@ def run_index(opts: IndexOptions, progress: ProgressStart = no_progress) -> Repo
                 source_s3_options=source_s3_options(opts),
             )  # fmt: skip
             update_main(repo, zone, [root.url], identity.dataset)
+            record_coverage(repo, zone)  # the viewer's counts and coverage without tables
             if zone in amended and lock_path(opts.out, zone) is not None:
                 t = time.perf_counter()
                 collect_amended(repo, zone)
