@@ -86,6 +86,8 @@ class RepositoryProxy:
         self._bases: list[tuple[str, SourceFiles]] = []
         self._failures: dict[str, TesseraError] = {}
         self._cache: dict[str, bytes] = {}
+        #: Bytes held in ``_cache`` (kept as it changes: summing it per object was quadratic).
+        self._cached_bytes = 0
         #: Handle -> its repository info object, fetched once (see the module).
         self._infos: dict[int, asyncio.Future[bytes]] = {}
         self._lock = threading.Lock()
@@ -212,9 +214,10 @@ class RepositoryProxy:
         return _cut(whole, url, ranged)
 
     def _remember(self, url: str, data: bytes) -> None:
+        self._cached_bytes += len(data) - len(self._cache.pop(url, b""))
         self._cache[url] = data
-        while sum(len(v) for v in self._cache.values()) > _CACHE_BYTES and len(self._cache) > 1:
-            self._cache.pop(next(iter(self._cache)))
+        while self._cached_bytes > _CACHE_BYTES and len(self._cache) > 1:
+            self._cached_bytes -= len(self._cache.pop(next(iter(self._cache))))
 
 
 def _cut(whole: bytes, url: str, ranged: str | None) -> tuple[Buffer, int | None, int]:

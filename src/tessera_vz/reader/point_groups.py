@@ -5,14 +5,15 @@ table in memory (about 1.15 kB a tile) and a session. So points are read
 :data:`GROUP_ZONES` zones (of their cells) at a time (:func:`zone_groups`):
 a group's tables are loaded together
 (:meth:`~tessera_vz.reader.zone_year.ZoneYears.prepare`), its points located
-and read, then the next group, while the registry lets the least recently
-used zone-years go. :mod:`.samples` reads its batches by the same groups.
+and read, while the next group's tables load (:func:`ahead`), and the
+registry lets the least recently used zone-years go. :mod:`.samples` reads its batches by the same groups.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -59,6 +60,25 @@ def point_values(
     return np.stack(out)
 
 
+def ahead[T, R](work: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
+    """``work(item)`` of each item in order, the next one made in a thread while this one is used.
+
+    A group's tables are loaded (round trips to the index) while the previous
+    group's pixels are read (round trips to the tiles): the two waits overlap
+    instead of adding up, group after group. At most two groups are held.
+    """
+    if len(items) < 2:
+        yield from (work(i) for i in items)
+        return
+    with ThreadPoolExecutor(1, "tessera-vz-ahead") as pool:
+        pending = pool.submit(work, items[0])
+        for nxt in items[1:]:
+            done = pending.result()
+            pending = pool.submit(work, nxt)
+            yield done
+        yield pending.result()
+
+
 def zone_groups(lon: NDArray[np.float64], valid: NDArray[np.bool_]) -> list[NDArray[np.bool_]]:
     """Masks of the points of :data:`GROUP_ZONES` zones (of their cells) each, in zone order.
 
@@ -88,7 +108,8 @@ def points_in_groups(
     valid = valid_lonlat_mask(lon, lat)
     seen: set[int] = set()
     out: NDArray[np.float32] | None = None
-    for mine in zone_groups(lon, valid):
+
+    def locate(mine: NDArray[np.bool_]) -> tuple[NDArray[np.intp], list[Located]]:
         idx = np.flatnonzero(mine)
         located = []
         for y in years:
@@ -103,6 +124,9 @@ def points_in_groups(
 
             located.append(locate_pixels(recorded, lon[idx], lat[idx], y,
                                          zone_years.root, strict=False))  # fmt: skip
+        return idx, located
+
+    for idx, located in ahead(locate, zone_groups(lon, valid)):
         values = point_values(zone_years, located, years, gap)
         if out is None:
             out = np.full((len(years), lon.size, values.shape[2]), np.nan, np.float32)

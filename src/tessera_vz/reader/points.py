@@ -57,11 +57,12 @@ async def read_located(
     zones = loc.zone[ok]
     emb = np.zeros((n, b), np.int8)
     scale = np.full((n, b) if per_band else (n,), np.nan, np.float32)
-    for z in np.unique(zones):
+
+    async def zone(z: int) -> None:
         m = zones == z
         idx = np.flatnonzero(m)
-        source = sources[int(z)]
-        what = f"reading {idx.size} points of {year} in zone {int(z)}"
+        source = sources[z]
+        what = f"reading {idx.size} points of {year} in zone {z}"
         source.check(names[m], what)
         fm = {key: v[m] for key, v in f.items()}
         one = np.ones(idx.size, np.int64)
@@ -75,6 +76,9 @@ async def read_located(
         descr = np.dtype(str(f["scales_descr"][idx[0]]))
         raw = s_got.view(descr).astype(np.float32)
         scale[ok[m]] = raw if per_band else raw[:, 0]
+
+    # The zones' requests go together: one zone's round trips need not wait for another's.
+    await asyncio.gather(*(zone(int(z)) for z in np.unique(zones)))
     return emb, scale, loc.ok
 
 

@@ -40,7 +40,7 @@ from tessera_vz.core.loop import sync
 from tessera_vz.core.quantisation import dequantise
 from tessera_vz.reader.pixels import Located, locate_pixels
 from tessera_vz.reader.point_columns import GEOMETRY, PointsInput
-from tessera_vz.reader.point_groups import zone_groups
+from tessera_vz.reader.point_groups import ahead, zone_groups
 from tessera_vz.reader.point_rule import reachable_zones
 from tessera_vz.reader.points import (
     EMPTY,
@@ -294,18 +294,23 @@ def _read_batch(
 
     The points go :data:`~.point_groups.GROUP_ZONES` zones (of their cells) at a time: the
     tables of a group are loaded together (:meth:`ZoneYears.prepare`), every
-    year of the group read concurrently, then the next group, so a batch
+    year of the group read concurrently while the next group's tables load
+    (:func:`~.point_groups.ahead`), so a batch
     spread over the globe holds a few zones' tables at once, not sixty.
     """
     wanted = [m for m in parts if m.any()]
     years = [y for y, m in zip(ys, parts, strict=True) if m.any()]
     pieces: list[list[tuple[NDArray[np.intp], YearSample]]] = [[] for _ in years]
-    for mine in zone_groups(lon, valid_lonlat_mask(lon, lat) & ~empty):
+
+    def plan(mine: NDArray[np.bool_]) -> tuple[list[tuple[int, NDArray[np.intp]]], list[Any]]:
         todo = [(k, np.flatnonzero(m & mine)) for k, m in enumerate(wanted)]
         todo = [(k, idx) for k, idx in todo if idx.size]
-        # Tables are loaded (sync) before the reads of every year run together.
+        # Tables are loaded (sync, while the previous group is read) before the reads run.
         plans = [_sample_plan(zone_years, lon[idx], lat[idx], empty[idx], years[k])
                  for k, idx in todo]  # fmt: skip
+        return todo, plans
+
+    for todo, plans in ahead(plan, zone_groups(lon, valid_lonlat_mask(lon, lat) & ~empty)):
 
         async def read_years(plans: list[Any] = plans) -> list[YearSample]:
             return list(await asyncio.gather(*(_sample_year(*p) for p in plans)))

@@ -21,7 +21,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 import icechunk as ic
 import numpy as np
@@ -117,7 +116,7 @@ class ZoneYearIndex:
         if table is None:
             # Only a miss opens the session (fetching the snapshot): a process that finds
             # the table cached reads points without loading any Icechunk metadata.
-            table = read_table_at_once(self.session.store, remote=is_remote(self.location))
+            table = read_table_at_once(self.session.store)
             if table is None:
                 raise TileNotFoundError(f"zone {self.zone} year {self.year} has no tiles table")
             table_cache.save(self.location, self.snapshot, table)
@@ -162,10 +161,6 @@ class _SessionStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._index.session.store, name)
 
-
-def is_remote(location: str) -> bool:
-    """Whether a repository location is behind a network (``http(s)://``, ``s3://``)."""
-    return urlsplit(location).scheme in ("http", "https", "s3")
 
 
 #: Zones opened at once by :meth:`ZoneYears.prepare` (each mostly waits on round trips).
