@@ -141,7 +141,7 @@ def test_the_table_cache_is_bounded_and_keeps_what_is_used(
     kept = {f.stem for f in files}
     assert "snap-hot" in kept and "snap-19" in kept and "snap-00" not in kept
     cached = table_cache.load("s3://index/utm31", "snap-19")
-    assert cached is not None and list(cached["tile"].values) == list(names)
+    assert cached is not None and list(cached.tile) == list(names)
     size = files[0].stat().st_size
     monkeypatch.setenv("TESSERA_VZ_CACHE_MAX_MB", str(2.5 * size / 1024 / 1024))
     table_cache.save("s3://index/utm31", "snap-new", table)

@@ -4,14 +4,17 @@ It lets a reader find a tile and the byte layout of its files without
 listing or opening tile groups, and a re-run decide what changed. It is an
 ordinary xarray Dataset along a ``tile`` dimension whose coordinate is the
 tile name, so ``xr.open_zarr(store, group="tiles")`` shows the inventory.
+A reader holds it as :class:`TileColumns` (NumPy columns): reading a point
+needs no xarray (nor the pandas it imports), which a cold process would
+spend more time importing than reading.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import xarray as xr
 from numpy.typing import NDArray
 
 from tessera_vz.core.checksums import checksum_value
@@ -19,6 +22,7 @@ from tessera_vz.core.layout import TILES, check_tile_name
 from tessera_vz.core.urls import check_path, check_root
 
 if TYPE_CHECKING:
+    import xarray as xr
     from zarr.abc.store import Store
 
 #: Column name -> numpy dtype of the stored table.
@@ -56,8 +60,38 @@ COLUMNS: dict[str, str] = {
 COLUMN_DEFAULTS: dict[str, Any] = {"emb_listed": "", "scales_listed": ""}
 
 
+@dataclass(frozen=True)
+class TileColumns:
+    """A tiles table as NumPy columns: ``tile`` (the names), the other columns, the attributes.
+
+    What a reader keeps of a zone-year's table; :meth:`dataset` gives the
+    xarray Dataset (``TesseraStore.tiles``) when one is asked for.
+    """
+
+    tile: NDArray[Any]
+    data: dict[str, NDArray[Any]]
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, table: TileColumns | xr.Dataset) -> TileColumns:
+        """The columns of a table Dataset (or the columns themselves)."""
+        if isinstance(table, TileColumns):
+            return table
+        data = {str(k): np.asarray(table[k].values) for k in table.data_vars}
+        return cls(np.asarray(table["tile"].values), data, dict(table.attrs))
+
+    def dataset(self) -> xr.Dataset:
+        """The table as the Dataset ``xr.open_zarr`` gives, along ``tile``."""
+        import xarray as xr
+
+        data = {k: ("tile", v) for k, v in self.data.items()}
+        return xr.Dataset(data, coords={"tile": self.tile}, attrs=dict(self.attrs))
+
+
 def table_dataset(names: list[str], columns: dict[str, Any], attrs: dict[str, Any]) -> xr.Dataset:
     """Build the table Dataset from column arrays (sorted by tile name)."""
+    import xarray as xr
+
     order = np.argsort(np.asarray(names, dtype=str), kind="stable")
     data = {
         col: ("tile", np.asarray(columns[col], dtype=dtype)[order])
@@ -68,6 +102,8 @@ def table_dataset(names: list[str], columns: dict[str, Any], attrs: dict[str, An
 
 def read_table(store: Store) -> xr.Dataset | None:
     """Load a year's table from a session store, or ``None`` if it has none."""
+    import xarray as xr
+
     try:
         ds: xr.Dataset = xr.open_zarr(
             store, group=TILES, consolidated=False, zarr_format=3, chunks=None
@@ -82,7 +118,7 @@ _MAX_SIDE = 1 << 20
 _MAX_BANDS = 4096
 
 
-def refused_rows(table: xr.Dataset) -> dict[str, str]:
+def refused_rows(table: TileColumns | xr.Dataset) -> dict[str, str]:
     """Tiles whose records cannot be used as they are, each with the reason.
 
     A repository is an untrusted input: its paths, URLs and checksums become
@@ -93,10 +129,11 @@ def refused_rows(table: xr.Dataset) -> dict[str, str]:
     offset outside the file, a scales dtype that is not 4-byte float) fails
     that tile with a clear reason, before any request is made for it.
     """
-    names = [str(n) for n in table["tile"].values]
+    columns = TileColumns.of(table)
+    names = [str(n) for n in columns.tile]
     if not names:
         return {}
-    col = {c: table[c].values for c in COLUMNS if c in table}
+    col = {c: columns.data[c] for c in COLUMNS if c in columns.data}
     missing = [c for c in COLUMNS if c not in col]
     if missing:
         return dict.fromkeys(names, f"the tiles table lacks columns {missing}")
@@ -158,22 +195,26 @@ class TileLookup:
     hence a class.
     """
 
-    #: Up to this many names are looked up in a dict; more through pandas.
+    #: Up to this many names are looked up in a dict; more by a sorted search.
     _SMALL = 256
 
-    def __init__(self, table: xr.Dataset) -> None:
-        self.names = np.asarray(table["tile"].values).astype(str)
-        self.cols: dict[str, NDArray[Any]] = {
-            str(k): np.asarray(table[k].values) for k in table.data_vars
-        }
+    def __init__(self, table: TileColumns | xr.Dataset) -> None:
+        columns = TileColumns.of(table)
+        self.names = np.asarray(columns.tile).astype(str)
+        self.cols: dict[str, NDArray[Any]] = {k: np.asarray(v) for k, v in columns.data.items()}
         self._row = {n: i for i, n in enumerate(self.names.tolist())}
-        self._index = table.indexes["tile"]
+        self._order = np.argsort(self.names, kind="stable")
+        self._sorted = self.names[self._order]
 
     def positions(self, names: list[str]) -> NDArray[np.int64]:
         """Row of each name in the table, -1 where the table has no such tile."""
         if len(names) <= self._SMALL:
             return np.fromiter((self._row.get(n, -1) for n in names), np.int64, len(names))
-        return np.asarray(self._index.get_indexer(names), np.int64)
+        if self._sorted.size == 0:
+            return np.full(len(names), -1, np.int64)
+        asked = np.asarray(names, dtype=str)
+        at = np.minimum(np.searchsorted(self._sorted, asked), self._sorted.size - 1)
+        return np.where(self._sorted[at] == asked, self._order[at], -1).astype(np.int64)
 
     def row(self, name: str) -> dict[str, Any] | None:
         """One tile's facts as Python scalars, or ``None``."""

@@ -40,7 +40,7 @@ from tessera_vz.core.loop import sync
 from tessera_vz.core.quantisation import dequantise
 from tessera_vz.reader.pixels import Located, locate_pixels
 from tessera_vz.reader.point_columns import GEOMETRY, PointsInput
-from tessera_vz.reader.point_groups import ahead, zone_groups
+from tessera_vz.reader.point_groups import SAMPLE_BATCH, ahead, zone_groups
 from tessera_vz.reader.point_rule import reachable_zones
 from tessera_vz.reader.points import (
     EMPTY,
@@ -57,9 +57,6 @@ from tessera_vz.reader.zone_year import ZoneYears
 
 log = logging.getLogger(__name__)
 
-#: Points read at a time by :func:`sample_batches` (values of a batch:
-#: 100,000 x 128 float32 = 51 MB per year).
-SAMPLE_BATCH = 100_000
 #: Schema metadata keys of the provenance (as the ``tessera:*`` attributes of Datasets).
 PROVENANCE_KEYS = (
     "tessera:versions", "tessera:snapshots", "tessera:store", "tessera:years", *DATASET_KEYS,

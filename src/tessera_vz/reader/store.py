@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import icechunk as ic
 import numpy as np
-import pyarrow as pa
-import xarray as xr
 from numpy.typing import ArrayLike
 
 from tessera_vz.core.boundary import SourceFiles
@@ -34,21 +32,23 @@ from tessera_vz.core.permissions import with_remembered
 from tessera_vz.core.progress import no_progress
 from tessera_vz.core.quantisation import dequantise, valid_scale
 from tessera_vz.core.repos import quiet_icechunk
-from tessera_vz.reader import pixels, point_columns, point_groups, regions, samples
+from tessera_vz.reader import pixels, point_groups
 from tessera_vz.reader.discovery import containers, discover_zones
 from tessera_vz.reader.pixels import Located, TileLocation, locate_pixels
-from tessera_vz.reader.point_columns import PointsInput, points_input
 from tessera_vz.reader.points import check_year, years_asked
 from tessera_vz.reader.range_fetch import ByteSource
 from tessera_vz.reader.range_plan import DEFAULT_GAP, POINT_GAP
-from tessera_vz.reader.samples import SAMPLE_BATCH
-from tessera_vz.reader.tile_chunks import open_tile_group
+from tessera_vz.reader.sampling import Sampling
 from tessera_vz.reader.versions import Pins, Versions, pins
 from tessera_vz.reader.windows import TileRects
 from tessera_vz.reader.zone_year import ZoneYears
 
+if TYPE_CHECKING:
+    # Imported where used: a cold point would take longer to import them than to read.
+    import xarray as xr
 
-class TesseraStore:
+
+class TesseraStore(Sampling):
     """The zone repositories of one index root.
 
     Parameters
@@ -143,7 +143,9 @@ class TesseraStore:
         if not found:
             years = ", ".join(map(str, self.years())) or "none"
             raise TileNotFoundError(f"year {year} not indexed in {self.root}; indexed: {years}")
-        tables = [ix.table for _, ix in found]
+        import xarray as xr
+
+        tables = [ix.table.dataset() for _, ix in found]
         table = tables[0] if len(tables) == 1 else xr.concat(tables, dim="tile")
         return table.assign_attrs(self.provenance([(z, year) for z, _ in found]))
 
@@ -156,6 +158,8 @@ class TesseraStore:
         """The tile a point is read from (:meth:`locate`), lazily, through ``xr.open_zarr``
         (:func:`~.tile_chunks.open_tile_group`). The version read is in its attributes."""
         loc = self.locate(lon, lat, year)
+        from tessera_vz.reader.tile_chunks import open_tile_group
+
         ds = open_tile_group(self.session(loc.zone, year).store, loc.name, loc.facts)
         return ds.assign_attrs(self.provenance([(loc.zone, year)]))
 
@@ -243,74 +247,6 @@ class TesseraStore:
         out = point_groups.points_in_groups(self._zone_years, lon, lat, ys, gap)
         return out if series else out[0]
 
-    def sample(
-        self, points: Any, years: int | Sequence[int] | None = None, *, lon: str | None = None,
-        lat: str | None = None, geometry: str | None = None, crs: Any = None,
-        year_column: str | None = None, batch_size: int = SAMPLE_BATCH,
-        progress: Callable[[int], None] | None = None,
-    ) -> pa.Table:  # fmt: skip
-        """Points as a training table: one row per input row and year, every input column kept.
-
-        ``points`` is a ``pyarrow.Table`` or a pandas / geopandas DataFrame
-        (see :func:`~tessera_vz.reader.point_columns.points_input` for where the
-        coordinates come from: ``lon``/``lat`` columns, by default named
-        ``lon``/``longitude`` and ``lat``/``latitude``, or a point
-        ``geometry`` column in ``crs``). Each row gains ``point_id`` (its input
-        row), ``year``, ``status`` (``ok``, ``no tile``, ``no data`` for an
-        invalid scale, ``invalid coordinate``, ``empty`` for a missing
-        coordinate, ``error`` when its tile's source failed), the ``tile``,
-        ``row`` and ``col`` read, the dequantised bands ``b000``.. (null unless
-        ``ok``) and a ``geometry`` (WKB point, EPSG:4326). Without ``years``
-        each observation is read in its own year, from ``year_column``
-        (default: a column named ``year``, as GBIF's): one row per input row,
-        ``year`` the embedding year read (the input's column is kept as
-        ``year_input``), status ``no year`` where the cell is missing or not
-        a year and ``year not indexed`` where no zone indexed it — never
-        another year's value. Coordinates outside lon [-180, 180] / lat
-        [-90, 90] are never read. The schema carries
-        GeoParquet 1.1 ``geo`` metadata and the provenance
-        (``tessera:versions``, ``tessera:snapshots``), so
-        ``pyarrow.parquet.write_table(t, "x.parquet")`` writes GeoParquet.
-
-        Points are read ``batch_size`` at a time (every year of a batch
-        concurrently); ``progress(n)`` is called after each batch. For
-        tables too big for one result, :meth:`sample_batches` yields the
-        batches.
-        """
-        year = point_columns.own_year_column(points, years, year_column)
-        inp = self.points_input(points, lon=lon, lat=lat, geometry=geometry, crs=crs, year=year)
-        provenance = self.sample_provenance(inp, years)
-        parts = list(self.sample_batches(inp, years, batch_size=batch_size, progress=progress))
-        table = pa.concat_tables(parts) if parts else self.empty_sample(inp, years)
-        return samples.with_metadata(table, samples.geo_metadata(inp), provenance)
-
-    def points_input(self, points: Any, **where: Any) -> PointsInput:
-        """The coordinates and kept columns of ``points`` (:func:`.point_columns.points_input`)."""
-        return points_input(points, **where)
-
-    def sample_batches(
-        self, inp: PointsInput, years: int | Sequence[int] | None, *,
-        batch_size: int = SAMPLE_BATCH, progress: Callable[[int], None] | None = None,
-    ) -> Iterator[pa.Table]:  # fmt: skip
-        """The rows of :meth:`sample`, batch by batch (without the file metadata).
-
-        ``inp`` comes from :meth:`points_input`; :meth:`sample_provenance`
-        gives the metadata to write with the batches.
-        """
-        return samples.sample_batches(
-            self._zone_years, inp, years, batch_size=batch_size, progress=progress
-        )
-
-    def empty_sample(self, inp: PointsInput, years: int | Sequence[int] | None) -> pa.Table:
-        """A table of :meth:`sample`'s columns and no rows (for input without points)."""
-        return samples.empty_sample(self._zone_years, inp, years)
-
-    def sample_provenance(
-        self, inp: PointsInput, years: int | Sequence[int] | None
-    ) -> dict[str, str]:
-        """Provenance of a sampled table (:func:`.samples.sample_provenance`), before any read."""
-        return samples.sample_provenance(self._zone_years, inp, years)
-
     def region(
         self, bbox: tuple[float, float, float, float] | None,
         year: int | Sequence[int] | None = None, *, years: Sequence[int] | None = None,
@@ -351,6 +287,8 @@ class TesseraStore:
         ``rows=(r0, r1)``: only those rows of the grid, as the whole region has them.
         """
         ys, series = years_asked(year, years)
+        from tessera_vz.reader import regions
+
         return regions.read_region(
             self._zone_years, bbox, ys, series, zone=zone, crs=crs, resolution=resolution,
             dequantise=dequantise, gap=gap, area=None if area is None else (area, area_crs),

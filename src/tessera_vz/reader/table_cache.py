@@ -18,12 +18,16 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import xarray as xr
 
 from tessera_vz.core import object_cache
 from tessera_vz.core.files import atomic_path, cache_dir
+from tessera_vz.core.table import TileColumns
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +43,7 @@ def _path(repo_location: str, snapshot: str) -> Path | None:
     return base / "tables" / digest / f"{snapshot}.npz"
 
 
-def load(repo_location: str, snapshot: str) -> xr.Dataset | None:
+def load(repo_location: str, snapshot: str) -> TileColumns | None:
     """The cached table of a snapshot, or ``None``."""
     path = _path(repo_location, snapshot)
     if path is None or not path.exists():
@@ -52,18 +56,19 @@ def load(repo_location: str, snapshot: str) -> xr.Dataset | None:
         return None
     object_cache.touch(path)
     tile = cols.pop("tile")
-    return xr.Dataset({k: ("tile", v) for k, v in cols.items()}, coords={"tile": tile})
+    return TileColumns(tile, cols)
 
 
-def save(repo_location: str, snapshot: str, table: xr.Dataset) -> None:
+def save(repo_location: str, snapshot: str, table: TileColumns | xr.Dataset) -> None:
     """Store a table for later processes; failures only cost a cache miss."""
     path = _path(repo_location, snapshot)
     if path is None:
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        arrays = {str(k): np.asarray(table[k].values) for k in table.data_vars}
-        arrays["tile"] = np.asarray(table["tile"].values).astype(str)
+        columns = TileColumns.of(table)
+        arrays = {k: np.asarray(v) for k, v in columns.data.items()}
+        arrays["tile"] = np.asarray(columns.tile).astype(str)
         with atomic_path(path) as tmp, open(tmp, "xb") as f:
             np.savez(f, **arrays)  # type: ignore[arg-type]
     except OSError as exc:

@@ -5,14 +5,15 @@ manifest per array. ``xr.open_zarr(...).load()`` reads the columns one
 after another, so a cold reader of a published index waited one round trip
 per manifest (a cold point at +20 ms spent most of its time there). Here
 every column is asked for at once (Icechunk fetches the manifests
-concurrently) and the Dataset is built from the values fetched, so each
+concurrently) and the table is kept as the values fetched
+(:class:`~tessera_vz.core.table.TileColumns`, no xarray), so each
 column is read once: reading them again through ``xr.open_zarr`` cost a
 global read of points a second pass over every zone's table (half of its
 index requests, and the Python of xarray's lazy indexing per column).
 A table whose arrays carry anything xarray would decode (an attribute
 other than a NaN fill value, another dimension) is read through
 :func:`~tessera_vz.core.table.read_table` as before, so the result is
-always the Dataset it gives.
+always what it gives.
 """
 
 from __future__ import annotations
@@ -27,10 +28,9 @@ import zarr.api.asynchronous as zarr_async
 
 from tessera_vz.core.layout import TILES
 from tessera_vz.core.loop import sync
-from tessera_vz.core.table import read_table
+from tessera_vz.core.table import TileColumns, read_table
 
 if TYPE_CHECKING:
-    import xarray as xr
     from zarr.abc.store import Store
 
 log = logging.getLogger(__name__)
@@ -78,16 +78,8 @@ def _plain(array: Any, values: Any) -> bool:
     return len(raw) == values.dtype.itemsize and bool(np.isnan(np.frombuffer(raw, values.dtype))[0])
 
 
-def table_from_columns(group_attrs: dict[str, Any], columns: dict[str, Any]) -> xr.Dataset:
-    """The table Dataset of fetched column values (``tile`` the coordinate, the rest data)."""
-    import xarray as xr
-
-    data = {name: (_DIM, v) for name, v in columns.items() if name != _DIM}
-    return xr.Dataset(data, coords={_DIM: columns[_DIM]}, attrs=group_attrs)
-
-
-def read_table_at_once(store: Store) -> xr.Dataset | None:
-    """The tiles table of a session store (``None`` if it has none), its columns fetched together."""
+def read_table_at_once(store: Store) -> TileColumns | None:
+    """The tiles table of a session store (``None`` if none), its columns fetched together."""
     found = sync(_fetch_columns(store))
     if found is None:
         return None
@@ -95,5 +87,6 @@ def read_table_at_once(store: Store) -> xr.Dataset | None:
     group = arrays.pop("group")
     if _DIM in columns and all(_plain(arrays[n], v) for n, v in columns.items()):
         log.debug("fetched %d table columns concurrently", len(columns))
-        return table_from_columns(dict(group.attrs), columns)
-    return read_table(store)
+        return TileColumns(columns.pop(_DIM), columns, dict(group.attrs))
+    table = read_table(store)
+    return None if table is None else TileColumns.of(table)

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import xarray as xr
 from numpy.typing import NDArray
 
 from tessera_vz.core.coords import check_bbox
 from tessera_vz.core.errors import TileNotFoundError
 from tessera_vz.core.geometry import FALSE_NORTHING, PIXEL, project, utm_zone
+from tessera_vz.core.table import TileColumns
 
 #: Largest window ``region`` assembles in memory (pixels); larger areas go
 #: through :meth:`TesseraStore.open_zone`, which reads lazily per chunk.
@@ -87,18 +87,19 @@ class TileRects:
     facts: dict[str, NDArray[Any]]
 
 
-def tile_rects(table: xr.Dataset) -> TileRects:
+def tile_rects(table: TileColumns) -> TileRects:
     """Every tile of a zone-year's tiles table as a rectangle on the zone's northern grid."""
-    south = table["epsg"].values >= 32700
-    top = table["top"].values - np.where(south, FALSE_NORTHING, 0.0)
+    col = table.data
+    south = col["epsg"] >= 32700
+    top = col["top"] - np.where(south, FALSE_NORTHING, 0.0)
     return TileRects(
-        names=table["tile"].values.astype(str),
-        left=table["left"].values.astype(np.float64),
+        names=np.asarray(table.tile).astype(str),
+        left=col["left"].astype(np.float64),
         top=top.astype(np.float64),
-        height=table["height"].values.astype(np.int64),
-        width=table["width"].values.astype(np.int64),
-        cell=cell_id(table["lon"].values, table["lat"].values),
-        facts={str(k): table[k].values for k in table.data_vars},
+        height=col["height"].astype(np.int64),
+        width=col["width"].astype(np.int64),
+        cell=cell_id(col["lon"], col["lat"]),
+        facts=dict(col),
     )
 
 

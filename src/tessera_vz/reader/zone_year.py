@@ -24,7 +24,6 @@ from typing import Any, cast
 
 import icechunk as ic
 import numpy as np
-import xarray as xr
 from numpy.typing import NDArray
 
 from tessera_vz.core.boundary import SourceFiles
@@ -32,7 +31,7 @@ from tessera_vz.core.dataset import only_one
 from tessera_vz.core.errors import TileNotFoundError, VersionNotFoundError
 from tessera_vz.core.layout import BAND_COUNT, year_of_branch
 from tessera_vz.core.options import ReadOptions
-from tessera_vz.core.table import TileLookup, refused_rows
+from tessera_vz.core.table import TileColumns, TileLookup, refused_rows
 from tessera_vz.core.text import printable
 from tessera_vz.reader import table_cache
 from tessera_vz.reader.discovery import open_repository
@@ -105,7 +104,7 @@ class ZoneYearIndex:
         return self.tag, self.snapshot
 
     @cached_property
-    def table(self) -> xr.Dataset:
+    def table(self) -> TileColumns:
         """The tiles table, loaded once per snapshot (and cached on disk), and checked.
 
         A tile whose record holds a value no indexer writes is remembered
@@ -160,7 +159,6 @@ class _SessionStore:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._index.session.store, name)
-
 
 
 #: Zones opened at once by :meth:`ZoneYears.prepare` (each mostly waits on round trips).
