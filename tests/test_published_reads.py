@@ -209,3 +209,81 @@ def test_the_object_cache_is_bounded_and_keeps_what_is_used(
     kept = [i for i in range(10) if object_cache.load(url + f"S{i}") is not None]
     assert kept == [7, 8, 9]
     assert object_cache.load(url + "S9") == bytes([9]) * 10
+
+
+#: What a cold ``tessera-vz point`` must not import: the table is NumPy columns, the
+#: point two ranges (xarray and its pandas, pyarrow and dask cost a cold process more
+#: than its read).
+POINT_UNNEEDED = ("xarray", "pandas", "pyarrow", "dask", "shapely")
+
+
+def test_a_cold_point_command_imports_no_dataframe_stack_and_reads_the_source(
+    site: dict[str, Any], tmp_path: Any
+) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    spec = site["specs"][3]
+    code = (
+        "import contextlib, io, json, sys\n"
+        "from tessera_vz.cli import main\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out):\n"
+        "    code = main(sys.argv[1:])\n"
+        f"loaded = [m for m in {POINT_UNNEEDED!r} if m in sys.modules]\n"
+        "print(json.dumps({'code': code, 'loaded': loaded, 'out': out.getvalue()}))\n"
+    )
+    argv = ["point", str(spec.lon), str(spec.lat), "--year", str(YEAR), "--store", site["url"],
+            "--allow-private", "--json"]  # fmt: skip
+    env = {**os.environ, "TESSERA_VZ_CACHE": str(tmp_path / "cold")}
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                          env=env, check=True)  # fmt: skip
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["code"] == 0 and got["loaded"] == [], got["loaded"]
+    doc = json.loads(got["out"].strip().splitlines()[-1])
+    want = from_sources(site, doc["tile"], doc["row"], doc["col"])
+    np.testing.assert_array_equal(np.array(doc["embedding"], np.float32), want)
+
+
+def test_the_table_fetched_at_once_is_the_table_xarray_reads(site: dict[str, Any]) -> None:
+    from tessera_vz.core.table import TileColumns, read_table
+    from tessera_vz.reader.table_fetch import read_table_at_once
+
+    store = open_store(site["url"], allow_private_sources=True)
+    for zone in store.zones():
+        session = store.session(zone, YEAR)
+        fast, slow = read_table_at_once(session.store), read_table(session.store)
+        assert fast is not None and slow is not None
+        want = TileColumns.of(slow)
+        np.testing.assert_array_equal(fast.tile, want.tile)
+        assert fast.attrs == want.attrs and sorted(fast.data) == sorted(want.data)
+        for name, values in want.data.items():
+            assert fast.data[name].dtype == values.dtype, name
+            np.testing.assert_array_equal(fast.data[name], values)
+        assert fast.dataset().identical(slow[list(fast.data)])
+
+
+def test_groups_load_ahead_of_their_reads_in_order() -> None:
+    import threading
+
+    started: list[int] = []
+    first_used = threading.Event()
+
+    def work(i: int) -> int:
+        started.append(i)
+        if i == 1:  # made while group 0 is still being used
+            assert not first_used.is_set()
+        return i * 10
+
+    got = []
+    for value in point_groups.ahead(work, [0, 1, 2]):
+        if value == 0:
+            deadline = time.monotonic() + 5
+            while 1 not in started and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert 1 in started  # the next group was made while this one is used
+            first_used.set()
+        got.append(value)
+    assert got == [0, 10, 20] and started == [0, 1, 2]
