@@ -287,3 +287,16 @@ def test_groups_load_ahead_of_their_reads_in_order() -> None:
             first_used.set()
         got.append(value)
     assert got == [0, 10, 20] and started == [0, 1, 2]
+
+
+def test_an_object_saved_in_the_background_is_seen_at_once_then_on_disk(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TESSERA_VZ_CACHE", str(tmp_path / "cache"))
+    url = "https://mirror.example.org/index/utm31.icechunk/manifests/M1"
+    object_cache.save_soon(url, b"manifest bytes")
+    assert object_cache.load(url) == b"manifest bytes"  # written or not yet: the same answer
+    object_cache.flush()
+    assert object_cache._PENDING == {}
+    files = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert [p.read_bytes() for p in files] == [b"manifest bytes"]

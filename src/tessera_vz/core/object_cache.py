@@ -16,6 +16,8 @@ import contextlib
 import hashlib
 import logging
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tessera_vz.core.files import atomic_write_bytes, cache_dir
@@ -31,6 +33,10 @@ FOLDER = "repository-objects"
 #: Saves between two prunes (the first save of a process prunes).
 PRUNE_EVERY = 64
 _SAVED = 0
+#: Objects handed to :func:`save_soon` and not yet on disk, by their cache path.
+_PENDING: dict[Path, bytes] = {}
+_PENDING_LOCK = threading.Lock()
+_WRITER: ThreadPoolExecutor | None = None
 
 
 def _path(url: str) -> Path | None:
@@ -46,6 +52,10 @@ def load(url: str) -> bytes | None:
     path = _path(url)
     if path is None:
         return None
+    with _PENDING_LOCK:
+        pending = _PENDING.get(path)
+    if pending is not None:
+        return pending
     try:
         data = path.read_bytes()
     except OSError:
@@ -57,8 +67,51 @@ def load(url: str) -> bytes | None:
 def save(url: str, data: bytes) -> None:
     """Keep ``data`` as the object at ``url``; a failure only costs a later miss."""
     path = _path(url)
+    if path is not None:
+        _write(path, data, url)
+
+
+def save_soon(url: str, data: bytes) -> None:
+    """:func:`save` in a background thread; :func:`load` sees the object at once.
+
+    The published-repository proxy serves a cold reader's requests on one
+    event loop: writing (and now and then pruning) the cache there made every
+    request wait for the disk, and a read of points over sixty zones saves
+    some 1,600 objects. The writes finish before the process exits.
+    """
+    global _WRITER
+    path = _path(url)
     if path is None:
         return
+    with _PENDING_LOCK:
+        _PENDING[path] = data
+        if _WRITER is None:
+            _WRITER = ThreadPoolExecutor(1, "tessera-vz-cache")
+        writer = _WRITER
+    writer.submit(_write_pending, path, url)
+
+
+def flush() -> None:
+    """Wait until every object handed to :func:`save_soon` so far is on disk."""
+    with _PENDING_LOCK:
+        writer = _WRITER
+    if writer is not None:
+        writer.submit(lambda: None).result()  # one thread: it runs after the writes queued
+
+
+def _write_pending(path: Path, url: str) -> None:
+    with _PENDING_LOCK:
+        data = _PENDING.get(path)
+    if data is None:
+        return
+    try:
+        _write(path, data, url)
+    finally:
+        with _PENDING_LOCK:
+            _PENDING.pop(path, None)
+
+
+def _write(path: Path, data: bytes, url: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, data)

@@ -208,7 +208,7 @@ class RepositoryProxy:
                 await files.fetch(url, "reading the published repository", MAX_REPOSITORY_OBJECT)
             )
             if immutable:
-                object_cache.save(url, whole)
+                object_cache.save_soon(url, whole)
         if immutable:
             self._remember(url, whole)
         return _cut(whole, url, ranged)
