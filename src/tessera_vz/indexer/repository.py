@@ -142,26 +142,40 @@ def draft_repo(repo: ic.Repository) -> ic.Repository:
     return repo.reopen(config=config)
 
 
-def collect_amended(repo: ic.Repository, zone: int) -> int:
-    """Delete the snapshots and transaction logs that batches amended away; bytes freed.
+#: Memory garbage collection may hold: snapshots decoded at once (Icechunk's
+#: default, 50, is ~2 GB of 30,000-tile snapshots) and manifests fetched.
+GC_SNAPSHOTS_IN_MEMORY = 2
+GC_MANIFEST_BYTES = 64 << 20
 
-    A unit written in several batches amends its scratch commit once per
-    batch, and each amend leaves the replaced snapshot and its transaction
-    log behind, unreachable: the log of an amend holds every change since
-    the year's previous tip, so a 7,000-tile unit in batches of 1,000 left
-    about three times the published metadata as garbage (~6 kB a tile).
+
+def collect_amended(repo: ic.Repository, zone: int, before: dt.datetime | None = None) -> int:
+    """Delete the unreachable snapshots and transaction logs older than ``before``; bytes freed.
+
+    A unit written in several batches without the zone's lock amends its
+    scratch commit once per batch, and each amend leaves the replaced
+    snapshot and its transaction log behind, unreachable: the log of an
+    amend holds every change since the year's previous tip, so a 7,000-tile
+    unit in batches of 1,000 left about three times the published metadata
+    as garbage (~6 kB a tile). Under the lock, a unit's batches are folded by
+    the same collection (:func:`~tessera_vz.indexer.transaction.fold_batches`).
     Icechunk's garbage collection removes what no branch or tag reaches.
 
     Only safe while no other writer can have objects in flight in this
     repository, so the caller holds the zone's lock
-    (:mod:`~tessera_vz.indexer.locks`): every object older than now is then
-    either reachable or garbage. It reads every reachable manifest of the
-    zone, so a run calls it once per zone, after all its units.
+    (:mod:`~tessera_vz.indexer.locks`): every object older than ``before``
+    (default: now) is then either reachable or garbage. It reads every
+    reachable snapshot and manifest of the zone, with memory capped by
+    :data:`GC_SNAPSHOTS_IN_MEMORY` and :data:`GC_MANIFEST_BYTES`.
     """
     t = time.perf_counter()
-    summary = repo.garbage_collect(dt.datetime.now(dt.UTC))
+    summary = repo.garbage_collect(
+        before or dt.datetime.now(dt.UTC),
+        max_snapshots_in_memory=GC_SNAPSHOTS_IN_MEMORY,
+        max_compressed_manifest_mem_bytes=GC_MANIFEST_BYTES,
+        max_decoded_manifest_mem_bytes=2 * GC_MANIFEST_BYTES,
+    )
     log.info(
-        "zone %d: removed %d amended snapshots, %d transaction logs (%d bytes) in %.1f s",
+        "zone %d: removed %d unreachable snapshots, %d transaction logs (%d bytes) in %.1f s",
         zone, summary.snapshots_deleted, summary.transaction_logs_deleted,
         summary.bytes_deleted, time.perf_counter() - t,
     )  # fmt: skip
