@@ -42,7 +42,7 @@ def index_child(
            "import resource, sys; from tessera_vz.cli import main; rc = main(sys.argv[1:]); "
            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); "
            "sys.exit(rc)",
-           str(manifest.parent), "--manifest", str(manifest), "--out", str(out), "--json",
+           "index", str(manifest.parent), "--manifest", str(manifest), "--out", str(out), "--json",
            "--quiet", "--batch-tiles", str(batch_tiles)]  # fmt: skip
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()

@@ -277,6 +277,9 @@ def write_unit(
         if before is not None:
             # Nothing may point at the batches any more, or they stay reachable.
             repo.delete_branch(work)
+            log.info(
+                "zone %d year %d: folding %d batches into %s", zone, year, len(batches), snapshot
+            )
             t = time.perf_counter()
             fold_batches(repo, zone, year, snapshot, base, before)
             timings["collect"] = timings.get("collect", 0.0) + time.perf_counter() - t
