@@ -1,9 +1,9 @@
 """Sections of ``benchmarks/RESULTS.md`` that belong to one script each.
 
 ``scale.py`` regenerates RESULTS.md as a whole; ``read_points.py``,
-``world.py`` and ``index_throughput.py`` own one section each, from its
-``## `` heading (which carries the section's ``BEGIN`` marker) to its ``END``
-marker. Each script keeps the
+``world.py``, ``index_throughput.py``, ``sync.py`` and ``published_read.py``
+own one section each, from its ``## `` heading (which carries the section's ``BEGIN``
+marker) to its ``END`` marker. Each script keeps the
 others' parts: an owner rewrites only its section, and ``scale.py`` carries
 every owned section over (:func:`keep`) when it writes the rest.
 """
@@ -22,7 +22,7 @@ def markers(owner: str) -> tuple[str, str]:
 
 
 #: The scripts that own a section, in the order ``scale.py`` appends them.
-OWNERS = ("read_points.py", "world.py", "index_throughput.py")
+OWNERS = ("read_points.py", "world.py", "index_throughput.py", "sync.py", "published_read.py")
 BEGIN, END = markers("read_points.py")
 
 

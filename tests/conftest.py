@@ -75,6 +75,24 @@ def indexed_over_https(root: Path, specs: list[Any], ca: TestCA, out: Path) -> I
         server.stop()
 
 
+@contextmanager
+def published_over_https(www: Path, ca: TestCA) -> Iterator[NginxServer]:
+    """Serve ``www`` over HTTPS and index its ``tiles/`` (by their manifest) into ``www/index``.
+
+    The index is then published beside the tiles, as a mirror would hold it:
+    ``server.url + "index/"`` opens it. Yields the running server.
+    """
+    from tessera_vz.indexer.run import IndexOptions, run_index
+
+    with NginxServer(www, tls=ca) as server:
+        report = run_index(
+            IndexOptions(source=server.url + "tiles/", out=str(www / "index"),
+                         manifest=str(www / "tiles" / "manifest.parquet"))
+        )  # fmt: skip
+        assert report.exit_code == 0, report.failed
+        yield server
+
+
 @pytest.fixture(scope="session")
 def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
     """A CA and a loopback server certificate it signed, for the whole session.

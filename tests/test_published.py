@@ -26,6 +26,7 @@ from tessera_vz.testing.nginx import NginxServer
 from tessera_vz.testing.tiles import make_tree
 from tessera_vz.testing.tls import TestCA
 
+from .conftest import published_over_https
 from .test_reader import _check_region, expected_at
 
 YEAR = 2024
@@ -36,12 +37,7 @@ BBOX = (5.8, -0.1, 6.2, 0.1)  # zones 31 and 32, both sides of the equator
 def site(tmp_path_factory: pytest.TempPathFactory, https: TestCA) -> Iterator[dict[str, Any]]:
     www = tmp_path_factory.mktemp("www")
     specs = make_tree(www / "tiles", bbox=BBOX, years=(YEAR,), bands=4)
-    with NginxServer(www, tls=https) as server:
-        report = run_index(
-            IndexOptions(source=server.url + "tiles/", out=str(www / "index"),
-                         manifest=str(www / "tiles" / "manifest.parquet"))
-        )  # fmt: skip
-        assert report.exit_code == 0, report.failed
+    with published_over_https(www, https) as server:
         yield {
             "www": www, "server": server, "url": server.url + "index/",
             "specs": {(s.year, s.name): s for s in specs}, "list": specs,

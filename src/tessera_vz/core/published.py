@@ -21,6 +21,16 @@ proxy reads nothing but the repositories this process opened. A failure
 is answered ``400`` (a status Icechunk does not retry: our own retries were
 spent), and remembered, so the caller can raise our error instead of
 Icechunk's (:meth:`RepositoryProxy.failure`).
+
+Round trips are what a cold read over a slow link pays for, so the proxy
+saves the ones Icechunk would make for nothing. Icechunk fetches the
+repository's info object (``repo``: branches, tags, config) again for every
+call (open, list branches, look one up, open a session): each repository
+handle keeps the first one it fetched, so one store reads one state of the
+index. And every open probes for a version-1 repository (``config.yaml``,
+``refs/branch.main/ref.json``) beside the ``repo`` object, ignoring both
+when ``repo`` exists: those are answered ``404`` here, without a request,
+once ``repo`` is known to exist (which is what Icechunk concludes).
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ from urllib.parse import urlsplit
 import icechunk as ic
 from aiohttp import web
 
+from tessera_vz.core import object_cache
 from tessera_vz.core.boundary import SourceFiles
 from tessera_vz.core.errors import SourceNotFoundError, TesseraError
 from tessera_vz.core.options import ReadOptions
@@ -53,6 +64,13 @@ _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 _IMMUTABLE = frozenset({"snapshots", "manifests", "transactions", "chunks"})
 #: Bytes of immutable objects kept for later ranges of the same object.
 _CACHE_BYTES = 64 << 20
+#: The repository info object (Icechunk's spec version 2 and later).
+_INFO = "repo"
+
+
+def _version_one_probe(path: str) -> bool:
+    """Whether ``path`` is an object of a version-1 repository, which Icechunk probes for."""
+    return path == "config.yaml" or path.startswith("refs/")
 
 
 class RepositoryProxy:
@@ -68,6 +86,8 @@ class RepositoryProxy:
         self._bases: list[tuple[str, SourceFiles]] = []
         self._failures: dict[str, TesseraError] = {}
         self._cache: dict[str, bytes] = {}
+        #: Handle -> its repository info object, fetched once (see the module).
+        self._infos: dict[int, asyncio.Future[bytes]] = {}
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -115,7 +135,13 @@ class RepositoryProxy:
         url = join(base, path)
         purpose = "reading the published repository"
         try:
-            data, start, total = await self._fetch(files, url, request.headers.get("Range"))
+            if path == _INFO:
+                info = await self._info(n, files, url)
+                data, start, total = _cut(info, url, request.headers.get("Range"))
+            elif _version_one_probe(path) and await self._has_info(n, files, join(base, _INFO)):
+                return web.Response(status=404)  # a version-2 repository: Icechunk ignores it
+            else:
+                data, start, total = await self._fetch(files, url, request.headers.get("Range"))
         except SourceNotFoundError:
             return web.Response(status=404)  # Icechunk asks for optional objects too
         except (TesseraError, ValueError) as exc:
@@ -131,6 +157,35 @@ class RepositoryProxy:
         body = b"" if request.method == "HEAD" else bytes(data)
         return web.Response(status=status, body=body, headers=headers)
 
+    async def _info(self, n: int, files: SourceFiles, url: str) -> bytes:
+        """Handle ``n``'s repository info object: fetched once, every later ask shares it.
+
+        Concurrent asks (Icechunk's version probes and the info itself)
+        wait for the one fetch. A failure is not kept (the next ask fetches
+        again), but "not found" is: a version-1 repository has no info object.
+        """
+        pending = self._infos.get(n)
+        if pending is None:
+            purpose = "reading the published repository"
+            pending = asyncio.ensure_future(files.fetch(url, purpose, MAX_REPOSITORY_OBJECT))
+            self._infos[n] = pending
+        try:
+            return bytes(await asyncio.shield(pending))
+        except SourceNotFoundError:
+            raise
+        except BaseException:
+            if self._infos.get(n) is pending:
+                del self._infos[n]
+            raise
+
+    async def _has_info(self, n: int, files: SourceFiles, url: str) -> bool:
+        """Whether handle ``n``'s repository has an info object (is of version 2 or later)."""
+        try:
+            await self._info(n, files, url)
+        except SourceNotFoundError:
+            return False
+        return True
+
     async def _fetch(
         self, files: SourceFiles, url: str, ranged: str | None
     ) -> tuple[Buffer, int | None, int]:
@@ -139,28 +194,39 @@ class RepositoryProxy:
         Objects are fetched whole (at most :data:`MAX_REPOSITORY_OBJECT`
         bytes) and ranges cut from them: every answer then knows the size
         ``Content-Range`` names. Immutable objects (everything but ``repo``
-        and refs) are kept in a small cache for the next range.
+        and refs) are kept in a small cache for the next range, and on disk
+        (:mod:`~tessera_vz.core.object_cache`) for the next process.
         """
+        immutable = url.rsplit("/", 2)[-2] in _IMMUTABLE
         whole = self._cache.get(url)
+        if whole is None and immutable:
+            whole = object_cache.load(url)
         if whole is None:
             whole = bytes(
                 await files.fetch(url, "reading the published repository", MAX_REPOSITORY_OBJECT)
             )
-            if url.rsplit("/", 2)[-2] in _IMMUTABLE:
-                self._remember(url, whole)
-        m = _RANGE.match(ranged.strip()) if ranged else None
-        if m is None:
-            return whole, None, len(whole)
-        start = int(m.group(1))
-        end = min(int(m.group(2)) + 1 if m.group(2) else len(whole), len(whole))
-        if start >= len(whole) or end <= start:
-            raise ValueError(f"{url}: range {ranged!r} outside an object of {len(whole)} bytes")
-        return memoryview(whole)[start:end], start, len(whole)
+            if immutable:
+                object_cache.save(url, whole)
+        if immutable:
+            self._remember(url, whole)
+        return _cut(whole, url, ranged)
 
     def _remember(self, url: str, data: bytes) -> None:
         self._cache[url] = data
         while sum(len(v) for v in self._cache.values()) > _CACHE_BYTES and len(self._cache) > 1:
             self._cache.pop(next(iter(self._cache)))
+
+
+def _cut(whole: bytes, url: str, ranged: str | None) -> tuple[Buffer, int | None, int]:
+    """The range ``ranged`` asks of an object (all of it without one), its start and the size."""
+    m = _RANGE.match(ranged.strip()) if ranged else None
+    if m is None:
+        return whole, None, len(whole)
+    start = int(m.group(1))
+    end = min(int(m.group(2)) + 1 if m.group(2) else len(whole), len(whole))
+    if start >= len(whole) or end <= start:
+        raise ValueError(f"{url}: range {ranged!r} outside an object of {len(whole)} bytes")
+    return memoryview(whole)[start:end], start, len(whole)
 
 
 _PROXY: RepositoryProxy | None = None

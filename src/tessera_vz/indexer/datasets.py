@@ -58,13 +58,38 @@ class Identity:
         return self.dataset.label if self.dataset else UNKNOWN
 
 
+def _stat_pairs(pf: pq.ParquetFile) -> list[tuple[object, object]] | None:
+    """The (version, variant) pairs from row-group statistics, when every group has one of each.
+
+    Upstream's manifest holds one dataset, so each row group's minimum equals
+    its maximum: the pairs cost no decoding of millions of rows (decoding and
+    grouping them took ~3.5 s for 4.7 M rows). ``None`` when statistics do not say.
+    """
+    cols = [pf.schema_arrow.get_field_index(c) for c in DATASET_COLUMNS]
+    pairs = set()
+    for g in range(pf.metadata.num_row_groups):
+        rg = pf.metadata.row_group(g)
+        stats = [rg.column(c).statistics for c in cols]
+        if rg.num_rows and not all(
+            st is not None and st.has_min_max and st.min == st.max and st.null_count == 0
+            for st in stats
+        ):
+            return None
+        if rg.num_rows:
+            pairs.add((stats[0].min, stats[1].min))
+    return sorted(pairs, key=str)
+
+
 def _pairs(manifest: pa.Table | pq.ParquetFile) -> dict[tuple[str, str], Dataset | None]:
     """Each distinct raw (version, variant) of a manifest and the dataset it means."""
-    t = manifest.read(columns=list(DATASET_COLUMNS)) if isinstance(
-        manifest, pq.ParquetFile) else manifest.select(list(DATASET_COLUMNS))  # fmt: skip
-    uniq = t.group_by(list(DATASET_COLUMNS)).aggregate([])
+    found = _stat_pairs(manifest) if isinstance(manifest, pq.ParquetFile) else None
+    if found is None:
+        t = manifest.read(columns=list(DATASET_COLUMNS)) if isinstance(
+            manifest, pq.ParquetFile) else manifest.select(list(DATASET_COLUMNS))  # fmt: skip
+        uniq = t.group_by(list(DATASET_COLUMNS)).aggregate([])
+        found = list(zip(uniq.column(0).to_pylist(), uniq.column(1).to_pylist(), strict=True))
     out: dict[tuple[str, str], Dataset | None] = {}
-    for v, var in zip(uniq.column(0).to_pylist(), uniq.column(1).to_pylist(), strict=True):
+    for v, var in found:
         version = normalise_version(v) if v is not None else None
         ok = version is not None and var not in (None, "")
         out[(str(v), str(var))] = Dataset(version, normalise_variant(var)) if ok else None  # type: ignore[arg-type]

@@ -138,6 +138,13 @@ class Units(Mapping[tuple[int, int], pa.Table]):
             for a, b in itertools.pairwise(bounds)
         }
 
+    def only(self, keys: Iterable[tuple[int, int]]) -> Units:
+        """The same inventory restricted to the units ``keys`` (no rows copied)."""
+        view = Units.__new__(Units)
+        view._table = self._table
+        view._rows = {k: self._rows[k] for k in keys}
+        return view
+
     def __getitem__(self, key: tuple[int, int]) -> pa.Table:
         return self._table.take(pa.array(self._rows[key]))
 

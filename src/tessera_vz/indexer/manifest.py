@@ -39,6 +39,7 @@ from tessera_vz.indexer.inventory import (
     wanted,
     wanted_mask,
 )
+from tessera_vz.indexer.manifest_scan import manifest_batches, same_paths
 from tessera_vz.indexer.report import Failure
 from tessera_vz.indexer.roots import SourceRoot, rebase
 
@@ -51,10 +52,6 @@ log = logging.getLogger(__name__)
 MANIFEST_COLUMNS = ("year", "lon", "lat", "grid_path", "scales_path")
 #: Manifest columns that give each file's size and modification time.
 MANIFEST_FACTS = ("grid_size", "grid_mtime", "scales_size", "scales_mtime")
-#: A mirror URL whose path ends in a tile file: its ``{year}/grid_…/file`` tail.
-_URL_TAIL = (
-    r"^(?:https?|s3|file)://[^/?#]*(?:/[^?#]*)?/(?P<tail>\d{4}/grid_[^/?#]*/grid_[^/?#]*\.npy)$"
-)
 #: Manifest rows validated at once (bounds the memory of the intermediate columns).
 _BATCH_ROWS = 1 << 19
 
@@ -187,9 +184,8 @@ def _fast_rows(
     for column, suffix in (("grid_path", ".npy"), ("scales_path", "_scales.npy")):
         path = pc.cast(batch.column(column), pa.string())
         expect = pc.binary_join_element_wise(prefix, suffix, "")
-        tail = pc.struct_field(pc.extract_regex(path, _URL_TAIL), "tail")
-        same = pc.or_kleene(pc.equal(path, expect), pc.equal(tail, expect))
-        ok = pc.and_(ok, pc.fill_null(same, False))
+        live = np.asarray(ok.to_numpy(zero_copy_only=False), dtype=bool)
+        ok = pc.and_(ok, same_paths(path, expect, live, year))
     facts_emb = _manifest_facts(batch, "grid_size", "grid_mtime")
     facts_sca = _manifest_facts(batch, "scales_size", "scales_mtime")
     mask = np.asarray(ok.to_numpy(zero_copy_only=False), dtype=bool)
@@ -206,7 +202,7 @@ def _fast_rows(
 def _rows_one_by_one(
     batch: pa.RecordBatch,
     rows: np.ndarray,
-    offset: int,
+    number: np.ndarray,
     root: SourceRoot,
     good: list[tuple[int, int, str, float, float, str | None, str | None]],
     failures: list[tuple[int, Failure]],
@@ -225,7 +221,7 @@ def _rows_one_by_one(
     for k, (year, lon, lat, grid, scales) in enumerate(
         zip(*(cols[c] for c in MANIFEST_COLUMNS), strict=True)
     ):
-        row = offset + int(rows[k])
+        row = int(number[rows[k]])
         where = grid if isinstance(grid, str) else None
         try:
             year = int(year)
@@ -270,17 +266,17 @@ def _rows_one_by_one(
 
 def _inventory_batch(
     batch: pa.RecordBatch,
-    offset: int,
+    number: np.ndarray,
     root: SourceRoot,
     parts: list[pa.Table],
     slow_good: list[tuple[int, int, str, float, float, str | None, str | None]],
     failures: list[tuple[int, Failure]],
     want_years: set[int] | None,
     want_zones: set[int] | None,
-) -> int:
-    """Validate one batch of manifest rows; return the row offset of the next batch."""
+) -> None:
+    """Validate one batch of manifest rows (``number``: each one's row in the manifest)."""
     mask, year, lon, lat, name, facts = _fast_rows(batch, root)
-    _rows_one_by_one(batch, np.flatnonzero(~mask), offset, root, slow_good, failures,
+    _rows_one_by_one(batch, np.flatnonzero(~mask), number, root, slow_good, failures,
                      want_years, want_zones)  # fmt: skip
     sel = pa.array(mask)
     if mask.any():
@@ -288,7 +284,7 @@ def _inventory_batch(
         zone = pa.array(utm_zone(lon_f.to_numpy()).astype(np.int16))
         part = pa.table(
             {
-                "row": pa.array(np.flatnonzero(mask) + offset, pa.int64()),
+                "row": pa.array(number[mask], pa.int64()),
                 "year": pc.filter(year, sel),
                 "name": pc.filter(name, sel),
                 "lon": lon_f,
@@ -302,7 +298,6 @@ def _inventory_batch(
     # The batch's intermediate columns are freed; give their pages back, so a
     # whole-archive manifest costs the inventory, not the allocator's cache.
     pa.default_memory_pool().release_unused()
-    return offset + batch.num_rows
 
 
 def manifest_inventory(
@@ -323,8 +318,10 @@ def manifest_inventory(
 
     ``manifest`` may be an open Parquet file (:func:`open_manifest`): it is
     then read a batch of rows at a time, only the columns needed, so memory
-    holds the inventory, not the manifest. ``rows`` keeps the rows of one
-    dataset (:func:`.datasets.row_filter`) before any check.
+    holds the inventory, not the manifest; with ``years``, only the row
+    groups and rows of those years are checked (:mod:`.manifest_scan`).
+    ``rows`` keeps the rows of one dataset (:func:`.datasets.row_filter`)
+    before any check.
     """
     is_file = isinstance(manifest, pq.ParquetFile)
     names = manifest.schema_arrow.names if is_file else manifest.column_names
@@ -338,21 +335,13 @@ def manifest_inventory(
     want_zones = set(zones) if zones is not None else None
     extra = ("version", "variant") if rows is not None else ()
     keep = [c for c in (*MANIFEST_COLUMNS, *MANIFEST_FACTS, *extra) if c in names]
-    batches: Iterable[pa.RecordBatch]
-    if isinstance(manifest, pq.ParquetFile):
-        batches = manifest.iter_batches(batch_size=_BATCH_ROWS, columns=keep)
-    else:
-        batches = manifest.select(keep).to_batches(max_chunksize=_BATCH_ROWS)
-    if rows is not None:
-        batches = map(rows, batches)
     parts: list[pa.Table] = []
     slow_good: list[tuple[int, int, str, float, float, str | None, str | None]] = []
     failures: list[tuple[int, Failure]] = []
-    offset = 0
     try:
-        for batch in batches:
-            offset = _inventory_batch(batch, offset, root, parts, slow_good, failures,
-                                      want_years, want_zones)  # fmt: skip
+        for number, batch in manifest_batches(manifest, keep, _BATCH_ROWS, want_years, rows):
+            _inventory_batch(batch, number, root, parts, slow_good, failures,
+                             want_years, want_zones)  # fmt: skip
     except (OSError, pa.ArrowInvalid) as exc:
         raise ConfigurationError(f"cannot read manifest rows: {exc}") from None
     if slow_good:

@@ -57,7 +57,23 @@ def write_zone_list(
         obstore.put(store, ZONE_LIST, data)
     else:
         root = Path(parts.path if parts.scheme == "file" else out).expanduser()
+        same = _unchanged(root / ZONE_LIST, doc)
+        if same is not None:
+            # Nothing to say anew: an unchanged sync leaves the index's files as they were.
+            return same
         # 0o644: readable by the web server that publishes it.
         atomic_write_bytes(root / ZONE_LIST, data, mode=0o644)
     log.info("wrote %s/%s (%d zones)", out.rstrip("/"), ZONE_LIST, len(repos))
     return doc
+
+
+def _unchanged(path: Path, doc: dict[str, Any]) -> dict[str, Any] | None:
+    """The zone list at ``path`` if it says what ``doc`` says (its time of writing aside)."""
+    try:
+        old = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(old, dict):
+        return None
+    keep = {k: v for k, v in old.items() if k != "written"}
+    return old if keep == {k: v for k, v in doc.items() if k != "written"} else None

@@ -34,7 +34,7 @@ from tessera_vz.indexer.datasets import (
 )
 from tessera_vz.indexer.discover import find_manifest
 from tessera_vz.indexer.distributed import run_units
-from tessera_vz.indexer.inventory import TileSource, split_units
+from tessera_vz.indexer.inventory import TileSource, Units, split_units
 from tessera_vz.indexer.listing import listing_inventory
 from tessera_vz.indexer.locks import repo_lock
 from tessera_vz.indexer.manifest import manifest_inventory
@@ -50,6 +50,7 @@ from tessera_vz.indexer.run_options import (
     source_s3_options,
 )
 from tessera_vz.indexer.symlinks import skip_outside_links
+from tessera_vz.indexer.sync_plan import plan_units
 from tessera_vz.indexer.unit import run_unit
 
 log = logging.getLogger(__name__)
@@ -122,8 +123,11 @@ def run_index(opts: IndexOptions, progress: ProgressStart = no_progress) -> Repo
     del tiles
     t1 = time.perf_counter()
     report.timings["inventory"] = t1 - t0
+    if not opts.reprobe:
+        units = _units_with_work(opts, root, units, report)
+        report.timings["plan"] = time.perf_counter() - t1
     by_zone: dict[int, list[int]] = defaultdict(list)
-    if opts.scheduler or opts.workers:
+    if units and (opts.scheduler or opts.workers):  # no cluster for nothing to do
         done = run_units(opts, units, progress)
     else:
         done = (
@@ -149,6 +153,20 @@ def run_index(opts: IndexOptions, progress: ProgressStart = no_progress) -> Repo
     report.timings["describe"] = time.perf_counter() - t2
     report.timings["total"] = time.perf_counter() - t0
     return report
+
+
+def _units_with_work(opts: IndexOptions, root: SourceRoot, units: Units, report: Report) -> Units:
+    """The units whose inventory shows something new, changed or removed (:mod:`.sync_plan`).
+
+    The others are not run: their tiles count as skipped and unchanged.
+    """
+    plans = plan_units(opts.out, units, root.url, s3_options=opts.s3_options)
+    idle = {k for k, p in plans.items() if not p.run}
+    for key in idle:
+        report.skipped += plans[key].skipped
+        report.unchanged += plans[key].skipped
+    log.info("%d of %d units have nothing new, changed or removed", len(idle), len(plans))
+    return units.only(k for k in units if k not in idle)
 
 
 def _nothing_selected(opts: IndexOptions, where: str) -> str:

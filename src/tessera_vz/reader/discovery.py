@@ -96,9 +96,14 @@ def open_repository(
     so tessera-vz's own reads trust exactly what Icechunk's do.
     """
     storage = storage_for(location, s3_options=options.s3, options=options)
+    tuned = with_read_policy(read_config(), options.policy)
+    # One open (Icechunk fetches the repository's info once), no chunk access
+    # authorised; then the containers it records are judged and the same
+    # repository reopened with those trusted (a reopen fetches nothing). A
+    # separate ``fetch_config`` first cost one more round trip for the same object.
     with published_errors(location):
-        fetched = ic.Repository.fetch_config(storage)
-    cfg = with_read_policy(read_config(fetched), options.policy)
+        bare = ic.Repository.open(storage, config=tuned)
+    cfg = with_read_policy(read_config(bare.config), options.policy)
     cfg = with_users_s3(cfg, options.s3)
     wanted = list((cfg.virtual_chunk_containers or {}).keys())
     trusted = [p for p in wanted if authorised(p, options)]
@@ -113,7 +118,7 @@ def open_repository(
         # Redirect targets the user authorised (a CDN behind the mirror).
         files.allow(options.allowed_sources)
     with published_errors(location):
-        return ic.Repository.open(storage, config=cfg, authorize_virtual_chunk_access=creds or None)
+        return bare.reopen(config=cfg, authorize_virtual_chunk_access=creds or None)
 
 
 def containers(location: str, options: ReadOptions) -> list[str]:

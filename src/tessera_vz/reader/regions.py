@@ -222,6 +222,7 @@ def _plan_year(
 ) -> tuple[list[Pick], dict[int, tuple[ByteSource, TileRects]]]:
     """One year's picks, and the byte source and tiles of each zone that indexed the year."""
     sources = {}
+    zone_years.prepare(zones, year)  # their tables, loaded together
     for z in zones:
         try:
             index = zone_years.get(z, year)

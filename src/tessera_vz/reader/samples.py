@@ -40,6 +40,7 @@ from tessera_vz.core.loop import sync
 from tessera_vz.core.quantisation import dequantise
 from tessera_vz.reader.pixels import Located, locate_pixels
 from tessera_vz.reader.point_columns import GEOMETRY, PointsInput
+from tessera_vz.reader.point_groups import zone_groups
 from tessera_vz.reader.point_rule import reachable_zones
 from tessera_vz.reader.points import (
     EMPTY,
@@ -48,7 +49,6 @@ from tessera_vz.reader.points import (
     YEAR_NOT_INDEXED,
     point_status,
     read_isolated,
-    read_located,
     years_list,
 )
 from tessera_vz.reader.range_fetch import ByteSource
@@ -180,33 +180,6 @@ def with_metadata(
     return table.replace_schema_metadata(meta)
 
 
-def point_values(
-    zone_years: ZoneYears, located: Sequence[Located], years: Sequence[int], gap: int = POINT_GAP
-) -> NDArray[np.float32]:
-    """``(time, N, bands)`` dequantised values of located points, the years read concurrently.
-
-    A point without a pixel, or whose scale is invalid, is a row of NaN.
-    """
-
-    async def read_all() -> list[tuple[NDArray[np.int8], NDArray[np.float32], NDArray[np.bool_]]]:
-        reads = []
-        for loc, y in zip(located, years, strict=True):
-            zones = np.unique(loc.zone[loc.ok]).tolist()
-            sources = {z: zone_years.get(z, y).source for z in zones}
-            reads.append(read_located(sources, loc, y, gap))
-        return list(await asyncio.gather(*reads))
-
-    out = []
-    for emb, scale, ok in sync(read_all()):
-        if emb.shape[1] == 0:
-            out.append(np.full((ok.size, zone_years.bands(years)), np.nan, np.float32))
-            continue
-        values = dequantise(emb, scale)
-        values[~ok] = np.nan
-        out.append(values)
-    return np.stack(out)
-
-
 def sample_batches(
     zone_years: ZoneYears,
     inp: PointsInput,
@@ -232,14 +205,7 @@ def sample_batches(
         own = None if years is not None or inp.year is None else inp.year[start:stop]
         # Each year's points (all of them, or the rows of that year).
         parts = [np.ones(stop - start, bool) if own is None else own == y for y in ys]
-        # Tables are loaded (sync) before the reads of every year run together.
-        plans = [_sample_plan(zone_years, lon[m], lat[m], empty[m], y)
-                 for y, m in zip(ys, parts, strict=True) if m.any()]  # fmt: skip
-
-        async def read_years(plans: list[Any] = plans) -> list[YearSample]:
-            return list(await asyncio.gather(*(_sample_year(*p) for p in plans)))
-
-        samples = sync(read_years())
+        samples = _read_batch(zone_years, lon, lat, empty, ys, parts)
         if own is not None:
             done = [m for m in parts if m.any()]
             samples = [_own_years(own, empty, valid_lonlat_mask(lon, lat), done, samples, bands)]
@@ -300,20 +266,81 @@ def sample_provenance(
 
     Known before any pixel is read: the zone-years are those the points
     may be read from (their cells' zones, and the neighbour zone of points
-    near a zone boundary) in which the year is indexed (each one's tiles table
-    says where the points are, or that no tile is), so a pinned version
-    that does not exist fails here, and a writer can put the provenance
-    in the file's schema up front.
+    near a zone boundary) in which the year is indexed (its branch, tag or
+    pinned snapshot exists: each zone's repository info says so, no table is
+    loaded), so a pinned version that does not exist fails here, and a
+    writer can put the provenance in the file's schema up front.
     """
     ys = _years_read(zone_years, inp, years)
     valid = valid_lonlat_mask(inp.lon, inp.lat) & ~inp.empty
     zones = reachable_zones(inp.lon[valid]) if valid.any() else []
-    read = [(z, y) for y in ys for z in zones if zone_years.find(z, y) is not None]
+    read = zone_years.indexed([(z, y) for y in ys for z in zones])
     return {
         **zone_years.provenance(read),
         "tessera:store": zone_years.root,
         "tessera:years": " ".join(map(str, ys)),
     }
+
+
+def _read_batch(
+    zone_years: ZoneYears,
+    lon: NDArray[np.float64],
+    lat: NDArray[np.float64],
+    empty: NDArray[np.bool_],
+    ys: Sequence[int],
+    parts: Sequence[NDArray[np.bool_]],
+) -> list[YearSample]:
+    """Read a batch: one sample per year whose part (``parts``, the rows it reads) has rows.
+
+    The points go :data:`~.point_groups.GROUP_ZONES` zones (of their cells) at a time: the
+    tables of a group are loaded together (:meth:`ZoneYears.prepare`), every
+    year of the group read concurrently, then the next group, so a batch
+    spread over the globe holds a few zones' tables at once, not sixty.
+    """
+    wanted = [m for m in parts if m.any()]
+    years = [y for y, m in zip(ys, parts, strict=True) if m.any()]
+    pieces: list[list[tuple[NDArray[np.intp], YearSample]]] = [[] for _ in years]
+    for mine in zone_groups(lon, valid_lonlat_mask(lon, lat) & ~empty):
+        todo = [(k, np.flatnonzero(m & mine)) for k, m in enumerate(wanted)]
+        todo = [(k, idx) for k, idx in todo if idx.size]
+        # Tables are loaded (sync) before the reads of every year run together.
+        plans = [_sample_plan(zone_years, lon[idx], lat[idx], empty[idx], years[k])
+                 for k, idx in todo]  # fmt: skip
+
+        async def read_years(plans: list[Any] = plans) -> list[YearSample]:
+            return list(await asyncio.gather(*(_sample_year(*p) for p in plans)))
+
+        for (k, idx), got in zip(todo, sync(read_years()), strict=True):
+            pieces[k].append((idx, got))
+    return [_merged(m, y, p) for m, y, p in zip(wanted, years, pieces, strict=True)]
+
+
+def _merged(
+    part: NDArray[np.bool_], year: int, pieces: Sequence[tuple[NDArray[np.intp], YearSample]]
+) -> YearSample:
+    """One year's sample of a batch's ``part`` from the samples of its zone groups.
+
+    ``pieces`` hold each group's rows (indices into the batch) and sample.
+    """
+    at = np.flatnonzero(part)
+    if len(pieces) == 1 and np.array_equal(pieces[0][0], at):
+        return pieces[0][1]
+    where = np.empty(part.size, np.intp)
+    where[at] = np.arange(at.size)
+    n = at.size
+    bands = max(p.values.shape[1] for _, p in pieces)
+    out = YearSample(
+        year, np.full(n, None, dtype=object), np.full(n, None, dtype=object),
+        np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, bool),
+        np.full((n, bands), np.nan, np.float32),
+    )  # fmt: skip
+    for idx, p in pieces:
+        i = where[idx]
+        out.status[i], out.tile[i], out.row[i], out.col[i] = p.status, p.tile, p.row, p.col
+        out.located[i] = p.located
+        if p.values.shape[1] == bands:
+            out.values[i] = p.values
+    return out
 
 
 def _sample_plan(
@@ -325,6 +352,7 @@ def _sample_plan(
 ) -> tuple[Located, dict[int, ByteSource], NDArray[np.bool_], NDArray[np.bool_], int]:
     """Locate one year of a batch: where each point is, and the byte sources to read."""
     valid = valid_lonlat_mask(lon, lat) & ~empty
+    zone_years.prepare_points(np.where(valid, lon, np.nan), year)
     rects = zone_years.rects_or_none(year)
     loc = locate_pixels(rects, np.where(valid, lon, np.nan), np.where(valid, lat, np.nan),
                         year, zone_years.root, strict=False)  # fmt: skip

@@ -34,7 +34,7 @@ from tessera_vz.core.permissions import with_remembered
 from tessera_vz.core.progress import no_progress
 from tessera_vz.core.quantisation import dequantise, valid_scale
 from tessera_vz.core.repos import quiet_icechunk
-from tessera_vz.reader import pixels, point_columns, regions, samples
+from tessera_vz.reader import pixels, point_columns, point_groups, regions, samples
 from tessera_vz.reader.discovery import containers, discover_zones
 from tessera_vz.reader.pixels import Located, TileLocation, locate_pixels
 from tessera_vz.reader.point_columns import PointsInput, points_input
@@ -115,7 +115,7 @@ class TesseraStore:
 
     def version(self, zone: int, year: int) -> tuple[str | None, str]:
         """The tag (``None`` if no tag points at it) and snapshot id a zone-year is read at."""
-        return self._zone_years.get(zone, year).version()
+        return self._zone_years.version((int(zone), int(year)))
 
     def provenance(self, keys: Iterable[tuple[int, int]]) -> dict[str, str]:
         """``tessera:versions`` and ``tessera:snapshots`` attributes of what was read.
@@ -196,6 +196,7 @@ class TesseraStore:
 
     def locate_points(self, lons: ArrayLike, lats: ArrayLike, year: int) -> Located:
         """The tile and pixel of many points (``ok`` is False where there is none)."""
+        self._zone_years.prepare_points(pixels.as_points(lons, lats)[0], check_year(year))
         rects = self._zone_years.rects_or_none(check_year(year))
         return locate_pixels(rects, lons, lats, check_year(year), self.root)
 
@@ -223,7 +224,7 @@ class TesseraStore:
             if not loc.ok[0]:
                 self.locate(lon, lat, y)  # raises the precise reason
             located.append(loc)
-        values = samples.point_values(self._zone_years, located, ys, POINT_GAP)[:, 0]
+        values = point_groups.point_values(self._zone_years, located, ys, POINT_GAP)[:, 0]
         return values if series else values[0]
 
     def points(
@@ -233,13 +234,13 @@ class TesseraStore:
         """Dequantised embeddings ``(N, bands)`` of many points, in their order.
 
         A point with no indexed tile (or NaN coordinates) or an invalid scale
-        is a row of NaN. Points are grouped by file, nearby ranges merged
-        (``gap`` bytes), and fetched concurrently. With a list of years the
-        result is ``(time, N, bands)``.
+        is a row of NaN. Points are read a few zones at a time, grouped by
+        file, nearby ranges merged (``gap`` bytes), and fetched concurrently.
+        With a list of years the result is ``(time, N, bands)``.
         """
         ys, series = years_asked(year, years)
-        located = [self.locate_points(lons, lats, y) for y in ys]
-        out = samples.point_values(self._zone_years, located, ys, gap)
+        lon, lat = pixels.as_points(lons, lats)
+        out = point_groups.points_in_groups(self._zone_years, lon, lat, ys, gap)
         return out if series else out[0]
 
     def sample(

@@ -6,32 +6,29 @@ skip reading it. A new index run makes a new snapshot id, which simply
 misses the cache: nothing is ever stale.
 
 Every index opened and every re-run adds a file, so the cache is bounded
-(:data:`MAX_FILES` files and :data:`MAX_BYTES` bytes; ``$TESSERA_VZ_CACHE_MAX_MB``
-sets the latter): after each save the least recently used files go. A hit
-touches its file's mtime, which is what "recently used" means here. Files
-appear by rename and go by one unlink, so a concurrent reader either reads
-a whole file or misses.
+(:data:`MAX_FILES` files and :data:`~tessera_vz.core.object_cache.MAX_BYTES`
+bytes; ``$TESSERA_VZ_CACHE_MAX_MB`` sets the latter): after each save the
+least recently used files go. A hit touches its file's mtime, which is
+what "recently used" means here. Files appear by rename and go by one
+unlink, so a concurrent reader either reads a whole file or misses.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
+from tessera_vz.core import object_cache
 from tessera_vz.core.files import atomic_path, cache_dir
 
 log = logging.getLogger(__name__)
 
 #: Most table files kept (a 7,000-tile year is about 0.5 MB).
 MAX_FILES = 512
-#: Most bytes kept, unless ``$TESSERA_VZ_CACHE_MAX_MB`` says otherwise.
-MAX_BYTES = 256 * 1024 * 1024
 
 
 def _path(repo_location: str, snapshot: str) -> Path | None:
@@ -53,7 +50,7 @@ def load(repo_location: str, snapshot: str) -> xr.Dataset | None:
     except (OSError, ValueError) as exc:
         log.warning("ignoring unreadable table cache %s: %s", path, exc)
         return None
-    _touch(path)
+    object_cache.touch(path)
     tile = cols.pop("tile")
     return xr.Dataset({k: ("tile", v) for k, v in cols.items()}, coords={"tile": tile})
 
@@ -75,43 +72,9 @@ def save(repo_location: str, snapshot: str, table: xr.Dataset) -> None:
     prune(path.parent.parent, keep=path)
 
 
-def _max_bytes() -> int:
-    text = os.environ.get("TESSERA_VZ_CACHE_MAX_MB", "")
-    try:
-        return max(0, int(float(text) * 1024 * 1024)) if text.strip() else MAX_BYTES
-    except ValueError:
-        log.warning("ignoring TESSERA_VZ_CACHE_MAX_MB=%r (not a number of MB)", text)
-        return MAX_BYTES
-
-
-def _touch(path: Path) -> None:
-    with contextlib.suppress(OSError):  # a read-only cache: recency is only a hint
-        os.utime(path)
-
-
 def prune(tables: Path, keep: Path | None = None) -> int:
     """Delete the least recently used table files beyond the bounds; how many went.
 
     ``keep`` (the file just written) is never deleted, even alone over the byte bound.
     """
-    entries = []
-    for path in tables.glob("*/*.npz"):
-        try:
-            st = path.stat()
-        except OSError:
-            continue  # removed meanwhile by another process
-        entries.append((st.st_mtime, st.st_size, path))
-    entries.sort(key=lambda e: e[0], reverse=True)
-    budget, removed, count, total = _max_bytes(), 0, 0, 0
-    for _, size, path in entries:
-        count, total = count + 1, total + size
-        if path == keep or (count <= MAX_FILES and total <= budget):
-            continue
-        try:
-            path.unlink(missing_ok=True)
-            removed += 1
-        except OSError as exc:
-            log.info("could not remove table cache file %s: %s", path, exc)
-    if removed:
-        log.info("table cache: removed %d least recently used file(s) from %s", removed, tables)
-    return removed
+    return object_cache.prune(tables, "*/*.npz", MAX_FILES, keep)

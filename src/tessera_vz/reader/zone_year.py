@@ -14,24 +14,33 @@ repository and each zone-year's handle once, and is what the reader modules
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any, cast
+from urllib.parse import urlsplit
 
 import icechunk as ic
+import numpy as np
 import xarray as xr
+from numpy.typing import NDArray
 
 from tessera_vz.core.boundary import SourceFiles
 from tessera_vz.core.dataset import only_one
 from tessera_vz.core.errors import TileNotFoundError, VersionNotFoundError
 from tessera_vz.core.layout import BAND_COUNT, year_of_branch
 from tessera_vz.core.options import ReadOptions
-from tessera_vz.core.table import TileLookup, read_table, refused_rows
+from tessera_vz.core.table import TileLookup, refused_rows
 from tessera_vz.core.text import printable
 from tessera_vz.reader import table_cache
 from tessera_vz.reader.discovery import open_repository
 from tessera_vz.reader.identity import recorded_identity
 from tessera_vz.reader.range_fetch import ByteSource
+from tessera_vz.reader.resample import cell_zone
+from tessera_vz.reader.table_fetch import read_table_at_once
 from tessera_vz.reader.versions import Pins, provenance, snapshot_to_read, tag_of
 from tessera_vz.reader.windows import TileRects, tile_rects
 
@@ -56,10 +65,14 @@ class ZoneYearIndex:
     pins: Pins
     files: SourceFiles
     direct: bool = True
+    #: The snapshot and tag already resolved (by an earlier handle of this zone-year).
+    resolved: tuple[str, str | None] | None = None
     _refused: dict[str, str] = field(default_factory=dict, init=False, repr=False)
 
     @cached_property
     def _resolved(self) -> tuple[str, str | None]:
+        if self.resolved is not None:
+            return self.resolved
         return snapshot_to_read(self.repo, self.pins, self.zone, self.year, self.root)
 
     @property
@@ -88,7 +101,8 @@ class ZoneYearIndex:
 
     def version(self) -> tuple[str | None, str]:
         """The tag (``None`` if no tag points at it) and the snapshot id read."""
-        self.session  # noqa: B018 - a snapshot that cannot be opened is no version
+        if self.pins.snapshot(self.zone, self.year) is not None:
+            self.session  # noqa: B018 - a pinned snapshot that cannot be opened is no version
         return self.tag, self.snapshot
 
     @cached_property
@@ -99,10 +113,11 @@ class ZoneYearIndex:
         with the reason (:attr:`refused`), and every read of it fails with
         that reason, unsent.
         """
-        store = self.session.store
         table = table_cache.load(self.location, self.snapshot)
         if table is None:
-            table = read_table(store)
+            # Only a miss opens the session (fetching the snapshot): a process that finds
+            # the table cached reads points without loading any Icechunk metadata.
+            table = read_table_at_once(self.session.store, remote=is_remote(self.location))
             if table is None:
                 raise TileNotFoundError(f"zone {self.zone} year {self.year} has no tiles table")
             table_cache.save(self.location, self.snapshot, table)
@@ -133,16 +148,55 @@ class ZoneYearIndex:
     def source(self) -> ByteSource:
         """Where the tiles' bytes come from, with the refused tiles named."""
         refused = self.refused
-        return ByteSource(
-            self.zone, self.year, self.files, self.session.store, self.direct, refused
-        )
+        # Direct reads never touch the Icechunk store: it is opened only if asked for.
+        chunks = self.session.store if not self.direct else cast(Any, _SessionStore(self))
+        return ByteSource(self.zone, self.year, self.files, chunks, self.direct, refused)
+
+
+class _SessionStore:
+    """A zone-year's session store, opened on first use (the snapshot is fetched then)."""
+
+    def __init__(self, index: ZoneYearIndex) -> None:
+        self._index = index
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._index.session.store, name)
+
+
+def is_remote(location: str) -> bool:
+    """Whether a repository location is behind a network (``http(s)://``, ``s3://``)."""
+    return urlsplit(location).scheme in ("http", "https", "s3")
+
+
+#: Zones opened at once by :meth:`ZoneYears.prepare` (each mostly waits on round trips).
+PREPARE_THREADS = 8
+#: Zone-years a :class:`ZoneYears` keeps loaded (tables, sessions): a 30,000-tile
+#: zone-year's table alone is ~35 MB in memory.
+MAX_LOADED = 16
+
+
+def concurrently[T, R](work: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """``[work(i) for i in items]``, at most :data:`PREPARE_THREADS` at once (order kept).
+
+    For per-zone metadata: each zone's round trips depend on one another,
+    different zones' do not (Icechunk's calls release the GIL while they wait).
+    """
+    if len(items) < 2:
+        return [work(i) for i in items]
+    with ThreadPoolExecutor(min(PREPARE_THREADS, len(items)), "tessera-vz-zone") as pool:
+        return list(pool.map(work, items))
 
 
 class ZoneYears:
     """The zone repositories of one index root and their zone-years, each opened once.
 
     State is real (the open repositories and the ``{(zone, year): handle}``
-    cache), hence a class.
+    cache), hence a class. At most :data:`MAX_LOADED` zone-years are kept
+    (least recently used go, with their repository when no other year of
+    the zone is kept): a global read touches every zone, and a zone's
+    table, session and snapshot are megabytes. A zone-year asked for again
+    is read at the snapshot it was first read at (its table from the disk
+    cache), so one store never mixes two states of a zone-year.
     """
 
     def __init__(
@@ -159,8 +213,16 @@ class ZoneYears:
         self.pins = pins
         self.files = files
         self._repos: dict[int, ic.Repository] = {}
-        self._indexes: dict[tuple[int, int], ZoneYearIndex] = {}
+        self._indexes: OrderedDict[tuple[int, int], ZoneYearIndex] = OrderedDict()
+        #: The snapshot and tag each zone-year was first read at (kept after eviction).
+        self._resolved: dict[tuple[int, int], tuple[str, str | None]] = {}
+        #: Each zone-year's (tag, snapshot) once named (:meth:`version`).
+        self._versions: dict[tuple[int, int], tuple[str | None, str]] = {}
         self._identity: dict[int, dict[str, str]] = {}
+        #: Guards the registries: :meth:`prepare` opens zones from several threads.
+        self._lock = threading.RLock()
+        #: One lock per zone, so a zone is opened once however many threads ask.
+        self._zone_locks: dict[int, threading.Lock] = {}
 
     def zones(self) -> list[int]:
         """UTM zones that have a repository here."""
@@ -172,29 +234,102 @@ class ZoneYears:
             raise TileNotFoundError(
                 f"no repository for UTM zone {zone} under {self.root}; zones here: {self.zones()}"
             )
-        if zone not in self._repos:
-            self._repos[zone] = open_repository(
-                self.locations[zone], zone, self.options, self.files
-            )
+        with self._lock:
+            if zone in self._repos:
+                return self._repos[zone]
+            lock = self._zone_locks.setdefault(zone, threading.Lock())
+        with lock:
+            if zone not in self._repos:
+                repo = open_repository(self.locations[zone], zone, self.options, self.files)
+                with self._lock:
+                    self._repos[zone] = repo
         return self._repos[zone]
 
     def years(self, zone: int | None = None) -> list[int]:
         """Years indexed in one zone, or in any zone."""
         zones = [zone] if zone is not None else self.zones()
         found: set[int] = set()
-        for z in zones:
-            found |= {y for b in self.repo(z).list_branches() if (y := year_of_branch(b))}
+        for branches in concurrently(lambda z: self.repo(z).list_branches(), zones):
+            found |= {y for b in branches if (y := year_of_branch(b))}
         return sorted(found)
 
     def get(self, zone: int, year: int) -> ZoneYearIndex:
         """The handle of a zone-year (its parts are found when first used)."""
         key = (int(zone), int(year))
-        if key not in self._indexes:
-            self._indexes[key] = ZoneYearIndex(
-                *key, self.repo(key[0]), self.locations[key[0]], self.root, self.pins,
-                self.files, self.options.direct_reads,
+        repo = self.repo(key[0])
+        with self._lock:
+            if key in self._indexes:
+                self._indexes.move_to_end(key)
+                return self._indexes[key]
+            index = self._indexes[key] = ZoneYearIndex(
+                *key, repo, self.locations[key[0]], self.root, self.pins, self.files,
+                self.options.direct_reads, self._resolved.get(key),
             )  # fmt: skip
-        return self._indexes[key]
+            while len(self._indexes) > MAX_LOADED:
+                self._evict()
+            return index
+
+    def loaded(self) -> list[tuple[int, int]]:
+        """The (zone, year) handles kept now, least recently used first."""
+        with self._lock:
+            return list(self._indexes)
+
+    def _evict(self) -> None:
+        """Forget the least recently used zone-year (and its zone's repository if unused)."""
+        key, old = self._indexes.popitem(last=False)
+        if "_resolved" in vars(old):  # its snapshot is kept: a later handle reads the same
+            self._resolved[key] = old._resolved
+        if all(z != key[0] for z, _ in self._indexes):
+            self._repos.pop(key[0], None)
+        log.debug("zone %d year %d: handle released (least recently used)", *key)
+
+    def prepare(self, zones: Iterable[int], year: int) -> None:
+        """Open the repositories and load the tables of ``zones`` for ``year``, concurrently.
+
+        Each zone costs a few round trips (its repository, snapshot, table
+        manifests) that depend on one another; different zones do not, so a
+        batch of points over many zones waits for about one zone's worth
+        instead of the sum. Zones without a repository are skipped; a zone
+        whose year is not indexed is left for :meth:`find` to report.
+        """
+        todo = [z for z in dict.fromkeys(int(z) for z in zones) if z in self.locations]
+        with self._lock:
+            todo = [z for z in todo if not self._loaded((z, int(year)))]
+        concurrently(lambda z: self.find(z, year), todo)
+
+    def prepare_points(self, lon: NDArray[np.float64], year: int) -> None:
+        """:meth:`prepare` the zones of the cells of points at these longitudes (NaN: none).
+
+        Only their own zones: a neighbour zone is read for a point near a zone
+        boundary only where its own zone's tiles leave its pixel uncovered,
+        and then loaded when first needed.
+        """
+        finite = lon[np.isfinite(lon)]
+        if finite.size > 1:
+            self.prepare(np.unique(cell_zone(finite)).tolist(), year)
+
+    def _loaded(self, key: tuple[int, int]) -> bool:
+        index = self._indexes.get(key)
+        return index is not None and "table" in vars(index)  # the cached_property's value
+
+    def indexed(self, keys: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The (zone, year) of ``keys`` that are indexed (their branch or pin exists).
+
+        Known from each zone's repository info, concurrently; no snapshot
+        or table is loaded. A pinned version that does not exist is an error.
+        """
+        wanted = [(int(z), int(y)) for z, y in dict.fromkeys(keys) if z in self.locations]
+
+        def check(key: tuple[int, int]) -> bool:
+            try:
+                self.get(*key).snapshot  # noqa: B018 - resolves the branch, tag or pin
+            except VersionNotFoundError:
+                raise
+            except TileNotFoundError:
+                return False
+            return True
+
+        return [k for k, ok in zip(wanted, concurrently(check, wanted), strict=True) if ok]
 
     def find(self, zone: int, year: int) -> ZoneYearIndex | None:
         """The handle of a zone-year that has a tiles table, else ``None``.
@@ -238,18 +373,33 @@ class ZoneYears:
         records; zones of two datasets are refused (:func:`~tessera_vz.core.dataset.only_one`).
         """
         read = sorted({(int(z), int(y)) for z, y in keys})
+        versions = concurrently(self.version, read)
         return {
-            **provenance((z, y, *self.get(z, y).version()) for z, y in read),
+            **provenance((z, y, *v) for (z, y), v in zip(read, versions, strict=True)),
             **self.dataset({z for z, _ in read} or set(self.zones())),
         }
 
+    def version(self, key: tuple[int, int]) -> tuple[str | None, str]:
+        """A zone-year's tag and snapshot read (:meth:`ZoneYearIndex.version`), found once.
+
+        Kept past the handle's eviction: naming the version of sixty zones
+        must not reopen sixty repositories.
+        """
+        if key not in self._versions:
+            found = self.get(*key).version()
+            with self._lock:
+                self._versions[key] = found
+        return self._versions[key]
+
     def dataset(self, zones: Iterable[int]) -> dict[str, str]:
         """The dataset attributes the repositories of ``zones`` record (one dataset, or refused)."""
-        found = []
-        for zone in sorted(zones):
-            if zone not in self._identity:
-                self._identity[zone] = recorded_identity(self.repo(zone))
-            found.append(self._identity[zone])
+        asked = sorted(zones)
+        missing = [z for z in asked if z not in self._identity]
+        for zone, found_here in zip(
+            missing, concurrently(lambda z: recorded_identity(self.repo(z)), missing), strict=True
+        ):
+            self._identity[zone] = found_here
+        found = [self._identity[zone] for zone in asked]
         label = only_one((f["tessera:dataset"] for f in found), f"reading {self.root}")
         return next((f for f in found if f["tessera:dataset"] == label), {"tessera:dataset": label})
 
