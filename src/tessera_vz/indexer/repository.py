@@ -58,16 +58,28 @@ INLINE_CHUNK_BYTES = 4096
 COMMIT_CONCURRENCY = 64
 
 
+#: Snapshot nodes a writer caches. Icechunk weighs a cached snapshot by its
+#: nodes (~6 a tile) and never caches one heavier than the whole cache: at
+#: 100,000 a unit's snapshot stopped fitting past ~16,500 tiles, and every
+#: node lookup of the next batch decoded the whole snapshot again (a
+#: 20,000-tile unit stalled for minutes in its 18th batch). 500,000 holds a
+#: 30,000-tile zone-year's snapshot twice over.
+WRITE_SNAPSHOT_NODES = 500_000
+
+
 def _write_config(cfg: ic.RepositoryConfig | None) -> ic.RepositoryConfig:
     """The persisted config plus a small cache and stronger compression for writing.
 
     Icechunk's default cache keeps up to 15 M chunk references; an index run
     only writes references, so caching them costs ~0.3 GB per 3,000 tiles.
-    Metadata files are compressed at :data:`METADATA_COMPRESSION_LEVEL`
-    (a writer's setting: readers decompress any level).
+    Snapshots are cached whole (:data:`WRITE_SNAPSHOT_NODES`). Metadata
+    files are compressed at :data:`METADATA_COMPRESSION_LEVEL` (a writer's
+    setting: readers decompress any level).
     """
     config: ic.RepositoryConfig = read_config(cfg)
-    config.caching = ic.CachingConfig(num_chunk_refs=50_000, num_snapshot_nodes=100_000)
+    config.caching = ic.CachingConfig(
+        num_chunk_refs=50_000, num_snapshot_nodes=WRITE_SNAPSHOT_NODES
+    )
     config.compression = ic.CompressionConfig(level=METADATA_COMPRESSION_LEVEL)
     config.inline_chunk_threshold_bytes = INLINE_CHUNK_BYTES
     if config.manifest is not None:
