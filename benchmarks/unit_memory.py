@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in sorted(args.tiles):
         if not (src / f"manifest-{n}.parquet").exists():
             raise SystemExit(f"{src} has no manifest for {n} tiles: use a fresh --workdir")
-        out = work / f"index-{n}"
+        out = work / f"index-{n}{args.label and '-' + args.label}"
         shutil.rmtree(out, ignore_errors=True)
         manifest = src / "manifest.parquet"
         shutil.copyfile(src / f"manifest-{n}.parquet", manifest)

@@ -35,15 +35,6 @@ log = logging.getLogger(__name__)
 #: gain little until 19, which takes ~13 s.
 METADATA_COMPRESSION_LEVEL = 9
 
-#: zstd level of a unit's intermediate batches. Their snapshots and
-#: transaction logs are replaced by the next batch's amend, and a
-#: transaction log (the changes since the year's previous tip, ~18 kB a tile
-#: before compression) compresses *worse* at 9 than at 3 and 3.6x slower:
-#: at level 9, re-compressing the growing log was most of a 7,000-tile
-#: unit's commit time. The last batch is written at
-#: :data:`METADATA_COMPRESSION_LEVEL`, so the published snapshot is as small.
-DRAFT_COMPRESSION_LEVEL = 3
-
 #: Chunks up to this size are stored inline in their array's manifest instead
 #: of as an object of their own (Icechunk's default is 512 bytes). A tile's
 #: ``y`` and ``x`` chunks, blosc-compressed to ~300-600 bytes
@@ -58,13 +49,13 @@ INLINE_CHUNK_BYTES = 4096
 COMMIT_CONCURRENCY = 64
 
 
-#: Snapshot nodes a writer caches. Icechunk weighs a cached snapshot by its
-#: nodes (~6 a tile) and never caches one heavier than the whole cache: at
-#: 100,000 a unit's snapshot stopped fitting past ~16,500 tiles, and every
-#: node lookup of the next batch decoded the whole snapshot again (a
-#: 20,000-tile unit stalled for minutes in its 18th batch). 500,000 holds a
-#: 30,000-tile zone-year's snapshot twice over.
-WRITE_SNAPSHOT_NODES = 500_000
+#: Snapshot nodes a writer caches before it knows the unit it writes.
+WRITE_SNAPSHOT_NODES = 100_000
+
+#: Nodes a tile adds to a year's snapshot: its group and five arrays
+#: (embeddings, scales, y, x, spatial_ref). Decoded, with their documents,
+#: they take ~6 kB a tile (a 20,000-tile snapshot: 117 MB).
+NODES_PER_TILE = 6
 
 
 def _write_config(cfg: ic.RepositoryConfig | None) -> ic.RepositoryConfig:
@@ -72,9 +63,8 @@ def _write_config(cfg: ic.RepositoryConfig | None) -> ic.RepositoryConfig:
 
     Icechunk's default cache keeps up to 15 M chunk references; an index run
     only writes references, so caching them costs ~0.3 GB per 3,000 tiles.
-    Snapshots are cached whole (:data:`WRITE_SNAPSHOT_NODES`). Metadata
-    files are compressed at :data:`METADATA_COMPRESSION_LEVEL` (a writer's
-    setting: readers decompress any level).
+    Metadata files are compressed at :data:`METADATA_COMPRESSION_LEVEL`
+    (a writer's setting: readers decompress any level).
     """
     config: ic.RepositoryConfig = read_config(cfg)
     config.caching = ic.CachingConfig(
@@ -147,11 +137,22 @@ def open_repo(
     return ic.Repository.open(storage, config=_write_config(ic.Repository.fetch_config(storage)))
 
 
-def draft_repo(repo: ic.Repository) -> ic.Repository:
-    """The same repository, writing metadata at :data:`DRAFT_COMPRESSION_LEVEL`."""
+def unit_repo(repo: ic.Repository, tiles: int) -> ic.Repository:
+    """The same repository opened anew, caching one snapshot of a year of ``tiles`` tiles.
+
+    Icechunk weighs a cached snapshot by its nodes and never caches one
+    heavier than the whole cache; a session then decodes the snapshot again
+    at every node lookup (with the fixed 100,000 nodes, a 20,000-tile unit
+    stalled for minutes in its 18th batch, 500 threads decoding). A larger
+    fixed cache keeps every batch's snapshot instead (~6 kB a tile each), so
+    the cache holds the unit's snapshot and a quarter more. Opened anew:
+    ``Repository.reopen`` keeps the old caches (and compression level),
+    whatever config it is given.
+    """
     config = repo.config
-    config.compression = ic.CompressionConfig(level=DRAFT_COMPRESSION_LEVEL)
-    return repo.reopen(config=config)
+    nodes = max(WRITE_SNAPSHOT_NODES, int(1.25 * NODES_PER_TILE * tiles) + 1000)
+    config.caching = ic.CachingConfig(num_chunk_refs=50_000, num_snapshot_nodes=nodes)
+    return ic.Repository.open(repo.storage, config=config)
 
 
 #: Memory garbage collection may hold: snapshots decoded at once (Icechunk's

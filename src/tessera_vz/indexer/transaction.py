@@ -45,7 +45,7 @@ from tessera_vz.indexer.migration import (
 from tessera_vz.indexer.record import TileRecord
 from tessera_vz.indexer.references import set_references, write_table
 from tessera_vz.indexer.report import Commit
-from tessera_vz.indexer.repository import collect_amended, draft_repo, next_tag
+from tessera_vz.indexer.repository import collect_amended, next_tag, unit_repo
 from tessera_vz.indexer.roots import SourceRoot
 
 log = logging.getLogger(__name__)
@@ -211,6 +211,7 @@ def write_unit(
     row, in the same commit: no header is read, no reference rewritten.
     """
     branch = branch_name(year)
+    repo = unit_repo(repo, len(rows))
     if expected_tip == "lookup":
         tip = repo.lookup_branch(branch) if branch in repo.list_branches() else None
     else:
@@ -242,7 +243,6 @@ def write_unit(
     }
     batches = [records[i : i + batch_tiles] for i in range(0, len(records), batch_tiles)] or [[]]
     fold = locked and len(batches) > 1
-    draft = draft_repo(repo) if len(batches) > 1 else repo
     try:
         snapshot = ""
         before: dt.datetime | None = None
@@ -257,7 +257,7 @@ def write_unit(
                 zone, year, i + 1, len(batches), len(batch), work,
             )  # fmt: skip
             snapshot = _write_batch(
-                repo if last else draft,
+                repo,
                 work,
                 i == 0,
                 i > 0 and not fold,
