@@ -25,6 +25,7 @@ import logging
 import shutil
 import zipfile
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -105,11 +106,15 @@ def create_app(
 
     def info(request: Request) -> Response:
         """Zones, years, bounds and limits: what the page needs to start."""
+        # Every zone's records and its dataset, each zone's round trips beside the others'.
+        with ThreadPoolExecutor(1, "tessera-vz-dataset") as pool:
+            dataset = pool.submit(store.dataset)
+            coverage.load()
         years = coverage.years()
         return JSONResponse(
             {
                 "store": store.root,
-                "dataset": store.dataset(),
+                "dataset": dataset.result(),
                 "zones": store.zones(),
                 "years": years,
                 "tiles": {str(y): coverage.count(y) for y in years},
