@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import threading
 import zipfile
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +44,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tessera_vz.core.coastline import land_file
 from tessera_vz.core.coords import check_lonlat
+from tessera_vz.core.text import printable
 from tessera_vz.export import write_region
 from tessera_vz.reader import TesseraStore
 from tessera_vz.serve.answers import api, api_async, error_response
@@ -284,6 +286,10 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         scratch.open()  # also removes the downloads of viewers killed before their shutdown
+        # The zones' records load while the page loads; /api/info waits for them.
+        threading.Thread(
+            target=_warm, args=(coverage,), name="tessera-vz-warm", daemon=True
+        ).start()
         try:
             yield
         finally:
@@ -299,6 +305,14 @@ def create_app(
         ],
         lifespan=lifespan,
     )
+
+
+def _warm(coverage: Coverage) -> None:
+    """Load the coverage of every zone ahead of the first ``/api/info`` (which reports failures)."""
+    try:
+        coverage.load()
+    except Exception as exc:  # /api/info loads again and answers the error
+        log.info("coverage not loaded at start: %s", printable(str(exc)))
 
 
 class SecurityHeaders:

@@ -149,6 +149,9 @@ class Coverage:
         self._sets: dict[tuple[int, int], CellSet] = {}
         self._gaps: dict[int, list[tuple[CellSet, str]]] = {}
         self.table_reads = 0
+        #: One :meth:`load` at a time: a second caller waits for the first's work.
+        self._loading = threading.Lock()
+        self._loaded = False
 
     def zone_years(self) -> dict[int, list[int]]:
         """Years indexed in each zone."""
@@ -167,14 +170,20 @@ class Coverage:
 
         Per zone, one after the other: its years (the repository info), its
         records (the snapshot of branch ``coverage``), each year's bitmap.
+        Done once: the viewer starts it when it starts, and ``/api/info``
+        waits for it (or does it, if that failed).
         """
-        years = self.zone_years()
+        with self._loading:
+            if self._loaded:
+                return
+            years = self.zone_years()
 
-        def zone_sets(zone: int) -> None:
-            for year in years[zone]:
-                self.cell_set(zone, year)
+            def zone_sets(zone: int) -> None:
+                for year in years[zone]:
+                    self.cell_set(zone, year)
 
-        each_zone(zone_sets, sorted(years))
+            each_zone(zone_sets, sorted(years))
+            self._loaded = True
 
     def years(self) -> list[int]:
         """Every year indexed in some zone."""
