@@ -22,7 +22,14 @@ def markers(owner: str) -> tuple[str, str]:
 
 
 #: The scripts that own a section, in the order ``scale.py`` appends them.
-OWNERS = ("read_points.py", "world.py", "index_throughput.py", "sync.py", "published_read.py")
+OWNERS = (
+    "read_points.py",
+    "world.py",
+    "index_throughput.py",
+    "sync.py",
+    "published_read.py",
+    "viewer_scale.py",
+)
 BEGIN, END = markers("read_points.py")
 
 

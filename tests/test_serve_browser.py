@@ -27,7 +27,7 @@ from playwright.sync_api import Page, sync_playwright
 
 from tessera_vz.indexer.run import IndexOptions, run_index
 from tessera_vz.reader import TesseraStore, open_store
-from tessera_vz.serve import create_app
+from tessera_vz.serve import Limits, create_app
 from tessera_vz.testing.nginx import NginxServer
 
 from .test_serve_api import LIMITS, YEARS, build_world, running
@@ -258,3 +258,45 @@ def test_viewer_in_chromium(base: str, store: TesseraStore) -> None:
     assert problems == [], problems
     own = (base + "/", "blob:" + base + "/", "data:")
     assert [u for u in requests if not u.startswith(own)] == []
+
+
+def test_large_year_paints_coverage_as_raster(world: dict[str, Any]) -> None:
+    """A year over the feature limit: at low zoom the map shows raster coverage, no cells sent."""
+    problems: list[str] = []
+    requests: list[str] = []
+    limits = Limits(features=6)  # 2024 (10 tiles) is "large", 2025 (3 tiles, 6 gaps) is not
+    app = create_app(open_store(str(world["out"])), limits=limits)
+    with running(app) as base, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium(), args=FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 700})
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.on("requestfailed", lambda r: problems.append(f"failed: {r.url}"))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(base + "/")
+            page.wait_for_selector("body[data-tiles='2025']", timeout=60_000)
+            page.evaluate("() => tesseraViewer.map.jumpTo({center: [0.85, 49.8], zoom: 5})")
+            requests.clear()
+            page.select_option("#year", "2024")
+            page.wait_for_selector("body[data-tiles='2024']", timeout=60_000)
+            page.wait_for_function(
+                "() => tesseraViewer.map.loaded() && !tesseraViewer.map.isMoving()"
+            )
+            view = MapView(page)
+            shown = view.shot()
+            page.evaluate(
+                "() => tesseraViewer.map.setLayoutProperty('coverage', 'visibility', 'none')"
+            )
+            page.wait_for_function("() => tesseraViewer.map.loaded()")
+            page.wait_for_timeout(300)
+            hidden = view.shot()
+            tile = view.colour(shown, 0.75, 49.95)
+            want = blend(ZONE31, 150 / 255, view.colour(hidden, 0.75, 49.95))
+            far = (view.colour(shown, 3.0, 48.0), view.colour(hidden, 3.0, 48.0))  # no tile
+        finally:
+            browser.close()
+    assert problems == [], problems
+    assert any("/api/coverage/2024/" in u for u in requests), requests
+    assert not any("/api/tiles" in u or "/api/gaps" in u for u in requests), requests
+    assert np.abs(tile - want).max() <= 8, (tile, want)
+    assert np.abs(far[0] - far[1]).max() <= 2, far

@@ -47,6 +47,7 @@ from tessera_vz.catalog.incremental import (
     row_groups,
     save_state,
 )
+from tessera_vz.catalog.items import write_unit_items
 from tessera_vz.catalog.tables import UnitVersion, unit_key
 from tessera_vz.core.errors import ConfigurationError, TesseraError
 from tessera_vz.core.layout import parse_tag, repo_name
@@ -408,14 +409,12 @@ def _build_unit(
         )
     table = _without_refused(table, u, report)
     rows = tables.unit_rows(table, u)
-    items = stac.item_dicts(rows, u, collection_id)
-    written, deleted = stac.write_unit(stac_dir, u, items)
+    written, deleted = write_unit_items(
+        stac_dir, u, rows, work / f"items-{u.zone}-{u.year}.parquet", collection_id
+    )
     report.items_written += written
     report.items_deleted += deleted
     pq.write_table(rows.table, work / f"tiles-{u.zone}-{u.year}.parquet")
-    if items:
-        parquet_items = stac.rebase_index(items, u, stac.PARQUET_DEPTH)
-        pq.write_table(stac.items_table(parquet_items), work / f"items-{u.zone}-{u.year}.parquet")
     report.rows_built += rows.table.num_rows
     return UnitState(
         zone=u.zone,

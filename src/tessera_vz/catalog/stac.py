@@ -42,9 +42,9 @@ import xarray as xr
 from tessera_vz.catalog.footprints import stac_bbox
 from tessera_vz.catalog.tables import UnitRows, UnitVersion, unit_rows
 from tessera_vz.core.dataset import Dataset
-from tessera_vz.core.files import atomic_write_bytes, inside
+from tessera_vz.core.files import atomic_write_bytes
 from tessera_vz.core.geometry import tile_grids
-from tessera_vz.core.layout import check_tile_name, tile_name
+from tessera_vz.core.layout import tile_name
 
 STAC_VERSION = "1.1.0"
 PROJECTION_EXTENSION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
@@ -184,18 +184,16 @@ def item_dicts(
     return items
 
 
-def unit_catalog(unit: UnitVersion, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The Catalog of one (zone, year), linking its Items; records the snapshot it shows."""
+def unit_catalog(unit: UnitVersion, tiles: Sequence[str]) -> dict[str, Any]:
+    """The Catalog of one (zone, year), linking the Items of ``tiles``; records its snapshot."""
     root = _links_to_root(2)
     links = [
         {"rel": "root", "href": root, "type": "application/json"},
         {"rel": "parent", "href": root, "type": "application/json"},
     ]
     links += [
-        {"rel": "item", "href": f"./{it['properties']['tessera:tile']}.json",
-         "type": "application/geo+json"}
-        for it in items
-    ]  # fmt: skip
+        {"rel": "item", "href": f"./{tile}.json", "type": "application/geo+json"} for tile in tiles
+    ]
     return {
         "type": "Catalog",
         "stac_version": STAC_VERSION,
@@ -210,7 +208,7 @@ def unit_catalog(unit: UnitVersion, items: Sequence[dict[str, Any]]) -> dict[str
         "tessera:year": unit.year,
         "tessera:snapshot": unit.snapshot,
         "tessera:tag": unit.tag,
-        "tessera:tiles": len(items),
+        "tessera:tiles": len(tiles),
         "links": links,
     }
 
@@ -331,34 +329,6 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY))
-
-
-def write_unit(
-    stac_dir: Path, unit: UnitVersion, items: Sequence[dict[str, Any]]
-) -> tuple[int, int]:
-    """Write a unit's Items and Catalog; delete Items of tiles no longer indexed.
-
-    Returns (items written, items deleted). The catalog is written last: it
-    records the snapshot, and is what a later run checks before keeping the
-    unit's files.
-    """
-    folder = inside(stac_dir, *unit_dir(unit.zone, unit.year).split("/"))
-    folder.mkdir(parents=True, exist_ok=True)
-    # Names from the index become file names: by the layout's grammar, then by where
-    # the path resolves (core.files.inside), nothing lands outside ``stac_dir``.
-    paths = [
-        inside(folder, check_tile_name(it["properties"]["tessera:tile"]) + ".json") for it in items
-    ]
-    wanted = {p.name for p in paths}
-    deleted = 0
-    for old in folder.glob("grid_*.json"):
-        if old.name not in wanted:
-            old.unlink()
-            deleted += 1
-    for path, it in zip(paths, items, strict=True):
-        write_json(path, it)
-    write_json(folder / UNIT_CATALOG, unit_catalog(unit, items))
-    return len(items), deleted
 
 
 def unit_snapshot(stac_dir: Path, zone: int, year: int) -> str | None:

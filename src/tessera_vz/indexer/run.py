@@ -49,6 +49,7 @@ from tessera_vz.indexer.run_options import (
     source_options,
     source_s3_options,
 )
+from tessera_vz.indexer.summary import record_coverage
 from tessera_vz.indexer.symlinks import skip_outside_links
 from tessera_vz.indexer.sync_plan import plan_units
 from tessera_vz.indexer.unit import run_unit
@@ -148,6 +149,7 @@ def run_index(opts: IndexOptions, progress: ProgressStart = no_progress) -> Repo
                 source_s3_options=source_s3_options(opts),
             )  # fmt: skip
             update_main(repo, zone, [root.url], identity.dataset)
+            record_coverage(repo, zone)  # the viewer's counts and coverage without tables
     # The zone list a reader of a published copy needs, in step with the repos.
     write_zone_list(opts.out, opts.s3_options, identity.dataset, root.url)
     report.timings["describe"] = time.perf_counter() - t2

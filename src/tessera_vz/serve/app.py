@@ -22,16 +22,16 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
+import threading
 import zipfile
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
@@ -43,7 +43,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tessera_vz.core.coastline import land_file
-from tessera_vz.core.coords import BBox, check_bbox, check_lonlat
+from tessera_vz.core.coords import check_lonlat
+from tessera_vz.core.text import printable
 from tessera_vz.export import write_region
 from tessera_vz.reader import TesseraStore
 from tessera_vz.serve.answers import api, api_async, error_response
@@ -58,7 +59,9 @@ from tessera_vz.serve.guard import (
     check_size,
 )
 from tessera_vz.serve.maps import map_routes
+from tessera_vz.serve.params import _bbox, _number, _param, _values, _year
 from tessera_vz.serve.preview import preview_png
+from tessera_vz.serve.raster import Pyramids, tile_png
 from tessera_vz.serve.scratch import Scratch
 
 log = logging.getLogger(__name__)
@@ -66,55 +69,6 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 #: Download formats of ``/api/region`` -> (suffix written by write_region, media type).
 FORMATS = {"tif": ("tif", "image/tiff"), "zarr": ("zarr", "application/zip")}
-
-
-# -- parameters -----------------------------------------------------------
-
-
-def _param(request: Request, name: str, *, required: bool = True) -> str | None:
-    value = request.query_params.get(name)
-    if value is None or value.strip() == "":
-        if required:
-            raise ApiError(400, f"missing query parameter {name!r}")
-        return None
-    return value.strip()
-
-
-def _number(request: Request, name: str) -> float:
-    text = _param(request, name)
-    try:
-        return float(text or "")
-    except ValueError:
-        raise ApiError(400, f"{name} must be a number, got {text!r}") from None
-
-
-def _year(text: str) -> int:
-    try:
-        year = int(text)
-    except ValueError:
-        raise ApiError(400, f"a year is an integer such as 2024, got {text!r}") from None
-    if not 1900 <= year <= 2200:
-        raise ApiError(400, f"year {year} is out of range")
-    return year
-
-
-def _bbox(request: Request, required: bool = True) -> BBox | None:
-    text = _param(request, "bbox", required=required)
-    if text is None:
-        return None
-    try:
-        values = [float(p) for p in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != 4:
-        raise ApiError(
-            400, f"bbox must be four comma-separated numbers west,south,east,north; got {text!r}"
-        )
-    return check_bbox(values)
-
-
-def _values(vec: np.ndarray) -> list[float | None]:
-    return [None if not math.isfinite(float(v)) else float(v) for v in vec]
 
 
 # -- the application --------------------------------------------------------
@@ -148,19 +102,25 @@ def create_app(
     """
     lim = limits or Limits()
     coverage = Coverage(store)
+    pyramids = Pyramids(coverage)
     heavy = HeavyQueue(lim.heavy_requests, lim.heavy_queue, lim.heavy_wait)
     scratch = Scratch()
 
     def info(request: Request) -> Response:
         """Zones, years, bounds and limits: what the page needs to start."""
+        # Every zone's records and its dataset, each zone's round trips beside the others'.
+        with ThreadPoolExecutor(1, "tessera-vz-dataset") as pool:
+            dataset = pool.submit(store.dataset)
+            coverage.load()
         years = coverage.years()
         return JSONResponse(
             {
                 "store": store.root,
-                "dataset": store.dataset(),
+                "dataset": dataset.result(),
                 "zones": store.zones(),
                 "years": years,
-                "tiles": {str(y): len(coverage.tiles(y)) for y in years},
+                "tiles": {str(y): coverage.count(y) for y in years},
+                "gaps": {str(y): coverage.gap_count(y) for y in years},
                 "bounds": coverage.bounds(),
                 "limits": asdict(lim),
                 "basemap": basemap,
@@ -173,8 +133,8 @@ def create_app(
     def _features(request: Request, gaps: bool) -> Response:
         year = _year_param(request)
         bbox = _bbox(request, required=False)
-        cells = coverage.gaps(year) if gaps else coverage.tiles(year)
-        count = int(cells.within(bbox).sum())
+        cells = coverage.gaps(year, bbox) if gaps else coverage.tiles(year, bbox)
+        count = len(cells)
         if count > lim.features:
             raise ApiError(
                 413,
@@ -190,6 +150,15 @@ def create_app(
     def gaps(request: Request) -> Response:
         """GeoJSON cells missing in the year (indexed in other years, or holes)."""
         return _features(request, gaps=True)
+
+    def raster(request: Request) -> Response:
+        """A PNG tile (XYZ, Web Mercator) of the year's cells and gaps: coverage at low zoom."""
+        p = request.path_params
+        year = _year(p["year"])
+        if year not in coverage.years():
+            raise ApiError(404, f"year {year} is not indexed; indexed years: {coverage.years()}")
+        png = tile_png(pyramids.get(year), p["z"], p["x"], p["y"])
+        return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
     def point(request: Request) -> Response:
         """The embedding of the pixel holding lon/lat, for one year or a time series."""
@@ -300,6 +269,9 @@ def create_app(
         Route("/api/info", api(info), methods=["GET", "HEAD"]),
         Route("/api/tiles", api(tiles), methods=["GET", "HEAD"]),
         Route("/api/gaps", api(gaps), methods=["GET", "HEAD"]),
+        Route(
+            "/api/coverage/{year}/{z:int}/{x:int}/{y:int}.png", api(raster), methods=["GET", "HEAD"]
+        ),
         Route("/api/point", api(point), methods=["GET", "HEAD"]),
         Route("/api/preview.png", api_async(preview), methods=["GET", "HEAD"]),
         Route("/api/region", api_async(region), methods=["GET", "HEAD"]),
@@ -314,6 +286,10 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         scratch.open()  # also removes the downloads of viewers killed before their shutdown
+        # The zones' records load while the page loads; /api/info waits for them.
+        threading.Thread(
+            target=_warm, args=(coverage,), name="tessera-vz-warm", daemon=True
+        ).start()
         try:
             yield
         finally:
@@ -329,6 +305,14 @@ def create_app(
         ],
         lifespan=lifespan,
     )
+
+
+def _warm(coverage: Coverage) -> None:
+    """Load the coverage of every zone ahead of the first ``/api/info`` (which reports failures)."""
+    try:
+        coverage.load()
+    except Exception as exc:  # /api/info loads again and answers the error
+        log.info("coverage not loaded at start: %s", printable(str(exc)))
 
 
 class SecurityHeaders:

@@ -71,6 +71,7 @@
     map.addLayer({ id: "land-fill", type: "fill", source: "land", paint: { "fill-color": LAND } });
     map.addLayer({ id: "land-line", type: "line", source: "land",
       paint: { "line-color": COAST, "line-width": 1 } });
+    setRaster();
     map.addSource("tiles", { type: "geojson", data: empty });
     map.addSource("gaps", { type: "geojson", data: empty });
     map.addSource("box", { type: "geojson", data: empty });
@@ -120,8 +121,30 @@
     }
     map.addSource("basemap", { type: "raster", tiles: [template], tileSize: 256, maxzoom: 19 });
     map.addLayer({ id: "basemap", type: "raster", source: "basemap",
-      paint: { "raster-opacity": 0.8 } }, "tiles-fill");
+      paint: { "raster-opacity": 0.8 } }, map.getLayer("coverage") ? "coverage" : "tiles-fill");
     note.textContent = "basemap: " + new URL(template.replace(/[{}]/g, "")).host;
+  }
+
+  // A year with more tiles than one answer may hold is drawn as raster tiles of its coverage
+  // (/api/coverage/{year}/{z}/{x}/{y}.png: the same size whatever the tile count) below
+  // VECTOR_ZOOM, and as cells of the tiles in view from there.
+  const VECTOR_ZOOM = 7;
+  function large() {
+    const y = String(state.year);
+    return Math.max(state.info.tiles[y] || 0, (state.info.gaps || {})[y] || 0) >
+      state.info.limits.features;
+  }
+
+  function setRaster() {
+    if (map.getLayer("coverage")) { map.removeLayer("coverage"); }
+    if (map.getSource("coverage")) { map.removeSource("coverage"); }
+    if (!large()) { return; }
+    const url = new URL("/api/coverage/" + state.year + "/{z}/{x}/{y}.png", location.href).href;
+    map.addSource("coverage", { type: "raster", tiles: [url.replace(/%7B/g, "{").replace(/%7D/g, "}")],
+      tileSize: 256, maxzoom: 12 });
+    map.addLayer({ id: "coverage", type: "raster", source: "coverage", maxzoom: VECTOR_ZOOM,
+      paint: { "raster-opacity": 1, "raster-resampling": "nearest", "raster-fade-duration": 0 } },
+    map.getLayer("tiles-fill") ? "tiles-fill" : undefined);
   }
 
   // Tile cells and gaps: the whole year when it is small enough, else those in view.
@@ -131,11 +154,15 @@
     const id = ++coverageRequest;
     const total = state.info.tiles[String(year)] || 0;
     let query = "year=" + year;
-    if (total > state.info.limits.features) {
-      if (map.getZoom() < 7) {
+    if (large()) {
+      if (map.getZoom() < VECTOR_ZOOM) {
         map.getSource("tiles").setData(empty);
         map.getSource("gaps").setData(empty);
-        setStatus(total.toLocaleString() + " tiles in " + year + ": zoom in to see their cells");
+        setStatus(total.toLocaleString() + " tiles in " + year +
+          " (coverage drawn as a raster): zoom in to see their cells");
+        map.once("idle", () => {
+          if (id === coverageRequest) { document.body.dataset.tiles = String(year); }
+        });
         return;
       }
       const b = map.getBounds();
@@ -374,7 +401,8 @@
     if (state.justDrew) { state.justDrew = false; return; }
     if (state.drawing || state.labelling) { return; } // labelling: labels.js takes the click
     const hit = map.queryRenderedFeatures(e.point, { layers: ["tiles-fill"] });
-    if (!hit.length) {
+    // Below VECTOR_ZOOM a large year has no cells to hit: the server says if a tile is there.
+    if (!hit.length && !(large() && map.getZoom() < VECTOR_ZOOM)) {
       el("pixel").hidden = false;
       el("pixel-where").textContent = "No indexed tile of " + state.year + " here.";
       el("pixel-plot").replaceChildren();
@@ -390,11 +418,12 @@
   el("year").addEventListener("change", () => {
     state.year = Number(el("year").value);
     delete document.body.dataset.tiles;
+    setRaster();
     loadCoverage();
     if (state.box) { showBox(state.box); }
   });
   map.on("moveend", () => {
-    if (state.info && (state.info.tiles[String(state.year)] || 0) > state.info.limits.features) {
+    if (state.info && large()) {
       loadCoverage();
     }
   });
