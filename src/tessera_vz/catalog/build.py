@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 
 from tessera_vz.catalog import coverage, stac, tables
 from tessera_vz.catalog.assemble import assemble_items, assemble_tiles, remove_strays
+from tessera_vz.catalog.bulk import ITEMS_MODES, write_unit_parquet
 from tessera_vz.catalog.incremental import (
     CATALOG_VERSION,
     WORK_DIR,
@@ -81,6 +82,9 @@ class CatalogOptions:
     #: the STAC ``index`` assets and the ``repo`` column then point under it.
     #: Default: relative to the catalog for a local index, its URL otherwise.
     base_url: str | None = None
+    #: How Items are written: ``"json"`` (one file per Item plus ``items.parquet``)
+    #: or ``"geoparquet"`` (``items.parquet`` only, built in bulk: :mod:`.bulk`).
+    items: str = "json"
 
 
 @dataclass
@@ -224,6 +228,11 @@ def build_catalog(opts: CatalogOptions, progress: ProgressStart = no_progress) -
             f"--out must be a local directory, got {opts.out!r}; write the catalog locally, "
             "then copy or sync it next to the index"
         )
+    if opts.items not in ITEMS_MODES:
+        raise ConfigurationError(
+            f"items must be one of {', '.join(ITEMS_MODES)}, got {opts.items!r}: 'json' writes "
+            "one file per Item (and items.parquet), 'geoparquet' only items.parquet"
+        )
     out = Path(unquote(urlsplit(opts.out).path) if opts.out.startswith("file:") else opts.out)
     if out.exists() and not out.is_dir():
         raise ConfigurationError(f"--out {opts.out!r} exists and is not a directory")
@@ -253,6 +262,7 @@ def _run(
         or state.store != _store_id(store.root)
         or state.collection_id != opts.collection_id
         or state.index_href != index
+        or state.items != opts.items
     ):
         log.info("catalog in %s was written for another index or version: rebuilding", out)
         state = None
@@ -293,7 +303,8 @@ def _run(
     advance = progress("catalog units", len(build))
     for u in build:
         try:
-            new_states[u.key] = _build_unit(store, u, opts.collection_id, stac_dir, work, report)
+            new_states[u.key] = _build_unit(store, u, opts.collection_id, stac_dir, work, report,
+                                         opts.items)  # fmt: skip
         except Exception as exc:
             # A deliberate catch-all: a unit is read (Icechunk, our reader), computed
             # (shapely, pyproj, pyarrow) and written (stac-geoparquet, files), and
@@ -347,7 +358,8 @@ def _run(
     report.written.append(COVERAGE_PNG)
     shutil.rmtree(work, ignore_errors=True)
     save_state(out, CatalogState(CATALOG_VERSION, _store_id(store.root), opts.collection_id,
-                                 {unit_key(s.zone, s.year): s for s in order}, index))  # fmt: skip
+                                 {unit_key(s.zone, s.year): s for s in order}, index,
+                                 opts.items))  # fmt: skip
     report.written.append("catalog-state.json")
     report.timings["assemble"] = time.perf_counter() - t2
     report.built = [_unit_json(u, new_states[u.key].tiles) for u in build if u.key in new_states]
@@ -395,6 +407,7 @@ def _build_unit(
     stac_dir: Path,
     work: Path,
     report: CatalogReport,
+    items: str = "json",
 ) -> UnitState:
     """Rows, Items and Item files of one unit; its Parquet parts staged in ``work``."""
     table = store.tiles(u.year, u.zone)
@@ -409,7 +422,8 @@ def _build_unit(
         )
     table = _without_refused(table, u, report)
     rows = tables.unit_rows(table, u)
-    written, deleted = write_unit_items(
+    write = write_unit_parquet if items == "geoparquet" else write_unit_items
+    written, deleted = write(
         stac_dir, u, rows, work / f"items-{u.zone}-{u.year}.parquet", collection_id
     )
     report.items_written += written

@@ -35,7 +35,11 @@ def cmd_catalog(args: argparse.Namespace) -> int:
             f"got {base_url!r}"
         )
     opts = CatalogOptions(
-        store=args.store, out=args.out, read=read_options_of(args), base_url=base_url
+        store=args.store,
+        out=args.out,
+        read=read_options_of(args),
+        base_url=base_url,
+        items=args.items,
     )
     with progress(wants_progress(args)) as start:
         report = build_catalog(opts, progress=start)
