@@ -16,14 +16,17 @@ from typing import Any
 
 import duckdb
 import geopandas as gpd
+import numpy as np
 import pyarrow.parquet as pq
 import pystac
 import pytest
 from pystac.validation import JsonSchemaSTACValidator
 
 from tessera_vz.catalog import CatalogOptions, build_catalog
+from tessera_vz.catalog.tables import join_many
 from tessera_vz.cli import main as cli_main
 from tessera_vz.core.errors import ConfigurationError
+from tessera_vz.core.urls import join
 from tessera_vz.indexer.run import IndexOptions, run_index
 from tessera_vz.testing.tiles import make_tree
 from tests.test_catalog import offline_stac  # noqa: F401  (a fixture)
@@ -147,3 +150,15 @@ def test_misused_option_fails_clearly(
         capsys.readouterr().err.split()
     )
     assert not (tmp_path / "c").exists()
+
+
+def test_urls_joined_in_bulk_as_one_by_one() -> None:
+    roots = ["https://e.org/", "s3://b/x", "https://e.org/a%20b//", "file:///tmp/x"]
+    rels = ["2024/grid_0.85_49.95/grid_0.85_49.95.npy", "a b/c#d.npy", ".hidden/x", "x/..y/z",
+            "x~y-z_1.npy", "ü/x", "x.", "a/.b.", "...", "..a/b"]  # fmt: skip
+    pairs = [(roots[i % 4], p) for i, p in enumerate(rels)]
+    got = join_many(np.array([r for r, _ in pairs]), np.array([p for _, p in pairs]))
+    assert got.to_pylist() == [join(r, p) for r, p in pairs]
+    for bad in ("a/./b", "a/../b", "..", "x//y", "/abs", "a/"):  # refused as join refuses them
+        with pytest.raises(ValueError, match="not a plain relative path"):
+            join_many(np.array(roots[:2]), np.array(["ok.npy", bad]))
