@@ -330,6 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="json (default): one STAC file per Item plus stac/items.parquet; geoparquet: the "
         "Items only in stac/items.parquet, built in bulk (for archive-size indexes)",
     )
+    ct.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="processes building zone-years (default: the cores with --items geoparquet and "
+        "4 zone-years or more, else 1)",
+    )
     ct.add_argument("--json", action="store_true", help="print the JSON report on stdout")
     _add_progress(ct)
     _add_read_flags(ct, versions=False)

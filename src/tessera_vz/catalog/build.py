@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from tessera_vz.catalog import coverage, stac, tables
 from tessera_vz.catalog.assemble import assemble_items, assemble_tiles, remove_strays
-from tessera_vz.catalog.bulk import ITEMS_MODES, write_unit_parquet
+from tessera_vz.catalog.bulk import ITEMS_MODES
 from tessera_vz.catalog.incremental import (
     CATALOG_VERSION,
     WORK_DIR,
@@ -48,13 +48,11 @@ from tessera_vz.catalog.incremental import (
     row_groups,
     save_state,
 )
-from tessera_vz.catalog.items import write_unit_items
 from tessera_vz.catalog.tables import UnitVersion, unit_key
+from tessera_vz.catalog.units import UnitDone, build_units, workers
 from tessera_vz.core.errors import ConfigurationError, TesseraError
 from tessera_vz.core.layout import parse_tag, repo_name
 from tessera_vz.core.progress import ProgressStart, no_progress
-from tessera_vz.core.table import refused_rows
-from tessera_vz.core.text import printable
 from tessera_vz.core.urls import join
 from tessera_vz.reader import ReadOptions, open_store
 
@@ -85,6 +83,9 @@ class CatalogOptions:
     #: How Items are written: ``"json"`` (one file per Item plus ``items.parquet``)
     #: or ``"geoparquet"`` (``items.parquet`` only, built in bulk: :mod:`.bulk`).
     items: str = "json"
+    #: Processes building zone-years: default the cores with ``items="geoparquet"``
+    #: (and four zone-years or more), else one (:func:`.units.workers`).
+    jobs: int | None = None
 
 
 @dataclass
@@ -104,6 +105,8 @@ class CatalogReport:
     items_written: int = 0
     items_deleted: int = 0
     tiles: int = 0
+    #: Processes that built the zone-years.
+    jobs: int = 1
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -122,6 +125,7 @@ class CatalogReport:
             "rows_copied": self.rows_copied,
             "items_written": self.items_written,
             "items_deleted": self.items_deleted,
+            "jobs": self.jobs,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
         }
 
@@ -301,15 +305,21 @@ def _run(
     new_states: dict[str, UnitState] = {}
     t1 = time.perf_counter()
     advance = progress("catalog units", len(build))
-    for u in build:
-        try:
-            new_states[u.key] = _build_unit(store, u, opts.collection_id, stac_dir, work, report,
-                                         opts.items)  # fmt: skip
-        except Exception as exc:
-            # A deliberate catch-all: a unit is read (Icechunk, our reader), computed
-            # (shapely, pyproj, pyarrow) and written (stac-geoparquet, files), and
-            # whatever fails in one unit must not stop the others; it is reported
-            # and keeps its previous rows.
+    jobs = workers(opts.items, len(build), opts.jobs)
+    report.jobs = jobs
+    for u, done in build_units(store, build, opts.collection_id, stac_dir, work, opts.items, jobs):
+        if isinstance(done, UnitDone):
+            new_states[u.key] = done.state
+            report.items_written += done.items_written
+            report.items_deleted += done.items_deleted
+            report.rows_built += done.rows
+            report.failed += done.failed
+        else:
+            # A deliberate catch-all (in :func:`build_units`): a unit is read (Icechunk,
+            # our reader), computed (shapely, pyproj, pyarrow) and written
+            # (stac-geoparquet, files), and whatever fails in one unit must not stop
+            # the others; it is reported and keeps its previous rows.
+            exc = done
             log.error("unit %s: %s", u.key, exc)
             report.failed.append({"zone": u.zone, "year": u.year, "reason": str(exc)})
             prev = state.units.get(u.key) if state else None
@@ -379,64 +389,5 @@ def _as_version(s: UnitState) -> UnitVersion:
     return UnitVersion(s.zone, s.year, s.snapshot, s.tag, "")
 
 
-def _without_refused(table: Any, u: UnitVersion, report: CatalogReport) -> Any:
-    """The table less the tiles whose records the index must not be trusted with.
-
-    A tile name becomes a file name (``stac/utmZZ/YEAR/{tile}.json``): a
-    crafted name (``../x``, an absolute path, escape sequences) or any other
-    refused value fails that tile with its reason, and the rest go on.
-    """
-    refused = refused_rows(table)
-    for name, reason in refused.items():
-        report.failed.append({"zone": u.zone, "year": u.year, "tile": printable(name),
-                              "reason": reason})  # fmt: skip
-    if not refused:
-        return table
-    log.warning("zone %d year %d: %d tiles refused", u.zone, u.year, len(refused))
-    return table.drop_sel(tile=list(refused))
-
-
 def _unit_json(u: UnitVersion, tiles: int) -> dict[str, Any]:
     return {"zone": u.zone, "year": u.year, "snapshot": u.snapshot, "tag": u.tag, "tiles": tiles}
-
-
-def _build_unit(
-    store: Any,
-    u: UnitVersion,
-    collection_id: str,
-    stac_dir: Path,
-    work: Path,
-    report: CatalogReport,
-    items: str = "json",
-) -> UnitState:
-    """Rows, Items and Item files of one unit; its Parquet parts staged in ``work``."""
-    table = store.tiles(u.year, u.zone)
-    # The table was read at the branch's snapshot of that moment: if the
-    # branch moved since it was listed, the rows would not be those of
-    # ``u.snapshot``. Refuse rather than record a snapshot the rows are not from.
-    now = str(store.repo(u.zone).lookup_branch(u.branch))
-    if now != u.snapshot:
-        raise RuntimeError(
-            f"branch {u.branch} of zone {u.zone} moved during the run ({u.snapshot} -> {now}); "
-            "run the catalog again"
-        )
-    table = _without_refused(table, u, report)
-    rows = tables.unit_rows(table, u)
-    write = write_unit_parquet if items == "geoparquet" else write_unit_items
-    written, deleted = write(
-        stac_dir, u, rows, work / f"items-{u.zone}-{u.year}.parquet", collection_id
-    )
-    report.items_written += written
-    report.items_deleted += deleted
-    pq.write_table(rows.table, work / f"tiles-{u.zone}-{u.year}.parquet")
-    report.rows_built += rows.table.num_rows
-    return UnitState(
-        zone=u.zone,
-        year=u.year,
-        snapshot=u.snapshot,
-        tag=u.tag,
-        tiles=rows.table.num_rows,
-        bbox=rows.bbox,
-        geometry_types=rows.geometry_types,
-        epsg=sorted({int(c) for c in rows.table["epsg"].to_pylist()}),
-    )
