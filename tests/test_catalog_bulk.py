@@ -11,6 +11,7 @@ switching modes rebuilds every unit, and a misused option fails clearly.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,10 @@ def index(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"index": str(out), "tiles": len(specs)}
 
 
-def _catalog(index: dict[str, Any], out: Path, items: str) -> dict[str, Any]:
-    report = build_catalog(CatalogOptions(store=index["index"], out=str(out), items=items))
+def _catalog(index: dict[str, Any], out: Path, items: str, jobs: int | None = 1) -> dict[str, Any]:
+    report = build_catalog(
+        CatalogOptions(store=index["index"], out=str(out), items=items, jobs=jobs)
+    )
     assert report.exit_code == 0 and report.tiles == index["tiles"]
     return report.to_json()
 
@@ -57,8 +60,10 @@ def _catalog(index: dict[str, Any], out: Path, items: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def both(index: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bulk-cat")
-    _catalog(index, root / "json", "json")
-    _catalog(index, root / "geoparquet", "geoparquet")
+    _catalog(index, root / "json", "json", None)
+    # By default the four zone-years are built on a pool of the machine's cores.
+    bulk = _catalog(index, root / "geoparquet", "geoparquet", None)
+    assert bulk["jobs"] == min(4, os.cpu_count() or 1)
     return {"json": root / "json", "geoparquet": root / "geoparquet"}
 
 
@@ -149,6 +154,8 @@ def test_misused_option_fails_clearly(
     assert "--items: invalid choice: 'xml' (choose from 'json', 'geoparquet')" in " ".join(
         capsys.readouterr().err.split()
     )
+    assert cli_main([*args[:-1], "geoparquet", "--jobs", "0"]) == 2
+    assert "--jobs must be 1 or more processes, got 0" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
 
 
