@@ -25,6 +25,7 @@ from pystac.validation import JsonSchemaSTACValidator
 
 from tessera_vz.catalog import CatalogOptions, build_catalog
 from tessera_vz.catalog.tables import join_many
+from tessera_vz.catalog.units import workers
 from tessera_vz.cli import main as cli_main
 from tessera_vz.core.errors import ConfigurationError
 from tessera_vz.core.urls import join
@@ -61,9 +62,8 @@ def _catalog(index: dict[str, Any], out: Path, items: str, jobs: int | None = 1)
 def both(index: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bulk-cat")
     _catalog(index, root / "json", "json", None)
-    # By default the four zone-years are built on a pool of the machine's cores.
-    bulk = _catalog(index, root / "geoparquet", "geoparquet", None)
-    assert bulk["jobs"] == min(4, os.cpu_count() or 1)
+    # Built on a pool of two processes (by default only from 16 zone-years up).
+    assert _catalog(index, root / "geoparquet", "geoparquet", 2)["jobs"] == 2
     return {"json": root / "json", "geoparquet": root / "geoparquet"}
 
 
@@ -169,3 +169,11 @@ def test_urls_joined_in_bulk_as_one_by_one() -> None:
     for bad in ("a/./b", "a/../b", "..", "x//y", "/abs", "a/"):  # refused as join refuses them
         with pytest.raises(ValueError, match="not a plain relative path"):
             join_many(np.array(roots[:2]), np.array(["ok.npy", bad]))
+
+
+def test_pool_only_where_it_pays() -> None:
+    cores = os.cpu_count() or 1
+    assert workers("geoparquet", 60) == min(cores, 60)
+    assert workers("geoparquet", 15) == 1  # small catalogs: spawning costs more than it saves
+    assert workers("json", 60) == 1  # per-file writing, not CPU, in the default mode
+    assert workers("json", 60, jobs=8) == 8 and workers("geoparquet", 3, jobs=8) == 3

@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="processes building zone-years (default: the cores with --items geoparquet and "
-        "4 zone-years or more, else 1)",
+        "16 zone-years or more to build, else 1)",
     )
     ct.add_argument("--json", action="store_true", help="print the JSON report on stdout")
     _add_progress(ct)

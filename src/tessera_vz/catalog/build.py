@@ -84,7 +84,7 @@ class CatalogOptions:
     #: or ``"geoparquet"`` (``items.parquet`` only, built in bulk: :mod:`.bulk`).
     items: str = "json"
     #: Processes building zone-years: default the cores with ``items="geoparquet"``
-    #: (and four zone-years or more), else one (:func:`.units.workers`).
+    #: and 16 zone-years or more to build, else one (:func:`.units.workers`).
     jobs: int | None = None
 
 
