@@ -125,16 +125,7 @@ def items_columns(
             {"rel": "collection", "href": root, "type": "application/json"},
         ],
         "assets": {
-            "index": {
-                "href": stac.catalog_relative(unit.repo, stac.PARQUET_DEPTH),
-                "type": stac.ICECHUNK_MEDIA_TYPE,
-                "title": f"Icechunk repository of UTM zone {unit.zone} (virtual references)",
-                "roles": ["data", "references"],
-                "icechunk:group": tile,
-                "icechunk:snapshot_id": unit.snapshot,
-                "icechunk:tag": unit.tag,
-                "icechunk:virtual_chunk_containers": list(unit.containers),
-            },
+            "index": stac.index_asset(unit, stac.PARQUET_DEPTH, tile),
             "embeddings": {
                 **source,
                 "href": t["emb_url"],
