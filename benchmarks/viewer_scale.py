@@ -19,7 +19,7 @@ cache:
   as ``/api/info`` did before, and the whole-year GeoJSON the page used to
   fetch (its size and encoding time);
 - ``catalog``: ``tessera-vz catalog`` of the index: wall time, peak RSS,
-  tiles per second.
+  tiles per second; then the same with ``--items geoparquet`` (no Item files).
 
 Figures are extrapolated linearly to a 1.8 M-tile year (tables, GeoJSON,
 catalog scale with tiles; the recorded path with zones, 60 for the globe).
@@ -119,13 +119,14 @@ def probe(index: Path, mode: str, env: dict[str, str], cache: Path) -> dict[str,
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def catalog(index: Path, out: Path, env: dict[str, str]) -> dict[str, Any]:
+def catalog(index: Path, out: Path, env: dict[str, str], items: str = "json") -> dict[str, Any]:
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     with tempfile.TemporaryFile() as stdout:
         child = subprocess.Popen(
             [sys.executable, "-m", "tessera_vz.cli", "catalog", str(index), "--out", str(out),
-             "--json", "--quiet"], stdout=stdout, stderr=subprocess.DEVNULL, env=env,
+             "--json", "--quiet", "--items", items],
+            stdout=stdout, stderr=subprocess.DEVNULL, env=env,
         )  # fmt: skip
         _, status, usage = os.wait4(child.pid, 0)  # this child's own peak RSS
         child.returncode = os.waitstatus_to_exitcode(status)
@@ -148,11 +149,13 @@ def extrapolate(r: dict[str, Any]) -> dict[str, Any]:
         "info_tables_s": tab["info_s"] * per_tile,
         "geojson_whole_year_mb": tab["geojson_bytes"] * per_tile / 1e6,
         "catalog_s": cat["wall_s"] * per_tile,
+        "catalog_geoparquet_s": r["catalog_geoparquet"]["wall_s"] * per_tile,
     }
 
 
 def markdown(r: dict[str, Any]) -> str:
     rec, tab, cat, x = r["recorded"], r["tables"], r["catalog"], r["world"]
+    gp = r["catalog_geoparquet"]
     return "\n".join([
         f"{rec['tiles']:,} tile-years in {rec['zones']} zones, each figure in a new process "
         "with a cold cache:",
@@ -172,7 +175,10 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         f"`tessera-vz catalog`: {cat['tiles']:,} tiles in {cat['wall_s']:.1f} s "
         f"({cat['tiles_per_s']:,.0f} tiles/s), peak {cat['peak_mb']:.0f} MB; "
-        f"1.8 M tiles ~{x['catalog_s'] / 60:.0f} min at this rate.",
+        f"1.8 M tiles ~{x['catalog_s'] / 60:.0f} min at this rate. "
+        f"`--items geoparquet`: {gp['wall_s']:.1f} s ({gp['tiles_per_s']:,.0f} tiles/s; build "
+        f"{gp['timings'].get('build', 0):.1f} s, assemble {gp['timings'].get('assemble', 0):.1f} s)"
+        f", peak {gp['peak_mb']:.0f} MB; 1.8 M tiles ~{x['catalog_geoparquet_s'] / 60:.1f} min.",
     ])  # fmt: skip
 
 
@@ -195,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     results["recorded"] = probe(index, "recorded", env, work / "cache-r")
     results["tables"] = probe(index, "tables", env, work / "cache-t")
     results["catalog"] = catalog(index, work / "catalog", env)
+    results["catalog_geoparquet"] = catalog(index, work / "catalog-gp", env, "geoparquet")
     results["world"] = extrapolate(results)
     print(markdown(results))
     (HERE / "results").mkdir(exist_ok=True)

@@ -74,7 +74,7 @@ def test_dask_local_cluster_equals_single_process(
 
     for zone in (31, 32):
         branches, tags, attrs = _repo_state(dist, zone)
-        assert branches == ["2023", "2024", "main"]
+        assert branches == ["2023", "2024", "coverage", "main"]  # coverage: summary.py
         assert tags == ["2023-v1", "2024-v1"]
         assert attrs["tessera:years"] == {"2023": "2023-v1", "2024": "2024-v1"}
         assert _repo_state(single, zone)[2] == attrs

@@ -68,11 +68,14 @@ def test_objects_and_bytes_per_tile(sparse_tree: Path, tmp_path: Path, batch_til
     # Per repository, not per tile: the tiles table, snapshots, logs, repo info (~40).
     assert objects <= 4 * TILES + 50, {k: len(v) for k, v in files.items()}
     # Before: ~25 kB a tile (coordinate chunks ~16 kB); with three batches also
-    # two amended snapshots and transaction logs (collected after publishing).
+    # two amended snapshots and transaction logs (now folded before publishing).
     assert size / TILES < 11_000, {k: sum(f.stat().st_size for f in v) for k, v in files.items()}
-    # Only reachable snapshots remain: the first commit, the year's, main's description.
-    assert len(files["snapshots"]) == 3
-    assert len(files["transactions"]) == 3
+    # Only reachable snapshots remain: the first commit, the year's, main's description
+    # and the coverage record's; the batches folded into the year's snapshot keep one
+    # log each as its history.
+    batches = -(-TILES // batch_tiles)
+    assert len(files["snapshots"]) == 4
+    assert len(files["transactions"]) == 3 + batches
 
 
 def test_reads_equal_sources(tmp_path: Path) -> None:

@@ -174,12 +174,17 @@ def test_killed_runs_never_publish_half_a_unit(
     tip = _repo(out).lookup_branch(str(YEAR))
 
     # 5. Change 6 tiles (new mtime, same bytes) and kill the re-index mid-commit,
-    #    then just as it publishes: the year branch stays at 16 correct tiles.
+    #    while it folds its batches, then just as it publishes: the year branch
+    #    stays at 16 correct tiles.
     for s in specs[:6]:
         os.utime(root / s.emb_path, (time.time() + 10, time.time() + 10))
     write_manifest(root, specs)  # the inventory shows the change, so they are probed
     touched = frozenset(s.name for s in specs[:6])
     run_and_kill(keep, r"committing to scratch branch", occurrence=1)
+    assert _repo(out).lookup_branch(str(YEAR)) == tip
+    assert len(check_consistent(out, root, specs, stale=touched)) == 16
+    # Killed while garbage collection folds the two batches into one snapshot.
+    run_and_kill(keep, r"folding 2 batches")
     assert _repo(out).lookup_branch(str(YEAR)) == tip
     assert len(check_consistent(out, root, specs, stale=touched)) == 16
     run_and_kill(keep, r"publishing")

@@ -323,6 +323,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the index will be published (https://host/index or s3://bucket/index): "
         "links to it are made under URL (default: relative to the catalog for a local index)",
     )
+    ct.add_argument(
+        "--items",
+        choices=("json", "geoparquet"),
+        default="json",
+        help="json (default): one STAC file per Item plus stac/items.parquet; geoparquet: the "
+        "Items only in stac/items.parquet, built in bulk (for archive-size indexes)",
+    )
+    ct.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="processes building zone-years (default: the cores with --items geoparquet and "
+        "16 zone-years or more to build, else 1)",
+    )
     ct.add_argument("--json", action="store_true", help="print the JSON report on stdout")
     _add_progress(ct)
     _add_read_flags(ct, versions=False)

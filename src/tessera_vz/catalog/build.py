@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 
 from tessera_vz.catalog import coverage, stac, tables
 from tessera_vz.catalog.assemble import assemble_items, assemble_tiles, remove_strays
+from tessera_vz.catalog.bulk import ITEMS_MODES
 from tessera_vz.catalog.incremental import (
     CATALOG_VERSION,
     WORK_DIR,
@@ -47,13 +48,11 @@ from tessera_vz.catalog.incremental import (
     row_groups,
     save_state,
 )
-from tessera_vz.catalog.items import write_unit_items
 from tessera_vz.catalog.tables import UnitVersion, unit_key
+from tessera_vz.catalog.units import UnitDone, build_units, workers
 from tessera_vz.core.errors import ConfigurationError, TesseraError
 from tessera_vz.core.layout import parse_tag, repo_name
 from tessera_vz.core.progress import ProgressStart, no_progress
-from tessera_vz.core.table import refused_rows
-from tessera_vz.core.text import printable
 from tessera_vz.core.urls import join
 from tessera_vz.reader import ReadOptions, open_store
 
@@ -81,6 +80,12 @@ class CatalogOptions:
     #: the STAC ``index`` assets and the ``repo`` column then point under it.
     #: Default: relative to the catalog for a local index, its URL otherwise.
     base_url: str | None = None
+    #: How Items are written: ``"json"`` (one file per Item plus ``items.parquet``)
+    #: or ``"geoparquet"`` (``items.parquet`` only, built in bulk: :mod:`.bulk`).
+    items: str = "json"
+    #: Processes building zone-years: default the cores with ``items="geoparquet"``
+    #: and 16 zone-years or more to build, else one (:func:`.units.workers`).
+    jobs: int | None = None
 
 
 @dataclass
@@ -100,6 +105,8 @@ class CatalogReport:
     items_written: int = 0
     items_deleted: int = 0
     tiles: int = 0
+    #: Processes that built the zone-years.
+    jobs: int = 1
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -118,6 +125,7 @@ class CatalogReport:
             "rows_copied": self.rows_copied,
             "items_written": self.items_written,
             "items_deleted": self.items_deleted,
+            "jobs": self.jobs,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
         }
 
@@ -224,6 +232,11 @@ def build_catalog(opts: CatalogOptions, progress: ProgressStart = no_progress) -
             f"--out must be a local directory, got {opts.out!r}; write the catalog locally, "
             "then copy or sync it next to the index"
         )
+    if opts.items not in ITEMS_MODES:
+        raise ConfigurationError(
+            f"items must be one of {', '.join(ITEMS_MODES)}, got {opts.items!r}: 'json' writes "
+            "one file per Item (and items.parquet), 'geoparquet' only items.parquet"
+        )
     out = Path(unquote(urlsplit(opts.out).path) if opts.out.startswith("file:") else opts.out)
     if out.exists() and not out.is_dir():
         raise ConfigurationError(f"--out {opts.out!r} exists and is not a directory")
@@ -253,6 +266,7 @@ def _run(
         or state.store != _store_id(store.root)
         or state.collection_id != opts.collection_id
         or state.index_href != index
+        or state.items != opts.items
     ):
         log.info("catalog in %s was written for another index or version: rebuilding", out)
         state = None
@@ -291,14 +305,21 @@ def _run(
     new_states: dict[str, UnitState] = {}
     t1 = time.perf_counter()
     advance = progress("catalog units", len(build))
-    for u in build:
-        try:
-            new_states[u.key] = _build_unit(store, u, opts.collection_id, stac_dir, work, report)
-        except Exception as exc:
-            # A deliberate catch-all: a unit is read (Icechunk, our reader), computed
-            # (shapely, pyproj, pyarrow) and written (stac-geoparquet, files), and
-            # whatever fails in one unit must not stop the others; it is reported
-            # and keeps its previous rows.
+    jobs = workers(opts.items, len(build), opts.jobs)
+    report.jobs = jobs
+    for u, done in build_units(store, build, opts.collection_id, stac_dir, work, opts.items, jobs):
+        if isinstance(done, UnitDone):
+            new_states[u.key] = done.state
+            report.items_written += done.items_written
+            report.items_deleted += done.items_deleted
+            report.rows_built += done.rows
+            report.failed += done.failed
+        else:
+            # A deliberate catch-all (in :func:`build_units`): a unit is read (Icechunk,
+            # our reader), computed (shapely, pyproj, pyarrow) and written
+            # (stac-geoparquet, files), and whatever fails in one unit must not stop
+            # the others; it is reported and keeps its previous rows.
+            exc = done
             log.error("unit %s: %s", u.key, exc)
             report.failed.append({"zone": u.zone, "year": u.year, "reason": str(exc)})
             prev = state.units.get(u.key) if state else None
@@ -347,7 +368,8 @@ def _run(
     report.written.append(COVERAGE_PNG)
     shutil.rmtree(work, ignore_errors=True)
     save_state(out, CatalogState(CATALOG_VERSION, _store_id(store.root), opts.collection_id,
-                                 {unit_key(s.zone, s.year): s for s in order}, index))  # fmt: skip
+                                 {unit_key(s.zone, s.year): s for s in order}, index,
+                                 opts.items))  # fmt: skip
     report.written.append("catalog-state.json")
     report.timings["assemble"] = time.perf_counter() - t2
     report.built = [_unit_json(u, new_states[u.key].tiles) for u in build if u.key in new_states]
@@ -367,62 +389,5 @@ def _as_version(s: UnitState) -> UnitVersion:
     return UnitVersion(s.zone, s.year, s.snapshot, s.tag, "")
 
 
-def _without_refused(table: Any, u: UnitVersion, report: CatalogReport) -> Any:
-    """The table less the tiles whose records the index must not be trusted with.
-
-    A tile name becomes a file name (``stac/utmZZ/YEAR/{tile}.json``): a
-    crafted name (``../x``, an absolute path, escape sequences) or any other
-    refused value fails that tile with its reason, and the rest go on.
-    """
-    refused = refused_rows(table)
-    for name, reason in refused.items():
-        report.failed.append({"zone": u.zone, "year": u.year, "tile": printable(name),
-                              "reason": reason})  # fmt: skip
-    if not refused:
-        return table
-    log.warning("zone %d year %d: %d tiles refused", u.zone, u.year, len(refused))
-    return table.drop_sel(tile=list(refused))
-
-
 def _unit_json(u: UnitVersion, tiles: int) -> dict[str, Any]:
     return {"zone": u.zone, "year": u.year, "snapshot": u.snapshot, "tag": u.tag, "tiles": tiles}
-
-
-def _build_unit(
-    store: Any,
-    u: UnitVersion,
-    collection_id: str,
-    stac_dir: Path,
-    work: Path,
-    report: CatalogReport,
-) -> UnitState:
-    """Rows, Items and Item files of one unit; its Parquet parts staged in ``work``."""
-    table = store.tiles(u.year, u.zone)
-    # The table was read at the branch's snapshot of that moment: if the
-    # branch moved since it was listed, the rows would not be those of
-    # ``u.snapshot``. Refuse rather than record a snapshot the rows are not from.
-    now = str(store.repo(u.zone).lookup_branch(u.branch))
-    if now != u.snapshot:
-        raise RuntimeError(
-            f"branch {u.branch} of zone {u.zone} moved during the run ({u.snapshot} -> {now}); "
-            "run the catalog again"
-        )
-    table = _without_refused(table, u, report)
-    rows = tables.unit_rows(table, u)
-    written, deleted = write_unit_items(
-        stac_dir, u, rows, work / f"items-{u.zone}-{u.year}.parquet", collection_id
-    )
-    report.items_written += written
-    report.items_deleted += deleted
-    pq.write_table(rows.table, work / f"tiles-{u.zone}-{u.year}.parquet")
-    report.rows_built += rows.table.num_rows
-    return UnitState(
-        zone=u.zone,
-        year=u.year,
-        snapshot=u.snapshot,
-        tag=u.tag,
-        tiles=rows.table.num_rows,
-        bbox=rows.bbox,
-        geometry_types=rows.geometry_types,
-        epsg=sorted({int(c) for c in rows.table["epsg"].to_pylist()}),
-    )

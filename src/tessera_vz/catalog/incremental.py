@@ -68,6 +68,9 @@ class CatalogState:
     #: Where the catalog's links find the index (relative path or URL): when it
     #: changes (``--base-url``, a moved catalog), every Item is rewritten.
     index_href: str = ""
+    #: How Items were written (``json`` or ``geoparquet``): a run in the other
+    #: mode rebuilds every unit, so the catalog never mixes the two.
+    items: str = "json"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -75,6 +78,7 @@ class CatalogState:
             "store": self.store,
             "collection_id": self.collection_id,
             "index_href": self.index_href,
+            "items": self.items,
             "units": {k: asdict(u) for k, u in sorted(self.units.items(), key=_unit_order)},
         }
 
@@ -95,6 +99,7 @@ def load_state(out: Path) -> CatalogState | None:
             collection_id=str(doc["collection_id"]),
             units={k: UnitState(**v) for k, v in doc["units"].items()},
             index_href=str(doc.get("index_href", "")),
+            items=str(doc.get("items", "json")),
         )
     except FileNotFoundError:
         return None

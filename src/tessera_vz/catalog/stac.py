@@ -103,6 +103,23 @@ def _links_to_root(depth: int) -> str:
     return "../" * depth + COLLECTION_FILE
 
 
+def index_asset(unit: UnitVersion, depth: int, group: Any) -> dict[str, Any]:
+    """The ``index`` asset of a unit's Items, ``depth`` folders below the root.
+
+    ``group`` is the tile's name (or, in bulk, the column of names).
+    """
+    return {
+        "href": catalog_relative(unit.repo, depth),
+        "type": ICECHUNK_MEDIA_TYPE,
+        "title": f"Icechunk repository of UTM zone {unit.zone} (virtual references)",
+        "roles": ["data", "references"],
+        "icechunk:group": group,
+        "icechunk:snapshot_id": unit.snapshot,
+        "icechunk:tag": unit.tag,
+        "icechunk:virtual_chunk_containers": list(unit.containers),
+    }
+
+
 def item_dicts(
     rows: UnitRows, unit: UnitVersion, collection_id: str = COLLECTION_ID
 ) -> list[dict[str, Any]]:
@@ -136,16 +153,7 @@ def item_dicts(
             **rows.dataset,  # which dataset (version, variant), read from which source
         }
         assets = {
-            "index": {
-                "href": catalog_relative(unit.repo, ITEM_DEPTH),
-                "type": ICECHUNK_MEDIA_TYPE,
-                "title": f"Icechunk repository of UTM zone {unit.zone} (virtual references)",
-                "roles": ["data", "references"],
-                "icechunk:group": tile,
-                "icechunk:snapshot_id": unit.snapshot,
-                "icechunk:tag": unit.tag,
-                "icechunk:virtual_chunk_containers": list(unit.containers),
-            },
+            "index": index_asset(unit, ITEM_DEPTH, tile),
             "embeddings": {
                 "href": t["emb_url"][i],
                 "type": NPY_MEDIA_TYPE,

@@ -34,8 +34,15 @@ def cmd_catalog(args: argparse.Namespace) -> int:
             f"--base-url must be the index's published address, an http(s):// or s3:// URL; "
             f"got {base_url!r}"
         )
+    if args.jobs is not None and args.jobs < 1:
+        raise ConfigurationError(f"--jobs must be 1 or more processes, got {args.jobs}")
     opts = CatalogOptions(
-        store=args.store, out=args.out, read=read_options_of(args), base_url=base_url
+        store=args.store,
+        out=args.out,
+        read=read_options_of(args),
+        base_url=base_url,
+        items=args.items,
+        jobs=args.jobs,
     )
     with progress(wants_progress(args)) as start:
         report = build_catalog(opts, progress=start)

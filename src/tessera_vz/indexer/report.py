@@ -33,8 +33,11 @@ class Commit:
     year: int
     snapshot: str
     tag: str
-    #: Batches written (each after the first amended the scratch commit).
+    #: Batches written to the scratch branch.
     batches: int = 1
+    #: Whether the batches amended each other (no zone lock), leaving the
+    #: replaced snapshots as garbage; under the lock they were folded instead.
+    amended: bool = False
 
 
 @dataclass

@@ -35,15 +35,6 @@ log = logging.getLogger(__name__)
 #: gain little until 19, which takes ~13 s.
 METADATA_COMPRESSION_LEVEL = 9
 
-#: zstd level of a unit's intermediate batches. Their snapshots and
-#: transaction logs are replaced by the next batch's amend, and a
-#: transaction log (the changes since the year's previous tip, ~18 kB a tile
-#: before compression) compresses *worse* at 9 than at 3 and 3.6x slower:
-#: at level 9, re-compressing the growing log was most of a 7,000-tile
-#: unit's commit time. The last batch is written at
-#: :data:`METADATA_COMPRESSION_LEVEL`, so the published snapshot is as small.
-DRAFT_COMPRESSION_LEVEL = 3
-
 #: Chunks up to this size are stored inline in their array's manifest instead
 #: of as an object of their own (Icechunk's default is 512 bytes). A tile's
 #: ``y`` and ``x`` chunks, blosc-compressed to ~300-600 bytes
@@ -58,6 +49,15 @@ INLINE_CHUNK_BYTES = 4096
 COMMIT_CONCURRENCY = 64
 
 
+#: Snapshot nodes a writer caches before it knows the unit it writes.
+WRITE_SNAPSHOT_NODES = 100_000
+
+#: Nodes a tile adds to a year's snapshot: its group and five arrays
+#: (embeddings, scales, y, x, spatial_ref). Decoded, with their documents,
+#: they take ~6 kB a tile (a 20,000-tile snapshot: 117 MB).
+NODES_PER_TILE = 6
+
+
 def _write_config(cfg: ic.RepositoryConfig | None) -> ic.RepositoryConfig:
     """The persisted config plus a small cache and stronger compression for writing.
 
@@ -67,7 +67,9 @@ def _write_config(cfg: ic.RepositoryConfig | None) -> ic.RepositoryConfig:
     (a writer's setting: readers decompress any level).
     """
     config: ic.RepositoryConfig = read_config(cfg)
-    config.caching = ic.CachingConfig(num_chunk_refs=50_000, num_snapshot_nodes=100_000)
+    config.caching = ic.CachingConfig(
+        num_chunk_refs=50_000, num_snapshot_nodes=WRITE_SNAPSHOT_NODES
+    )
     config.compression = ic.CompressionConfig(level=METADATA_COMPRESSION_LEVEL)
     config.inline_chunk_threshold_bytes = INLINE_CHUNK_BYTES
     if config.manifest is not None:
@@ -135,33 +137,58 @@ def open_repo(
     return ic.Repository.open(storage, config=_write_config(ic.Repository.fetch_config(storage)))
 
 
-def draft_repo(repo: ic.Repository) -> ic.Repository:
-    """The same repository, writing metadata at :data:`DRAFT_COMPRESSION_LEVEL`."""
+def unit_repo(repo: ic.Repository, tiles: int) -> ic.Repository:
+    """The same repository opened anew, caching one snapshot of a year of ``tiles`` tiles.
+
+    Icechunk weighs a cached snapshot by its nodes and never caches one
+    heavier than the whole cache; a session then decodes the snapshot again
+    at every node lookup (with the fixed 100,000 nodes, a 20,000-tile unit
+    stalled for minutes in its 18th batch, 500 threads decoding). A larger
+    fixed cache keeps every batch's snapshot instead (~6 kB a tile each), so
+    the cache holds the unit's snapshot and a quarter more. Opened anew:
+    ``Repository.reopen`` keeps the old caches (and compression level),
+    whatever config it is given.
+    """
     config = repo.config
-    config.compression = ic.CompressionConfig(level=DRAFT_COMPRESSION_LEVEL)
-    return repo.reopen(config=config)
+    nodes = max(WRITE_SNAPSHOT_NODES, int(1.25 * NODES_PER_TILE * tiles) + 1000)
+    config.caching = ic.CachingConfig(num_chunk_refs=50_000, num_snapshot_nodes=nodes)
+    return ic.Repository.open(repo.storage, config=config)
 
 
-def collect_amended(repo: ic.Repository, zone: int) -> int:
-    """Delete the snapshots and transaction logs that batches amended away; bytes freed.
+#: Memory garbage collection may hold: snapshots decoded at once (Icechunk's
+#: default, 50, is ~2 GB of 30,000-tile snapshots) and manifests fetched.
+GC_SNAPSHOTS_IN_MEMORY = 2
+GC_MANIFEST_BYTES = 64 << 20
 
-    A unit written in several batches amends its scratch commit once per
-    batch, and each amend leaves the replaced snapshot and its transaction
-    log behind, unreachable: the log of an amend holds every change since
-    the year's previous tip, so a 7,000-tile unit in batches of 1,000 left
-    about three times the published metadata as garbage (~6 kB a tile).
+
+def collect_amended(repo: ic.Repository, zone: int, before: dt.datetime | None = None) -> int:
+    """Delete the unreachable snapshots and transaction logs older than ``before``; bytes freed.
+
+    A unit written in several batches without the zone's lock amends its
+    scratch commit once per batch, and each amend leaves the replaced
+    snapshot and its transaction log behind, unreachable: the log of an
+    amend holds every change since the year's previous tip, so a 7,000-tile
+    unit in batches of 1,000 left about three times the published metadata
+    as garbage (~6 kB a tile). Under the lock, a unit's batches are folded by
+    the same collection (:func:`~tessera_vz.indexer.transaction.fold_batches`).
     Icechunk's garbage collection removes what no branch or tag reaches.
 
     Only safe while no other writer can have objects in flight in this
     repository, so the caller holds the zone's lock
-    (:mod:`~tessera_vz.indexer.locks`): every object older than now is then
-    either reachable or garbage. It reads every reachable manifest of the
-    zone, so a run calls it once per zone, after all its units.
+    (:mod:`~tessera_vz.indexer.locks`): every object older than ``before``
+    (default: now) is then either reachable or garbage. It reads every
+    reachable snapshot and manifest of the zone, with memory capped by
+    :data:`GC_SNAPSHOTS_IN_MEMORY` and :data:`GC_MANIFEST_BYTES`.
     """
     t = time.perf_counter()
-    summary = repo.garbage_collect(dt.datetime.now(dt.UTC))
+    summary = repo.garbage_collect(
+        before or dt.datetime.now(dt.UTC),
+        max_snapshots_in_memory=GC_SNAPSHOTS_IN_MEMORY,
+        max_compressed_manifest_mem_bytes=GC_MANIFEST_BYTES,
+        max_decoded_manifest_mem_bytes=2 * GC_MANIFEST_BYTES,
+    )
     log.info(
-        "zone %d: removed %d amended snapshots, %d transaction logs (%d bytes) in %.1f s",
+        "zone %d: removed %d unreachable snapshots, %d transaction logs (%d bytes) in %.1f s",
         zone, summary.snapshots_deleted, summary.transaction_logs_deleted,
         summary.bytes_deleted, time.perf_counter() - t,
     )  # fmt: skip

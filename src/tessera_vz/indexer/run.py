@@ -36,12 +36,12 @@ from tessera_vz.indexer.discover import find_manifest
 from tessera_vz.indexer.distributed import run_units
 from tessera_vz.indexer.inventory import TileSource, Units, split_units
 from tessera_vz.indexer.listing import listing_inventory
-from tessera_vz.indexer.locks import lock_path, repo_lock
+from tessera_vz.indexer.locks import repo_lock
 from tessera_vz.indexer.manifest import manifest_inventory
 from tessera_vz.indexer.memory import limit_arenas
 from tessera_vz.indexer.publish import write_zone_list
 from tessera_vz.indexer.report import Failure, Report
-from tessera_vz.indexer.repository import collect_amended, open_repo, update_main
+from tessera_vz.indexer.repository import open_repo, update_main
 from tessera_vz.indexer.roots import SourceRoot, object_store, source_root
 from tessera_vz.indexer.run_options import (
     IndexOptions,
@@ -139,8 +139,6 @@ def run_index(opts: IndexOptions, progress: ProgressStart = no_progress) -> Repo
         report.merge(unit)
         if unit.commits:
             by_zone[zone].append(year)
-    # Zones where a unit amended its batches: their replaced snapshots are garbage.
-    amended = {c.zone for c in report.commits if c.batches > 1}
     t2 = time.perf_counter()
     # Zones that changed, and any whose main does not record this dataset and source yet.
     stale = zones_to_describe(recorded(opts.out, opts.s3_options), identity)
@@ -152,12 +150,6 @@ def run_index(opts: IndexOptions, progress: ProgressStart = no_progress) -> Repo
             )  # fmt: skip
             update_main(repo, zone, [root.url], identity.dataset)
             record_coverage(repo, zone)  # the viewer's counts and coverage without tables
-            if zone in amended and lock_path(opts.out, zone) is not None:
-                t = time.perf_counter()
-                collect_amended(repo, zone)
-                report.timings["collect"] = report.timings.get("collect", 0.0) + (
-                    time.perf_counter() - t
-                )
     # The zone list a reader of a published copy needs, in step with the repos.
     write_zone_list(opts.out, opts.s3_options, identity.dataset, root.url)
     report.timings["describe"] = time.perf_counter() - t2

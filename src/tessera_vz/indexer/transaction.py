@@ -1,18 +1,29 @@
-"""Write one (zone, year) unit as one transaction: scratch branch, commit, publish, tag.
+"""Write one (zone, year) unit as one transaction: scratch branch, commits, publish, tag.
 
 A unit's new groups, references and table are written in batches to a
-scratch branch, each batch amending the previous commit, so memory stays
-bounded by a batch and the result is one snapshot whose parent is the
-year's previous tip. Only then does the year branch move to it, and only if
-it still points where this run's table was read: a concurrent run is never
-overwritten (:class:`UnitConflictError`). The tag ``{year}-v{n}`` follows.
-A run killed half-way leaves only a scratch branch, which a later run
-deletes once it is old enough to be surely dead.
+scratch branch, so memory stays bounded by a batch, and the result is one
+snapshot whose parent is the year's previous tip. Only then does the year
+branch move to it, and only if it still points where this run's table was
+read: a concurrent run is never overwritten (:class:`UnitConflictError`).
+The tag ``{year}-v{n}`` follows. A run killed half-way leaves only a scratch
+branch, which a later run deletes once it is old enough to be surely dead.
+
+How the batches become one snapshot depends on who else may write. Under
+the zone's lock (a local repository), each batch is an ordinary commit, so
+each transaction log holds only its batch, and Icechunk's garbage
+collection then folds the chain: it drops the intermediate snapshots and
+re-parents the last one onto the year's previous tip, keeping the batches'
+logs as its history (:func:`fold_batches`). Without the lock (S3), garbage
+collection could delete another writer's objects in flight, so each batch
+*amends* the previous one instead: one snapshot too, but each amend rebuilds
+the log of every change so far, and memory grows with the unit
+(~100-150 kB a tile already written).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 import uuid
@@ -34,13 +45,16 @@ from tessera_vz.indexer.migration import (
 from tessera_vz.indexer.record import TileRecord
 from tessera_vz.indexer.references import set_references, write_table
 from tessera_vz.indexer.report import Commit
-from tessera_vz.indexer.repository import draft_repo, next_tag
+from tessera_vz.indexer.repository import collect_amended, next_tag, unit_repo
 from tessera_vz.indexer.roots import SourceRoot
 
 log = logging.getLogger(__name__)
 
 #: Default age (seconds) after which a scratch branch is taken for a dead run's.
 SCRATCH_MAX_AGE = 3600.0
+
+#: Seconds by which a file system's time stamps may lag the clock.
+_CLOCK_SLACK = 0.02
 
 
 class UnitConflictError(TesseraError, RuntimeError):
@@ -100,6 +114,7 @@ def _write_batch(
     repo: ic.Repository,
     work: str,
     first: bool,
+    amend: bool,
     batch: Sequence[TileRecord],
     drop: Sequence[str],
     rows: dict[str, dict[str, Any]] | None,
@@ -112,7 +127,7 @@ def _write_batch(
     layout: int,
     upgrade: Sequence[TileGroup] = (),
 ) -> str:
-    """Write one batch to the scratch branch: commit the first, amend with the others."""
+    """Write one batch to the scratch branch as a commit (or amending the previous batch)."""
     session = repo.writable_session(work)
     store = session.store
     t0 = time.perf_counter()
@@ -134,10 +149,10 @@ def _write_batch(
         write_table(store, rows, root_attrs)
     t3 = time.perf_counter()
     log.info("committing to scratch branch %s: %s", work, message)
-    if first:
-        snapshot = session.commit(message, metadata=metadata)
-    else:
+    if amend:
         snapshot = session.amend(message, metadata=metadata)
+    else:
+        snapshot = session.commit(message, metadata=metadata)
     t4 = time.perf_counter()
     if upgrade:
         timings["upgrade_layout"] = timings.get("upgrade_layout", 0.0) + upgrading
@@ -163,17 +178,27 @@ def write_unit(
     timings: dict[str, float],
     batch_tiles: int = 1000,
     expected_tip: str | Literal["lookup"] | None = "lookup",
+    locked: bool = False,
 ) -> Commit:
     """Write new/changed ``records``, remove ``drop``, store ``rows`` as the table.
 
     ``rows`` is the complete table after this run (kept and new rows);
     ``drop`` lists groups to delete first (removed and changed tiles).
 
-    Records are written in batches of ``batch_tiles`` to a scratch branch, each
-    batch amending the previous one, so memory stays bounded by a batch and
-    the result is one snapshot whose parent is the year's previous tip. Only
-    then does the year branch move to it (conditionally: if another run moved
-    it meanwhile, nothing is published and :class:`UnitConflictError` says so).
+    Records are written in batches of ``batch_tiles`` to a scratch branch, so
+    memory stays bounded by a batch, and the result is one snapshot whose
+    parent is the year's previous tip. Only then does the year branch move to
+    it (conditionally: if another run moved it meanwhile, nothing is
+    published and :class:`UnitConflictError` says so).
+
+    ``locked`` says that the caller holds the zone's lock
+    (:mod:`~tessera_vz.indexer.locks`), so no other writer has objects in
+    flight in this repository: the batches are then ordinary commits, folded
+    into one snapshot by garbage collection before publishing
+    (:func:`fold_batches`), and memory does not grow with the batches
+    written. Otherwise each batch amends the previous one, whose replaced
+    snapshots and logs stay behind until collected
+    (:func:`~tessera_vz.indexer.repository.collect_amended`).
 
     ``expected_tip`` is the year-branch snapshot ``rows`` were computed from
     (``None``: the branch did not exist); the branch moves only if it still
@@ -184,12 +209,9 @@ def write_unit(
     :data:`~tessera_vz.core.layout.LAYOUT_VERSION`), the metadata of every
     other group in ``rows`` is rewritten in the current one from its table
     row, in the same commit: no header is read, no reference rewritten.
-
-    The snapshots and transaction logs that the batches amended away stay
-    behind, unreachable, until the run collects them
-    (:func:`~tessera_vz.indexer.repository.collect_amended`).
     """
     branch = branch_name(year)
+    repo = unit_repo(repo, len(rows))
     if expected_tip == "lookup":
         tip = repo.lookup_branch(branch) if branch in repo.list_branches() else None
     else:
@@ -220,19 +242,25 @@ def write_unit(
         "tessera:layout_version": layout,
     }
     batches = [records[i : i + batch_tiles] for i in range(0, len(records), batch_tiles)] or [[]]
-    draft = draft_repo(repo) if len(batches) > 1 else repo
+    fold = locked and len(batches) > 1
     try:
         snapshot = ""
+        before: dt.datetime | None = None
         for i, batch in enumerate(batches):
             last = i == len(batches) - 1
+            if fold and last:
+                # Every object of the batches before is older than this; the
+                # last batch's snapshot is younger, which keeps it alive.
+                before = _settled_now()
             log.info(
                 "zone %d year %d: writing batch %d/%d (%d tiles) to scratch branch %s",
                 zone, year, i + 1, len(batches), len(batch), work,
             )  # fmt: skip
             snapshot = _write_batch(
-                repo if last else draft,
+                repo,
                 work,
                 i == 0,
+                i > 0 and not fold,
                 batch,
                 drop if i == 0 else [],
                 rows if last else None,
@@ -246,18 +274,75 @@ def write_unit(
                 upgrade if i == 0 else (),
             )
             release()
+        if before is not None:
+            # Nothing may point at the batches any more, or they stay reachable.
+            repo.delete_branch(work)
+            log.info(
+                "zone %d year %d: folding %d batches into %s", zone, year, len(batches), snapshot
+            )
+            t = time.perf_counter()
+            fold_batches(repo, zone, year, snapshot, base, before)
+            timings["collect"] = timings.get("collect", 0.0) + time.perf_counter() - t
         log.info("zone %d year %d: publishing %s to branch %s", zone, year, snapshot, branch)
         _publish(repo, zone, year, branch, snapshot, tip)
         repo.create_tag(tag, snapshot)
     finally:
         try:
-            repo.delete_branch(work)
+            if work in repo.list_branches():
+                repo.delete_branch(work)
         except ic.IcechunkError:
             # Only Icechunk's own failures are swallowed: the scratch branch is
             # harmless litter, and this must never mask the real outcome.
             log.warning("could not delete scratch branch %s", work)
     log.info("zone %d year %d: committed %s as %s (%d tiles)", zone, year, snapshot, tag, len(rows))
-    return Commit(zone=zone, year=year, snapshot=snapshot, tag=tag, batches=len(batches))
+    return Commit(
+        zone=zone,
+        year=year,
+        snapshot=snapshot,
+        tag=tag,
+        batches=len(batches),
+        amended=len(batches) > 1 and not fold,
+    )
+
+
+def _settled_now() -> dt.datetime:
+    """Now, after every file written before it carries an older time stamp.
+
+    File systems stamp files with a coarse clock that may lag the precise
+    one by a few milliseconds; waiting that long makes "older than now"
+    mean "written before now" for the files about to be compared with it.
+    """
+    time.sleep(_CLOCK_SLACK)
+    now = dt.datetime.now(dt.UTC)
+    time.sleep(_CLOCK_SLACK)
+    return now
+
+
+def fold_batches(
+    repo: ic.Repository, zone: int, year: int, snapshot: str, base: str, before: dt.datetime
+) -> None:
+    """Make the last batch's ``snapshot`` the child of ``base``, dropping the batches between.
+
+    The batches were ordinary commits on a scratch branch now deleted, all
+    written before ``before``; ``snapshot`` after it. Garbage collection
+    deletes the unreachable snapshots older than ``before`` (the batches)
+    and re-parents the survivor over them onto its nearest kept ancestor,
+    ``base`` (the year's previous tip, pointed at by its branch and tag),
+    keeping their transaction logs as the survivor's history, so the year's
+    history still goes from tag to tag and a diff between tags is complete.
+
+    Only safe under the zone's lock: every unreachable object older than
+    ``before`` is then garbage (amended snapshots of earlier runs and the
+    litter of killed runs go too), never another writer's work in flight.
+    """
+    collect_amended(repo, zone, before)
+    parent = repo.lookup_snapshot(snapshot).parent_id
+    if parent != base:
+        raise TesseraError(
+            f"zone {zone} year {year}: folding the batches left snapshot {snapshot} with "
+            f"parent {parent}, expected {base}; nothing was published. Re-run the same "
+            "command (the batches are garbage a later run collects)"
+        )
 
 
 def _publish(

@@ -30,7 +30,7 @@ from tessera_vz.core.progress import ProgressStart, no_progress
 from tessera_vz.core.repos import quiet_icechunk
 from tessera_vz.core.table import COLUMN_DEFAULTS, COLUMNS, read_table
 from tessera_vz.indexer.inventory import TileSource, inventory_table, tile_sources
-from tessera_vz.indexer.locks import repo_lock
+from tessera_vz.indexer.locks import lock_path, repo_lock
 from tessera_vz.indexer.memory import no_cycle_collection
 from tessera_vz.indexer.migration import layout_outdated
 from tessera_vz.indexer.probe import PASS_DELAY, Probe, ProbeError, probe_all
@@ -245,6 +245,7 @@ def index_unit(
     commit = write_unit(
         repo, zone, year, changed, drop, rows, root, opts.chunk_budget, report.timings,
         batch_tiles=opts.batch_tiles, expected_tip=tip,
+        locked=lock_path(opts.out, zone) is not None,
     )  # fmt: skip
     advance_w(1)
     report.commits.append(commit)

@@ -23,8 +23,10 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import threading
 import zipfile
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -42,6 +44,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tessera_vz.core.coastline import land_file
 from tessera_vz.core.coords import check_lonlat
+from tessera_vz.core.text import printable
 from tessera_vz.export import write_region
 from tessera_vz.reader import TesseraStore
 from tessera_vz.serve.answers import api, api_async, error_response
@@ -105,11 +108,15 @@ def create_app(
 
     def info(request: Request) -> Response:
         """Zones, years, bounds and limits: what the page needs to start."""
+        # Every zone's records and its dataset, each zone's round trips beside the others'.
+        with ThreadPoolExecutor(1, "tessera-vz-dataset") as pool:
+            dataset = pool.submit(store.dataset)
+            coverage.load()
         years = coverage.years()
         return JSONResponse(
             {
                 "store": store.root,
-                "dataset": store.dataset(),
+                "dataset": dataset.result(),
                 "zones": store.zones(),
                 "years": years,
                 "tiles": {str(y): coverage.count(y) for y in years},
@@ -279,6 +286,10 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         scratch.open()  # also removes the downloads of viewers killed before their shutdown
+        # The zones' records load while the page loads; /api/info waits for them.
+        threading.Thread(
+            target=_warm, args=(coverage,), name="tessera-vz-warm", daemon=True
+        ).start()
         try:
             yield
         finally:
@@ -294,6 +305,14 @@ def create_app(
         ],
         lifespan=lifespan,
     )
+
+
+def _warm(coverage: Coverage) -> None:
+    """Load the coverage of every zone ahead of the first ``/api/info`` (which reports failures)."""
+    try:
+        coverage.load()
+    except Exception as exc:  # /api/info loads again and answers the error
+        log.info("coverage not loaded at start: %s", printable(str(exc)))
 
 
 class SecurityHeaders:
