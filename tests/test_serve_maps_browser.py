@@ -11,33 +11,25 @@ from __future__ import annotations
 
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 from playwright.sync_api import sync_playwright
 
-from tessera_vz.indexer.run import IndexOptions, run_index
 from tessera_vz.reader import open_store
 from tessera_vz.serve import create_app
 from tessera_vz.serve.maps import PALETTE
-from tessera_vz.testing.nginx import NginxServer
 
-from .test_serve_api import LIMITS, build_world, running
-from .test_serve_browser import FLAGS, MapView, chromium
+from .test_serve_api import LIMITS, running
+from .test_serve_browser import FLAGS, MapView, chromium, world  # noqa: F401
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("maps-browser-src")
-    out = tmp_path_factory.mktemp("maps-browser-index")
-    specs = build_world(root, out)
-    with NginxServer(root) as server:
-        report = run_index(
-            IndexOptions(source=server.url, out=str(out), manifest=str(root / "manifest.parquet"))
-        )
-        assert not report.failed and report.indexed == len(specs)
-        with running(create_app(open_store(str(out)), limits=LIMITS)) as url:
-            yield url
+def base(world: dict[str, Any]) -> Iterator[str]:  # noqa: F811
+    """The viewer over test_serve_browser's world (served by nginx, indexed over it)."""
+    with running(create_app(open_store(str(world["out"])), limits=LIMITS)) as url:
+        yield url
 
 
 def rgb(colour: str) -> np.ndarray:
