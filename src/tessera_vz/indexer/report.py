@@ -50,6 +50,10 @@ class Report:
     facts in their table row updated. ``retried`` files were re-probed by
     the extra passes after a transient failure; ``recovered`` of them were
     read there (without the passes their tiles would have failed).
+    ``timings`` holds the wall seconds of each phase, summed over units, and
+    ``cpu_{phase}`` the process CPU seconds spent meanwhile (all threads:
+    icechunk commits on its own, so CPU may exceed wall; a worker running
+    several units at once counts them all).
     """
 
     indexed: int = 0

@@ -128,6 +128,7 @@ def _write_batch(
     upgrade: Sequence[TileGroup] = (),
 ) -> str:
     """Write one batch to the scratch branch as a commit (or amending the previous batch)."""
+    c0 = time.process_time()
     session = repo.writable_session(work)
     store = session.store
     t0 = time.perf_counter()
@@ -142,18 +143,31 @@ def _write_batch(
 
     upgrading = asyncio.run(write())
     t1 = time.perf_counter()
+    c1 = time.process_time()
     for r in batch:
         set_references(store, r, root, budget)
     t2 = time.perf_counter()
+    c2 = time.process_time()
     if rows is not None:
         write_table(store, rows, root_attrs)
     t3 = time.perf_counter()
+    c3 = time.process_time()
     log.info("committing to scratch branch %s: %s", work, message)
     if amend:
         snapshot = session.amend(message, metadata=metadata)
     else:
         snapshot = session.commit(message, metadata=metadata)
     t4 = time.perf_counter()
+    c4 = time.process_time()
+    # Process CPU beside wall time: icechunk works on its own threads, so a
+    # phase can take more CPU than wall (or less, while it waits on storage).
+    for key, value in (
+        ("cpu_write_metadata", c1 - c0),
+        ("cpu_write_refs", c2 - c1),
+        ("cpu_write_table", c3 - c2),
+        ("cpu_commit", c4 - c3),
+    ):
+        timings[key] = timings.get(key, 0.0) + value
     if upgrade:
         timings["upgrade_layout"] = timings.get("upgrade_layout", 0.0) + upgrading
     for key, value in (
@@ -281,8 +295,10 @@ def write_unit(
                 "zone %d year %d: folding %d batches into %s", zone, year, len(batches), snapshot
             )
             t = time.perf_counter()
+            c = time.process_time()
             fold_batches(repo, zone, year, snapshot, base, before)
             timings["collect"] = timings.get("collect", 0.0) + time.perf_counter() - t
+            timings["cpu_collect"] = timings.get("cpu_collect", 0.0) + time.process_time() - c
         log.info("zone %d year %d: publishing %s to branch %s", zone, year, snapshot, branch)
         _publish(repo, zone, year, branch, snapshot, tip)
         repo.create_tag(tag, snapshot)

@@ -120,6 +120,7 @@ def _probe(
 ) -> list[TileRecord]:
     """Probe the tiles' files and validate them; failures go into ``report``."""
     t0 = time.perf_counter()
+    c0 = time.process_time()
     paths = [p for t in tiles for p in (t.emb_path, t.scales_path)]
     probes: dict[str, Probe | ProbeError] = sync(
         probe_all(
@@ -134,6 +135,8 @@ def _probe(
     )
     t1 = time.perf_counter()
     report.timings["probe"] = t1 - t0
+    c1 = time.process_time()
+    report.timings["cpu_probe"] = c1 - c0
     for res in probes.values():
         if res.extra_pass:
             report.retried += 1
@@ -168,6 +171,7 @@ def _probe(
             report.warnings.append(TileWarning(tile.year, tile.name, rec.warning))
         records.append(rec)
     report.timings["validate"] = time.perf_counter() - t1
+    report.timings["cpu_validate"] = time.process_time() - c1
     return records
 
 
@@ -186,6 +190,7 @@ def index_unit(
     :data:`~tessera_vz.indexer.inventory.INVENTORY_SCHEMA`, or tile sources).
     """
     report = Report()
+    cpu_start = time.process_time()
     listed = tiles if isinstance(tiles, pa.Table) else inventory_table(tiles)
     t0 = time.perf_counter()
     s3, source_s3 = opts.s3_options, source_s3_options(opts)
@@ -248,6 +253,7 @@ def index_unit(
         locked=lock_path(opts.out, zone) is not None,
     )  # fmt: skip
     advance_w(1)
+    report.timings["cpu_unit"] = time.process_time() - cpu_start
     report.commits.append(commit)
     report.indexed += len(changed)
     report.removed += len(diff.removed)
