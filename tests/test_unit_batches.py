@@ -122,7 +122,9 @@ def test_transaction_logs_do_not_grow_with_batches(
     sizes = sorted(_log_sizes(out).values())
     if locked:
         assert len(sizes) == 4
-        assert sizes[-1] < 1.5 * sizes[0], sizes
+        # The last batch also logs the tiles table (at zstd level 3 up to ~1.5x
+        # a batch's log); amending, the last log is ~4x the first.
+        assert sizes[-1] < 2 * sizes[0], sizes
     else:
         # Replaced amends stay as garbage (S3 runs do not collect): 8, 16, 24, 32 tiles.
         assert len(sizes) == 4
