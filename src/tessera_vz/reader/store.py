@@ -221,7 +221,10 @@ class TesseraStore(Sampling):
         located: list[Located] = []
         for y in ys:
             try:
-                loc = self.locate_points([lon], [lat], y)
+                # Only the tiles near the point: on a published index, a few kB of table
+                # blocks instead of the year's snapshot and table.
+                near = self._zone_years.rects_near(check_year(y), lon, lat)
+                loc = locate_pixels(near, [lon], [lat], check_year(y), self.root)
             except TileNotFoundError:
                 self.locate(lon, lat, y)  # raises the precise reason
                 raise
