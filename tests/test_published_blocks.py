@@ -162,3 +162,18 @@ def test_a_block_is_checked_before_its_rows_are_used() -> None:
     assert tb.blocks_near(4.53, 44.52, 31) == ["b4_44"]
     assert tb.blocks_near(4.97, 44.97, 31) == ["b4_44", "b4_45", "b5_44", "b5_45"]
     assert tb.blocks_near(5.97, 44.5, 31) == ["b5_44"]  # 6 E is zone 32's
+
+
+def test_a_block_whose_array_claims_more_than_it_holds_is_refused() -> None:
+    import io
+    import zipfile
+
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(3, "f8"))
+    header["shape"] = (1 << 40,)  # 8 TB claimed in a few bytes
+    npy = io.BytesIO()
+    np.lib.format.write_array_header_1_0(npy, header)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("lon.npy", npy.getvalue() + b"\0" * 24)
+    with pytest.raises(ValueError, match="claims more than it holds"):
+        tb.decode_block(buf.getvalue(), "b4_44", "C9SG2WX7K50P81ZFZT0G")

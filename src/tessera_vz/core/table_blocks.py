@@ -147,9 +147,7 @@ def decode_block(data: bytes, name: str, snapshot: str) -> TileColumns:
     if m is None:
         raise ValueError(f"{name!r} is not a block name")
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as z:
-            if sum(i.file_size for i in z.infolist()) > 4 * MAX_BLOCK:
-                raise ValueError("its members claim more than the size allowed")
+        _check_members(data)
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
@@ -174,6 +172,26 @@ def decode_block(data: bytes, name: str, snapshot: str) -> TileColumns:
     if n and not (keys == np.asarray(want)).all():
         raise ValueError("it holds tiles outside its square")
     return TileColumns(tile, {k: arrays[k] for k in COLUMNS})
+
+
+def _check_members(data: bytes) -> None:
+    """Refuse a block whose members would decompress, or allocate, more than allowed.
+
+    Each member's declared size is checked, and its array header's shape
+    against that size, before :func:`numpy.load` allocates the array.
+    """
+    fmt = np.lib.format
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        infos = z.infolist()
+        if sum(i.file_size for i in infos) > 4 * MAX_BLOCK:
+            raise ValueError("its members claim more than the size allowed")
+        for info in infos:
+            with z.open(info) as f:
+                version = fmt.read_magic(f)
+                read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                shape, _, dtype = read(f)
+            if math.prod(shape) * dtype.itemsize > info.file_size:
+                raise ValueError(f"member {info.filename[:40]!r} claims more than it holds")
 
 
 def concatenate(parts: list[TileColumns]) -> TileColumns:
