@@ -15,14 +15,17 @@ repository silently).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from urllib.parse import urlsplit
 
+from tessera_vz.core import object_cache
 from tessera_vz.core import table_blocks as tb
 from tessera_vz.core.errors import TesseraError
 from tessera_vz.core.published import proxy
 from tessera_vz.core.table import TileColumns
 from tessera_vz.core.text import printable
+from tessera_vz.core.urls import join
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,10 @@ def table_near(
     except ValueError:
         return None
     names = tb.blocks_near(lon, lat, zone)
+    known = object_cache.load(join(location.rstrip("/") + "/", f"{where}/{tb.INDEX}"))
+    if known is not None:  # an earlier process's list: ask only for blocks that exist
+        with contextlib.suppress(ValueError):  # a bad one is reported below
+            names = [n for n in names if n in tb.parse_index(known, zone, year, snapshot)]
     paths = [f"{where}/{tb.INDEX}", *(f"{where}/{n}.npz" for n in names)]
     try:
         found = proxy().fetch_beside(location, paths, tb.MAX_BLOCK)
