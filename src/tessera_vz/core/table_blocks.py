@@ -156,7 +156,7 @@ def decode_block(data: bytes, name: str, snapshot: str) -> TileColumns:
         _check_members(data)
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             found = npz["snapshot"] if "snapshot" in npz.files else np.asarray("")
-            rows = npz["rows"] if "rows" in npz.files else np.zeros(0)
+            rows: NDArray[Any] = npz["rows"] if "rows" in npz.files else np.zeros(0)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise ValueError(f"not a readable block: {exc}") from None
     arrays = {k: np.ascontiguousarray(rows[k]) for k in rows.dtype.names or ()}
