@@ -28,14 +28,14 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import shapely
 
 from tessera_vz.catalog import stac
+from tessera_vz.catalog.assemble import write_part
 from tessera_vz.catalog.footprints import stac_bbox
 from tessera_vz.catalog.tables import UnitRows, UnitVersion
 from tessera_vz.core.files import atomic_path, inside
-from tessera_vz.core.layout import check_tile_name
+from tessera_vz.core.geoparquet import BBOX_FIELDS
 
 #: The two ways a catalog run writes Items (``--items``).
 ITEMS_MODES = ("json", "geoparquet")
@@ -77,17 +77,21 @@ def _list_column(type_: pa.DataType, *columns: np.ndarray) -> pa.Array:
 
 
 def _bboxes(rows: UnitRows) -> pa.Array:
-    """STAC ``bbox`` of each footprint: its envelope, or ``west > east`` across the antimeridian."""
-    env = shapely.bounds(rows.geometries)
-    across = np.flatnonzero(
-        (shapely.get_type_id(rows.geometries) == 6)
-        & (env[:, 0] <= -180.0 + 1e-9)
-        & (env[:, 2] >= 180.0 - 1e-9)
-    )
-    for i in across:  # a few tiles of zones 1 and 60
-        env[i] = stac_bbox(rows.geometries[i])
-    names = ("xmin", "ymin", "xmax", "ymax")
-    return pa.StructArray.from_arrays([pa.array(env[:, i]) for i in range(4)], names=list(names))
+    """STAC ``bbox`` of each footprint: its envelope, or ``west > east`` across the antimeridian.
+
+    The envelopes are the rows' ``bbox`` column; only footprints spanning
+    every longitude (split at +/-180, a few tiles of zones 1 and 60) are
+    decoded, to take their STAC box from their parts.
+    """
+    box = rows.table["bbox"].combine_chunks()
+    env = np.stack([box.field(k).to_numpy() for k in BBOX_FIELDS], axis=1)
+    across = np.flatnonzero((env[:, 0] <= -180.0 + 1e-9) & (env[:, 2] >= 180.0 - 1e-9))
+    if across.size:
+        geoms = shapely.from_wkb(rows.table["geometry"].take(across).to_numpy(zero_copy_only=False))
+        for i, geom in zip(across.tolist(), geoms, strict=True):
+            env[i] = stac_bbox(geom)
+    return pa.StructArray.from_arrays([pa.array(env[:, i]) for i in range(4)],
+                                      names=list(BBOX_FIELDS))  # fmt: skip
 
 
 def _when(text: str) -> dt.datetime:
@@ -193,9 +197,8 @@ def write_unit_parquet(
     folder = inside(stac_dir, *stac.unit_dir(unit.zone, unit.year).split("/"))
     folder.parent.mkdir(parents=True, exist_ok=True)
     before = {e.name for e in os.scandir(folder)} if folder.is_dir() else set()
-    for name in rows.table["tile"].to_pylist():
-        check_tile_name(name)  # the same names as the default mode accepts
-    pq.write_table(items_columns(rows, unit, collection_id), part, compression="zstd")
+    # The names were checked with the rest of each record (build_unit, refused_rows).
+    write_part(items_columns(rows, unit, collection_id), part)
     catalog = stac.unit_catalog(unit, [])
     catalog["tessera:tiles"] = rows.table.num_rows
     catalog["tessera:items"] = "geoparquet"

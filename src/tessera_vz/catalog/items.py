@@ -25,10 +25,10 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
-import pyarrow.parquet as pq
 import shapely
 
 from tessera_vz.catalog import stac
+from tessera_vz.catalog.assemble import part_writer
 from tessera_vz.catalog.tables import UnitRows, UnitVersion
 from tessera_vz.core.files import atomic_path, inside
 from tessera_vz.core.layout import check_tile_name
@@ -37,11 +37,6 @@ from tessera_vz.core.layout import check_tile_name
 BATCH = 4096
 #: Threads writing Item files.
 WRITERS = 4
-
-
-def _slice(rows: UnitRows, start: int, stop: int) -> UnitRows:
-    return UnitRows(rows.table.slice(start, stop - start), rows.geometries[start:stop],
-                    rows.bbox, rows.geometry_types, rows.dataset)  # fmt: skip
 
 
 def _when(text: str | None) -> dt.datetime | None:
@@ -95,18 +90,18 @@ def write_unit_items(
     with (
         atomic_path(folder, kind="staged", mode=0o755) as staged,
         ThreadPoolExecutor(WRITERS) as pool,
-        pq.ParquetWriter(part, schema, compression="zstd") as parquet,
+        part_writer(part, schema) as staged_part,
     ):
         staged.mkdir()
         for start in range(0, n, BATCH):
-            batch_rows = _slice(rows, start, min(n, start + BATCH))
+            batch_rows = rows.slice(start, min(n, start + BATCH))
             items = stac.item_dicts(batch_rows, unit, collection_id)
             batch = [check_tile_name(it["properties"]["tessera:tile"]) for it in items]
             jobs = [(staged / f"{name}.json", orjson.dumps(it, option=orjson.OPT_SERIALIZE_NUMPY))
                     for name, it in zip(batch, items, strict=True)]  # fmt: skip
             written = pool.map(_write, jobs)
             rebased = stac.rebase_index(items, unit, stac.PARQUET_DEPTH)
-            parquet.write_table(items_arrow(rebased, batch_rows.geometries, schema))
+            staged_part.write_table(items_arrow(rebased, batch_rows.geometries, schema))
             list(written)  # the files of this batch are on disk (or its error is raised)
             names += batch
             del items, jobs, rebased

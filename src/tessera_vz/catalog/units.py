@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from tessera_vz.catalog import tables
+from tessera_vz.catalog.assemble import part_path, write_part
 from tessera_vz.catalog.bulk import write_unit_parquet
 from tessera_vz.catalog.incremental import UnitState
 from tessera_vz.catalog.items import write_unit_items
@@ -105,9 +104,9 @@ def build_unit(
     rows = tables.unit_rows(table, u)
     write = write_unit_parquet if items == "geoparquet" else write_unit_items
     written, deleted = write(
-        stac_dir, u, rows, work / f"items-{u.zone}-{u.year}.parquet", collection_id
+        stac_dir, u, rows, part_path(work, "items", u.zone, u.year), collection_id
     )
-    pq.write_table(rows.table, work / f"tiles-{u.zone}-{u.year}.parquet")
+    write_part(rows.table, part_path(work, "tiles", u.zone, u.year))
     n = rows.table.num_rows
     state = UnitState(
         zone=u.zone, year=u.year, snapshot=u.snapshot, tag=u.tag, tiles=n, bbox=rows.bbox,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -224,7 +224,7 @@ _FAST_COLUMNS = {"emb_path": "path", "scales_path": "path", "emb_checksum": "che
                  "scales_checksum": "checksum"}  # fmt: skip
 
 
-@lru_cache(maxsize=None)
+@cache
 def _lines_of(form: str) -> re.Pattern[str]:
     return re.compile(f"(?:{_FAST[form]}\n)*")
 
