@@ -189,7 +189,7 @@ def test_pool_takes_over_only_when_the_rest_is_long(
     assert _catalog(index, tmp_path / "serial", "geoparquet", None)["jobs"] == 1
     if (os.cpu_count() or 1) < 2:
         return
-    # Told that any rest is long, the pool takes over after the first unit; same rows.
+    # Told that any rest is long, the pool takes over after the second unit; same rows.
     monkeypatch.setattr(units, "POOL_AFTER_S", 0.0)
     assert _catalog(index, tmp_path / "pooled", "geoparquet", None)["jobs"] >= 2
     want = pq.read_table(both["json"] / "stac" / "items.parquet")

@@ -123,6 +123,11 @@ def build_unit(
     return UnitDone(state, written, deleted, n, failed)
 
 
+def _long(spent: float, done: int, left: int) -> bool:
+    """Whether ``left`` units would take over :data:`POOL_AFTER_S` at ``spent`` s for ``done``."""
+    return spent / done * left > POOL_AFTER_S
+
+
 def _in_worker(
     root: str, options: ReadOptions, u: UnitVersion, collection_id: str, stac_dir: Path,
     work: Path, items: str,
@@ -154,19 +159,19 @@ def build_units(
     """
     rest = list(units)
     if jobs <= 1 or adaptive:
-        t0 = time.perf_counter()
+        t0 = 0.0
         while rest:
             u = rest.pop(0)
             try:
                 yield u, build_unit(store, u, collection_id, stac_dir, work, items)
             except Exception as exc:  # reported by the caller; the other units go on
                 yield u, exc
-            done = len(units) - len(rest)
-            if (
-                jobs > 1
-                and len(rest) > 1
-                and ((time.perf_counter() - t0) / done * len(rest) > POOL_AFTER_S)
-            ):
+            # Timed from the second unit on: the first pays the process's one-time
+            # costs (imports, the Items' schema), which the units left will not.
+            done = len(units) - len(rest) - 1
+            if done == 0:
+                t0 = time.perf_counter()
+            elif jobs > 1 and len(rest) > 1 and _long(time.perf_counter() - t0, done, len(rest)):
                 break
         if not rest:
             return
