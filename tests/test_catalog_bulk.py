@@ -195,3 +195,24 @@ def test_pool_takes_over_only_when_the_rest_is_long(
     want = pq.read_table(both["json"] / "stac" / "items.parquet")
     for run in ("serial", "pooled"):
         assert pq.read_table(tmp_path / run / "stac" / "items.parquet").equals(want), run
+
+
+def test_item_files_equal_the_bulk_rows(both: dict[str, Path], index: dict[str, Any]) -> None:
+    """Each default-mode Item file, as stac-geoparquet reads it, is the bulk mode's row."""
+    from tessera_vz.catalog import stac
+
+    files = sorted((both["json"] / "stac").glob("utm*/*/grid_*.json"))
+    items = [json.loads(p.read_text()) for p in files]
+    assert len(items) == index["tiles"]
+    for it in items:  # relative to the Item's folder (stac/utmZZ/YEAR/), not to stac/
+        href = it["assets"]["index"]["href"]
+        assert href.startswith("../../../")
+        it["assets"]["index"]["href"] = href[len("../../") :]
+    schema = stac.items_schema()
+    from_files = stac.items_table(items).select(schema.names).cast(schema)
+    bulk = pq.read_table(both["geoparquet"] / "stac" / "items.parquet")
+    want = {r["id"]: r for r in from_files.to_pylist()}
+    got = bulk.to_pylist()
+    assert sorted(want) == sorted(r["id"] for r in got)
+    for row in got:
+        assert row == want[row["id"]], row["id"]

@@ -28,11 +28,9 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-import shapely
 
 from tessera_vz.catalog import stac
 from tessera_vz.catalog.assemble import write_part
-from tessera_vz.catalog.footprints import stac_bbox
 from tessera_vz.catalog.tables import UnitRows, UnitVersion
 from tessera_vz.core.files import atomic_path, inside
 from tessera_vz.core.geoparquet import BBOX_FIELDS
@@ -77,19 +75,8 @@ def _list_column(type_: pa.DataType, *columns: np.ndarray) -> pa.Array:
 
 
 def _bboxes(rows: UnitRows) -> pa.Array:
-    """STAC ``bbox`` of each footprint: its envelope, or ``west > east`` across the antimeridian.
-
-    The envelopes are the rows' ``bbox`` column; only footprints spanning
-    every longitude (split at +/-180, a few tiles of zones 1 and 60) are
-    decoded, to take their STAC box from their parts.
-    """
-    box = rows.table["bbox"].combine_chunks()
-    env = np.stack([box.field(k).to_numpy() for k in BBOX_FIELDS], axis=1)
-    across = np.flatnonzero((env[:, 0] <= -180.0 + 1e-9) & (env[:, 2] >= 180.0 - 1e-9))
-    if across.size:
-        geoms = shapely.from_wkb(rows.table["geometry"].take(across).to_numpy(zero_copy_only=False))
-        for i, geom in zip(across.tolist(), geoms, strict=True):
-            env[i] = stac_bbox(geom)
+    """STAC ``bbox`` of each footprint, a struct column (:meth:`.UnitRows.stac_bboxes`)."""
+    env = rows.stac_bboxes()
     return pa.StructArray.from_arrays([pa.array(env[:, i]) for i in range(4)],
                                       names=list(BBOX_FIELDS))  # fmt: skip
 
@@ -104,7 +91,7 @@ def items_columns(
     """The stac-geoparquet rows of a unit's Items, computed column by column from ``rows``.
 
     Equal, row by row, to what the default mode writes for the same unit
-    (``items_arrow(rebase_index(item_dicts(...)))``); its ``index`` asset is
+    (its Item files, with the ``index`` asset rebased); its ``index`` asset is
     relative to ``stac/``, where ``items.parquet`` lives.
     """
     schema = stac.items_schema(collection_id)

@@ -25,12 +25,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import shapely
+import shapely.geometry
 import xarray as xr
 
 from tessera_vz.catalog.footprints import (
     footprint_rings,
     polygons_wkb,
     split_antimeridian,
+    stac_bbox,
     utm_bounds,
 )
 from tessera_vz.core.dataset import DATASET_KEYS
@@ -115,6 +117,32 @@ class UnitRows:
     def geometries(self) -> np.ndarray:
         """The footprints as shapely geometries (built from the WKB column when asked for)."""
         return shapely.from_wkb(self.table["geometry"].to_numpy(zero_copy_only=False))
+
+    def stac_bboxes(self) -> np.ndarray:
+        """``(N, 4)`` STAC ``bbox`` of each footprint: its envelope (the ``bbox`` column), or
+        ``west > east`` for those split at the antimeridian (a few tiles of zones 1 and 60)."""
+        box = self.table["bbox"].combine_chunks()
+        env = np.stack([box.field(k).to_numpy() for k in BBOX_FIELDS], axis=1)
+        across = np.flatnonzero((env[:, 0] <= -180.0 + 1e-9) & (env[:, 2] >= 180.0 - 1e-9))
+        for i in across.tolist():
+            env[i] = stac_bbox(self.geometries[i])
+        return env
+
+    def geojson(self) -> list[dict[str, Any]]:
+        """The footprints as GeoJSON geometry dicts (single-ring polygons from one array)."""
+        geoms = self.geometries
+        out: list[dict[str, Any]] = [{} for _ in range(len(geoms))]
+        poly = np.flatnonzero(shapely.get_type_id(geoms) == 3)
+        counts = shapely.get_num_coordinates(geoms[poly])
+        same = counts == (counts.max() if counts.size else 0)
+        simple = poly[(shapely.get_num_interior_rings(geoms[poly]) == 0) & same]
+        if simple.size:
+            rings = shapely.get_coordinates(geoms[simple]).reshape(simple.size, -1, 2).tolist()
+            for i, ring in zip(simple.tolist(), rings, strict=True):
+                out[i] = {"type": "Polygon", "coordinates": [ring]}
+        for i in np.setdiff1d(np.arange(len(geoms)), simple).tolist():
+            out[i] = shapely.geometry.mapping(geoms[i])
+        return out
 
     def slice(self, start: int, stop: int) -> UnitRows:
         """Rows ``start`` to ``stop`` (the same unit)."""
