@@ -109,13 +109,16 @@ print(json.dumps({"seconds": seconds, "peak": peak, "statuses": statuses,
 """
 
 
-def centres(zones: int, per_zone: int) -> list[tuple[float, float]]:
-    """``per_zone`` cell centres in each of ``zones`` zones, 20 to a row, from 45.05 N."""
+def centres(zones: int, per_zone: int, columns: int = 20) -> list[tuple[float, float]]:
+    """``per_zone`` cell centres in each of ``zones`` zones, ``columns`` to a row, from 45.05 N.
+
+    A big zone-year (``--tiles 20000 --columns 56``) stays within the zone and below 84 N.
+    """
     out = []
     for zone in range(FIRST_ZONE, FIRST_ZONE + zones):
         west = (zone - 1) * 6 - 180  # the zone's western meridian
         for i in range(per_zone):
-            col, row = i % 20, i // 20
+            col, row = i % columns, i // columns
             out.append((round(west + 2.05 + 0.1 * col, 2), round(45.05 + 0.1 * row, 2)))
     return out
 
@@ -141,7 +144,9 @@ def traffic(server: NginxServer) -> dict[str, int]:
         "repo_reads": sum(r["uri"].endswith("/repo") for r in index),
         "index_bytes": sum(int(r["bytes_sent"]) for r in index),
         "tile_requests": sum(r["uri"].startswith("/tiles/") for r in logged),
-    }
+        "index_log": [(r["uri"].removeprefix("/index/"), r["range"], r["status"],
+                       int(r["bytes_sent"])) for r in index],
+    }  # fmt: skip
 
 
 def measure(server: NginxServer, src: str, code: str, args: list[str], cache: Path) -> dict:
@@ -182,6 +187,9 @@ def many_points(server: NginxServer, url: str, src: str, specs: list[Any], n: in
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.work:
+        Path(args.work).mkdir(parents=True, exist_ok=True)
+        return run_in(args, Path(args.work))
     with tempfile.TemporaryDirectory(prefix="published-read-") as tmp:
         return run_in(args, Path(tmp))
 
@@ -192,8 +200,8 @@ def run_in(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     os.environ["SSL_CERT_FILE"] = str(ca.ca_cert)
     www = work / "www"
     t = time.perf_counter()
-    specs = make_tree(www / "tiles", centres=centres(args.zones, args.tiles), years=(YEAR,),
-                      bands=128, sparse=True)  # fmt: skip
+    at = centres(args.zones, args.tiles, args.columns)
+    specs = make_tree(www / "tiles", centres=at, years=(YEAR,), bands=128, sparse=True)
     took = time.perf_counter() - t
     console.print(f"tree: {len(specs)} tiles in {args.zones} zones, {took:.0f} s")
     sources = {"after": str(HERE.parent / "src")}
@@ -300,10 +308,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--zones", type=int, default=10)
     p.add_argument("--tiles", type=int, default=200, help="tiles per zone")
+    p.add_argument("--columns", type=int, default=20, help="tiles per row in a zone")
     p.add_argument("--points", type=int, default=100_000)
     p.add_argument("--batch", type=int, default=100_000)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--before", help="another checkout's src/ to measure beside this one")
+    p.add_argument("--work", help="working folder, kept: a later run reuses its tree and index")
     p.add_argument("--quick", action="store_true", help="3 zones, 40 tiles, 5,000 points")
     p.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
     args = p.parse_args()

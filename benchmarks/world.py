@@ -211,6 +211,7 @@ def viewer_info(url: str, env: dict[str, str]) -> dict[str, Any]:
                     raise RuntimeError(f"serve did not answer: {log!r}") from exc
                 time.sleep(0.2)
         ready = time.perf_counter() - t0
+        paint, painted = coverage_paint(f"http://127.0.0.1:{port}", int(info["years"][0]))
         t = time.perf_counter()
         with urllib.request.urlopen(api, timeout=120) as r:
             r.read()
@@ -218,8 +219,32 @@ def viewer_info(url: str, env: dict[str, str]) -> dict[str, Any]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    return {"ready_s": ready, "first_s": first, "warm_s": warm,
-            "tiles": info.get("tiles"), "zones": len(info.get("zones", []))}  # fmt: skip
+    return {"ready_s": ready, "first_s": first, "warm_s": warm, "paint_s": first + paint,
+            "painted_px": painted, "tiles": info.get("tiles"),
+            "zones": len(info.get("zones", []))}  # fmt: skip
+
+
+def coverage_paint(base: str, year: int, zoom: int = 1) -> tuple[float, int]:
+    """Fetch the coverage tiles the page asks for when it opens (zoom 1: 4 PNGs, 6 at a time).
+
+    Returns the seconds until the last arrived and the number of painted
+    (non-transparent) pixels, which must not be 0 on a world with land.
+    """
+    import io
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    def get(xy: tuple[int, int]) -> int:
+        url = f"{base}/api/coverage/{year}/{zoom}/{xy[0]}/{xy[1]}.png"
+        with urllib.request.urlopen(url, timeout=120) as r:
+            img = np.asarray(Image.open(io.BytesIO(r.read())).convert("RGBA"))
+        return int((img[..., 3] > 0).sum())
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(6) as pool:
+        counts = list(pool.map(get, [(x, y) for x in range(2**zoom) for y in range(2**zoom)]))
+    return time.perf_counter() - t, sum(counts)
 
 
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -362,6 +387,9 @@ def verdicts(res: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
           if c is not None],
         ("viewer /api/info", f"{r['viewer']['first_s']:.2f} s first, "
          f"{r['viewer']['warm_s']:.3f} s warm", "< 2 s", r["viewer"]["first_s"] < 2),
+        ("viewer opens: info + coverage z1",
+         f"{r['viewer']['paint_s']:.2f} s, {r['viewer']['painted_px']:,} px painted", "< 2 s",
+         r["viewer"]["paint_s"] < 2 and r["viewer"]["painted_px"] > 0),
         ("sync, 1 % changed", f"{res['sync_changed']['seconds']:.1f} s, "
          f"{res['sync_changed']['indexed']} re-indexed of {res['sync_changed']['changed']}",
          "< 120 s, exactly the changed", res["sync_changed"]["seconds"] < 120

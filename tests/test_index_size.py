@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from tessera_vz.core import table_blocks as tb
 from tessera_vz.core.geometry import pixel_centres
 from tessera_vz.core.layout import repo_name
 from tessera_vz.indexer.run import IndexOptions, run_index
@@ -56,6 +57,14 @@ def test_objects_and_bytes_per_tile(sparse_tree: Path, tmp_path: Path, batch_til
     report = run_index(IndexOptions(source=str(sparse_tree), out=str(out), batch_tiles=batch_tiles))
     assert report.indexed == TILES and not report.failed
     files = _files(out / repo_name(ZONE))
+    # The tiles table again as one-degree blocks, for cold points (core/table_blocks.py):
+    # one object per square that holds tiles (at most 100 tiles), and its list.
+    blocks = files.pop(tb.FOLDER)
+    squares = {tuple(np.floor(c).astype(int)) for c in _centres(TILES)}
+    assert sorted(f.name for f in blocks) == sorted(
+        [*(f"b{x}_{y}.npz" for x, y in squares), tb.INDEX]
+    )  # fmt: skip
+    assert sum(f.stat().st_size for f in blocks) / TILES < 1_000
     objects = sum(len(v) for v in files.values())
     size = sum(f.stat().st_size for v in files.values() for f in v)
     # Four arrays with chunks a tile (embeddings, scales, y, x): Icechunk writes one

@@ -120,6 +120,38 @@ class RepositoryProxy:
             n = len(self._bases) - 1
         return f"http://127.0.0.1:{self._port}/{self._token}/{n}/"
 
+    def fetch_beside(self, base: str, paths: list[str], limit: int) -> list[bytes | None]:
+        """Objects at ``paths`` below a repository this proxy serves, fetched together.
+
+        Through the repository's own boundary (its connection is open
+        already: the ``repo`` object came through it), each at most
+        ``limit`` bytes; ``None`` where the server has no such object.
+        Objects whose paths hold a snapshot id are immutable: kept on disk
+        (:mod:`~tessera_vz.core.object_cache`) for the next process.
+        """
+        base = base.rstrip("/") + "/"
+        with self._lock:
+            files = next((f for b, f in reversed(self._bases) if b == base), None)
+        if files is None:
+            raise LookupError(f"{base} is not a repository this process opened")
+
+        async def one(path: str) -> bytes | None:
+            url = join(base, check_path(path))
+            found = object_cache.load(url)
+            if found is not None:
+                return found
+            try:
+                data = bytes(await files.fetch(url, "reading the published index", limit))
+            except SourceNotFoundError:
+                return None
+            object_cache.save_soon(url, data)
+            return data
+
+        async def every() -> list[bytes | None]:
+            return list(await asyncio.gather(*(one(p) for p in paths)))
+
+        return asyncio.run_coroutine_threadsafe(every(), self._loop).result()
+
     def failure(self, base: str) -> TesseraError | None:
         """The last failure while serving the repository published at ``base``, if any."""
         return self._failures.get(base.rstrip("/") + "/")

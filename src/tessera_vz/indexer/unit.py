@@ -45,6 +45,7 @@ from tessera_vz.indexer.run_options import (
     source_s3_options,
 )
 from tessera_vz.indexer.sync import diff_unit, recorded_table
+from tessera_vz.indexer.table_sidecar import write_table_blocks
 from tessera_vz.indexer.transaction import UnitConflictError, clean_scratch_branches, write_unit
 
 log = logging.getLogger(__name__)
@@ -248,6 +249,7 @@ def index_unit(
         locked=lock_path(opts.out, zone) is not None,
     )  # fmt: skip
     advance_w(1)
+    write_table_blocks(opts.out, zone, year, commit.snapshot, rows, s3)  # cold points' table
     report.commits.append(commit)
     report.indexed += len(changed)
     report.removed += len(diff.removed)

@@ -175,13 +175,22 @@ class TesseraStore(Sampling):
         check_lonlat(lon, lat)
         y = check_year(year)
         try:
-            loc = self.locate_points([lon], [lat], y)
+            loc = self._locate_one(lon, lat, y)
         except TileNotFoundError as exc:
             self._explain(lon, lat, y, exc)
             raise  # (explained above)
         if not loc.ok[0]:
             self._explain(lon, lat, y, None)
         return pixels.location(loc, lon, lat, y)
+
+    def _locate_one(self, lon: float, lat: float, year: int) -> Located:
+        """:meth:`locate_points` of one point, from the tiles near it only.
+
+        On a published index that is a few kB of table blocks instead of the
+        year's snapshot and table (:mod:`.table_near`).
+        """
+        near = self._zone_years.rects_near(year, lon, lat)
+        return locate_pixels(near, [lon], [lat], year, self.root)
 
     def _explain(self, lon: float, lat: float, year: int, exc: TileNotFoundError | None) -> None:
         """Raise why no tile of ``year`` holds a point (:func:`pixels.explain_missing`)."""
@@ -221,7 +230,7 @@ class TesseraStore(Sampling):
         located: list[Located] = []
         for y in ys:
             try:
-                loc = self.locate_points([lon], [lat], y)
+                loc = self._locate_one(lon, lat, check_year(y))
             except TileNotFoundError:
                 self.locate(lon, lat, y)  # raises the precise reason
                 raise

@@ -39,6 +39,7 @@ from tessera_vz.reader.identity import recorded_identity
 from tessera_vz.reader.range_fetch import ByteSource
 from tessera_vz.reader.resample import cell_zone
 from tessera_vz.reader.table_fetch import read_table_at_once
+from tessera_vz.reader.table_near import table_near
 from tessera_vz.reader.versions import Pins, provenance, snapshot_to_read, tag_of
 from tessera_vz.reader.windows import TileRects, tile_rects
 
@@ -66,6 +67,8 @@ class ZoneYearIndex:
     #: The snapshot and tag already resolved (by an earlier handle of this zone-year).
     resolved: tuple[str, str | None] | None = None
     _refused: dict[str, str] = field(default_factory=dict, init=False, repr=False)
+    #: Whether rows came from table blocks (:meth:`rects_near`) rather than the whole table.
+    _partial: bool = field(default=False, init=False, repr=False)
 
     @cached_property
     def _resolved(self) -> tuple[str, str | None]:
@@ -119,7 +122,7 @@ class ZoneYearIndex:
             if table is None:
                 raise TileNotFoundError(f"zone {self.zone} year {self.year} has no tiles table")
             table_cache.save(self.location, self.snapshot, table)
-        self._refused = refused_rows(table)
+        self._refused.update(refused_rows(table))
         for name, reason in list(self._refused.items())[:5]:
             log.warning(
                 "zone %d year %s: tile %s: %s", self.zone, self.year, printable(name), reason
@@ -131,6 +134,21 @@ class ZoneYearIndex:
         """Tile name -> why its record in the index is not read."""
         self.table  # noqa: B018 - loading the table checks it
         return self._refused
+
+    def rects_near(self, lon: float, lat: float) -> TileRects:
+        """Rectangles of the tiles whose pixels may hold ``(lon, lat)`` (a cold point's).
+
+        The whole table's when it is loaded; else, on a published index,
+        those of the table blocks around the point (:mod:`.table_near`: a
+        few kB, never the snapshot); else the table is loaded.
+        """
+        if "table" not in vars(self):
+            part = table_near(self.location, self.zone, self.year, self.snapshot, lon, lat)
+            if part is not None:
+                self._refused.update(refused_rows(part))
+                self._partial = True
+                return tile_rects(part)
+        return self.rects
 
     @cached_property
     def lookup(self) -> TileLookup:
@@ -145,7 +163,8 @@ class ZoneYearIndex:
     @cached_property
     def source(self) -> ByteSource:
         """Where the tiles' bytes come from, with the refused tiles named."""
-        refused = self.refused
+        # Rows read from table blocks were checked as they came (and so is a table loaded later).
+        refused = self._refused if self._partial else self.refused
         # Direct reads never touch the Icechunk store: it is opened only if asked for.
         chunks = self.session.store if not self.direct else cast(Any, _SessionStore(self))
         return ByteSource(self.zone, self.year, self.files, chunks, self.direct, refused)
@@ -349,6 +368,21 @@ class ZoneYears:
             return index.lookup if index is not None else None
 
         return lookup
+
+    def rects_near(self, year: int, lon: float, lat: float) -> Callable[[int], TileRects | None]:
+        """Zone -> :meth:`ZoneYearIndex.rects_near` of one point, or ``None`` where not indexed."""
+
+        def rects(zone: int) -> TileRects | None:
+            if zone not in self.locations:
+                return None
+            try:
+                return self.get(zone, year).rects_near(lon, lat)
+            except VersionNotFoundError:
+                raise
+            except TileNotFoundError:
+                return None
+
+        return rects
 
     def rects_or_none(self, year: int) -> Callable[[int], TileRects | None]:
         """Zone -> the year's tile rectangles, or ``None`` where :meth:`find` finds none."""
