@@ -90,7 +90,7 @@ def test_antimeridian_tiles_are_split() -> None:
 
 
 def test_rows_wkb_is_shapelys_byte_for_byte() -> None:
-    """``tiles.parquet``'s footprints (WKB written by numpy) equal shapely's, split ones included."""
+    """``tiles.parquet``'s footprints (WKB by numpy) equal shapely's, split ones included."""
     import xarray as xr
 
     from tessera_vz.catalog.tables import UnitVersion, unit_rows
@@ -106,7 +106,8 @@ def test_rows_wkb_is_shapelys_byte_for_byte() -> None:
             "emb_path": np.array([f"2024/{t}/{t}.npy" for t in names]),
             "scales_path": np.array([f"2024/{t}/{t}_scales.npy" for t in names]),
             "emb_size": np.ones(n), "scales_size": np.ones(n),
-            "emb_checksum": np.array(["x"] * n), "scales_checksum": np.array(["x"] * n)}  # fmt: skip
+            "emb_checksum": np.array(["x"] * n),
+            "scales_checksum": np.array(["x"] * n)}  # fmt: skip
     table = xr.Dataset({k: ("tile", np.asarray(v)) for k, v in cols.items()},
                        coords={"tile": names})  # fmt: skip
     rows = unit_rows(table, UnitVersion(31, 2024, "s" * 20, None, "../index/utm31.icechunk"))
