@@ -119,3 +119,15 @@ def test_one_damaged_record_is_refused_with_the_exact_reason(
     refused = tt.refused_rows(table)
     name = str(table.tile[17])
     assert list(refused) == [name] and reason in refused[name]
+
+
+GOOD = [("tile", "grid_0.05_0.05"), ("path", "2024/a/b.npy"),
+        ("checksum", "2024-01-31T00:00:00Z"), ("checksum", '"abc"')]  # fmt: skip
+
+
+@pytest.mark.parametrize(("form", "value"), GOOD)
+def test_a_trailing_line_break_is_refused_by_the_exact_checks(form: str, value: str) -> None:
+    # '$' also matches before a final newline: a name or checksum read from an
+    # untrusted table must not carry one into a path or a request header.
+    assert _exact(form, value)
+    assert not _exact(form, value + "\n")
