@@ -340,8 +340,13 @@ def reads(
     srv.reset()
     out["region"] = child("region", {**base, "bbox": list(REGION)}, cold("region"))
     out["region"]["tile_requests"] = srv.stats().get("requests", 0)
-    out["catalog"] = child("catalog", {"index": str(work / "index"), "out": str(work / "cat")},
-                           cold("catalog"))  # fmt: skip
+    # The catalog of the year in bulk (Items only in stac-geoparquet, the archive-size
+    # mode), then the default (one Item file per tile besides it).
+    out["catalog"] = child("catalog", {"index": str(work / "index"), "out": str(work / "cat"),
+                                       "items": "geoparquet"}, cold("catalog"))  # fmt: skip
+    out["catalog_json"] = child("catalog", {"index": str(work / "index"),
+                                            "out": str(work / "cat-json"), "items": "json"},
+                                cold("catalog-json"))  # fmt: skip
     out["viewer"] = viewer_info(url, cold("viewer"))
     return out
 
@@ -374,9 +379,12 @@ def verdicts(res: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
         ("region across 3 zones", f"{r['region']['seconds']:.1f} s, zones {r['region']['zones']},"
          f" {r['region']['shape'][0]} x {r['region']['shape'][1]} px", "3 zones",
          len(r["region"]["zones"]) >= 3),
-        ("catalog of the year", f"{r['catalog']['seconds']:.1f} s, "
-         f"{r['catalog']['peak_rss'] / gib:.2f} GiB", "< 60 s, < 2 GB",
-         r["catalog"]["seconds"] < 60 and r["catalog"]["peak_rss"] < 2 * gib),
+        *[(name, f"{c['seconds']:.1f} s, {c['rows'] / c['seconds']:,.0f} tiles/s, "
+           f"{max(c['peak_rss'], c.get('children_peak_rss', 0)) / gib:.2f} GiB", "< 60 s, < 2 GB",
+           c["seconds"] < 60 and max(c["peak_rss"], c.get("children_peak_rss", 0)) < 2 * gib)
+          for name, c in (("catalog of the year", r["catalog"]),
+                          ("catalog of the year, --items json", r.get("catalog_json")))
+          if c is not None],
         ("viewer /api/info", f"{r['viewer']['first_s']:.2f} s first, "
          f"{r['viewer']['warm_s']:.3f} s warm", "< 2 s", r["viewer"]["first_s"] < 2),
         ("viewer opens: info + coverage z1",
@@ -410,6 +418,18 @@ def extrapolate(res: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+#: Why a measure misses its target, as measured apart (printed only under a missed row).
+CAUSES = {
+    "index objects per tile": (
+        "Icechunk 2.3 writes one manifest per array per commit (`flush_new_node` in its "
+        "session.rs; the format allows several arrays per manifest, no writer makes one), and "
+        "the layout (DESIGN.md) gives a tile four arrays with chunks: `embeddings`, `scales` and "
+        "the coordinates `y` and `x`. Four objects a tile is the floor while each tile is its "
+        "own group; two without the coordinate arrays, which `xr.open_zarr` needs."
+    ),
+}
+
+
 def markdown(res: dict[str, Any], rows: list[tuple[str, str, str, bool]]) -> str:
     w, ix, ex = res["world"], res["index"], res["extrapolation"]
     lines = [
@@ -425,7 +445,9 @@ def markdown(res: dict[str, Any], rows: list[tuple[str, str, str, bool]]) -> str
         "| --- | --- | --- | --- |",
         *[f"| {m} | {v} | {t} | {'met' if ok else 'MISSED'} |" for m, v, t, ok in rows],
         "",
-        "Where the index run's time goes (seconds summed over units): "
+        *[f"Missed, {m}: {CAUSES[m]}\n" for m, _, _, ok in rows if not ok and m in CAUSES],
+        "Where the index run's time goes (seconds summed over the workers' units, about "
+        "workers x wall): "
         + ", ".join(f"{k} {v:.1f}" for k, v in sorted(ix["timings"].items()))
         + ".",
         "",

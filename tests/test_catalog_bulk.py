@@ -177,3 +177,42 @@ def test_pool_only_where_it_pays() -> None:
     assert workers("geoparquet", 15) == 1  # small catalogs: spawning costs more than it saves
     assert workers("json", 60) == 1  # per-file writing, not CPU, in the default mode
     assert workers("json", 60, jobs=8) == 8 and workers("geoparquet", 3, jobs=8) == 3
+
+
+def test_pool_takes_over_only_when_the_rest_is_long(
+    index: dict[str, Any], both: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tessera_vz.catalog import units
+
+    monkeypatch.setattr(units, "MIN_UNITS_FOR_POOL", 1)
+    # Units this small finish long before the rest would take 20 s: no pool is spawned.
+    assert _catalog(index, tmp_path / "serial", "geoparquet", None)["jobs"] == 1
+    if (os.cpu_count() or 1) < 2:
+        return
+    # Told that any rest is long, the pool takes over after the second unit; same rows.
+    monkeypatch.setattr(units, "POOL_AFTER_S", 0.0)
+    assert _catalog(index, tmp_path / "pooled", "geoparquet", None)["jobs"] >= 2
+    want = pq.read_table(both["json"] / "stac" / "items.parquet")
+    for run in ("serial", "pooled"):
+        assert pq.read_table(tmp_path / run / "stac" / "items.parquet").equals(want), run
+
+
+def test_item_files_equal_the_bulk_rows(both: dict[str, Path], index: dict[str, Any]) -> None:
+    """Each default-mode Item file, as stac-geoparquet reads it, is the bulk mode's row."""
+    from tessera_vz.catalog import stac
+
+    files = sorted((both["json"] / "stac").glob("utm*/*/grid_*.json"))
+    items = [json.loads(p.read_text()) for p in files]
+    assert len(items) == index["tiles"]
+    for it in items:  # relative to the Item's folder (stac/utmZZ/YEAR/), not to stac/
+        href = it["assets"]["index"]["href"]
+        assert href.startswith("../../../")
+        it["assets"]["index"]["href"] = href[len("../../") :]
+    schema = stac.items_schema()
+    from_files = stac.items_table(items).select(schema.names).cast(schema)
+    bulk = pq.read_table(both["geoparquet"] / "stac" / "items.parquet")
+    want = {r["id"]: r for r in from_files.to_pylist()}
+    got = bulk.to_pylist()
+    assert sorted(want) == sorted(r["id"] for r in got)
+    for row in got:
+        assert row == want[row["id"]], row["id"]

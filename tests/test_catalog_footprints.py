@@ -87,3 +87,40 @@ def test_antimeridian_tiles_are_split() -> None:
         # STAC's rule for a box crossing the antimeridian: west > east.
         assert west > 0 > east
         assert west < x < 180.0 or -180.0 < x < east
+
+
+def test_rows_wkb_is_shapelys_byte_for_byte() -> None:
+    """``tiles.parquet``'s footprints (WKB by numpy) equal shapely's, split ones included."""
+    import xarray as xr
+
+    from tessera_vz.catalog.tables import UnitVersion, unit_rows
+
+    centres = CENTRES + ANTIMERIDIAN + NEAR_ANTIMERIDIAN
+    lon, lat = (np.array(v) for v in zip(*centres, strict=True))
+    g = tile_grids(lon, lat)
+    n = lon.size
+    names = [f"grid_{a:.2f}_{b:.2f}" for a, b in centres]
+    cols = {"lon": g.lon, "lat": g.lat, "zone": g.zone, "epsg": g.epsg, "left": g.left,
+            "top": g.top, "height": g.height, "width": g.width, "bands": np.full(n, 128),
+            "source": np.array(["https://example.org/t/"] * n),
+            "emb_path": np.array([f"2024/{t}/{t}.npy" for t in names]),
+            "scales_path": np.array([f"2024/{t}/{t}_scales.npy" for t in names]),
+            "emb_size": np.ones(n), "scales_size": np.ones(n),
+            "emb_checksum": np.array(["x"] * n),
+            "scales_checksum": np.array(["x"] * n)}  # fmt: skip
+    table = xr.Dataset({k: ("tile", np.asarray(v)) for k, v in cols.items()},
+                       coords={"tile": names})  # fmt: skip
+    rows = unit_rows(table, UnitVersion(31, 2024, "s" * 20, None, "../index/utm31.icechunk"))
+    order = np.argsort(np.array(names), kind="stable")
+    want = shapely.orient_polygons(
+        footprints(
+            g.epsg[order], utm_bounds(g.left, g.top, g.height, g.width)[order], g.lon[order]
+        ),
+        exterior_cw=False,
+    )
+    assert rows.table["geometry"].to_pylist() == list(shapely.to_wkb(want, output_dimension=2))
+    box = rows.table["bbox"].combine_chunks()
+    got = np.stack([box.field(k).to_numpy() for k in ("xmin", "ymin", "xmax", "ymax")], axis=1)
+    np.testing.assert_array_equal(got, shapely.bounds(want))
+    assert rows.geometry_types == ["MultiPolygon", "Polygon"]
+    assert all(shapely.equals_exact(rows.geometries, want, tolerance=0))

@@ -15,13 +15,13 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pystac
 import pytest
 import xarray as xr
 
 from tessera_vz.catalog import items as catalog_items
 from tessera_vz.catalog import stac
+from tessera_vz.catalog.assemble import read_part
 from tessera_vz.catalog.tables import UnitRows, UnitVersion, unit_rows
 from tessera_vz.core.dataset import Dataset
 from tessera_vz.core.geometry import tile_grids
@@ -52,7 +52,7 @@ def _rows(n: int) -> UnitRows:
 
 
 def _peak(tmp: Path, rows: UnitRows) -> int:
-    stac_dir, part = tmp / "stac", tmp / "part.parquet"
+    stac_dir, part = tmp / "stac", tmp / "part.arrow"
     tracemalloc.start()
     try:
         written, deleted = catalog_items.write_unit_items(stac_dir, UNIT, rows, part, "c")
@@ -87,7 +87,7 @@ def test_items_are_stac_and_match_the_parquet(
     folder.mkdir(parents=True)
     (folder / "grid_9.95_9.95.json").write_text("{}")  # an Item of a tile gone from the index
     written, deleted = catalog_items.write_unit_items(
-        stac_dir, UNIT, rows, tmp_path / "p.parquet", "c"
+        stac_dir, UNIT, rows, tmp_path / "p.arrow", "c"
     )
     assert (written, deleted) == (250, 1)
     files = sorted(folder.glob("grid_*.json"))
@@ -101,7 +101,7 @@ def test_items_are_stac_and_match_the_parquet(
     for f in files:
         doc = json.loads(f.read_text())
         on_disk[pystac.Item.from_dict(doc).id] = doc  # validated offline in test_catalog
-    table = pq.read_table(tmp_path / "p.parquet")
+    table = read_part(tmp_path / "p.arrow")  # the staged part (Arrow IPC)
     assert table.schema.remove_metadata() == stac.items_schema("c")
     back = {it["id"]: it for it in stac_table_to_items(table)}
     assert back.keys() == on_disk.keys()

@@ -64,7 +64,10 @@ def test_checksums_round_trip_and_render_as_preconditions() -> None:
     assert precondition('"abc"') == {"if_match": '"abc"'}
 
 
-@pytest.mark.parametrize("text", ["a\r\nX-Evil: 1", "", "x" * 600, "2024-13-45T99:99:99Z"])
+@pytest.mark.parametrize(
+    "text",
+    ["a\r\nX-Evil: 1", "", "x" * 600, "2024-13-45T99:99:99Z", "abc\n", "2024-05-01T12:30:05Z\n"],
+)
 def test_checksums_no_server_could_send_are_refused(text: str) -> None:
     with pytest.raises(ValueError):
         checksum_value(text)

@@ -334,8 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs",
         type=int,
         metavar="N",
-        help="processes building zone-years (default: the cores with --items geoparquet and "
-        "16 zone-years or more to build, else 1)",
+        help="processes building zone-years (default: 1; with --items geoparquet and 16 "
+        "zone-years or more, the cores take over once the rest would take over 20 s)",
     )
     ct.add_argument("--json", action="store_true", help="print the JSON report on stdout")
     _add_progress(ct)

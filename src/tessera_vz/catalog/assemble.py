@@ -5,6 +5,11 @@ per (zone, year) unit, in (zone, year) order. A run copies the row groups of
 units it kept from the previous file and takes rebuilt units' rows from the
 Parquet parts it staged, writing the new file beside the old one and
 renaming it into place (:func:`~tessera_vz.core.files.atomic_path`).
+
+Parts are Arrow IPC files (LZ4), not Parquet: a part is written once and
+read once, by the same run, and decoding Parquet back into Arrow repeated
+work the final file does anyway (~35 s at 1.8 M Items); an IPC file is read
+back memory-mapped, with no decoding but LZ4's.
 """
 
 from __future__ import annotations
@@ -21,6 +26,32 @@ from tessera_vz.catalog.incremental import RowGroups, UnitState
 from tessera_vz.catalog.tables import unit_key
 from tessera_vz.core.files import atomic_path
 
+#: Compression of staged parts (fast both ways; they live for one run).
+PART_COMPRESSION = "lz4"
+
+
+def part_path(work: Path, kind: str, zone: int, year: int) -> Path:
+    """Where a unit's staged ``kind`` part (``"tiles"``, ``"items"``) goes in ``work``."""
+    return work / f"{kind}-{int(zone)}-{int(year)}.arrow"
+
+
+def part_writer(path: Path, schema: pa.Schema) -> pa.ipc.RecordBatchFileWriter:
+    """A writer of a staged part (close it, or use it as a context manager)."""
+    options = pa.ipc.IpcWriteOptions(compression=PART_COMPRESSION)
+    return pa.ipc.new_file(str(path), schema, options=options)
+
+
+def write_part(table: pa.Table, path: Path) -> None:
+    """Stage ``table`` as a part."""
+    with part_writer(path, table.schema) as w:
+        w.write_table(table)
+
+
+def read_part(path: Path) -> pa.Table:
+    """A staged part, memory-mapped."""
+    with pa.memory_map(str(path)) as source:
+        return pa.ipc.open_file(source).read_all()
+
 
 def unit_tables(
     order: list[UnitState],
@@ -36,7 +67,7 @@ def unit_tables(
         if key in new:
             path = part(s)
             if path.exists():
-                yield pq.read_table(path)
+                yield read_part(path)
             continue
         if old is None or old_file is None:
             raise AssertionError(f"unit {key} is neither rebuilt nor in the previous file")
@@ -65,11 +96,11 @@ def assemble_tiles(
         nonlocal copied
         copied += n
 
-    parts = unit_tables(order, new, old, lambda s: work / f"tiles-{s.zone}-{s.year}.parquet",
-                         count)  # fmt: skip
+    parts = unit_tables(order, new, old, lambda s: part_path(work, "tiles", s.zone, s.year),
+                        count)  # fmt: skip
     with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as w:
         for t in parts:
-            w.write_table(t.replace_schema_metadata(schema.metadata).cast(schema))
+            w.write_table(_as(t.replace_schema_metadata(schema.metadata), schema))
     return copied
 
 
@@ -85,8 +116,8 @@ def assemble_items(
     from stac_geoparquet.arrow import to_parquet
 
     schema = stac.items_schema(collection_id)
-    parts = unit_tables(order, new, old, lambda s: work / f"items-{s.zone}-{s.year}.parquet")
-    batches = (b for t in parts for b in t.cast(schema).to_batches())
+    parts = unit_tables(order, new, old, lambda s: part_path(work, "items", s.zone, s.year))
+    batches = (b for t in parts for b in _as(t, schema).to_batches())
     coll = {"id": collection_id, "type": "Collection"}
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
@@ -97,6 +128,11 @@ def assemble_items(
             collections={collection_id: coll},
             compression="zstd",
         )
+
+
+def _as(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` in ``schema``: cast only where its types differ (nested casts cost)."""
+    return table if table.schema.equals(schema, check_metadata=True) else table.cast(schema)
 
 
 def remove_strays(stac_dir: Path, keep: set[tuple[int, int]]) -> None:

@@ -83,8 +83,9 @@ class CatalogOptions:
     #: How Items are written: ``"json"`` (one file per Item plus ``items.parquet``)
     #: or ``"geoparquet"`` (``items.parquet`` only, built in bulk: :mod:`.bulk`).
     items: str = "json"
-    #: Processes building zone-years: default the cores with ``items="geoparquet"``
-    #: and 16 zone-years or more to build, else one (:func:`.units.workers`).
+    #: Processes building zone-years. Default: one; with ``items="geoparquet"`` and
+    #: 16 zone-years or more, a pool of the cores takes over once the zone-years
+    #: left would take over 20 s in one process (:func:`.units.build_units`).
     jobs: int | None = None
 
 
@@ -306,8 +307,14 @@ def _run(
     t1 = time.perf_counter()
     advance = progress("catalog units", len(build))
     jobs = workers(opts.items, len(build), opts.jobs)
-    report.jobs = jobs
-    for u, done in build_units(store, build, opts.collection_id, stac_dir, work, opts.items, jobs):
+    report.jobs = jobs if opts.jobs is not None else 1
+
+    def pooled(n: int) -> None:
+        report.jobs = n
+
+    units_built = build_units(store, build, opts.collection_id, stac_dir, work, opts.items, jobs,
+                              adaptive=opts.jobs is None, on_pool=pooled)  # fmt: skip
+    for u, done in units_built:
         if isinstance(done, UnitDone):
             new_states[u.key] = done.state
             report.items_written += done.items_written
@@ -350,10 +357,13 @@ def _run(
     remove_strays(stac_dir, {(s.zone, s.year) for s in order})
     report.rows_copied += assemble_tiles(out / TILES_PARQUET, order, new_states, tiles_rg, work)
     report.written.append(TILES_PARQUET)
+    report.timings["assemble_tiles"] = time.perf_counter() - t2
     assemble_items(
         stac_dir / stac.ITEMS_PARQUET, order, new_states, items_rg, work, opts.collection_id
     )
     report.written.append(f"{STAC_DIR}/{stac.ITEMS_PARQUET}")
+    report.timings["assemble_items"] = time.perf_counter() - t2 - report.timings["assemble_tiles"]
+    t3 = time.perf_counter()
     coll = stac.collection(
         [{**vars(s)} for s in order],
         tables.merge_bbox([s.bbox for s in order]),
@@ -366,6 +376,7 @@ def _run(
     coverage.render(out / COVERAGE_PNG, cols["lon"].to_numpy(), cols["lat"].to_numpy(),
                     cols["year"].to_numpy())  # fmt: skip
     report.written.append(COVERAGE_PNG)
+    report.timings["coverage"] = time.perf_counter() - t3
     shutil.rmtree(work, ignore_errors=True)
     save_state(out, CatalogState(CATALOG_VERSION, _store_id(store.root), opts.collection_id,
                                  {unit_key(s.zone, s.year): s for s in order}, index,

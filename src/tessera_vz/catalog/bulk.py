@@ -28,14 +28,12 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
-import shapely
 
 from tessera_vz.catalog import stac
-from tessera_vz.catalog.footprints import stac_bbox
+from tessera_vz.catalog.assemble import write_part
 from tessera_vz.catalog.tables import UnitRows, UnitVersion
 from tessera_vz.core.files import atomic_path, inside
-from tessera_vz.core.layout import check_tile_name
+from tessera_vz.core.geoparquet import BBOX_FIELDS
 
 #: The two ways a catalog run writes Items (``--items``).
 ITEMS_MODES = ("json", "geoparquet")
@@ -77,17 +75,10 @@ def _list_column(type_: pa.DataType, *columns: np.ndarray) -> pa.Array:
 
 
 def _bboxes(rows: UnitRows) -> pa.Array:
-    """STAC ``bbox`` of each footprint: its envelope, or ``west > east`` across the antimeridian."""
-    env = shapely.bounds(rows.geometries)
-    across = np.flatnonzero(
-        (shapely.get_type_id(rows.geometries) == 6)
-        & (env[:, 0] <= -180.0 + 1e-9)
-        & (env[:, 2] >= 180.0 - 1e-9)
-    )
-    for i in across:  # a few tiles of zones 1 and 60
-        env[i] = stac_bbox(rows.geometries[i])
-    names = ("xmin", "ymin", "xmax", "ymax")
-    return pa.StructArray.from_arrays([pa.array(env[:, i]) for i in range(4)], names=list(names))
+    """STAC ``bbox`` of each footprint, a struct column (:meth:`.UnitRows.stac_bboxes`)."""
+    env = rows.stac_bboxes()
+    return pa.StructArray.from_arrays([pa.array(env[:, i]) for i in range(4)],
+                                      names=list(BBOX_FIELDS))  # fmt: skip
 
 
 def _when(text: str) -> dt.datetime:
@@ -100,7 +91,7 @@ def items_columns(
     """The stac-geoparquet rows of a unit's Items, computed column by column from ``rows``.
 
     Equal, row by row, to what the default mode writes for the same unit
-    (``items_arrow(rebase_index(item_dicts(...)))``); its ``index`` asset is
+    (its Item files, with the ``index`` asset rebased); its ``index`` asset is
     relative to ``stac/``, where ``items.parquet`` lives.
     """
     schema = stac.items_schema(collection_id)
@@ -193,9 +184,8 @@ def write_unit_parquet(
     folder = inside(stac_dir, *stac.unit_dir(unit.zone, unit.year).split("/"))
     folder.parent.mkdir(parents=True, exist_ok=True)
     before = {e.name for e in os.scandir(folder)} if folder.is_dir() else set()
-    for name in rows.table["tile"].to_pylist():
-        check_tile_name(name)  # the same names as the default mode accepts
-    pq.write_table(items_columns(rows, unit, collection_id), part, compression="zstd")
+    # The names were checked with the rest of each record (build_unit, refused_rows).
+    write_part(items_columns(rows, unit, collection_id), part)
     catalog = stac.unit_catalog(unit, [])
     catalog["tessera:tiles"] = rows.table.num_rows
     catalog["tessera:items"] = "geoparquet"

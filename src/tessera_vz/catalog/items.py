@@ -7,8 +7,10 @@ each) cost ~2.5 ms per Item and ~0.5 GB per 3,000-Item unit. Here a unit
 goes :data:`BATCH` rows at a time: the batch's Items are built, encoded
 (orjson), written as plain files into a hidden folder beside the unit's
 (on a few threads: file creation is the kernel's time, not Python's), and
-appended to the unit's stac-geoparquet part as one Arrow batch built with
-the Collection's schema, and then dropped. The unit's Catalog goes in last
+dropped; the batch's stac-geoparquet rows are built as columns, as
+``--items geoparquet`` builds them (:func:`~.bulk.items_columns`), not
+from the dicts. An Item's geometry and bbox come from arrays built once per
+batch (:meth:`~.tables.UnitRows.geojson`). The unit's Catalog goes in last
 and the folder replaces the old one in one rename
 (:func:`~tessera_vz.core.files.atomic_path`), so a reader sees the old
 unit or the new one, never a mix, and Items of vanished tiles go with the
@@ -17,57 +19,22 @@ old folder.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import orjson
-import pyarrow as pa
-import pyarrow.parquet as pq
-import shapely
 
 from tessera_vz.catalog import stac
+from tessera_vz.catalog.assemble import part_writer
+from tessera_vz.catalog.bulk import items_columns
 from tessera_vz.catalog.tables import UnitRows, UnitVersion
 from tessera_vz.core.files import atomic_path, inside
-from tessera_vz.core.layout import check_tile_name
 
 #: Rows whose Items are held at once (bounds a unit's memory whatever its size).
 BATCH = 4096
 #: Threads writing Item files.
 WRITERS = 4
-
-
-def _slice(rows: UnitRows, start: int, stop: int) -> UnitRows:
-    return UnitRows(rows.table.slice(start, stop - start), rows.geometries[start:stop],
-                    rows.bbox, rows.geometry_types, rows.dataset)  # fmt: skip
-
-
-def _when(text: str | None) -> dt.datetime | None:
-    return dt.datetime.fromisoformat(text) if text else None
-
-
-def items_arrow(items: list[dict[str, Any]], geometries: Any, schema: pa.Schema) -> pa.Table:
-    """Items as stac-geoparquet rows (properties at the top, geometry as WKB), in ``schema``.
-
-    ``geometries`` are the Items' shapely geometries (the rows' footprints).
-    """
-    wkb = shapely.to_wkb(geometries)
-    flat = []
-    for it, geom in zip(items, wkb, strict=True):
-        props = it["properties"]
-        b = it["bbox"]
-        flat.append({
-            **{k: v for k, v in it.items() if k not in ("properties", "geometry", "bbox")},
-            **props,
-            "datetime": _when(props["datetime"]),
-            "start_datetime": _when(props["start_datetime"]),
-            "end_datetime": _when(props["end_datetime"]),
-            "geometry": geom,
-            "bbox": {"xmin": b[0], "ymin": b[1], "xmax": b[2], "ymax": b[3]},
-        })  # fmt: skip
-    return pa.Table.from_pylist(flat, schema=schema)
 
 
 def _write(job: tuple[Path, bytes]) -> None:
@@ -95,21 +62,22 @@ def write_unit_items(
     with (
         atomic_path(folder, kind="staged", mode=0o755) as staged,
         ThreadPoolExecutor(WRITERS) as pool,
-        pq.ParquetWriter(part, schema, compression="zstd") as parquet,
+        part_writer(part, schema) as staged_part,
     ):
         staged.mkdir()
         for start in range(0, n, BATCH):
-            batch_rows = _slice(rows, start, min(n, start + BATCH))
+            batch_rows = rows.slice(start, min(n, start + BATCH))
             items = stac.item_dicts(batch_rows, unit, collection_id)
-            batch = [check_tile_name(it["properties"]["tessera:tile"]) for it in items]
+            # Names were checked with the rest of each record (build_unit, refused_rows).
+            batch = [it["properties"]["tessera:tile"] for it in items]
             jobs = [(staged / f"{name}.json", orjson.dumps(it, option=orjson.OPT_SERIALIZE_NUMPY))
                     for name, it in zip(batch, items, strict=True)]  # fmt: skip
             written = pool.map(_write, jobs)
-            rebased = stac.rebase_index(items, unit, stac.PARQUET_DEPTH)
-            parquet.write_table(items_arrow(rebased, batch_rows.geometries, schema))
+            # The same rows as --items geoparquet stages, built as columns, not from the dicts.
+            staged_part.write_table(items_columns(batch_rows, unit, collection_id))
             list(written)  # the files of this batch are on disk (or its error is raised)
             names += batch
-            del items, jobs, rebased
+            del items, jobs
         catalog = stac.unit_catalog(unit, names)
         _write((staged / stac.UNIT_CATALOG, orjson.dumps(catalog)))
     kept = {f"{name}.json" for name in names}

@@ -35,11 +35,8 @@ from typing import Any
 import numpy as np
 import orjson
 import pyarrow as pa
-import shapely
-import shapely.geometry
 import xarray as xr
 
-from tessera_vz.catalog.footprints import stac_bbox
 from tessera_vz.catalog.tables import UnitRows, UnitVersion, unit_rows
 from tessera_vz.core.dataset import Dataset
 from tessera_vz.core.files import atomic_write_bytes
@@ -124,12 +121,13 @@ def item_dicts(
     rows: UnitRows, unit: UnitVersion, collection_id: str = COLLECTION_ID
 ) -> list[dict[str, Any]]:
     """The STAC Items of one unit's rows, in row order."""
-    t = rows.table.to_pydict()
+    t = rows.table.drop_columns(["geometry", "bbox"]).to_pydict()
+    geometries = rows.geojson()
+    bboxes = rows.stac_bboxes().tolist()
     start, end = year_interval(unit.year)
     root = _links_to_root(2)
     items = []
     for i, tile in enumerate(t["tile"]):
-        geom = rows.geometries[i]
         left, bottom, right, top = (
             t[k][i] for k in ("utm_left", "utm_bottom", "utm_right", "utm_top")
         )
@@ -178,8 +176,8 @@ def item_dicts(
                 "stac_extensions": [PROJECTION_EXTENSION],
                 "id": item_id(tile, unit.year),
                 "collection": collection_id,
-                "geometry": shapely.geometry.mapping(geom),
-                "bbox": stac_bbox(geom),
+                "geometry": geometries[i],
+                "bbox": bboxes[i],
                 "properties": properties,
                 "links": [
                     {"rel": "root", "href": root, "type": "application/json"},

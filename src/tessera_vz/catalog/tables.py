@@ -18,15 +18,23 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import shapely
+import shapely.geometry
 import xarray as xr
 
-from tessera_vz.catalog.footprints import footprints, utm_bounds
+from tessera_vz.catalog.footprints import (
+    footprint_rings,
+    polygons_wkb,
+    split_antimeridian,
+    stac_bbox,
+    utm_bounds,
+)
 from tessera_vz.core.dataset import DATASET_KEYS
 from tessera_vz.core.geoparquet import BBOX_FIELDS, geo_metadata
 from tessera_vz.core.urls import join
@@ -100,15 +108,55 @@ class UnitRows:
     """The rows of one unit: the Arrow table plus what the file metadata needs."""
 
     table: pa.Table
-    geometries: np.ndarray
     bbox: list[float] | None
     geometry_types: list[str]
     #: The dataset attributes of the tiles table (every key, ``None`` if absent).
     dataset: dict[str, Any] = field(default_factory=dict)
 
+    @cached_property
+    def geometries(self) -> np.ndarray:
+        """The footprints as shapely geometries (built from the WKB column when asked for)."""
+        return shapely.from_wkb(self.table["geometry"].to_numpy(zero_copy_only=False))
+
+    def stac_bboxes(self) -> np.ndarray:
+        """``(N, 4)`` STAC ``bbox`` of each footprint: its envelope (the ``bbox`` column), or
+        ``west > east`` for those split at the antimeridian (a few tiles of zones 1 and 60)."""
+        box = self.table["bbox"].combine_chunks()
+        env = np.stack([box.field(k).to_numpy() for k in BBOX_FIELDS], axis=1)
+        across = np.flatnonzero((env[:, 0] <= -180.0 + 1e-9) & (env[:, 2] >= 180.0 - 1e-9))
+        for i in across.tolist():
+            env[i] = stac_bbox(self.geometries[i])
+        return env
+
+    def geojson(self) -> list[dict[str, Any]]:
+        """The footprints as GeoJSON geometry dicts (single-ring polygons from one array)."""
+        geoms = self.geometries
+        out: list[dict[str, Any]] = [{} for _ in range(len(geoms))]
+        poly = np.flatnonzero(shapely.get_type_id(geoms) == 3)
+        counts = shapely.get_num_coordinates(geoms[poly])
+        same = counts == (counts.max() if counts.size else 0)
+        simple = poly[(shapely.get_num_interior_rings(geoms[poly]) == 0) & same]
+        if simple.size:
+            rings = shapely.get_coordinates(geoms[simple]).reshape(simple.size, -1, 2).tolist()
+            for i, ring in zip(simple.tolist(), rings, strict=True):
+                out[i] = {"type": "Polygon", "coordinates": [ring]}
+        for i in np.setdiff1d(np.arange(len(geoms)), simple).tolist():
+            out[i] = shapely.geometry.mapping(geoms[i])
+        return out
+
+    def slice(self, start: int, stop: int) -> UnitRows:
+        """Rows ``start`` to ``stop`` (the same unit)."""
+        part = self.table.slice(start, stop - start)
+        return UnitRows(part, self.bbox, self.geometry_types, self.dataset)
+
 
 def unit_rows(tiles: xr.Dataset, unit: UnitVersion) -> UnitRows:
-    """Rows of ``tiles.parquet`` for one unit's tiles table (sorted by tile name)."""
+    """Rows of ``tiles.parquet`` for one unit's tiles table (sorted by tile name).
+
+    Every column is built in bulk: the footprints' WKB is written by numpy
+    from their rings (:func:`~.footprints.polygons_wkb`); only the few tiles
+    crossing the antimeridian become shapely geometries, to be split.
+    """
     names = np.asarray(tiles["tile"].values).astype(str)
     order = np.argsort(names, kind="stable")
     names = names[order]
@@ -119,9 +167,7 @@ def unit_rows(tiles: xr.Dataset, unit: UnitVersion) -> UnitRows:
     n = names.size
     bounds = utm_bounds(col("left"), col("top"), col("height"), col("width"))
     lon = col("lon").astype(np.float64)
-    geoms = footprints(col("epsg"), bounds, lon)
-    geoms = shapely.orient_polygons(geoms, exterior_cw=False)
-    env = shapely.bounds(geoms)
+    geometry, env, types = _footprint_column(*footprint_rings(col("epsg"), bounds, lon))
     sources = col("source").astype(str)
     data: dict[str, Any] = {
         "tile": names,
@@ -143,25 +189,57 @@ def unit_rows(tiles: xr.Dataset, unit: UnitVersion) -> UnitRows:
         "scales_size": col("scales_size").astype(np.int64),
         "emb_checksum": col("emb_checksum").astype(str),
         "scales_checksum": col("scales_checksum").astype(str),
-        "repo": [unit.repo] * n,
-        "branch": [unit.branch] * n,
-        "tag": [unit.tag] * n,
-        "snapshot": [unit.snapshot] * n,
-        "geometry": shapely.to_wkb(geoms, output_dimension=2),
+        "repo": _repeat(unit.repo, n),
+        "branch": _repeat(unit.branch, n),
+        "tag": _repeat(unit.tag, n),
+        "snapshot": _repeat(unit.snapshot, n),
+        "geometry": geometry,
         "bbox": pa.StructArray.from_arrays(
             [pa.array(env[:, i]) for i in range(4)], names=list(BBOX_FIELDS)
         ),
     }
     arrays = {k: v if k == "bbox" else pa.array(v, type=SCHEMA.field(k).type)
               for k, v in data.items()}  # fmt: skip
-    ids = set(shapely.get_type_id(geoms).tolist())
     return UnitRows(
         table=pa.table(arrays, schema=SCHEMA),
-        geometries=geoms,
         bbox=_envelope(env) if n else None,
-        geometry_types=sorted(_TYPE_NAMES[i] for i in ids),
+        geometry_types=sorted(_TYPE_NAMES[i] for i in types),
         dataset={k: tiles.attrs.get(k) for k in DATASET_KEYS},
     )
+
+
+def _repeat(value: str | None, n: int) -> pa.Array:
+    """``value`` ``n`` times as a string column (one value, taken ``n`` times)."""
+    return pa.array([value], type=pa.string()).take(np.zeros(n, dtype=np.int64))
+
+
+def _footprint_column(
+    rings: np.ndarray, crossing: np.ndarray
+) -> tuple[pa.Array, np.ndarray, set[int]]:
+    """The footprints' WKB, their ``(N, 4)`` envelopes and geometry type ids.
+
+    Counter-clockwise polygons straight from the rings (which are built
+    counter-clockwise and keep that through the conformal unprojection);
+    rings crossing the antimeridian are split (MultiPolygons) and oriented
+    by shapely, a few tiles of zones 1 and 60.
+    """
+    wkb = polygons_wkb(rings)
+    env = np.stack([rings[:, :, 0].min(axis=1), rings[:, :, 1].min(axis=1),
+                    rings[:, :, 0].max(axis=1), rings[:, :, 1].max(axis=1)], axis=1)  # fmt: skip
+    types = {3} if not crossing.all() else set()
+    odd = np.flatnonzero(crossing)
+    if odd.size == 0:
+        return wkb, env, types
+    split = np.array([split_antimeridian(shapely.polygons(rings[i])) for i in odd], dtype=object)
+    split = shapely.orient_polygons(split, exterior_cw=False)
+    env[odd] = shapely.bounds(split)
+    types |= set(shapely.get_type_id(split).tolist())
+    mask = np.zeros(len(wkb), dtype=bool)
+    mask[odd] = True
+    wkb = pc.replace_with_mask(
+        wkb, pa.array(mask), pa.array(shapely.to_wkb(split, output_dimension=2), pa.binary())
+    )
+    return wkb, env, types
 
 
 _TYPE_NAMES = {3: "Polygon", 6: "MultiPolygon"}

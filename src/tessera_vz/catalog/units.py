@@ -18,15 +18,15 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from tessera_vz.catalog import tables
+from tessera_vz.catalog.assemble import part_path, write_part
 from tessera_vz.catalog.bulk import write_unit_parquet
 from tessera_vz.catalog.incremental import UnitState
 from tessera_vz.catalog.items import write_unit_items
@@ -42,6 +42,12 @@ log = logging.getLogger(__name__)
 #: 2 busy cores 9 units of ~3,000 tiles took 9.2-16.4 s on 2 processes
 #: against 5.7-8.5 s in one. A global year has 60+ units of ~30,000.
 MIN_UNITS_FOR_POOL = 16
+#: Without ``--jobs``, a pool takes over only when the units left would take
+#: longer than this in one process. Built in bulk, a unit costs ~25 us a tile
+#: plus its table read: 200,000 tiles in 60 units took 6.8 s of build in one
+#: process against 11.0 s on 2 spawned ones (2 shared cores); at 1.8 M tiles
+#: the serial build is ~10 times longer, and a pool pays.
+POOL_AFTER_S = 20.0
 
 
 @dataclass
@@ -105,9 +111,9 @@ def build_unit(
     rows = tables.unit_rows(table, u)
     write = write_unit_parquet if items == "geoparquet" else write_unit_items
     written, deleted = write(
-        stac_dir, u, rows, work / f"items-{u.zone}-{u.year}.parquet", collection_id
+        stac_dir, u, rows, part_path(work, "items", u.zone, u.year), collection_id
     )
-    pq.write_table(rows.table, work / f"tiles-{u.zone}-{u.year}.parquet")
+    write_part(rows.table, part_path(work, "tiles", u.zone, u.year))
     n = rows.table.num_rows
     state = UnitState(
         zone=u.zone, year=u.year, snapshot=u.snapshot, tag=u.tag, tiles=n, bbox=rows.bbox,
@@ -115,6 +121,11 @@ def build_unit(
         epsg=sorted({int(c) for c in rows.table["epsg"].to_pylist()}),
     )  # fmt: skip
     return UnitDone(state, written, deleted, n, failed)
+
+
+def _long(spent: float, done: int, left: int) -> bool:
+    """Whether ``left`` units would take over :data:`POOL_AFTER_S` at ``spent`` s for ``done``."""
+    return spent / done * left > POOL_AFTER_S
 
 
 def _in_worker(
@@ -134,21 +145,44 @@ def build_units(
     work: Path,
     items: str,
     jobs: int,
+    *,
+    adaptive: bool = False,
+    on_pool: Callable[[int], None] = lambda _n: None,
 ) -> Iterator[tuple[UnitVersion, UnitDone | Exception]]:
-    """Each unit with what building it gave (or the exception it raised), as they finish."""
-    if jobs <= 1:
-        for u in units:
+    """Each unit with what building it gave (or the exception it raised), as they finish.
+
+    With ``adaptive`` (no ``--jobs`` given), units are built here one after
+    another, and a pool of ``jobs`` processes takes over the rest only once
+    the time measured so far says the rest would take over
+    :data:`POOL_AFTER_S` in this process; ``on_pool`` is told the processes
+    when a pool starts.
+    """
+    rest = list(units)
+    if jobs <= 1 or adaptive:
+        t0 = 0.0
+        while rest:
+            u = rest.pop(0)
             try:
                 yield u, build_unit(store, u, collection_id, stac_dir, work, items)
             except Exception as exc:  # reported by the caller; the other units go on
                 yield u, exc
-        return
+            # Timed from the second unit on: the first pays the process's one-time
+            # costs (imports, the Items' schema), which the units left will not.
+            done = len(units) - len(rest) - 1
+            if done == 0:
+                t0 = time.perf_counter()
+            elif jobs > 1 and len(rest) > 1 and _long(time.perf_counter() - t0, done, len(rest)):
+                break
+        if not rest:
+            return
+    jobs = max(1, min(jobs, len(rest)))
+    on_pool(jobs)
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=spawn) as pool:
         futures = {
             pool.submit(_in_worker, store.root, store.options, u, collection_id, stac_dir,
                         work, items): u
-            for u in units
+            for u in rest
         }  # fmt: skip
         for future in as_completed(futures):
             try:

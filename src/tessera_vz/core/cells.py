@@ -37,7 +37,7 @@ VERSION = 1
 COLS = (-1800, 1800)
 ROWS = (-900, 900)
 #: Icechunk snapshot ids: 20 characters of Crockford base32.
-_SNAPSHOT_RE = re.compile(r"^[0-9A-Z]{20}$")
+_SNAPSHOT_RE = re.compile(r"^[0-9A-Z]{20}\Z")
 #: A record's encoded bitmap may not be longer than this (a whole zone is 13.5 kB raw).
 _MAX_TEXT = 1 << 20
 

@@ -44,12 +44,12 @@ def checksum_value(text: str) -> str | dt.datetime:
     """
     if not isinstance(text, str):
         raise ValueError(f"expected a checksum string, found {type(text).__name__}")
-    if _DATE.match(text):
+    if _DATE.fullmatch(text):
         try:
             return dt.datetime.strptime(text, _DATE_FORMAT).replace(tzinfo=dt.UTC)
         except ValueError:
             raise ValueError(f"checksum {text!r} is not a valid date") from None
-    if not _ETAG.match(text):
+    if not _ETAG.fullmatch(text):
         raise ValueError(
             f"checksum {text[:80]!r} is neither an ETag (visible ASCII, at most 512 "
             "characters) nor a UTC time YYYY-MM-DDTHH:MM:SSZ"
@@ -60,7 +60,7 @@ def checksum_value(text: str) -> str | dt.datetime:
 def valid_etag(value: object) -> str | None:
     """An answer's ETag as text, or ``None`` when absent or not one HTTP allows."""
     text = str(value) if value is not None else None
-    return text if text is not None and _ETAG.match(text) else None
+    return text if text is not None and _ETAG.fullmatch(text) else None
 
 
 @functools.lru_cache(maxsize=65536)

@@ -32,9 +32,9 @@ KNOWN_DATASETS = (
 )
 #: The variant a bare version directory means (upstream's default per version).
 _DEFAULT_VARIANT = {"1.0": "vultr", "1.1": "cambridge", "2.0": "2B-L~beta1"}
-_DIR_RE = re.compile(r"^v(\d+)(?:\.(\d+))?(?:-(.+))?$")
-_VERSION_RE = re.compile(r"^v?(\d+)(?:\.(\d+))?$")
-_LEGACY_VARIANT_RE = re.compile(r"^global_0\.1_degree_representation(?:\.([\w~-]+))?$")
+_DIR_RE = re.compile(r"^v(\d+)(?:\.(\d+))?(?:-(.+))?\Z")
+_VERSION_RE = re.compile(r"^v?(\d+)(?:\.(\d+))?\Z")
+_LEGACY_VARIANT_RE = re.compile(r"^global_0\.1_degree_representation(?:\.([\w~-]+))?\Z")
 #: The value an index written before datasets were recorded reports.
 UNKNOWN = "unknown"
 #: Output attribute -> upstream GeoTIFF tag (``geotessera/core.py``), plus ours.

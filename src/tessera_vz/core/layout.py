@@ -37,9 +37,9 @@ TILES = "tiles"
 #: rioxarray use).
 GRID_MAPPING = "spatial_ref"
 BAND_COUNT = 128
-_REPO_RE = re.compile(r"^utm(\d\d)\.icechunk$")
-_TILE_RE = re.compile(r"^grid_(-?\d+\.\d\d)_(-?\d+\.\d\d)$")
-_TAG_RE = re.compile(r"^(\d{4})-v(\d+)$")
+_REPO_RE = re.compile(r"^utm(\d\d)\.icechunk\Z")
+_TILE_RE = re.compile(r"^grid_(-?\d+\.\d\d)_(-?\d+\.\d\d)\Z")
+_TAG_RE = re.compile(r"^(\d{4})-v(\d+)\Z")
 
 
 #: File at an index's root listing its zone repositories (a web server cannot be listed).

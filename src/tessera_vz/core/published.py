@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 
 #: The largest repository object (snapshot, manifest, transaction log) read.
 MAX_REPOSITORY_OBJECT = 256 << 20
-_RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
+_RANGE = re.compile(r"^bytes=(\d+)-(\d*)\Z")
 #: Folders of a repository whose objects never change once written (content-named).
 _IMMUTABLE = frozenset({"snapshots", "manifests", "transactions", "chunks"})
 #: Bytes of immutable objects kept for later ranges of the same object.

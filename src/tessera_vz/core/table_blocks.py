@@ -53,8 +53,8 @@ VERSION = 1
 #: Largest ``index.json`` and block read (a block of 100 tiles is ~120 kB).
 MAX_INDEX = 64 << 10
 MAX_BLOCK = 2 << 20
-_SNAPSHOT = re.compile(r"^[0-9A-Z]{20}$")
-_BLOCK = re.compile(r"^b(-?\d{1,3})_(-?\d{1,2})$")
+_SNAPSHOT = re.compile(r"^[0-9A-Z]{20}\Z")
+_BLOCK = re.compile(r"^b(-?\d{1,3})_(-?\d{1,2})\Z")
 
 
 def check_snapshot(snapshot: str) -> str:

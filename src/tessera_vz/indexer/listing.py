@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: A tile file under a year directory: year, tile name, and ``_scales`` for scales.
-_FILE_RE = re.compile(r"^(\d{4})/(grid_-?\d+\.\d\d_-?\d+\.\d\d)/\2(_scales)?\.npy$")
+_FILE_RE = re.compile(r"^(\d{4})/(grid_-?\d+\.\d\d_-?\d+\.\d\d)/\2(_scales)?\.npy\Z")
 
 
 def _listed_text(meta: ObjectMeta) -> str:

@@ -27,7 +27,7 @@ from tessera_vz.reader.windows import Window
 #: CF spells the metre ``m``; pyproj spells it out.
 _UNITS = {"metre": "m", "meter": "m"}
 #: A grid's CRS text is ``AUTHORITY:CODE`` when it has one, else WKT.
-_AUTHORITY_CODE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*:[A-Za-z0-9_.]+$")
+_AUTHORITY_CODE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*:[A-Za-z0-9_.]+\Z")
 
 
 @functools.lru_cache(maxsize=128)

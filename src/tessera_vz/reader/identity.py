@@ -19,8 +19,8 @@ import zarr
 
 from tessera_vz.core.dataset import UNKNOWN, from_document
 
-_SOURCE_RE = re.compile(r"^[a-z0-9+.-]+://[^\s\x00-\x1f\x7f]{1,2000}$")
-_VARIANT_RE = re.compile(r"^[\w.~+-]{1,64}$")
+_SOURCE_RE = re.compile(r"^[a-z0-9+.-]+://[^\s\x00-\x1f\x7f]{1,2000}\Z")
+_VARIANT_RE = re.compile(r"^[\w.~+-]{1,64}\Z")
 
 
 def recorded_identity(repo: ic.Repository) -> dict[str, str]:

@@ -33,8 +33,8 @@ from tessera_vz.core.layout import branch_name, parse_tag, year_of_branch
 if TYPE_CHECKING:
     import icechunk as ic
 
-_TOKEN = re.compile(r"^(?:utm(\d\d)/)?((\d{4})-v(\d+))$")
-_SNAPSHOT = re.compile(r"^utm(\d\d)/(\d{4})@([0-9A-Z]{20})$")
+_TOKEN = re.compile(r"^(?:utm(\d\d)/)?((\d{4})-v(\d+))\Z")
+_SNAPSHOT = re.compile(r"^utm(\d\d)/(\d{4})@([0-9A-Z]{20})\Z")
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f
 RAMP = ("#2b1a4c", "#f0b429")
 #: Models a page may ask for.
 MODELS = ("knn", "forest", "logistic")
-_ID = re.compile(r"^[0-9a-f]{32}$")
+_ID = re.compile(r"^[0-9a-f]{32}\Z")
 
 
 def _colour(text: str) -> NDArray[np.uint8]:
