@@ -5,16 +5,20 @@ reuses) the simulated year of ``world.py``, serves it over HTTPS + 20 ms from
 the computing world server, and indexes it from the manifest on a Dask
 ``LocalCluster``, measuring what ``world.py`` does not: the CPU seconds of the
 workers and of the server (process CPU time against wall time) beside the
-index report's phases. ``--profile ZONE`` instead runs that one unit in this
-process under cProfile and prints the top functions, to see what a worker's
-time is made of.
+index report's phases (wall and ``cpu_*``). ``--profile 34,35`` instead runs
+those zones' units in this process (under cProfile unless ``--top 0``), and
+``--set repository.COMMIT_CONCURRENCY=8`` patches a constant of the indexer
+there, to compare settings. Compare before/after in one session, alternating
+(``PYTHONPATH`` of the other checkout for "before"): the machine is shared.
 
-    python benchmarks/world_index.py --cells 20000 --work /tmp/world20k
+    python benchmarks/world_index.py --cells 20000 --work /tmp/world20k --label after \
+        --out /tmp/world20k/runs.json
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import cProfile
 import importlib
 import json
@@ -176,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     for patch in args.set:
         name, value = patch.split("=", 1)
         module, attr = name.rsplit(".", 1)
-        setattr(importlib.import_module(f"tessera_vz.indexer.{module}"), attr, eval(value))
+        target = importlib.import_module(f"tessera_vz.indexer.{module}")
+        setattr(target, attr, ast.literal_eval(value))
     world, world_file, dataset_dir = world_in(work, args.cells)
     print(f"world: {len(world):,} tiles in {np.unique(world.zone).size} zones", flush=True)
     out = work / f"index-{args.label}"
