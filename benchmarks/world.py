@@ -420,6 +420,18 @@ def extrapolate(res: dict[str, Any]) -> dict[str, Any]:
 
 #: Why a measure misses its target, as measured apart (printed only under a missed row).
 CAUSES = {
+    "index (Dask, +20 ms)": (
+        "the run is CPU-bound (workers busy 76-84 % of the wall; a second thread per worker "
+        "gave 154 vs 153 tiles/s). `benchmarks/world_index.py --cells 20000` on a quiet "
+        "machine: ~7.5 ms of CPU a tile in all (workers 6.4, this world server 0.7, the "
+        "client 0.3), so at most ~267 tiles/s on 2 cores; ~4 ms of a worker's 6.4 ms are "
+        "inside Icechunk: its commit ~2.1 ms a tile (~3.3 us per reference, ~650 references a "
+        "tile since the whole-row rule gives 1-row chunks to awkward heights such as 1133 = "
+        "11 x 103, plus four manifest files a tile), eight metadata `set`s at 0.1-0.15 ms and "
+        "`set_virtual_refs_arr` ~0.5 ms. Before this stop's fixes (zstd level 9 for metadata, "
+        "~14 % of a unit's CPU; Icechunk's default splitting rule compiling a regex per array "
+        "per commit) a worker took 7.6-8.8 ms a tile, after them 5.9-6.4 (two pairs of runs)."
+    ),
     "index objects per tile": (
         "Icechunk 2.3 writes one manifest per array per commit (`flush_new_node` in its "
         "session.rs; the format allows several arrays per manifest, no writer makes one), and "
