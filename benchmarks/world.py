@@ -428,9 +428,23 @@ CAUSES = {
         "inside Icechunk: its commit ~2.1 ms a tile (~3.3 us per reference, ~650 references a "
         "tile since the whole-row rule gives 1-row chunks to awkward heights such as 1133 = "
         "11 x 103, plus four manifest files a tile), eight metadata `set`s at 0.1-0.15 ms and "
-        "`set_virtual_refs_arr` ~0.5 ms. Before this stop's fixes (zstd level 9 for metadata, "
+        "`set_virtual_refs_arr` ~0.5 ms. Before two fixes of 2026-12-07 (zstd level 9 for metadata, "
         "~14 % of a unit's CPU; Icechunk's default splitting rule compiling a regex per array "
         "per commit) a worker took 7.6-8.8 ms a tile, after them 5.9-6.4 (two pairs of runs)."
+    ),
+    "index bytes per tile": (
+        "the repository itself holds ~9.97 kB a tile (manifests ~7.7 kB: ~650 references a "
+        "tile; transaction logs ~1.8 kB; the year's snapshot ~0.45 kB); the rest is the "
+        "tiles table's one-degree blocks beside it (`tessera-tables/`, see the kinds below), "
+        "which let a cold point read 5 small objects instead of the zone's snapshot and one "
+        "manifest per table column. In this sampled world a block holds ~12 tiles; on the "
+        "real, dense grid ~100 (~90 B a tile instead of ~160)."
+    ),
+    "catalog of the year, --items json": (
+        "one file per Item: creating a file costs ~130-300 us on this disk, so 200,000 Items "
+        "are most of a minute whatever the rest costs; `--items geoparquet` (the row above) "
+        "writes the Items only as stac-geoparquet, which STAC clients, DuckDB and geopandas "
+        "read."
     ),
     "index objects per tile": (
         "Icechunk 2.3 writes one manifest per array per commit (`flush_new_node` in its "
