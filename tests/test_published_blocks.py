@@ -117,6 +117,29 @@ def test_missing_blocks_fall_back_to_the_repository_s_table(site: dict[str, Any]
     assert any("/snapshots/" in p for p in asked), asked
 
 
+def test_a_run_with_nothing_to_do_gives_an_older_index_its_blocks(site: dict[str, Any]) -> None:
+    from tessera_vz.indexer.run import IndexOptions, run_index
+
+    index = copy_index(site, "index-rerun")
+    shutil.rmtree(index / "utm31.icechunk" / tb.FOLDER)  # an index written before blocks
+    before = tip(index)
+    tiles = site["www"] / "tiles"
+    report = run_index(IndexOptions(source=site["server"].url + "tiles/", out=str(index),
+                                    manifest=str(tiles / "manifest.parquet")))  # fmt: skip
+    assert report.exit_code == 0 and not report.commits and report.indexed == 0
+    assert tip(index) == before  # nothing committed: the blocks are of the same tip
+    folder = index / "utm31.icechunk" / tb.folder(YEAR, before)
+    assert sorted(p.name for p in folder.iterdir()) == ["b4_44.npz", "b4_45.npz", "index.json"]
+    value, want, asked = read_point(site, "index-rerun")
+    np.testing.assert_array_equal(value, want)
+    assert not [p for p in asked if "/snapshots/" in p or "/manifests/" in p], asked
+    # And the run after that finds them: nothing is written again.
+    stamp = (folder / "index.json").stat().st_mtime_ns
+    run_index(IndexOptions(source=site["server"].url + "tiles/", out=str(index),
+                           manifest=str(tiles / "manifest.parquet")))  # fmt: skip
+    assert (folder / "index.json").stat().st_mtime_ns == stamp
+
+
 @pytest.mark.parametrize("forged", ["index.json", "b4_45.npz"])
 def test_blocks_of_another_snapshot_are_ignored_with_a_log_line(
     site: dict[str, Any], forged: str, caplog: pytest.LogCaptureFixture, tmp_path: Path

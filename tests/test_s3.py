@@ -156,6 +156,20 @@ def test_index_listed_s3_to_s3_and_read_from_new_process(
     info = json.loads(capsys.readouterr().out)
     assert info["zones"][0]["years"][0]["tiles"] == 4
 
+    # The table blocks (cold points) are in the bucket; an index that lost them (or was
+    # written before them) gets them back from a run with nothing to index.
+    tables = f"runs/a/{repo_name(31)}/tessera-tables/{YEAR}/"
+    blocks = sorted(s3_env.objects("index-listed", tables))
+    assert blocks and blocks[-1].endswith("/index.json")
+    s3_env.client().delete_objects(
+        Bucket="index-listed", Delete={"Objects": [{"Key": k} for k in blocks]}
+    )
+    argv = ["index", source, "--out", out, "--json", "--s3-endpoint", s3_env.endpoint]
+    assert cli_main(argv) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["indexed"] == 0 and again["commits"] == []
+    assert sorted(s3_env.objects("index-listed", tables)) == blocks
+
 
 def test_index_s3_manifest_and_changed_object_fails_loudly(
     tree: tuple[Path, list[TileSpec]], s3_env: MotoS3, tmp_path: Path

@@ -52,6 +52,7 @@ from tessera_vz.indexer.run_options import (
 from tessera_vz.indexer.summary import record_coverage
 from tessera_vz.indexer.symlinks import skip_outside_links
 from tessera_vz.indexer.sync_plan import plan_units
+from tessera_vz.indexer.table_sidecar import write_missing_blocks
 from tessera_vz.indexer.unit import run_unit
 
 log = logging.getLogger(__name__)
@@ -124,8 +125,9 @@ def run_index(opts: IndexOptions, progress: ProgressStart = no_progress) -> Repo
     del tiles
     t1 = time.perf_counter()
     report.timings["inventory"] = t1 - t0
+    no_blocks: list[tuple[int, int]] = []
     if not opts.reprobe:
-        units = _units_with_work(opts, root, units, report)
+        units, no_blocks = _units_with_work(opts, root, units, report)
         report.timings["plan"] = time.perf_counter() - t1
     by_zone: dict[int, list[int]] = defaultdict(list)
     if units and (opts.scheduler or opts.workers):  # no cluster for nothing to do
@@ -150,6 +152,13 @@ def run_index(opts: IndexOptions, progress: ProgressStart = no_progress) -> Repo
             )  # fmt: skip
             update_main(repo, zone, [root.url], identity.dataset)
             record_coverage(repo, zone)  # the viewer's counts and coverage without tables
+    for zone, year in no_blocks:  # idle units of an index written before the table blocks
+        with repo_lock(opts.out, zone):
+            repo = open_repo(
+                opts.out, zone, root, s3_options=opts.s3_options,
+                source_s3_options=source_s3_options(opts),
+            )  # fmt: skip
+            write_missing_blocks(repo, opts.out, zone, year, opts.s3_options)
     # The zone list a reader of a published copy needs, in step with the repos.
     write_zone_list(opts.out, opts.s3_options, identity.dataset, root.url)
     report.timings["describe"] = time.perf_counter() - t2
@@ -157,10 +166,13 @@ def run_index(opts: IndexOptions, progress: ProgressStart = no_progress) -> Repo
     return report
 
 
-def _units_with_work(opts: IndexOptions, root: SourceRoot, units: Units, report: Report) -> Units:
+def _units_with_work(
+    opts: IndexOptions, root: SourceRoot, units: Units, report: Report
+) -> tuple[Units, list[tuple[int, int]]]:
     """The units whose inventory shows something new, changed or removed (:mod:`.sync_plan`).
 
-    The others are not run: their tiles count as skipped and unchanged.
+    The others are not run: their tiles count as skipped and unchanged. Also
+    returns those idle units whose tip has no table blocks yet.
     """
     plans = plan_units(opts.out, units, root.url, s3_options=opts.s3_options)
     idle = {k for k, p in plans.items() if not p.run}
@@ -168,7 +180,8 @@ def _units_with_work(opts: IndexOptions, root: SourceRoot, units: Units, report:
         report.skipped += plans[key].skipped
         report.unchanged += plans[key].skipped
     log.info("%d of %d units have nothing new, changed or removed", len(idle), len(plans))
-    return units.only(k for k in units if k not in idle)
+    no_blocks = sorted(k for k in idle if not plans[k].blocks)
+    return units.only(k for k in units if k not in idle), no_blocks
 
 
 def _nothing_selected(opts: IndexOptions, where: str) -> str:

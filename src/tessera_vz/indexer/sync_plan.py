@@ -38,6 +38,7 @@ from tessera_vz.core.layout import TILES, branch_name, repo_name
 from tessera_vz.core.repos import storage_for
 from tessera_vz.indexer.migration import layout_outdated
 from tessera_vz.indexer.sync import RECORDED_SCHEMA, UnitDiff, diff_unit, recorded_of
+from tessera_vz.indexer.table_sidecar import has_table_blocks
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,9 @@ class UnitPlan:
     skipped: int = 0
     probe: int = 0
     removed: int = 0
+    #: Whether the tip's table blocks are there (an idle unit without them gets them
+    #: written by the run, outside the unit: :func:`.table_sidecar.write_missing_blocks`).
+    blocks: bool = True
 
 
 def recorded_columns(store: Any) -> pa.Table:
@@ -109,7 +113,8 @@ def _plan_zone(
         diff: UnitDiff = diff_unit(listed, recorded, source, reprobe=False)
         probe, removed = diff.probe.num_rows, len(diff.removed)
         work = bool(probe or removed) or layout_outdated(repo, tip)
-        plans[(zone, year)] = UnitPlan(work, diff.skipped, probe, removed)
+        blocks = work or has_table_blocks(out, zone, year, str(tip), s3_options)
+        plans[(zone, year)] = UnitPlan(work, diff.skipped, probe, removed, blocks)
     return plans
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -24,9 +24,12 @@ from obstore.exceptions import BaseError as ObjectStoreError
 
 from tessera_vz.core import table_blocks as tb
 from tessera_vz.core.files import atomic_write_bytes
-from tessera_vz.core.layout import repo_name
+from tessera_vz.core.layout import branch_name, repo_name
 from tessera_vz.core.s3 import s3_settings
-from tessera_vz.core.table import COLUMNS, TileColumns
+from tessera_vz.core.table import COLUMNS, TileColumns, read_table, table_rows
+
+if TYPE_CHECKING:
+    import icechunk as ic
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +75,55 @@ def write_table_blocks(
     return True
 
 
-def _put_local(base: str, year: int, snapshot: str, files: dict[str, bytes]) -> None:
+def has_table_blocks(
+    out: str, zone: int, year: int, snapshot: str, s3_options: dict[str, Any] | None = None
+) -> bool:
+    """Whether the blocks of ``snapshot`` are there: their ``index.json``, written last.
+
+    A store that cannot say counts as having them (nothing is rewritten on a
+    guess; readers fall back on the repository's table anyway).
+    """
+    base = f"{out.rstrip('/')}/{repo_name(zone)}"
+    name = f"{tb.folder(year, snapshot)}/{tb.INDEX}"
+    try:
+        if urlsplit(out).scheme == "s3":
+            obstore.head(s3_settings(s3_options).obstore(base + "/"), name)
+            return True
+        return (_local_repo(base) / name).is_file()
+    except FileNotFoundError:  # obstore raises it too, for a missing key
+        return False
+    except (OSError, ObjectStoreError) as exc:
+        log.warning("zone %d year %d: cannot tell whether the table blocks exist (%s)",
+                    zone, year, exc)  # fmt: skip
+        return True
+
+
+def write_missing_blocks(
+    repo: ic.Repository, out: str, zone: int, year: int, s3_options: dict[str, Any] | None = None
+) -> bool:
+    """Blocks for the year branch's tip if it has none; whether they were written.
+
+    An index written before the blocks existed, or whose blocks were lost,
+    gets them on its next run even when nothing changed (that run commits
+    nothing, so the unit that would write them never runs). Call it under
+    the zone's lock: writing the blocks of a tip removes the year's others.
+    """
+    tip = str(repo.lookup_branch(branch_name(year)))
+    if has_table_blocks(out, zone, year, tip, s3_options):
+        return False
+    table = read_table(repo.readonly_session(snapshot_id=tip).store)
+    if table is None:
+        return False
+    return write_table_blocks(out, zone, year, tip, table_rows(table), s3_options)
+
+
+def _local_repo(base: str) -> Path:
     parts = urlsplit(base)
-    repo = Path(parts.path if parts.scheme == "file" else base).expanduser()
-    where = repo / tb.folder(year, snapshot)
+    return Path(parts.path if parts.scheme == "file" else base).expanduser()
+
+
+def _put_local(base: str, year: int, snapshot: str, files: dict[str, bytes]) -> None:
+    where = _local_repo(base) / tb.folder(year, snapshot)
     where.mkdir(parents=True, exist_ok=True)
     for name in sorted(files, key=lambda n: n == tb.INDEX):  # index.json last
         atomic_write_bytes(where / name, files[name], mode=0o644)  # readable by a web server
