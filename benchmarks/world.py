@@ -438,7 +438,7 @@ CAUSES = {
         "tiles table's one-degree blocks beside it (`tessera-tables/`, see the kinds below), "
         "which let a cold point read 5 small objects instead of the zone's snapshot and one "
         "manifest per table column. In this sampled world a block holds ~12 tiles; on the "
-        "real, dense grid ~100 (~90 B a tile instead of ~160)."
+        "real, dense grid ~100 (fewer bytes a tile: a block's fixed cost is shared)."
     ),
     "catalog of the year, --items json": (
         "one file per Item: creating a file costs ~130-300 us on this disk, so 200,000 Items "

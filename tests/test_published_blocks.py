@@ -171,6 +171,15 @@ def test_a_block_is_checked_before_its_rows_are_used() -> None:
     assert tb.decode_block(tb.encode_block(good, snapshot), "b4_44", snapshot).tile.tolist() == [
         "a", "b",
     ]  # fmt: skip
+    # Text round-trips (stored as UTF-8); what only the indexer reads is left out.
+    cols["emb_path"] = np.array(["2024/grid_4.05_44.05/ü.npy", "x"])
+    cols["emb_listed"] = np.array(["size=1;mtime=2", "size=3;mtime=4"])
+    back = tb.decode_block(tb.encode_block(good, snapshot), "b4_44", snapshot)
+    assert back.data["emb_path"].tolist() == cols["emb_path"].tolist()
+    assert back.data["emb_listed"].tolist() == ["", ""]
+    for c in COLUMNS:
+        if c != "emb_listed":
+            np.testing.assert_array_equal(back.data[c], cols[c])
     with pytest.raises(ValueError, match="outside its square"):
         tb.decode_block(tb.encode_block(good, snapshot), "b4_45", snapshot)
     with pytest.raises(ValueError, match="cut from snapshot"):
