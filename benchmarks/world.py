@@ -429,8 +429,9 @@ CAUSES = {
         "tile since the whole-row rule gives 1-row chunks to awkward heights such as 1133 = "
         "11 x 103, plus four manifest files a tile), eight metadata `set`s at 0.1-0.15 ms and "
         "`set_virtual_refs_arr` ~0.5 ms. Before two fixes of 2026-12-07 (zstd level 9 for "
-        "metadata, ~14 % of a unit's CPU; Icechunk's default splitting rule compiling a regex per array "
-        "per commit) a worker took 7.6-8.8 ms a tile, after them 5.9-6.4 (two pairs of runs)."
+        "metadata, ~14 % of a unit's CPU; Icechunk's default splitting rule compiling a regex "
+        "per array per commit) a worker took 7.6-8.8 ms a tile, after them 5.9-6.4 (two pairs "
+        "of runs)."
     ),
     "index bytes per tile": (
         "the repository itself holds ~9.97 kB a tile (manifests ~7.7 kB: ~650 references a "
