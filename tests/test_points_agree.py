@@ -275,3 +275,53 @@ def test_cli_point_years_and_swapped(
     err = capsys.readouterr().err
     assert "no indexed tile is near lon=70.08, lat=0.02" in err
     assert "lon/lat may be swapped" in err
+
+
+def test_cold_points_of_a_published_copy_read_the_same_pixels(
+    store: TesseraStore,
+    world: dict[str, Any],
+    https: TestCA,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Points read through the table blocks (never the table) agree, at every edge kind.
+
+    The equator block straddles four one-degree blocks (lon 0 and lat 0 are
+    block edges), so points there need the blocks around them, not only their own.
+    """
+    from tessera_vz.core import published
+    from tessera_vz.testing.nginx import NginxServer
+
+    monkeypatch.setattr(published, "_PROXY", None)  # a new process: no proxy, no cache
+    monkeypatch.setenv("TESSERA_VZ_CACHE", str(tmp_path / "cache"))
+    kinds = random_points(seed=8)
+    lon = np.concatenate([v[0][:25] for v in kinds.values()])
+    lat = np.concatenate([v[1][:25] for v in kinds.values()])
+
+    def one(s: TesseraStore, x: float, y: float) -> np.ndarray | None:
+        try:
+            return s.point(x, y, YEAR)
+        except TileNotFoundError:
+            return None
+
+    want = [one(store, x, y) for x, y in zip(lon.tolist(), lat.tolist(), strict=True)]
+    # Points with data first: they must read no snapshot or manifest. Then those without
+    # (explaining why there is no tile may read the whole table: only then).
+    order = sorted(range(lon.size), key=lambda i: want[i] is None)
+    with NginxServer(world["out"], tls=https) as server:
+        cold = open_store(server.url, allowed_sources=[world["url"]], allow_private_sources=True)
+        differ, asked = [], []
+        for i in order:
+            if want[i] is None and not asked:
+                asked = [r["uri"] for r in server.requests()]
+            got = one(cold, float(lon[i]), float(lat[i]))
+            w = want[i]
+            if (got is None) != (w is None) or (
+                got is not None and w is not None and not same(got[None], w[None]).all()
+            ):
+                differ.append((float(lon[i]), float(lat[i])))
+        asked = asked or [r["uri"] for r in server.requests()]
+    assert not differ, f"{len(differ)} of {lon.size} cold points differ, e.g. {differ[:5]}"
+    assert sum(w is not None for w in want) > lon.size // 2
+    assert any("/tessera-tables/" in u for u in asked), asked[:10]
+    assert not [u for u in asked if "/snapshots/" in u or "/manifests/" in u], asked[:10]
