@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
+import icechunk as ic
 import numpy as np
 import obstore
 from obstore.exceptions import BaseError as ObjectStoreError
@@ -27,9 +28,6 @@ from tessera_vz.core.files import atomic_write_bytes
 from tessera_vz.core.layout import branch_name, repo_name
 from tessera_vz.core.s3 import s3_settings
 from tessera_vz.core.table import COLUMNS, TileColumns, read_table, table_rows
-
-if TYPE_CHECKING:
-    import icechunk as ic
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +106,15 @@ def write_missing_blocks(
     nothing, so the unit that would write them never runs). Call it under
     the zone's lock: writing the blocks of a tip removes the year's others.
     """
-    tip = str(repo.lookup_branch(branch_name(year)))
-    if has_table_blocks(out, zone, year, tip, s3_options):
+    try:
+        tip = str(repo.lookup_branch(branch_name(year)))
+        if has_table_blocks(out, zone, year, tip, s3_options):
+            return False
+        table = read_table(repo.readonly_session(snapshot_id=tip).store)
+    except (ic.IcechunkError, OSError, ValueError, KeyError) as exc:
+        # Best effort, like the blocks of a unit: readers fall back on the table.
+        log.warning("zone %d year %d: table blocks not written (%s)", zone, year, exc)
         return False
-    table = read_table(repo.readonly_session(snapshot_id=tip).store)
     if table is None:
         return False
     return write_table_blocks(out, zone, year, tip, table_rows(table), s3_options)
