@@ -126,8 +126,9 @@ class RepositoryProxy:
         Through the repository's own boundary (its connection is open
         already: the ``repo`` object came through it), each at most
         ``limit`` bytes; ``None`` where the server has no such object.
-        Objects whose paths hold a snapshot id are immutable: kept on disk
-        (:mod:`~tessera_vz.core.object_cache`) for the next process.
+        Every object found is kept on disk (:mod:`~tessera_vz.core.object_cache`)
+        for the next process, so ask only for immutable ones: paths holding a
+        snapshot id, as the table blocks' do.
         """
         base = base.rstrip("/") + "/"
         with self._lock:
